@@ -1,0 +1,113 @@
+"""Command line: ``python -m yoton demo``.
+
+The demo starts a second Python process and the two talk over localhost,
+printing what flows: publish/subscribe both ways, a shared state that the
+late-joining process learns on arrival, and the connection signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import yoton
+
+DEMO_TIMEOUT = 10.0
+
+
+def _say(who: str, text: str) -> None:
+    print(f"[{who}] {text}", flush=True)
+
+
+def _process_events_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        yoton.process_events(min(remaining, 0.05))
+    return True
+
+
+def demo() -> int:
+    """Run the two-process demo; return the exit code."""
+    ctx = yoton.Context()
+    conn = ctx.bind("localhost:yoton-demo", max_tries=64, name="worker")
+    _say("main", f"context {ctx.id:016x} bound to 127.0.0.1:{conn.port1}, waiting for the worker")
+
+    events = []
+    conn.closed.bind(lambda c, reason: events.append(("closed", reason)))
+    pub = yoton.PubChannel(ctx, "demo.jobs", yoton.OBJECT)
+    sub = yoton.SubChannel(ctx, "demo.results", yoton.OBJECT)
+    state = yoton.StateChannel(ctx, "demo.status")
+    state.send("main is ready")  # the worker joins later and still learns it
+
+    worker = subprocess.Popen([sys.executable, "-m", "yoton", "_demo-worker", str(conn.port1)])
+    try:
+        if not _process_events_until(lambda: conn.is_connected, DEMO_TIMEOUT):
+            _say("main", "the worker did not connect in time")
+            return 1
+        _say("main", f"connected to worker pid {conn.pid2} ({conn.hostname2}:{conn.port2})")
+        for n in range(1, 4):
+            job = {"job": n, "numbers": list(range(n + 1))}
+            _say("main", f"publish {job}")
+            pub.send(job)
+        for _ in range(3):
+            result = sub.recv(DEMO_TIMEOUT)
+            _say("main", f"received {result}")
+        if not _process_events_until(lambda: state.recv() == "worker is done", DEMO_TIMEOUT):
+            _say("main", "no final state from the worker")
+            return 1
+        _say("main", f"state is now {state.recv()!r}")
+        _process_events_until(lambda: events, DEMO_TIMEOUT)
+        for name, reason in events:
+            _say("main", f"signal {name}: {reason}")
+        return 0 if worker.wait(DEMO_TIMEOUT) == 0 else 1
+    finally:
+        ctx.close()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def demo_worker(port: int) -> int:
+    """The second process of the demo."""
+    ctx = yoton.Context()
+    sub = yoton.SubChannel(ctx, "demo.jobs", yoton.OBJECT)
+    pub = yoton.PubChannel(ctx, "demo.results", yoton.OBJECT)
+    state = yoton.StateChannel(ctx, "demo.status")
+    conn = ctx.connect(f"localhost:{port}", timeout=DEMO_TIMEOUT)
+    _say("worker", f"pid {os.getpid()} connected to context {conn.id2:016x}")
+    if not _process_events_until(lambda: state.recv(), DEMO_TIMEOUT):
+        _say("worker", "never learned the state")
+        return 1
+    _say("worker", f"learned state {state.recv()!r} on arrival")
+    for _ in range(3):
+        job = sub.recv(DEMO_TIMEOUT)
+        result = (job["job"], sum(job["numbers"]))
+        _say("worker", f"got {job}, answering {result}")
+        pub.send(result)
+    state.send("worker is done")
+    ctx.flush()
+    conn.close("the worker finished")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m yoton``."""
+    parser = argparse.ArgumentParser(prog="python -m yoton", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="run a two-process demo on localhost")
+    worker = commands.add_parser("_demo-worker")
+    worker.add_argument("port", type=int)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo()
+    return demo_worker(args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

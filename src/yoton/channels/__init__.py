@@ -1,0 +1,7 @@
+"""Channels: the messaging patterns built on a context."""
+
+from .base import BaseChannel
+from .pubsub import PubChannel, SubChannel, select_sub_channel
+from .state import StateChannel
+
+__all__ = ["BaseChannel", "PubChannel", "SubChannel", "StateChannel", "select_sub_channel"]

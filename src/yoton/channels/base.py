@@ -1,0 +1,198 @@
+"""BaseChannel: what every channel shares — slots, the receive queue, signals.
+
+A channel joins a context on two slots: it sends on ``slot_outgoing`` and
+receives on ``slot_incoming``. A slot name is ``base.type.pattern`` (e.g.
+``'news.txt.pub-sub'``); its hash, taken case-insensitively, is what travels
+on the wire. Per context there is at most one sending and one receiving
+channel per slot.
+
+Packages arrive in the context's I/O thread and are kept, still encoded, in a
+bounded deque (size and discard mode from the context's ``queue_params``);
+messages are decoded in the thread that calls ``recv``. A thread blocked in
+``recv`` is woken through a condition that is touched only when someone
+waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from ..errors import ChannelClosedError
+from ..events import Signal, post_event
+from ..messages import as_message_type
+from ..wire.naming import slot_hash
+
+log = logging.getLogger("yoton")
+
+__all__ = ["BaseChannel"]
+
+
+def _slot(base: str, type_name: str, pattern: str) -> tuple[str, int]:
+    name = f"{base}.{type_name}.{pattern}"
+    return name, slot_hash(name.strip().lower())
+
+
+class BaseChannel:
+    """Abstract base of all channels.
+
+    ``context`` is the :class:`~yoton.Context` to send and receive through,
+    ``slot_base`` names the slot (channels at the same slot, pattern and
+    message type talk to each other), ``message_type`` converts messages to
+    and from bytes (:data:`~yoton.TEXT` by default; a MessageType instance or
+    subclass).
+    """
+
+    _pattern_out = ""  # e.g. 'pub-sub'; '' means the channel does not send
+    _pattern_in = ""  # '' means the channel does not receive
+
+    def __init__(self, context, slot_base: str, message_type=None):
+        from ..context import Context
+
+        if not isinstance(context, Context):
+            raise ValueError(f"a channel needs a yoton.Context, not {type(context).__name__}")
+        if not isinstance(slot_base, str):
+            raise ValueError(f"slot_base must be a str, not {type(slot_base).__name__}")
+        self._context = context
+        self._message_type = mt = as_message_type(message_type)
+        type_name = mt.message_type_name()
+        self._slot_out_name, self._slot_out = (
+            _slot(slot_base, type_name, self._pattern_out) if self._pattern_out else ("", None))
+        self._slot_in_name, self._slot_in = (
+            _slot(slot_base, type_name, self._pattern_in) if self._pattern_in else ("", None))
+        self._closed = False
+        self._received_signal = Signal()
+        self._emit_pending = False
+        self._queue: deque = deque()
+        self._queue_size, self._discard_new = context.queue_params[0], context.queue_params[1] == "new"
+        self._discarded = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        context._register_channel(self, self._slot_out, self._slot_in)
+
+    def __repr__(self):
+        state = "closed" if self._closed else f"{len(self._queue)} pending"
+        return f"<{type(self).__name__} {self._slot_out_name or self._slot_in_name!r} {state}>"
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def received(self) -> Signal:
+        """Signal ``(channel)`` emitted (through the event queue) when messages arrive.
+
+        Several arrivals may give one emission; by the time a handler runs,
+        the messages may already have been received.
+        """
+        return self._received_signal
+
+    @property
+    def pending(self) -> int:
+        """The number of received messages waiting to be read."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the channel is closed."""
+        return self._closed
+
+    @property
+    def slot_outgoing(self) -> str:
+        """The name of the slot this channel sends on ('' if it does not send)."""
+        return self._slot_out_name
+
+    @property
+    def slot_incoming(self) -> str:
+        """The name of the slot this channel receives on ('' if it does not receive)."""
+        return self._slot_in_name
+
+    @property
+    def message_type(self):
+        """The :class:`~yoton.MessageType` of this channel."""
+        return self._message_type
+
+    def statistics(self) -> dict:
+        """Counters: ``pending`` messages and messages ``discarded`` because the queue was full."""
+        return {"pending": len(self._queue), "discarded": self._discarded}
+
+    def close(self) -> None:
+        """Detach from the context: sending raises, nothing new arrives.
+
+        Messages already queued can still be received; blocked receivers wake.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._context._unregister_channel(self)
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- sending ----------------------------------------------------------------
+
+    def _send(self, message, dest_id: int = 0, dest_seq: int = 0) -> None:
+        if self._closed:
+            raise ChannelClosedError(f"cannot send on closed {type(self).__name__} {self._slot_out_name!r}")
+        body = self._message_type.message_to_bytes(message)
+        if body:  # empty messages are not sent (yoton 2.2 rule)
+            self._context._send(self._slot_out, body, dest_id, dest_seq)
+
+    # -- receiving --------------------------------------------------------------
+
+    def _receive(self, pkg) -> None:
+        """Take a package from the context (I/O thread)."""
+        queue = self._queue
+        if len(queue) >= self._queue_size:
+            self._discarded += 1
+            if self._discard_new:
+                return
+            queue.popleft()
+        queue.append(pkg)
+        if self._waiters:
+            with self._cond:
+                self._cond.notify()
+        self._announce()
+
+    def _announce(self) -> None:
+        """Emit ``received`` through the event queue, at most one pending at a time."""
+        if self._received_signal._handlers and not self._emit_pending:
+            self._emit_pending = True
+            post_event(self._emit_received)
+
+    def _emit_received(self) -> None:
+        self._emit_pending = False
+        self._received_signal.emit_now(self)
+
+    def _wait_package(self, block):
+        """Pop the oldest package, waiting as ``block`` says; None if none."""
+        queue = self._queue
+        if queue:
+            return queue.popleft()
+        if block is False or block is None or self._closed:
+            return None
+        if block is True:
+            deadline = None
+        elif isinstance(block, (int, float)):
+            deadline = time.monotonic() + block
+        else:
+            raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
+        with self._cond:
+            self._waiters += 1
+            try:
+                while not queue and not self._closed:
+                    if deadline is None:
+                        self._cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
+        return queue.popleft() if queue else None
+
+    def _decode(self, pkg):
+        return self._message_type.message_from_bytes(pkg.data)
+
+    def _empty(self):
+        return self._message_type.empty_message()

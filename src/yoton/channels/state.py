@@ -1,0 +1,61 @@
+"""The state pattern: one shared value per slot, kept in step across the network.
+
+``send`` sets the state (only when it changes) and broadcasts it; any
+arriving state replaces ours; ``recv`` returns the current state without
+blocking. When a context joins the network (the ``NEW_CONNECTION`` context
+message), every StateChannel re-sends its state so the newcomer learns it.
+If two channels set the state at about the same time, which one wins is not
+defined.
+"""
+
+from __future__ import annotations
+
+from .base import BaseChannel
+
+__all__ = ["StateChannel"]
+
+
+class StateChannel(BaseChannel):
+    """A value shared by all StateChannels on the same slot."""
+
+    _pattern_out = "state"
+    _pattern_in = "state"
+
+    def __init__(self, context, slot_base: str, message_type=None):
+        super().__init__(context, slot_base, message_type)
+        self._state = b""  # encoded; b'' means no state yet
+
+    def send(self, message) -> None:
+        """Set the state and broadcast it, unless it equals the current state.
+
+        Empty messages are ignored. Raises ``ValueError`` for a message the
+        type cannot encode and ``ChannelClosedError`` when closed.
+        """
+        if self._closed:
+            self._send(message)  # raises ChannelClosedError
+        body = self._message_type.message_to_bytes(message)
+        if body and body != self._state:
+            self._state = body
+            self._context._send(self._slot_out, body)
+
+    def recv(self, block=False):
+        """Return the current state (never blocks; ``block`` is accepted for compatibility)."""
+        state = self._state
+        return self._message_type.message_from_bytes(state) if state else self._empty()
+
+    def send_last(self) -> None:
+        """Broadcast the current state again (nothing if there is none)."""
+        if self._state and not self._closed:
+            self._context._send(self._slot_out, self._state)
+
+    def _receive(self, pkg) -> None:
+        self._state = bytes(pkg.data)
+        self._announce()
+
+    def _on_new_connection(self) -> None:
+        self.send_last()
+
+    @property
+    def pending(self) -> int:
+        """1 if a state is known, else 0."""
+        return 1 if self._state else 0

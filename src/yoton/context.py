@@ -1,0 +1,333 @@
+"""The context: a node of the network that routes packages between its
+connections and its channels.
+
+Routing rules (yoton 2.2, PROTOCOL.md section 6):
+
+* Sending: number the package (``source_seq``), stamp it with our id, and
+  queue it on every live connection; with none, keep it in the startup queue,
+  which the next connection made (bind or connect) takes over.
+* Receiving from connection C: a package whose ``source_seq`` is not above
+  the last one seen from its source is a duplicate and is dropped (this is
+  what stops floods in meshes), as are our own packages coming back.
+  Otherwise: broadcast (``dest_id == 0``) goes to every other live connection
+  and is delivered here; addressed to us is only delivered here; addressed to
+  someone else is only forwarded.
+* Delivery numbers the package locally (``recv_seq``) and hands it to the
+  channel registered for its slot, or, for slot 2, handles the context
+  message (``NEW_CONNECTION``: state channels re-send their state).
+
+Numbering and queueing happen under one lock, so packages leave in the order
+of their sequence numbers even when many threads send at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+
+from .errors import FlushTimeout
+from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
+from .transport.ioloop import IOLoop
+from .wire.frames import DEFAULT_MAX_PACKAGE_SIZE, SLOT_CONTEXT, pack_header
+from .wire.naming import new_id
+
+log = logging.getLogger("yoton")
+
+__all__ = ["Context"]
+
+DEFAULT_QUEUE_PARAMS = (10000, "old")
+_NEW_CONNECTION = b"NEW_CONNECTION"
+_CLOSE_CONNECTION = b"CLOSE_CONNECTION"
+
+
+def _check_queue_params(queue_params):
+    if queue_params is None:
+        return DEFAULT_QUEUE_PARAMS
+    if not isinstance(queue_params, (tuple, list)) or len(queue_params) != 2:
+        raise ValueError(f"queue_params must be a (size, 'old'|'new') tuple, not {queue_params!r}")
+    size, mode = queue_params
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"queue_params size must be a positive int, not {size!r}")
+    if mode not in ("old", "new"):
+        raise ValueError(f"queue_params discard mode must be 'old' or 'new', not {mode!r}")
+    return (size, mode)
+
+
+class Context:
+    """A node in a yoton network.
+
+    Bind or connect it to other contexts (in this process, another process or
+    another machine) and attach channels to it. Packages sent while the
+    context has no connection wait in a startup queue and go to the first
+    connection made.
+
+    ``queue_params`` is ``(size, 'old'|'new')``: how many messages a receiving
+    channel keeps, and whether the oldest or the newest is discarded when it
+    is full (default ``(10000, 'old')``). ``max_package_size`` (bytes, default
+    1 GiB) is the largest package accepted from a peer; a larger one closes
+    that connection.
+    """
+
+    def __init__(self, verbose=0, queue_params=None, *, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
+        self._verbose = int(verbose)
+        self._queue_params = _check_queue_params(queue_params)
+        if not isinstance(max_package_size, int) or max_package_size < 1:
+            raise ValueError(f"max_package_size must be a positive int, not {max_package_size!r}")
+        self._max_package_size = max_package_size
+        self._id = new_id()
+        self._lock = threading.RLock()
+        self._seq = 0
+        self._connections: list = []
+        self._live: tuple = ()
+        self._startup: deque = deque()
+        self._last_seq: dict = {}
+        self._recv_seq = 0
+        self._send_slots: dict = {}
+        self._recv_slots: dict = {}
+        self._channels: "weakref.WeakSet" = weakref.WeakSet()
+        self._loop: IOLoop | None = None
+        self._flush_cond = threading.Condition()
+        self._flush_waiters = 0
+
+    def __repr__(self):
+        return f"<yoton.Context {self._id:016x} with {self.connection_count} connection(s)>"
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """The 64-bit id of this context (unique in the network)."""
+        return self._id
+
+    @property
+    def connections(self) -> ConnectionCollection:
+        """The connected connections (indexable by position or name)."""
+        return ConnectionCollection(c for c in self._connections if c.is_connected)
+
+    @property
+    def connections_all(self) -> ConnectionCollection:
+        """All connections, including binds still waiting for a peer."""
+        return ConnectionCollection(self._connections)
+
+    @property
+    def connection_count(self) -> int:
+        """The number of connected contexts (use as a bool: 'am I connected?')."""
+        return sum(1 for c in self._connections if c.is_connected)
+
+    @property
+    def queue_params(self) -> tuple:
+        """``(size, discard_mode)`` used by receiving channels of this context."""
+        return self._queue_params
+
+    @property
+    def max_package_size(self) -> int:
+        """Largest package body (bytes) accepted from a peer."""
+        return self._max_package_size
+
+    # -- connecting ---------------------------------------------------------
+
+    def bind(self, address: str, max_tries: int = 1, name: str = "") -> TcpConnection:
+        """Listen on ``address`` ('host:port') for one peer context; return the connection.
+
+        Returns at once with a waiting connection; the I/O thread accepts the
+        first client that completes the yoton handshake and refuses others
+        (non-yoton clients get an error line). With ``max_tries`` > 1, other
+        ports after ``port`` are tried when it is taken; ``port1`` of the
+        returned connection tells which one was bound.
+        """
+        conn = TcpConnection(self, name)
+        conn._bind(address, max_tries)
+        return conn
+
+    def connect(self, address: str, timeout: float = 1.0, name: str = "") -> TcpConnection:
+        """Connect to a context bound at ``address``; return the connection.
+
+        Retries until ``timeout`` seconds have passed, then raises
+        :class:`~yoton.errors.ConnectError` (an ``OSError``). A peer that
+        answers but is not yoton raises
+        :class:`~yoton.errors.HandshakeError`.
+        """
+        conn = TcpConnection(self, name)
+        conn._connect(address, timeout)
+        self._send(SLOT_CONTEXT, _NEW_CONNECTION)
+        return conn
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every queued package has been written to the network.
+
+        Raises :class:`~yoton.errors.FlushTimeout` (a ``TimeoutError``) if that
+        takes longer than ``timeout`` seconds.
+        """
+        self._wait_flushed(list(self._connections), timeout)
+
+    def close(self) -> None:
+        """Close all connections (telling the peers) and all channels.
+
+        The context can be bound or connected again afterwards.
+        """
+        loop = self._loop
+        conns = list(self._connections)
+        if loop is not None and loop.running:
+            for conn in conns:
+                loop.call_soon(conn._begin_close, REASON_CONTEXT)
+            if not loop.in_io_thread():
+                deadline = time.monotonic() + 2.0
+                for conn in conns:
+                    conn._done.wait(max(0.0, deadline - time.monotonic()))
+        for conn in conns:
+            conn._teardown(REASON_CONTEXT)  # no-op for those already closed
+        self.close_channels()
+        with self._lock:
+            self._loop = None
+            self._startup.clear()
+        if loop is not None:
+            loop.stop()
+
+    def close_channels(self) -> None:
+        """Close every channel attached to this context; connections stay."""
+        for channel in list(self._channels):
+            channel.close()
+
+    # -- connection bookkeeping (transport calls these) -----------------------
+
+    def _ensure_loop(self) -> IOLoop:
+        with self._lock:
+            if self._loop is None or not self._loop.running:
+                self._loop = IOLoop(name=f"yoton-io-{self._id:016x}")
+            return self._loop
+
+    def _attach_connection(self, conn) -> IOLoop:
+        loop = self._ensure_loop()
+        conn._loop = loop
+        with self._lock:
+            while self._startup:
+                conn._outq.append(self._startup.popleft())
+            self._connections.append(conn)
+            self._update_live()
+        if conn.is_connected:
+            loop.call_soon(conn._start_io, loop)
+        return loop
+
+    def _connection_established(self, conn) -> None:
+        log.log(logging.INFO if self._verbose else logging.DEBUG,
+                "yoton: %016x accepted %016x on port %d", self._id, conn.id2, conn.port1)
+        self._update_live()
+
+    def _detach_connection(self, conn) -> None:
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+            self._update_live()
+
+    def _update_live(self) -> None:
+        with self._lock:
+            self._live = tuple(c for c in self._connections if c.is_alive)
+
+    def _notify_flushed(self) -> None:
+        if self._flush_waiters:
+            with self._flush_cond:
+                self._flush_cond.notify_all()
+
+    def _wait_flushed(self, conns: list, timeout: float) -> None:
+        loop = self._loop
+        if loop is None or loop.in_io_thread():
+            return
+        deadline = time.monotonic() + float(timeout)
+        with self._flush_cond:
+            self._flush_waiters += 1
+            try:
+                while True:
+                    left = [c for c in conns if c._unflushed()]
+                    if not left:
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise FlushTimeout(
+                            f"flush timed out after {timeout} s with packages still queued "
+                            f"on {len(left)} connection(s)")
+                    self._flush_cond.wait(remaining)
+            finally:
+                self._flush_waiters -= 1
+
+    # -- channels (the channel layer calls these) ----------------------------
+
+    def _register_channel(self, channel, slot_out: int | None, slot_in: int | None) -> None:
+        with self._lock:
+            if slot_out is not None and slot_out in self._send_slots:
+                raise ValueError(f"Slot not free: {channel.slot_outgoing} already has a sending channel here")
+            if slot_in is not None and slot_in in self._recv_slots:
+                raise ValueError(f"Slot not free: {channel.slot_incoming} already has a receiving channel here")
+            if slot_out is not None:
+                self._send_slots[slot_out] = channel
+            if slot_in is not None:
+                self._recv_slots[slot_in] = channel
+            self._channels.add(channel)
+
+    def _unregister_channel(self, channel) -> None:
+        with self._lock:
+            for table in (self._send_slots, self._recv_slots):
+                for slot, ch in list(table.items()):
+                    if ch is channel:
+                        del table[slot]
+            self._channels.discard(channel)
+
+    def _send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0) -> None:
+        """Number a package and queue it on every live connection (any thread)."""
+        with self._lock:
+            self._seq = seq = self._seq + 1
+            item = (pack_header(slot, self._id, seq, dest_id, dest_seq, len(body)), body)
+            live = self._live
+            if live:
+                for conn in live:
+                    conn._enqueue(item)
+            else:
+                self._startup.append(item)
+
+    # -- routing (I/O thread) -------------------------------------------------
+
+    def _route(self, conn, pkg) -> None:
+        source = pkg.source_id
+        if pkg.source_seq <= self._last_seq.get(source, 0) or source == self._id:
+            return
+        self._last_seq[source] = pkg.source_seq
+        dest = pkg.dest_id
+        if dest != self._id:
+            live = self._live
+            if len(live) > 1:
+                item = (pkg.header(), pkg.data)
+                for other in live:
+                    if other is not conn:
+                        other._enqueue(item)
+            if dest != 0:
+                return
+        self._recv_seq += 1
+        pkg.recv_seq = self._recv_seq
+        if pkg.slot == SLOT_CONTEXT:
+            self._context_message(conn, pkg)
+            return
+        channel = self._recv_slots.get(pkg.slot)
+        if channel is not None:
+            try:
+                channel._receive(pkg)
+            except Exception:
+                log.exception("yoton: channel %r failed to take a package", channel)
+
+    def _context_message(self, conn, pkg) -> None:
+        text = bytes(pkg.data)
+        if text == _NEW_CONNECTION:
+            for channel in list(self._channels):
+                hook = getattr(channel, "_on_new_connection", None)
+                if hook is not None:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("yoton: %r failed to re-send its state", channel)
+        elif text == _CLOSE_CONNECTION:
+            for other in self._live:
+                if other.id2 == pkg.source_id:
+                    other._begin_close("Closed on request of the other context.")
+        else:
+            log.debug("yoton: ignored unknown context message %r", text[:80])

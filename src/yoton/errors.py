@@ -1,0 +1,47 @@
+"""Exceptions raised by yoton.
+
+Every exception yoton raises on purpose derives from :class:`YotonError`. Each
+one also derives from the standard-library exception that yoton 2.2 raised in
+the same situation, so ``except OSError`` or ``except ValueError`` written for
+yoton 2.2 keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "YotonError",
+    "ProtocolError",
+    "HandshakeError",
+    "ConnectError",
+    "ChannelClosedError",
+    "FlushTimeout",
+]
+
+
+class YotonError(Exception):
+    """Root of all exceptions raised by yoton."""
+
+
+class ProtocolError(YotonError, ValueError):
+    """The bytes received from a peer break the wire protocol.
+
+    Raised by the pure wire code (frame decoder, handshake parser). The I/O
+    layer never lets it escape: it closes the offending connection and uses
+    the message as the close reason.
+    """
+
+
+class HandshakeError(ProtocolError):
+    """The yoton handshake with a peer failed (not yoton, bad id, self-connect)."""
+
+
+class ConnectError(YotonError, OSError):
+    """``Context.connect`` could not reach a yoton peer before its timeout."""
+
+
+class ChannelClosedError(YotonError, OSError):
+    """You sent on a channel that was closed (by you, or by closing its context)."""
+
+
+class FlushTimeout(YotonError, TimeoutError):
+    """``flush()`` gave up: queued packages were not all written before the timeout."""

@@ -1,0 +1,1 @@
+"""Transport: the I/O thread and TCP connections of a context."""

@@ -1,0 +1,603 @@
+"""Connections between two contexts: the TCP transport.
+
+Life of a connection::
+
+    NEW --bind()--> WAITING --(peer's hello accepted)--> CONNECTED
+    NEW --connect()--> CONNECTED           (handshake done in the caller)
+    WAITING/CONNECTED --close()--> CLOSING --(close signal flushed, or 1 s)--> CLOSED
+    any --(peer closed / EOF / broken stream / close_on_problem)--> CLOSED
+
+* ``is_alive`` is WAITING or CONNECTED; packages are queued only while alive.
+* A WAITING connection keeps what it is given and writes it once a peer is
+  accepted; that is how the startup queue reaches the first peer.
+* All socket work and every state change after the handshake happens in the
+  context's I/O thread. User threads append to ``_outq`` (a deque of tuples of
+  buffers) and ask the loop to write.
+* ``closed(conn, reason)`` is emitted once, when the state becomes CLOSED.
+* ``timedout(conn, True)`` when nothing arrived for ``timeout`` seconds,
+  ``timedout(conn, False)`` when data arrives again. A side that has sent
+  nothing for :data:`HEARTBEAT_INTERVAL` seconds sends a heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections import deque
+
+from ..errors import ConnectError, FlushTimeout, HandshakeError, YotonError
+from ..events import Signal
+from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
+from ..wire.naming import parse_address
+from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, OPEN, Protocol
+
+log = logging.getLogger("yoton")
+
+__all__ = ["Connection", "TcpConnection", "ConnectionCollection", "BindError"]
+
+NEW, WAITING, CONNECTED, CLOSING, CLOSED = "NEW", "WAITING", "CONNECTED", "CLOSING", "CLOSED"
+
+TIMEOUT_MIN = 0.5
+HEARTBEAT_INTERVAL = TIMEOUT_MIN / 2
+HANDSHAKE_DEADLINE = 3.0  #: seconds a client gets to say hello to a bind
+MAX_PENDING_HANDSHAKES = 16
+CLOSE_FLUSH_TIME = 1.0
+
+REASON_COMMAND = "Closed on command."
+REASON_PROBLEM = "Unspecified problem"
+REASON_CONTEXT = "Closed by the context."
+
+_IOV_MAX = 512
+_CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
+
+
+class BindError(YotonError, OSError):
+    """``Context.bind`` found no free port among those it was allowed to try."""
+
+
+class ConnectionCollection(list):
+    """A list of connections that can also be indexed by connection name."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for conn in self:
+                if conn.name == key:
+                    return conn
+            raise KeyError(f"no connection named {key!r}")
+        return list.__getitem__(self, key)
+
+    def get(self, name, default=None):
+        """Return the connection called ``name``, or ``default``."""
+        for conn in self:
+            if conn.name == name:
+                return conn
+        return default
+
+
+class Connection:
+    """One link between this context and another; the user-facing interface.
+
+    Made by :meth:`Context.bind` and :meth:`Context.connect`; use it to read
+    addresses and ids, to watch the :attr:`closed` and :attr:`timedout`
+    signals, and to :meth:`close` the link. A connection is used once.
+    """
+
+    def __init__(self, context, name: str = ""):
+        self._context = context
+        self._name = str(name)
+        self._state = NEW
+        self._closed_signal = Signal()
+        self._timedout_signal = Signal()
+        self._timeout = TIMEOUT_MIN
+        self._close_reason: str | None = None
+        self._done = threading.Event()
+        self._id2 = 0
+        self._pid2 = 0
+        self._host1, self._port1 = "", 0
+        self._host2, self._port2 = "", 0
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._name!r} {self._state} {self._host1}:{self._port1}>"
+
+    # -- signals and properties -------------------------------------------
+
+    @property
+    def closed(self) -> Signal:
+        """Signal emitted once when the connection closes: ``(connection, reason)``."""
+        return self._closed_signal
+
+    @property
+    def timedout(self) -> Signal:
+        """Signal ``(connection, True)`` after ``timeout`` s of silence, ``(connection, False)`` when data returns."""
+        return self._timedout_signal
+
+    @property
+    def name(self) -> str:
+        """The name given at bind/connect; ``context.connections[name]`` finds it."""
+        return self._name
+
+    @property
+    def timeout(self) -> float:
+        """Seconds without incoming data before ``timedout`` fires (at least 0.5)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        value = float(value)
+        if not value >= 0:
+            raise ValueError(f"timeout must be a non-negative number, not {value!r}")
+        self._timeout = max(TIMEOUT_MIN, value)
+
+    @property
+    def is_alive(self) -> bool:
+        """True while waiting for a peer or connected (not closing or closed)."""
+        return self._state in (WAITING, CONNECTED)
+
+    @property
+    def is_connected(self) -> bool:
+        """True while connected to another context."""
+        return self._state == CONNECTED
+
+    @property
+    def is_waiting(self) -> bool:
+        """True after ``bind()`` until a peer is accepted."""
+        return self._state == WAITING
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection closed (None while open)."""
+        return self._close_reason
+
+    @property
+    def hostname1(self) -> str:
+        """Host (IP) of this end."""
+        return self._host1
+
+    @property
+    def port1(self) -> int:
+        """Port of this end; after ``bind()`` this is the port peers connect to."""
+        return self._port1
+
+    @property
+    def hostname2(self) -> str:
+        """Host (IP) of the other end; '' when not connected."""
+        return self._host2
+
+    @property
+    def port2(self) -> int:
+        """Port of the other end; 0 when not connected."""
+        return self._port2
+
+    @property
+    def id1(self) -> int:
+        """Id of the context at this end."""
+        return self._context.id
+
+    @property
+    def id2(self) -> int:
+        """Id of the context at the other end; 0 when not connected."""
+        return self._id2
+
+    @property
+    def pid1(self) -> int:
+        """Process id at this end."""
+        return os.getpid()
+
+    @property
+    def pid2(self) -> int:
+        """Process id at the other end; 0 when not connected."""
+        return self._pid2
+
+    # -- closing and flushing (implemented by the transport) ----------------
+
+    def close(self, reason: str | None = None) -> None:
+        """Close the connection, telling the other end; a waiting bind stops waiting.
+
+        Queued packages and the close signal are flushed for up to a second.
+        """
+        raise NotImplementedError
+
+    def close_on_problem(self, reason: str | None = None) -> None:
+        """Drop the connection at once, without telling the other end."""
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 3.0) -> None:
+        """Wait until all queued packages are written; raise FlushTimeout after ``timeout`` s."""
+        raise NotImplementedError
+
+
+class TcpConnection(Connection):
+    """A :class:`Connection` over TCP, served by the context's I/O thread."""
+
+    def __init__(self, context, name: str = ""):
+        super().__init__(context, name)
+        self._sock: socket.socket | None = None
+        self._protocol: Protocol | None = None
+        self._listener: _Listener | None = None
+        self._outq: deque = deque()
+        self._wbufs: list = []
+        self._write_scheduled = False
+        self._want_write = False
+        self._last_send = self._last_recv = time.monotonic()
+        self._is_timedout = False
+        self._close_deadline = 0.0
+
+    # -- setting up (caller's thread) ---------------------------------------
+
+    def _bind(self, address: str, max_tries: int = 1) -> None:
+        proto, host, port = parse_address(address)
+        if proto != "tcp":
+            raise ValueError(f"unsupported protocol {proto!r} in address {address!r}")
+        max_tries = int(max_tries)
+        if max_tries < 1:
+            raise ValueError("max_tries must be at least 1")
+        error = None
+        for i in range(max_tries):
+            if port >= 2**16:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                if os.name == "posix":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+                sock.listen(8)
+                break
+            except OSError as exc:
+                sock.close()
+                error = exc
+                port += int(math.sqrt(i + 1))
+        else:
+            raise BindError(f"could not bind to {host} on any of {max_tries} port(s) tried: {error}")
+        if port >= 2**16:
+            raise BindError(f"could not bind to {host}: ran out of ports ({error})")
+        sock.setblocking(False)
+        self._host1, self._port1 = sock.getsockname()[:2]
+        self._state = WAITING
+        self._listener = _Listener(self, sock)
+        loop = self._context._attach_connection(self)
+        loop.call_soon(self._listener._start, loop)
+
+    def _connect(self, address: str, timeout: float = 1.0) -> None:
+        proto, host, port = parse_address(address)
+        if proto != "tcp":
+            raise ValueError(f"unsupported protocol {proto!r} in address {address!r}")
+        timeout = float(timeout)
+        deadline = time.monotonic() + timeout
+        problem = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectError(f"Could not connect to {host}:{port} within {timeout} s ({problem}).")
+            try:
+                sock = socket.create_connection((host, port), timeout=remaining)
+            except _CONNECT_ERRORS as exc:
+                problem = str(exc) or type(exc).__name__
+                # The peer may not be listening yet: try again shortly.
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+                continue
+            except OSError as exc:
+                raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
+            try:
+                protocol = self._handshake(sock, deadline)
+            except BaseException:
+                sock.close()
+                raise
+            if protocol is None:  # peer went away during the handshake; retry
+                sock.close()
+                problem = "handshake interrupted"
+                continue
+            break
+        self._adopt(sock, protocol)
+        self._context._attach_connection(self)
+
+    def _handshake(self, sock: socket.socket, deadline: float) -> Protocol | None:
+        ctx = self._context
+        protocol = Protocol("connect", ctx.id, os.getpid(), ctx._max_package_size)
+        try:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.sendall(protocol.data_to_send())
+            while protocol.state == HANDSHAKE:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                data = sock.recv(65536)
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+        except socket.timeout:
+            raise ConnectError("Could not connect: handshake timed out.") from None
+        except OSError:
+            return None
+        if protocol.state != OPEN:
+            raise HandshakeError(f"Could not connect: {protocol.close_reason}")
+        return protocol
+
+    def _adopt(self, sock: socket.socket, protocol: Protocol) -> None:
+        """Take over a socket whose handshake succeeded (any thread, before the I/O thread sees it)."""
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._protocol = sock, protocol
+        self._host1, self._port1 = sock.getsockname()[:2]
+        self._host2, self._port2 = sock.getpeername()[:2]
+        self._id2, self._pid2 = protocol.peer_id, protocol.peer_pid
+        self._last_send = self._last_recv = time.monotonic()
+        self._state = CONNECTED
+
+    # -- I/O thread ---------------------------------------------------------
+
+    def _start_io(self, loop) -> None:
+        """Register with the I/O thread once CONNECTED (runs in the I/O thread)."""
+        self._loop = loop
+        loop.register(self._sock, self)
+        loop.housekeepers.add(self)
+        self._handle_events(self._protocol.events_received())
+        self._write_now()
+
+    def _on_readable(self) -> None:
+        protocol = self._protocol
+        try:
+            nbytes = self._sock.recv_into(protocol.get_buffer())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._teardown(f"Connection broken: {exc}.")
+            return
+        if nbytes:
+            protocol.buffer_updated(nbytes)
+            self._last_recv = time.monotonic()
+            if self._is_timedout:
+                self._is_timedout = False
+                self._timedout_signal.emit(self, False)
+        else:
+            protocol.receive_eof()
+        events = protocol.events_received()
+        if events:
+            self._handle_events(events)
+
+    def _handle_events(self, events: list) -> None:
+        route = self._context._route
+        for event in events:
+            if event is CONNECTION_CLOSED:
+                self._teardown(self._protocol.close_reason)
+                return
+            if event is not HANDSHAKE_DONE:
+                route(self, event)
+
+    def _on_writable(self) -> None:
+        self._write_now()
+
+    def _write_now(self) -> None:
+        self._write_scheduled = False
+        if self._sock is None or self._state not in (CONNECTED, CLOSING):
+            return
+        bufs, outq = self._wbufs, self._outq
+        while True:
+            while outq and len(bufs) < _IOV_MAX:
+                bufs.extend(outq.popleft())
+            if not bufs:
+                break
+            try:
+                sent = self._sock.sendmsg(bufs)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._teardown(f"Connection broken: {exc}.")
+                return
+            if sent:
+                self._last_send = time.monotonic()
+            i, count = 0, len(bufs)
+            while i < count:
+                size = len(bufs[i])
+                if sent < size:
+                    if sent:
+                        bufs[i] = memoryview(bufs[i])[sent:]
+                    break
+                sent -= size
+                i += 1
+            del bufs[:i]
+            if bufs:  # the kernel is full: wait until writable
+                if not self._want_write:
+                    self._want_write = True
+                    self._loop.want_write(self._sock, self, True)
+                return
+        if self._want_write:
+            self._want_write = False
+            self._loop.want_write(self._sock, self, False)
+        self._context._notify_flushed()
+        if self._state == CLOSING:
+            self._teardown(self._close_reason)
+
+    def _housekeeping(self, now: float) -> None:
+        if self._state == CLOSING:
+            if now >= self._close_deadline:
+                self._teardown(self._close_reason)
+            return
+        if self._state != CONNECTED:
+            return
+        if now - self._last_send >= HEARTBEAT_INTERVAL and not self._outq and not self._wbufs:
+            self._outq.append((HEARTBEAT_BYTES,))
+            self._write_now()
+        if not self._is_timedout and now - self._last_recv > self._timeout:
+            self._is_timedout = True
+            self._timedout_signal.emit(self, True)
+
+    def _begin_close(self, reason: str) -> None:
+        """Queue the close signal and finish once it is written (I/O thread)."""
+        if self._state == WAITING:
+            self._teardown(reason)
+        elif self._state == CONNECTED:
+            self._state = CLOSING
+            self._context._update_live()
+            self._close_reason = reason
+            self._close_deadline = time.monotonic() + CLOSE_FLUSH_TIME
+            self._outq.append((CLOSE_BYTES,))
+            self._write_now()
+
+    def _teardown(self, reason: str | None) -> None:
+        """Close the socket and announce the end (I/O thread, or before I/O starts)."""
+        if self._state == CLOSED:
+            return
+        self._state = CLOSED
+        self._close_reason = reason = reason or REASON_PROBLEM
+        loop = getattr(self, "_loop", None)
+        if self._listener is not None:
+            self._listener._close()
+            self._listener = None
+        if self._sock is not None:
+            if loop is not None:
+                loop.unregister(self._sock)
+                loop.housekeepers.discard(self)
+            self._sock.close()
+            self._sock = None
+        self._outq.clear()
+        self._wbufs.clear()
+        log.debug("yoton: connection %r closed: %s", self._name, reason)
+        self._context._detach_connection(self)
+        self._context._notify_flushed()
+        self._closed_signal.emit(self, reason)
+        self._done.set()
+
+    # -- public (any thread) ------------------------------------------------
+
+    def close(self, reason: str | None = None) -> None:
+        """Close the connection, telling the other end; a waiting bind stops waiting.
+
+        Queued packages and the close signal are flushed for up to a second.
+        """
+        self._request(self._begin_close, reason or REASON_COMMAND, wait=True)
+
+    def close_on_problem(self, reason: str | None = None) -> None:
+        """Drop the connection at once, without telling the other end."""
+        self._request(self._teardown, reason or REASON_PROBLEM, wait=True)
+
+    def _request(self, action, reason: str, wait: bool) -> None:
+        if self._state in (NEW, CLOSED):
+            if self._state == NEW:
+                self._teardown(reason)
+            return
+        loop = getattr(self, "_loop", None)
+        if loop is None or not loop.running:
+            self._teardown(reason)
+            return
+        loop.call_soon(action, reason)
+        if wait and not loop.in_io_thread():
+            self._done.wait(CLOSE_FLUSH_TIME + 1.0)
+
+    def flush(self, timeout: float = 3.0) -> None:
+        """Wait until all queued packages are written; raise FlushTimeout after ``timeout`` s."""
+        self._context._wait_flushed([self], timeout)
+
+    def _unflushed(self) -> bool:
+        return bool(self._outq or self._wbufs) and self._state in (WAITING, CONNECTED, CLOSING)
+
+    def _enqueue(self, item: tuple) -> None:
+        """Queue one package (tuple of buffers) for writing (any thread)."""
+        self._outq.append(item)
+        if not self._write_scheduled and self._state == CONNECTED:
+            self._write_scheduled = True
+            self._loop.schedule_write(self)
+
+
+class _Listener:
+    """The listening socket of a waiting connection and its pending handshakes."""
+
+    def __init__(self, conn: TcpConnection, sock: socket.socket):
+        self.conn = conn
+        self.sock = sock
+        self.pending: dict = {}  # socket -> (_Handshake)
+        self.loop = None
+
+    def _start(self, loop) -> None:
+        if self.conn._state != WAITING:
+            self.sock.close()
+            return
+        self.loop = loop
+        self.conn._loop = loop
+        loop.register(self.sock, self)
+        loop.housekeepers.add(self)
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("yoton: accept failed on port %d: %s", self.conn._port1, exc)
+                return
+            if len(self.pending) >= MAX_PENDING_HANDSHAKES:
+                oldest = next(iter(self.pending.values()))
+                oldest.drop("too many pending handshakes")
+            _Handshake(self, sock, addr)
+
+    def _housekeeping(self, now: float) -> None:
+        for hs in list(self.pending.values()):
+            if now >= hs.deadline:
+                hs.drop("no handshake within %.0f s" % HANDSHAKE_DEADLINE)
+
+    def _accept(self, hs: "_Handshake") -> None:
+        del self.pending[hs.sock]
+        self.loop.unregister(hs.sock)
+        conn = self.conn
+        self._close()
+        conn._listener = None
+        conn._adopt(hs.sock, hs.protocol)
+        conn._context._connection_established(conn)
+        conn._start_io(self.loop)
+
+    def _close(self) -> None:
+        for hs in list(self.pending.values()):
+            hs.drop("bind closed")
+        if self.loop is not None:
+            self.loop.unregister(self.sock)
+            self.loop.housekeepers.discard(self)
+        self.sock.close()
+
+
+class _Handshake:
+    """A client accepted by a bind that has not yet proven it is a yoton peer."""
+
+    def __init__(self, listener: _Listener, sock: socket.socket, addr):
+        ctx = listener.conn._context
+        self.listener = listener
+        self.sock = sock
+        self.addr = addr
+        self.deadline = time.monotonic() + HANDSHAKE_DEADLINE
+        self.protocol = Protocol("bind", ctx.id, os.getpid(), ctx._max_package_size)
+        sock.setblocking(False)
+        listener.pending[sock] = self
+        listener.loop.register(sock, self)
+
+    def _on_readable(self) -> None:
+        protocol = self.protocol
+        try:
+            data = self.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.drop(f"connection error during handshake: {exc}")
+            return
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        answer = protocol.data_to_send()
+        if answer:
+            try:
+                self.sock.send(answer)  # a short line into an empty socket buffer
+            except OSError:
+                pass
+        if protocol.state == OPEN:
+            self.listener._accept(self)
+        elif protocol.state != HANDSHAKE:
+            self.drop(protocol.close_reason)
+
+    def drop(self, reason: str) -> None:
+        """Refuse this client; the bind goes on waiting for a proper peer."""
+        log.info("yoton: refused client %s on port %d: %s", self.addr, self.listener.conn._port1, reason)
+        self.listener.pending.pop(self.sock, None)
+        self.listener.loop.unregister(self.sock)
+        self.sock.close()

@@ -1,0 +1,209 @@
+"""Package framing: the 56-byte header and an incremental frame decoder.
+
+Rules of the stream (yoton 2.2, PROTOCOL.md section 4):
+
+* A package is a header of seven little-endian uint64 (``<7Q``) followed by
+  ``length`` body bytes. Field 0 is always :data:`CONTROL` (``b"YOTON   "``).
+* A header whose control field differs means the stream is out of sync; the
+  connection cannot continue ("Lost track of the stream.").
+* Zero-length packages on :data:`SLOT_DUMMY` are connection-level signals; the
+  signal is in ``source_seq``: :data:`SIGNAL_HEARTBEAT` or :data:`SIGNAL_CLOSE`.
+  Zero-length packages on any other slot carry nothing and are dropped.
+* A header announcing more than ``max_package_size`` body bytes is refused
+  before anything is allocated for it.
+
+Nothing here touches sockets, threads or clocks. The decoder never raises on
+bad input: it records the problem in :attr:`FrameDecoder.error` and stops
+producing packages; the caller closes the connection with that reason.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "CONTROL",
+    "SLOT_DUMMY",
+    "SLOT_CONTEXT",
+    "SIGNAL_HEARTBEAT",
+    "SIGNAL_CLOSE",
+    "HEARTBEAT_BYTES",
+    "CLOSE_BYTES",
+    "DEFAULT_MAX_PACKAGE_SIZE",
+    "Package",
+    "pack_header",
+    "FrameDecoder",
+]
+
+HEADER = struct.Struct("<7Q")
+HEADER_SIZE = HEADER.size  # 56
+CONTROL = int.from_bytes(b"YOTON   ", "little")  # 2314885729178898265
+
+SLOT_DUMMY = 1  #: connection-level signals (heartbeat, close)
+SLOT_CONTEXT = 2  #: context messages such as NEW_CONNECTION
+
+SIGNAL_HEARTBEAT = 0
+SIGNAL_CLOSE = 1
+
+DEFAULT_MAX_PACKAGE_SIZE = 1 << 30  # 1 GiB
+
+_pack = HEADER.pack
+_unpack_from = HEADER.unpack_from
+
+HEARTBEAT_BYTES = _pack(CONTROL, SLOT_DUMMY, 0, SIGNAL_HEARTBEAT, 0, 0, 0)
+CLOSE_BYTES = _pack(CONTROL, SLOT_DUMMY, 0, SIGNAL_CLOSE, 0, 0, 0)
+
+# Bodies up to this size are cut out of the shared read buffer; larger ones
+# get a buffer of their own that the transport reads into directly.
+_INLINE_BODY = 64 * 1024
+_READ_BUFFER = 256 * 1024
+
+
+class Package:
+    """One package: routing fields plus the (encoded) body.
+
+    ``recv_seq`` is the local delivery number a context assigns when it hands
+    the package to a channel (0 until then); it orders packages across
+    channels for :func:`yoton.select_sub_channel`.
+    """
+
+    __slots__ = ("data", "slot", "source_id", "source_seq", "dest_id", "dest_seq", "recv_seq")
+
+    def __init__(self, data, slot, source_id, source_seq, dest_id=0, dest_seq=0, recv_seq=0):
+        self.data = data
+        self.slot = slot
+        self.source_id = source_id
+        self.source_seq = source_seq
+        self.dest_id = dest_id
+        self.dest_seq = dest_seq
+        self.recv_seq = recv_seq
+
+    def header(self) -> bytes:
+        """Return the 56 header bytes for this package."""
+        return _pack(
+            CONTROL, self.slot, self.source_id, self.source_seq,
+            self.dest_id, self.dest_seq, len(self.data),
+        )
+
+    def __repr__(self):
+        return (
+            f"<Package slot={self.slot} src={self.source_id:016x}:{self.source_seq} "
+            f"dest={self.dest_id:016x}:{self.dest_seq} len={len(self.data)}>"
+        )
+
+
+def pack_header(slot: int, source_id: int, source_seq: int, dest_id: int, dest_seq: int, length: int) -> bytes:
+    """Return the 56-byte header of a package with the given fields."""
+    return _pack(CONTROL, slot, source_id, source_seq, dest_id, dest_seq, length)
+
+
+class FrameDecoder:
+    """Cut packages out of a byte stream, fed in pieces of any size.
+
+    Two ways to feed it:
+
+    * :meth:`receive_data` with a bytes-like object (simple; used in tests);
+    * :meth:`get_buffer` / :meth:`buffer_updated`, so the transport can
+      ``recv_into`` the decoder's own memory. While a large body is being
+      received, ``get_buffer`` returns a view on that body's final buffer, so
+      big packages are read from the kernel straight into place.
+
+    Decoded :class:`Package` objects are appended to :attr:`packages` (a list
+    the caller may take and replace). Heartbeats and empty packages are
+    consumed silently. A close signal sets :attr:`peer_closed` and ends
+    decoding, as does an error (:attr:`error`).
+    A package's ``data`` is ``bytes``, or a ``bytearray`` for bodies over
+    64 KiB (read in place, not copied again).
+    """
+
+    __slots__ = ("max_package_size", "packages", "error", "peer_closed", "_buf", "_start", "_end", "_body", "_body_fill", "_pending")
+
+    def __init__(self, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
+        self.max_package_size = max_package_size
+        self.packages: list = []
+        self.error: str | None = None
+        self.peer_closed = False
+        self._buf = bytearray(_READ_BUFFER)
+        self._start = 0  # first unparsed byte in _buf
+        self._end = 0  # end of valid data in _buf
+        self._body: bytearray | None = None  # large body being filled
+        self._body_fill = 0
+        self._pending: tuple | None = None  # header fields of that large body
+
+    # -- feeding ----------------------------------------------------------
+
+    def get_buffer(self) -> memoryview:
+        """Return writable memory for the next incoming bytes (never empty)."""
+        if self._body is not None:
+            return memoryview(self._body)[self._body_fill:]
+        buf = self._buf
+        if self._end == len(buf):
+            # Move the partial package to the front to make room.
+            keep = self._end - self._start
+            buf[:keep] = buf[self._start:self._end]
+            self._start, self._end = 0, keep
+        return memoryview(buf)[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Account for ``nbytes`` written into the memory from :meth:`get_buffer`."""
+        if self.error is not None or self.peer_closed:
+            return
+        if self._body is not None:
+            self._body_fill += nbytes
+            if self._body_fill == len(self._body):
+                body, fields = self._body, self._pending
+                self._body = self._pending = None
+                self.packages.append(Package(body, *fields))
+            return
+        self._end += nbytes
+        self._parse()
+
+    def receive_data(self, data) -> None:
+        """Feed a bytes-like object (any length, any split)."""
+        view = memoryview(data).cast("B")
+        while view.nbytes and self.error is None and not self.peer_closed:
+            target = self.get_buffer()
+            n = min(len(target), view.nbytes)
+            target[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    # -- parsing ----------------------------------------------------------
+
+    def _parse(self) -> None:
+        buf, pos, end = self._buf, self._start, self._end
+        out = self.packages
+        limit = self.max_package_size
+        while end - pos >= HEADER_SIZE:
+            control, slot, sid, sseq, did, dseq, length = _unpack_from(buf, pos)
+            if control != CONTROL:
+                self.error = "Lost track of the stream."
+                break
+            if length > limit:
+                self.error = f"Package too large ({length} bytes; the limit is {limit})."
+                break
+            body_start = pos + HEADER_SIZE
+            if length == 0:
+                pos = body_start
+                if slot == SLOT_DUMMY and sseq == SIGNAL_CLOSE:
+                    self.peer_closed = True
+                    break
+                continue
+            if end - body_start >= length:
+                pos = body_start + length
+                out.append(Package(bytes(buf[body_start:pos]), slot, sid, sseq, did, dseq))
+                continue
+            if length > _INLINE_BODY:
+                # Large body: give it a buffer of its own and read into it.
+                have = end - body_start
+                body = bytearray(length)
+                body[:have] = buf[body_start:end]
+                self._body, self._body_fill = body, have
+                self._pending = (slot, sid, sseq, did, dseq)
+                pos = end
+            break
+        if pos == end:
+            pos = end = 0
+        self._start, self._end = pos, end

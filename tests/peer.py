@@ -1,0 +1,278 @@
+"""A remote-controlled yoton peer for interop tests.
+
+Run as a script; ``import yoton`` resolves to whatever PYTHONPATH puts first
+(the original 2.2 or ours). Reads one JSON command per line on stdin, answers
+one JSON reply per line on stdout. A command is ``{"op": NAME, ...args}``; the
+reply is a JSON object, or ``{"error": "..."}`` when the command failed.
+
+On start it prints ``{"ready": true, "yoton": <yoton.__file__>, ...}``.
+
+Connections made by ``bind``/``connect`` are numbered 0, 1, ... in the order
+they were made; their ``closed`` signals are recorded (see ``closed_events``).
+Channels are created on first use and kept per (kind, slot, type).
+
+Messages travel in JSON as: TEXT -> str, BINARY -> hex str, OBJECT -> JSON
+value where a tuple is ``{"__tuple__": [...]}`` and a dict with non-str keys is
+``{"__dict__": [[k, v], ...]}``.
+
+To add commands (e.g. req/rep), write ``def op_NAME(self, **args) -> dict``
+on :class:`Peer`; the dispatcher finds it by name.
+"""
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+
+import yoton
+
+
+# -- JSON <-> message values ---------------------------------------------------
+
+def to_json(value):
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: to_json(v) for k, v in value.items()}
+        return {"__dict__": [[to_json(k), to_json(v)] for k, v in value.items()]}
+    if isinstance(value, bytes):
+        return {"__bytes__": value.hex()}
+    return value
+
+
+def from_json(value):
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(from_json(v) for v in value["__tuple__"])
+        if set(value) == {"__dict__"}:
+            return {from_json(k): from_json(v) for k, v in value["__dict__"]}
+        if set(value) == {"__bytes__"}:
+            return bytes.fromhex(value["__bytes__"])
+        return {k: from_json(v) for k, v in value.items()}
+    return value
+
+
+TYPES = {"txt": yoton.TEXT, "bin": yoton.BINARY, "obj": yoton.OBJECT}
+
+
+def encode_msg(type_, msg):
+    if type_ == "bin":
+        return msg.hex()
+    if type_ == "obj":
+        return to_json(msg)
+    return msg
+
+
+def decode_msg(type_, msg):
+    if type_ == "bin":
+        return bytes.fromhex(msg)
+    if type_ == "obj":
+        return from_json(msg)
+    return msg
+
+
+# -- the peer --------------------------------------------------------------------
+
+class Peer:
+    def __init__(self):
+        self.ctx = yoton.Context()
+        self.conns = []
+        self.closed = []  # [conn index, reason] in the order the signals arrived
+        self.handlers = []  # keep signal handlers alive
+        self.channels = {}
+
+    def pump(self):
+        yoton.process_events(False)
+
+    def wait_until(self, cond, timeout):
+        """Process events until cond() is true or timeout passes; return cond()."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            if cond():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    def channel(self, kind, slot, type_):
+        key = (kind, slot, type_)
+        if key not in self.channels:
+            cls = {"pub": yoton.PubChannel, "sub": yoton.SubChannel, "state": yoton.StateChannel}[kind]
+            self.channels[key] = cls(self.ctx, slot, TYPES[type_])
+        return self.channels[key]
+
+    def _track(self, conn):
+        index = len(self.conns)
+        self.conns.append(conn)
+
+        def on_closed(connection, reason=None):
+            self.closed.append([index, reason])
+
+        self.handlers.append(on_closed)
+        conn.closed.bind(on_closed)
+        return index
+
+    def _conn_info(self, index):
+        c = self.conns[index]
+        return {"conn": index, "port": c.port1, "is_connected": c.is_connected,
+                "is_alive": c.is_alive, "is_waiting": c.is_waiting,
+                "id2": format(c.id2 or 0, "016x"), "pid2": c.pid2 or 0}
+
+    # -- contexts and connections
+    def op_info(self):
+        return {"id": format(self.ctx.id, "016x"), "pid": os.getpid(),
+                "connection_count": self.ctx.connection_count, "yoton": yoton.__file__}
+
+    def op_bind(self, addr="localhost:0", max_tries=1, name=""):
+        return self._conn_info(self._track(self.ctx.bind(addr, max_tries=max_tries, name=name)))
+
+    def op_connect(self, addr, timeout=5.0, name=""):
+        return self._conn_info(self._track(self.ctx.connect(addr, timeout=timeout, name=name)))
+
+    def op_conn_info(self, conn):
+        return self._conn_info(conn)
+
+    def op_conn_close(self, conn, reason=None):
+        self.conns[conn].close(reason)
+        return {}
+
+    def op_wait_connections(self, count, timeout=10.0):
+        ok = self.wait_until(lambda: self.ctx.connection_count >= count, timeout)
+        return {"ok": ok, "connection_count": self.ctx.connection_count}
+
+    def op_closed_events(self, count=0, timeout=0.0):
+        """The closed signals seen so far, waiting up to timeout until there are count."""
+        self.wait_until(lambda: len(self.closed) >= count, timeout)
+        return {"events": self.closed}
+
+    def op_flush(self, timeout=5.0):
+        self.ctx.flush(timeout)
+        return {}
+
+    def op_close(self):
+        self.ctx.close()
+        return {}
+
+    # -- pub/sub
+    def op_pub(self, slot, type, msg=None):
+        channel = self.channel("pub", slot, type)
+        if msg is not None:
+            channel.send(decode_msg(type, msg))
+        return {}
+
+    def op_pub_many(self, slot, type, msgs):
+        channel = self.channel("pub", slot, type)
+        for msg in msgs:
+            channel.send(decode_msg(type, msg))
+        return {}
+
+    def op_sub(self, slot, type):
+        self.channel("sub", slot, type)
+        return {}
+
+    def op_recv(self, slot, type, timeout=5.0):
+        sub = self.channel("sub", slot, type)
+        if not self.wait_until(lambda: sub.pending > 0, timeout):
+            return {"timeout": True}
+        return {"msg": encode_msg(type, sub.recv(False))}
+
+    def op_recv_n(self, slot, type, n, timeout=5.0):
+        """Receive n messages within timeout; fewer means the reply has "timeout": true."""
+        sub = self.channel("sub", slot, type)
+        deadline = time.monotonic() + timeout
+        msgs = []
+        while len(msgs) < n:
+            left = deadline - time.monotonic()
+            if not self.wait_until(lambda: sub.pending > 0, max(left, 0.0)):
+                return {"msgs": msgs, "timeout": True}
+            msgs.append(encode_msg(type, sub.recv(False)))
+        return {"msgs": msgs}
+
+    def op_drain(self, slot, type, quiet=0.5, max_time=10.0):
+        """Receive until nothing arrives for `quiet` seconds (or max_time passed)."""
+        sub = self.channel("sub", slot, type)
+        deadline = time.monotonic() + max_time
+        msgs = []
+        while time.monotonic() < deadline and self.wait_until(lambda: sub.pending > 0, quiet):
+            msgs.append(encode_msg(type, sub.recv(False)))
+        return {"msgs": msgs}
+
+    # -- state
+    def op_state_send(self, slot, type, msg):
+        self.channel("state", slot, type).send(decode_msg(type, msg))
+        return {}
+
+    def op_state_recv(self, slot, type):
+        return {"msg": encode_msg(type, self.channel("state", slot, type).recv())}
+
+    def op_state_wait(self, slot, type, msg, timeout=5.0):
+        """Wait until the state equals msg; the reply has the state seen last."""
+        channel, want = self.channel("state", slot, type), decode_msg(type, msg)
+        ok = self.wait_until(lambda: channel.recv() == want, timeout)
+        return {"ok": ok, "msg": encode_msg(type, channel.recv())}
+
+    # -- req/rep: add op_req_* / op_rep_* here
+
+    def dispatch(self, cmd):
+        handler = getattr(self, "op_" + cmd.pop("op", ""), None)
+        if handler is None:
+            return {"error": f"unknown op in {cmd!r}"}
+        try:
+            return handler(**cmd)
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def main():
+    lines = queue.Queue()
+
+    def read_stdin():
+        for line in sys.stdin:
+            lines.put(line)
+        lines.put(None)  # EOF: the harness went away
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    peer = Peer()
+
+    def reply(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": True, "yoton": yoton.__file__, "pid": os.getpid()})
+    while True:
+        try:
+            line = lines.get(timeout=0.02)
+        except queue.Empty:
+            peer.pump()
+            continue
+        if line is None:
+            break
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+        except ValueError as exc:
+            reply({"error": f"bad JSON: {exc}"})
+            continue
+        if cmd.get("op") == "exit":
+            reply({})
+            break
+        reply(peer.dispatch(cmd))
+    try:
+        peer.ctx.close()
+    except Exception:
+        pass
+    os._exit(0)  # don't wait for non-daemon I/O threads of either implementation
+
+
+if __name__ == "__main__":
+    main()
