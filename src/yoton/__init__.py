@@ -17,7 +17,10 @@ import logging as _logging
 _logging.getLogger("yoton").addHandler(_logging.NullHandler())
 
 from .errors import (  # noqa: E402
+    CancelledError,
     ChannelClosedError,
+    RemoteError,
+    TimeoutError,
     ConnectError,
     FlushTimeout,
     HandshakeError,
@@ -38,16 +41,24 @@ from .wire.frames import Package  # noqa: E402
 from .wire.naming import UID  # noqa: E402
 from .transport.connection import BindError, Connection, ConnectionCollection, TcpConnection  # noqa: E402
 from .context import Context  # noqa: E402
-from .channels import BaseChannel, PubChannel, StateChannel, SubChannel, select_sub_channel  # noqa: E402
+from .channels import (  # noqa: E402
+    BaseChannel, Future, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel, select_sub_channel,
+)
+
+from .sugar.clientserver import RequestServer, do_request  # noqa: E402
+from .sugar.filewrapper import FileWrapper  # noqa: E402
+from .sugar.simplesocket import SimpleSocket  # noqa: E402
 
 __version__ = "3.0.0.dev0"
 
 __all__ = [
     "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "BindError",
-    "ChannelClosedError", "FlushTimeout",
+    "ChannelClosedError", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
     "Signal", "Timer", "call_later", "process_events", "start_event_loop",
     "stop_event_loop", "embed_event_loop",
     "MessageType", "TEXT", "BINARY", "OBJECT", "Package", "UID",
     "Connection", "TcpConnection", "ConnectionCollection", "Context",
     "BaseChannel", "PubChannel", "SubChannel", "StateChannel", "select_sub_channel",
+    "ReqChannel", "RepChannel", "Future",
+    "RequestServer", "do_request", "FileWrapper", "SimpleSocket",
 ]

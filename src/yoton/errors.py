@@ -15,6 +15,9 @@ __all__ = [
     "ConnectError",
     "ChannelClosedError",
     "FlushTimeout",
+    "RemoteError",
+    "TimeoutError",
+    "CancelledError",
 ]
 
 
@@ -45,3 +48,20 @@ class ChannelClosedError(YotonError, OSError):
 
 class FlushTimeout(YotonError, TimeoutError):
     """``flush()`` gave up: queued packages were not all written before the timeout."""
+
+
+import concurrent.futures as _cf  # noqa: E402
+
+
+class RemoteError(YotonError, RuntimeError):
+    """A replier could not serve a request: its handler raised, the method does
+    not exist, or the reply could not be encoded. The message carries the
+    remote error text."""
+
+
+class TimeoutError(YotonError, _cf.TimeoutError):  # noqa: A001 - yoton 2.2 name
+    """``Future.result()`` or ``Future.exception()`` waited longer than its timeout."""
+
+
+class CancelledError(YotonError, _cf.CancelledError):
+    """The request's future was cancelled (by you, or by its auto-cancel timeout)."""

@@ -1,0 +1,458 @@
+"""Request/reply: ReqChannel, RepChannel and Future (PROTOCOL.md section 9).
+
+The exchange for request number n (``REF = 2**63``)::
+
+    requester                                   repliers
+    'req?'  broadcast, dest_seq=REF+n   ---->   queue it
+            (again every 0.5 s until acknowledged or auto-cancelled)
+                                        <----   'req!' to requester, dest_seq=REF+n
+                                                (a replier acknowledges one at a time,
+                                                 only when it is free)
+    request body to THAT replier, dest_seq=n ->
+    'req-'  broadcast, dest_seq=REF+n   ---->   the others forget it
+                                        <----   reply (OBJECT), dest_seq=n
+
+So a request goes to the first replier that is free: load is balanced
+without any coordinator. A failed request is answered with the OBJECT tuple
+``("yoton_ERROR_HANDLING_REQUEST", message)``; the requester's future then
+raises :class:`~yoton.errors.RemoteError` with that message.
+
+Futures are completed by the context's I/O thread; ``result()`` waits on a
+condition, so it works from any thread without the yoton event loop. Done
+callbacks run through the yoton event queue (like signals).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from ..errors import CancelledError, ChannelClosedError, RemoteError, TimeoutError
+from ..events import post_event
+from ..messages import OBJECT
+from ..wire.codec import decode_object, encode_object
+from .base import BaseChannel
+
+log = logging.getLogger("yoton")
+
+__all__ = ["ReqChannel", "RepChannel", "Future"]
+
+REF = 2**63
+PRE_REQUEST = b"req?"
+ACKNOWLEDGE = b"req!"
+WITHDRAW = b"req-"
+ERROR_TAG = "yoton_ERROR_HANDLING_REQUEST"
+ANNOUNCE_INTERVAL = 0.5
+ACK_TIMEOUT = 10.0
+
+PENDING, RUNNING, CANCELLED, FINISHED = "PENDING", "RUNNING", "CANCELLED", "FINISHED"
+
+
+class Future:
+    """The eventual result of a request (PEP 3148 style).
+
+    PENDING until a replier takes the request, then RUNNING, then FINISHED
+    (a result or an exception) — or CANCELLED, by :meth:`cancel` or when no
+    replier took it within the auto-cancel timeout.
+    """
+
+    def __init__(self, req_channel, req, request_id, timeout=10.0):
+        self._channel = req_channel
+        self._request = req  # encoded request body
+        self._request_id = request_id
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._callbacks: list = []
+        self._cond = threading.Condition(threading.Lock())
+        self._announced = 0.0
+        self.set_auto_cancel_timeout(timeout)
+
+    def __repr__(self):
+        return f"<yoton.Future #{self._request_id} {self._state}>"
+
+    def set_auto_cancel_timeout(self, timeout) -> None:
+        """Cancel the request if no replier has taken it ``timeout`` seconds from now.
+
+        None means wait for a replier for ever.
+        """
+        self._cancel_at = None if timeout is None else time.monotonic() + float(timeout)
+
+    def cancel(self) -> bool:
+        """Cancel a request that no replier has taken yet; return whether it is cancelled."""
+        with self._cond:
+            if self._state in (RUNNING, FINISHED):
+                return False
+            if self._state == CANCELLED:
+                return True
+            self._state = CANCELLED
+            self._cond.notify_all()
+        if self._channel is not None:
+            self._channel._forget(self, withdraw=True)
+        self._schedule_callbacks()
+        return True
+
+    def cancelled(self) -> bool:
+        """Whether the future was cancelled."""
+        return self._state == CANCELLED
+
+    def running(self) -> bool:
+        """Whether a replier is working on the request."""
+        return self._state == RUNNING
+
+    def done(self) -> bool:
+        """Whether the future has a result or exception, or was cancelled."""
+        return self._state in (CANCELLED, FINISHED)
+
+    def _wait(self, timeout) -> None:
+        with self._cond:
+            if not self._cond.wait_for(self.done, timeout):
+                raise TimeoutError(f"no reply to request #{self._request_id} within {timeout} s")
+        if self._state == CANCELLED:
+            raise CancelledError(f"request #{self._request_id} was cancelled")
+
+    def result(self, timeout=None):
+        """Wait (at most ``timeout`` s; None: no limit) and return the reply.
+
+        Raises the request's exception (:class:`~yoton.errors.RemoteError` for
+        a remote failure), :class:`~yoton.errors.CancelledError` or
+        :class:`~yoton.errors.TimeoutError`.
+        """
+        self._wait(timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self, timeout=None):
+        """Wait like :meth:`result`; return the exception of the request, or None."""
+        self._wait(timeout)
+        return self._exception
+
+    def result_or_cancel(self, timeout=1.0):
+        """Return the result if it comes within ``timeout`` s; else cancel and return None."""
+        try:
+            return self.result(timeout)
+        except TimeoutError:
+            self.cancel()
+            return None
+
+    def add_done_callback(self, fn) -> None:
+        """Call ``fn(future)`` once the future is done (through the yoton event queue).
+
+        Added to a future that is already done, it is scheduled at once.
+        Exceptions raised by ``fn`` are logged.
+        """
+        with self._cond:
+            if not self.done():
+                self._callbacks.append(fn)
+                return
+        post_event(fn, self)
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Mark the future running; return False if it was cancelled instead."""
+        with self._cond:
+            if self._state == CANCELLED:
+                return False
+            if self._state != PENDING:
+                raise RuntimeError(f"future is {self._state}, not PENDING")
+            self._state = RUNNING
+            return True
+
+    def set_result(self, result) -> None:
+        """Complete the future with ``result``."""
+        self._finish(result, None)
+
+    def set_exception(self, exception) -> None:
+        """Complete the future with ``exception``."""
+        self._finish(None, exception)
+
+    def _finish(self, result, exception) -> None:
+        with self._cond:
+            if self.done():
+                return
+            self._result, self._exception = result, exception
+            self._state = FINISHED
+            self._cond.notify_all()
+        if self._channel is not None:
+            self._channel._forget(self, withdraw=False)
+        self._schedule_callbacks()
+
+    def _schedule_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            post_event(fn, self)
+
+
+class ReqChannel(BaseChannel):
+    """The requesting end: ``req.method(*args, **kwargs)`` returns a :class:`Future`.
+
+    Arguments and results must be OBJECT-encodable (None, bool, int, float,
+    str, list, tuple, dict). ``default_future_timeout`` is the auto-cancel
+    timeout of new futures: how long to wait for a replier to take a request.
+    """
+
+    _pattern_out = "req-rep"
+    _pattern_in = "rep-req"
+
+    def __init__(self, context, slot_base: str, default_future_timeout=10.0):
+        super().__init__(context, slot_base, OBJECT)
+        self._default_timeout = default_future_timeout
+        self._futures: dict = {}  # request number -> Future not yet done
+        self._counter = 0
+        self._req_lock = threading.Lock()
+        self._ticking = False
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def request(*args, **kwargs):
+            return self._post(name, args, kwargs)
+
+        request.__name__ = name
+        request.__doc__ = f"Post request {name!r} and return a Future."
+        return request
+
+    def statistics(self) -> dict:
+        """Counters: requests still waiting for a reply (``pending_requests``) and more."""
+        stats = super().statistics()
+        stats["pending_requests"] = len(self._futures)
+        return stats
+
+    def _post(self, name: str, args: tuple, kwargs: dict) -> Future:
+        if self._closed:
+            raise ChannelClosedError(f"cannot send on closed ReqChannel {self._slot_out_name!r}")
+        body = encode_object((name, args, kwargs))
+        with self._req_lock:
+            self._counter += 1
+            future = Future(self, body, self._counter, self._default_timeout)
+            self._futures[future._request_id] = future
+            start_ticking = not self._ticking
+            self._ticking = True
+        self._announce(future)
+        if start_ticking:
+            self._context._ensure_loop().call_later(ANNOUNCE_INTERVAL, self._tick)
+        return future
+
+    def _announce(self, future: Future) -> None:
+        future._announced = time.monotonic()
+        self._context._send(self._slot_out, PRE_REQUEST, 0, REF + future._request_id)
+
+    def _forget(self, future: Future, withdraw: bool) -> None:
+        self._futures.pop(future._request_id, None)
+        if withdraw and not self._closed:
+            self._context._send(self._slot_out, WITHDRAW, 0, REF + future._request_id)
+
+    def _tick(self) -> None:
+        """Re-announce waiting requests, auto-cancel stale ones (I/O thread)."""
+        now = time.monotonic()
+        for future in list(self._futures.values()):
+            if future._state != PENDING:
+                continue
+            if future._cancel_at is not None and now >= future._cancel_at:
+                future.cancel()
+            elif now - future._announced >= ANNOUNCE_INTERVAL and not self._closed:
+                self._announce(future)
+        with self._req_lock:
+            self._ticking = bool(self._futures) and not self._closed
+        if self._ticking:
+            self._context._ensure_loop().call_later(ANNOUNCE_INTERVAL / 2, self._tick)
+
+    def _receive(self, pkg) -> None:
+        seq = pkg.dest_seq
+        if seq >= REF:
+            if bytes(pkg.data) != ACKNOWLEDGE:
+                return
+            future = self._futures.get(seq - REF)
+            if future is None or not future.set_running_or_notify_cancel():
+                return  # unknown, cancelled, or already taken by another replier
+            n = future._request_id
+            self._context._send(self._slot_out, future._request, pkg.source_id, n)
+            self._context._send(self._slot_out, WITHDRAW, 0, REF + n)
+            return
+        future = self._futures.get(seq)
+        if future is None:
+            return
+        try:
+            value = decode_object(pkg.data)
+        except ValueError as exc:
+            future.set_exception(RemoteError(f"the reply could not be decoded: {exc}"))
+            return
+        if isinstance(value, tuple) and len(value) == 2 and value[0] == ERROR_TAG:
+            future.set_exception(RemoteError(str(value[1])))
+        else:
+            future.set_result(value)
+
+    def close(self) -> None:
+        """Close the channel; requests not yet answered are cancelled."""
+        super().close()
+        for future in list(self._futures.values()):
+            if not future.cancel():
+                future.set_exception(ChannelClosedError("the ReqChannel was closed before the reply came"))
+
+
+_MODES = {"off": 0, "event": 1, "thread": 2, 0: 0, 1: 1, 2: 2}
+
+
+class RepChannel(BaseChannel):
+    """The replying end: subclass it and add methods; requesters call them by name.
+
+    Start serving with :meth:`set_mode` (``'event'``: requests are handled by
+    the yoton event loop; ``'thread'``: by a thread of this channel). Names
+    starting with an underscore and the channel's own API (except
+    :meth:`echo`) cannot be called remotely.
+    """
+
+    _pattern_out = "rep-req"
+    _pattern_in = "req-rep"
+
+    def __init__(self, context, slot_base: str):
+        super().__init__(context, slot_base, OBJECT)
+        self._mode = 0
+        self._lock = threading.Lock()
+        self._offers: deque = deque()  # (requester id, n) announced, not yet acknowledged
+        self._current = None  # (requester id, n) acknowledged and not yet served
+        self._acked_at = 0.0
+        self._work: deque = deque()
+        self._work_cond = threading.Condition(threading.Lock())
+        self._worker: threading.Thread | None = None
+        self._served = 0
+
+    def set_mode(self, mode) -> None:
+        """Serve requests: ``'off'`` (0), ``'event'`` (1) or ``'thread'`` (2)."""
+        key = mode.lower() if isinstance(mode, str) else mode
+        if isinstance(key, bool) or key not in _MODES:
+            raise ValueError(f"mode must be 'off', 'event' or 'thread' (or 0, 1, 2), not {mode!r}")
+        self._mode = _MODES[key]
+        if self._mode == 2 and self._worker is None:
+            self._worker = threading.Thread(target=self._work_loop, daemon=True,
+                                            name=f"yoton-rep-{self._slot_in_name}")
+            self._worker.start()
+        elif self._mode != 2 and self._worker is not None:
+            self._stop_worker()
+        if self._mode == 0:
+            with self._lock:
+                self._offers.clear()
+        else:
+            self._context._ensure_loop().call_later(1.0, self._tick)
+
+    def statistics(self) -> dict:
+        """Counters: ``served`` requests and ``offers`` waiting for acknowledgement."""
+        stats = super().statistics()
+        stats.update(served=self._served, offers=len(self._offers))
+        return stats
+
+    def echo(self, arg1, sleep=0.0):
+        """Return ``(arg1, hex(context id))`` after sleeping ``sleep`` seconds."""
+        if sleep:
+            time.sleep(sleep)
+        return (arg1, hex(self._context.id))
+
+    # -- I/O thread -------------------------------------------------------------
+
+    def _receive(self, pkg) -> None:
+        if not self._mode:
+            return
+        seq = pkg.dest_seq
+        if seq >= REF:
+            key = (pkg.source_id, seq - REF)
+            signal = bytes(pkg.data)
+            with self._lock:
+                if signal == PRE_REQUEST:
+                    if key != self._current and key not in self._offers:
+                        if len(self._offers) < self._queue_size:
+                            self._offers.append(key)
+                elif signal == WITHDRAW:
+                    try:
+                        self._offers.remove(key)
+                    except ValueError:
+                        pass
+                    if key == self._current:
+                        self._current = None
+            self._offer_next()
+        elif pkg.dest_id == self._context.id:
+            with self._lock:
+                if (pkg.source_id, seq) == self._current:
+                    self._current = (pkg.source_id, seq, "serving")
+            if self._mode == 2:
+                with self._work_cond:
+                    self._work.append(pkg)
+                    self._work_cond.notify()
+            else:
+                post_event(self._serve, pkg)
+
+    def _offer_next(self) -> None:
+        """Acknowledge the next announced request if we are free."""
+        with self._lock:
+            if self._current is not None or not self._offers or not self._mode:
+                return
+            requester, n = self._current = self._offers.popleft()
+            self._acked_at = time.monotonic()
+        self._context._send(self._slot_out, ACKNOWLEDGE, requester, REF + n)
+
+    def _tick(self) -> None:
+        if not self._mode or self._closed:
+            return
+        with self._lock:
+            current = self._current
+            if current is not None and len(current) == 2 and time.monotonic() - self._acked_at > ACK_TIMEOUT:
+                self._current = None  # the requester never sent the request
+        self._offer_next()
+        self._context._ensure_loop().call_later(1.0, self._tick)
+
+    # -- serving (event loop or worker thread) ------------------------------------
+
+    def _serve(self, pkg) -> None:
+        body = self._call(pkg.data)
+        if not self._closed:
+            self._context._send(self._slot_out, body, pkg.source_id, pkg.dest_seq)
+        self._served += 1
+        with self._lock:
+            if self._current is not None and self._current[:2] == (pkg.source_id, pkg.dest_seq):
+                self._current = None
+        self._offer_next()
+
+    def _call(self, data) -> bytes:
+        try:
+            request = decode_object(data)
+            if not (isinstance(request, tuple) and len(request) == 3):
+                raise ValueError("malformed request")
+            name, args, kwargs = request
+            if not isinstance(name, str) or not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
+                raise ValueError("malformed request")
+            if name.startswith("_") or (name != "echo" and hasattr(RepChannel, name)):
+                raise AttributeError(f"Method {name!r} cannot be called remotely.")
+            method = getattr(self, name, None)
+            if not callable(method):
+                raise AttributeError(f"Method {name!r} not implemented.")
+            return encode_object(method(*args, **kwargs))
+        except Exception as exc:
+            log.debug("yoton: RepChannel %r failed a request", self._slot_in_name, exc_info=True)
+            return encode_object((ERROR_TAG, f"{type(exc).__name__}: {exc}"))
+
+    def _work_loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._work_cond:
+                while not self._work and self._worker is me:
+                    self._work_cond.wait()
+                if self._worker is not me:
+                    return
+                pkg = self._work.popleft()
+            try:
+                self._serve(pkg)
+            except Exception:
+                log.exception("yoton: RepChannel worker failed")
+
+    def _stop_worker(self) -> None:
+        with self._work_cond:
+            self._worker = None
+            self._work_cond.notify_all()
+
+    def close(self) -> None:
+        """Stop serving and detach from the context."""
+        self._mode = 0
+        self._stop_worker()
+        super().close()
