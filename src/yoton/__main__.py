@@ -2,7 +2,8 @@
 
 The demo starts a second Python process and the two talk over localhost,
 printing what flows: publish/subscribe both ways, a shared state that the
-late-joining process learns on arrival, and the connection signals.
+late-joining process learns on arrival, request/reply with a result and a
+remote error, and the connection signals.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def demo() -> int:
             _say("main", "no final state from the worker")
             return 1
         _say("main", f"state is now {state.recv()!r}")
+        req = yoton.ReqChannel(ctx, "demo.calc")
+        _say("main", f"request add(20, 22) -> {req.add(20, 22).result(DEMO_TIMEOUT)}")
+        try:
+            req.divide(1, 0).result(DEMO_TIMEOUT)
+        except yoton.RemoteError as exc:
+            _say("main", f"request divide(1, 0) -> remote error: {exc}")
+        req.done().result(DEMO_TIMEOUT)
         _process_events_until(lambda: events, DEMO_TIMEOUT)
         for name, reason in events:
             _say("main", f"signal {name}: {reason}")
@@ -73,9 +81,32 @@ def demo() -> int:
             worker.wait()
 
 
+class _Calculator(yoton.RepChannel):
+    """The demo worker's replier: requesters call these methods by name."""
+
+    def __init__(self, context, slot_base):
+        super().__init__(context, slot_base)
+        self.finished = False
+
+    def add(self, a, b):
+        """Return a + b."""
+        return a + b
+
+    def divide(self, a, b):
+        """Return a / b (raises for b == 0, which the requester sees)."""
+        return a / b
+
+    def done(self):
+        """Tell the worker it may finish."""
+        self.finished = True
+        return True
+
+
 def demo_worker(port: int) -> int:
     """The second process of the demo."""
     ctx = yoton.Context()
+    calc = _Calculator(ctx, "demo.calc")
+    calc.set_mode("thread")
     sub = yoton.SubChannel(ctx, "demo.jobs", yoton.OBJECT)
     pub = yoton.PubChannel(ctx, "demo.results", yoton.OBJECT)
     state = yoton.StateChannel(ctx, "demo.status")
@@ -91,6 +122,10 @@ def demo_worker(port: int) -> int:
         _say("worker", f"got {job}, answering {result}")
         pub.send(result)
     state.send("worker is done")
+    if not _process_events_until(lambda: calc.finished, DEMO_TIMEOUT):
+        _say("worker", "no requests came")
+        return 1
+    _say("worker", f"served {calc.statistics()['served']} requests")
     ctx.flush()
     conn.close("the worker finished")
     return 0

@@ -33,7 +33,7 @@ from ..errors import ConnectError, FlushTimeout, HandshakeError, YotonError
 from ..events import Signal
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
-from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, OPEN, Protocol
+from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
 
 log = logging.getLogger("yoton")
 
@@ -311,7 +311,7 @@ class TcpConnection(Connection):
             raise ConnectError("Could not connect: handshake timed out.") from None
         except OSError:
             return None
-        if protocol.state != OPEN:
+        if not protocol.handshake_done:  # (done but CLOSED: the I/O thread delivers, then closes)
             raise HandshakeError(f"Could not connect: {protocol.close_reason}")
         return protocol
 
@@ -590,7 +590,10 @@ class _Handshake:
                 self.sock.send(answer)  # a short line into an empty socket buffer
             except OSError:
                 pass
-        if protocol.state == OPEN:
+        if protocol.handshake_done:
+            # Accepted even if bytes after the hello already ended the stream
+            # (packages + close signal, or a bad header, in the same read):
+            # the connection delivers those packages and then closes.
             self.listener._accept(self)
         elif protocol.state != HANDSHAKE:
             self.drop(protocol.close_reason)

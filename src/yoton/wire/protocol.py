@@ -99,6 +99,7 @@ class Protocol:
         self.state = HANDSHAKE
         self.peer_id = 0
         self.peer_pid = 0
+        self.handshake_done = False  # stays True once a valid hello was accepted
         self.close_reason: str | None = None
         self.peer_closed = False  # True when the peer ended it (signal or EOF)
         self.decoder = FrameDecoder(max_package_size)
@@ -180,6 +181,7 @@ class Protocol:
             self._fail(REASON_SELF)
             return b""
         self.peer_id, self.peer_pid = peer_id, peer_pid
+        self.handshake_done = True
         self.state = OPEN
         self._events.append(HANDSHAKE_DONE)
         self.decoder.packages = self._events
