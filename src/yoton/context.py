@@ -22,6 +22,7 @@ of their sequence numbers even when many threads send at once.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -41,6 +42,19 @@ __all__ = ["Context"]
 DEFAULT_QUEUE_PARAMS = (10000, "old")
 _NEW_CONNECTION = b"NEW_CONNECTION"
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
+
+
+_open_contexts: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_contexts() -> None:
+    """At interpreter exit, close contexts nicely so queued packages still go out."""
+    for ctx in list(_open_contexts):
+        try:
+            ctx.close()
+        except Exception:
+            log.exception("yoton: error closing %r at exit", ctx)
 
 
 def _check_queue_params(queue_params):
@@ -183,6 +197,7 @@ class Context:
         with self._lock:
             self._loop = None
             self._startup.clear()
+        _open_contexts.discard(self)
         if loop is not None:
             loop.stop()
 
@@ -197,6 +212,7 @@ class Context:
         with self._lock:
             if self._loop is None or not self._loop.running:
                 self._loop = IOLoop(name=f"yoton-io-{self._id:016x}")
+                _open_contexts.add(self)
             return self._loop
 
     def _attach_connection(self, conn) -> IOLoop:

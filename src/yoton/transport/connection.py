@@ -4,7 +4,7 @@ Life of a connection::
 
     NEW --bind()--> WAITING --(peer's hello accepted)--> CONNECTED
     NEW --connect()--> CONNECTED           (handshake done in the caller)
-    WAITING/CONNECTED --close()--> CLOSING --(close signal flushed, or 1 s)--> CLOSED
+    WAITING/CONNECTED --close()--> CLOSING --(close signal flushed, peer's EOF; or 1 s)--> CLOSED
     any --(peer closed / EOF / broken stream / close_on_problem)--> CLOSED
 
 * ``is_alive`` is WAITING or CONNECTED; packages are queued only while alive.
@@ -225,6 +225,7 @@ class TcpConnection(Connection):
         self._last_send = self._last_recv = time.monotonic()
         self._is_timedout = False
         self._close_deadline = 0.0
+        self._write_shut = False
 
     # -- setting up (caller's thread) ---------------------------------------
 
@@ -361,7 +362,8 @@ class TcpConnection(Connection):
         route = self._context._route
         for event in events:
             if event is CONNECTION_CLOSED:
-                self._teardown(self._protocol.close_reason)
+                closing = self._state == CLOSING
+                self._teardown(self._close_reason if closing else self._protocol.close_reason)
                 return
             if event is not HANDSHAKE_DONE:
                 route(self, event)
@@ -376,7 +378,8 @@ class TcpConnection(Connection):
         bufs, outq = self._wbufs, self._outq
         while True:
             while outq and len(bufs) < _IOV_MAX:
-                bufs.extend(outq.popleft())
+                bufs.extend(outq[0])  # copy before pop: flush() must never see both empty
+                outq.popleft()
             if not bufs:
                 break
             try:
@@ -407,8 +410,15 @@ class TcpConnection(Connection):
             self._want_write = False
             self._loop.want_write(self._sock, self, False)
         self._context._notify_flushed()
-        if self._state == CLOSING:
-            self._teardown(self._close_reason)
+        if self._state == CLOSING and not self._write_shut:
+            # All sent, close signal last. Half-close and wait for the peer's
+            # EOF: closing now, with unread bytes in our receive buffer, would
+            # make the kernel send a reset that can destroy data in flight.
+            self._write_shut = True
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._teardown(self._close_reason)
 
     def _housekeeping(self, now: float) -> None:
         if self._state == CLOSING:
@@ -539,6 +549,11 @@ class _Listener:
                 hs.drop("no handshake within %.0f s" % HANDSHAKE_DEADLINE)
 
     def _accept(self, hs: "_Handshake") -> None:
+        try:
+            hs.sock.getpeername()
+        except OSError as exc:  # reset right after its hello: keep waiting
+            hs.drop(f"connection lost during handshake: {exc}")
+            return
         del self.pending[hs.sock]
         self.loop.unregister(hs.sock)
         conn = self.conn
