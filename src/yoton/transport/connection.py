@@ -59,6 +59,14 @@ class BindError(YotonError, OSError):
     """``Context.bind`` found no free port among those it was allowed to try."""
 
 
+class _ConnectHandshakeError(HandshakeError, ConnectError):
+    """``connect`` reached a peer but the yoton handshake failed.
+
+    A :class:`HandshakeError` and also a :class:`ConnectError` (an ``OSError``):
+    yoton 2.2 raised ``IOError`` here, so ``except IOError`` keeps working.
+    """
+
+
 class ConnectionCollection(list):
     """A list of connections that can also be indexed by connection name."""
 
@@ -313,16 +321,16 @@ class TcpConnection(Connection):
         except OSError:
             return None
         if not protocol.handshake_done:  # (done but CLOSED: the I/O thread delivers, then closes)
-            raise HandshakeError(f"Could not connect: {protocol.close_reason}")
+            raise _ConnectHandshakeError(f"Could not connect: {protocol.close_reason}")
         return protocol
 
-    def _adopt(self, sock: socket.socket, protocol: Protocol) -> None:
+    def _adopt(self, sock: socket.socket, protocol: Protocol, peer: tuple | None = None) -> None:
         """Take over a socket whose handshake succeeded (any thread, before the I/O thread sees it)."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._protocol = sock, protocol
         self._host1, self._port1 = sock.getsockname()[:2]
-        self._host2, self._port2 = sock.getpeername()[:2]
+        self._host2, self._port2 = (peer or sock.getpeername())[:2]
         self._id2, self._pid2 = protocol.peer_id, protocol.peer_pid
         self._last_send = self._last_recv = time.monotonic()
         self._state = CONNECTED
@@ -550,7 +558,9 @@ class _Listener:
 
     def _accept(self, hs: "_Handshake") -> None:
         try:
-            hs.sock.getpeername()
+            # Asked once, here: a reset arriving later must not stop _adopt
+            # half-way (that left the bind WAITING with no listener).
+            peer = hs.sock.getpeername()
         except OSError as exc:  # reset right after its hello: keep waiting
             hs.drop(f"connection lost during handshake: {exc}")
             return
@@ -559,7 +569,7 @@ class _Listener:
         conn = self.conn
         self._close()
         conn._listener = None
-        conn._adopt(hs.sock, hs.protocol)
+        conn._adopt(hs.sock, hs.protocol, peer)
         conn._context._connection_established(conn)
         conn._start_io(self.loop)
 

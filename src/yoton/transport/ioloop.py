@@ -155,12 +155,15 @@ class IOLoop:
                 for key, mask in ready:
                     handler = key.data
                     if handler is None:
-                        self._woken = False
+                        # Drain first, then clear the flag: clearing it first
+                        # let a waker's byte be drained here while its flag
+                        # stayed set, so no later wake() wrote a byte again.
                         try:
                             while wake_r.recv(4096):
                                 pass
                         except (BlockingIOError, OSError):
                             pass
+                        self._woken = False
                         continue
                     try:
                         if mask & _READ:

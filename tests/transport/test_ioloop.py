@@ -1,0 +1,333 @@
+"""The I/O thread: survives failing handlers, cleans up after itself, moves big data.
+
+Real sockets on 127.0.0.1. Waiting is always on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import yoton
+from yoton.transport.ioloop import IOLoop
+from transport_util import RawClient, address, check_pubsub, fd_count, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+BIND = "127.0.0.1:0"
+MiB = 1 << 20
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _connected(make_ctx):
+    """Two contexts connected over TCP: (binding ctx, its conn, connecting ctx, its conn)."""
+    a = make_ctx()
+    conn_a = a.bind(BIND)
+    b = make_ctx()
+    conn_b = b.connect(address(conn_a), timeout=2.0)
+    assert wait_for(lambda: conn_a.is_connected, 2.0)
+    return a, conn_a, b, conn_b
+
+
+def _yoton_errors(caplog, exc_type=Boom) -> list:
+    return [r for r in caplog.records
+            if r.name == "yoton" and r.levelno >= logging.ERROR
+            and r.exc_info and isinstance(r.exc_info[1], exc_type)]
+
+
+# -- the loop itself ------------------------------------------------------------
+
+
+def test_ioloop_survives_raising_handlers_calls_timers_and_housekeepers(caplog):
+    caplog.set_level(logging.ERROR, logger="yoton")
+    fds_before = fd_count()
+    loop = IOLoop(name="test-ioloop")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        seen: list = []
+        done = threading.Event()
+
+        class Handler:
+            def _on_readable(self):
+                data = a.recv(100)
+                seen.append(data)
+                if data == b"bad":
+                    raise Boom("handler")
+                if data == b"good":
+                    done.set()
+
+        class Housekeeper:
+            calls = 0
+
+            def _housekeeping(self, now):
+                Housekeeper.calls += 1
+                raise Boom("housekeeping")
+
+        def bad_call():
+            raise Boom("call_soon")
+
+        def bad_timer():
+            raise Boom("call_later")
+
+        loop.call_soon(loop.register, a, Handler())
+        loop.call_soon(bad_call)
+        loop.call_later(0.01, bad_timer)
+        keeper = Housekeeper()
+        loop.call_soon(loop.housekeepers.add, keeper)
+        b.send(b"bad")
+        assert wait_for(lambda: seen == [b"bad"], 2.0), seen
+        b.send(b"good")
+        assert done.wait(2.0), seen
+        assert wait_for(lambda: Housekeeper.calls >= 2, 2.0)  # kept being called after raising
+        assert loop.running
+        later = threading.Event()
+        loop.call_later(0.01, later.set)
+        assert later.wait(2.0)
+        messages = {str(r.exc_info[1]) for r in _yoton_errors(caplog)}
+        assert {"handler", "call_soon", "call_later", "housekeeping"} <= messages
+    finally:
+        loop.stop()
+        a.close()
+        b.close()
+    assert not loop._thread.is_alive()
+    assert fd_count() == fds_before
+
+
+# -- a context whose handlers raise -------------------------------------------------
+
+
+def test_channel_receive_raising_is_logged_and_later_packages_arrive(make_ctx, caplog):
+    caplog.set_level(logging.ERROR, logger="yoton")
+
+    class FragileSub(yoton.SubChannel):
+        def _receive(self, pkg):
+            if bytes(pkg.data) == b"boom":
+                raise Boom("cannot take this one")
+            super()._receive(pkg)
+
+    a, conn_a, b, _ = _connected(make_ctx)
+    sub = FragileSub(b, "fragile")
+    pub = yoton.PubChannel(a, "fragile")
+    for message in ["one", "boom", "two", "boom", "three"]:
+        pub.send(message)
+    assert [sub.recv(3.0) for _ in range(3)] == ["one", "two", "three"]
+    assert sub.recv(False) == ""
+    assert len(_yoton_errors(caplog)) == 2
+    assert conn_a.is_connected
+    check_pubsub(a, b, "fragile-after")
+
+
+def test_raising_signal_handler_is_logged_and_later_packages_arrive(make_ctx, caplog):
+    caplog.set_level(logging.ERROR, logger="yoton")
+    a, conn_a, b, conn_b = _connected(make_ctx)
+    sub = yoton.SubChannel(b, "signals")
+    pub = yoton.PubChannel(a, "signals")
+    got: list = []
+
+    def bad_handler(channel):
+        raise Boom("signal handler")
+
+    def good_handler(channel):
+        got.extend(channel.recv_all())
+
+    sub.received.bind(bad_handler)
+    sub.received.bind(good_handler)
+    pub.send("first")
+    assert wait_for(lambda: got == ["first"], 3.0), got
+    assert _yoton_errors(caplog)
+    pub.send("second")
+    pub.send("third")
+    assert wait_for(lambda: got == ["first", "second", "third"], 3.0), got
+
+    # A raising closed-handler does not stop the others.
+    reasons: list = []
+
+    def bad_closed_handler(conn, reason):
+        raise Boom("closed handler")
+
+    conn_b.closed.bind(bad_closed_handler)
+    conn_b.closed.bind(lambda conn, reason: reasons.append(reason))
+    conn_a.close()
+    assert wait_for(lambda: reasons, 3.0)
+    assert "closed handler" in {str(r.exc_info[1]) for r in _yoton_errors(caplog)}
+
+
+# -- cleaning up ------------------------------------------------------------------
+
+
+def test_context_close_leaves_threads_and_fds_as_before(make_ctx):
+    # Warm up once: process-wide helpers may be created lazily on first use.
+    a, _, b, _ = _connected(make_ctx)
+    check_pubsub(a, b, "warmup")
+    a.close()
+    b.close()
+    names = {f"yoton-io-{a.id:016x}", f"yoton-io-{b.id:016x}"}
+    assert wait_for(lambda: not names & {t.name for t in threading.enumerate()}, 3.0)
+
+    threads_before = set(threading.enumerate())
+    fds_before = fd_count()
+
+    a, conn_a, b, conn_b = _connected(make_ctx)
+    check_pubsub(a, b, "cleanup")
+    waiting = a.bind(BIND)  # a bind nobody connects to
+    pending = a.bind(BIND)  # a bind with a client that never says hello
+    silent = RawClient(pending.port1)
+    halfway = a.bind(BIND)  # and one with a half-received hello
+    half = RawClient(halfway.port1)
+    half.send(b"YOTON!0000")
+    try:
+        assert set(threading.enumerate()) != threads_before
+        assert fd_count() > fds_before
+        b.close()
+        a.close()
+    finally:
+        silent.close()
+        half.close()
+    assert not any(c.is_alive for c in (conn_a, conn_b, waiting, pending, halfway))
+    assert wait_for(lambda: set(threading.enumerate()) == threads_before and fd_count() == fds_before, 3.0), (
+        f"threads {sorted(t.name for t in set(threading.enumerate()) - threads_before)} left, "
+        f"fds {fds_before} -> {fd_count()}")
+
+    # A closed context can be used again, and closes cleanly again.
+    a2 = a.bind(BIND)
+    b.connect(address(a2), timeout=2.0)
+    check_pubsub(a, b, "reuse")
+    a.close()
+    b.close()
+    assert wait_for(lambda: set(threading.enumerate()) == threads_before and fd_count() == fds_before, 3.0)
+
+
+# -- big data -----------------------------------------------------------------------
+
+
+def test_16mib_binary_messages_both_directions(make_ctx):
+    a, _, b, _ = _connected(make_ctx)
+    a2b_sub = yoton.SubChannel(b, "big-a2b", yoton.BINARY)
+    b2a_sub = yoton.SubChannel(a, "big-b2a", yoton.BINARY)
+    a2b_pub = yoton.PubChannel(a, "big-a2b", yoton.BINARY)
+    b2a_pub = yoton.PubChannel(b, "big-b2a", yoton.BINARY)
+    a2b = os.urandom(16 * MiB)
+    b2a = os.urandom(16 * MiB)
+    a2b_pub.send(a2b)
+    b2a_pub.send(b2a)
+    got_a2b = a2b_sub.recv(8.0)
+    got_b2a = b2a_sub.recv(8.0)
+    assert len(got_a2b) == 16 * MiB and got_a2b == a2b
+    assert len(got_b2a) == 16 * MiB and got_b2a == b2a
+    # The stream is still in step afterwards.
+    a2b_pub.send(b"small")
+    assert a2b_sub.recv(3.0) == b"small"
+
+
+def test_many_1mib_messages_in_a_row_arrive_intact_and_in_order(make_ctx):
+    a, _, b, _ = _connected(make_ctx)
+    sub = yoton.SubChannel(b, "mib", yoton.BINARY)
+    pub = yoton.PubChannel(a, "mib", yoton.BINARY)
+    base = os.urandom(MiB)
+    count = 60
+
+    def message(i):
+        # Every message differs (index and rotation), so swaps and tears show.
+        k = (i * 7919) % MiB
+        return i.to_bytes(4, "little") + (base[k:] + base[:k])[4:]
+
+    sender = threading.Thread(target=lambda: [pub.send(message(i)) for i in range(count)])
+    sender.start()
+    try:
+        for i in range(count):
+            got = sub.recv(5.0)
+            assert len(got) == MiB, f"message {i}: {len(got)} bytes"
+            assert int.from_bytes(got[:4], "little") == i, f"expected message {i}, got {int.from_bytes(got[:4], 'little')}"
+            assert got == message(i), f"message {i} corrupted"
+    finally:
+        sender.join(10.0)
+    assert sub.recv(False) == b""
+
+
+# -- process exit ----------------------------------------------------------------------
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    import yoton
+
+    def main(address, mode):
+        ctx = yoton.Context()
+        if mode == "bind-only":
+            ctx.bind("127.0.0.1:0")
+            print("bound", flush=True)
+            return
+        ctx.connect(address, timeout=3.0)
+        pub = yoton.PubChannel(ctx, "exit-hello")
+        sub = yoton.SubChannel(ctx, "exit-ack")
+        pub.send("hello from child")
+        if mode == "wait-ack":
+            print("ack:", sub.recv(5.0), flush=True)
+        # return without closing the context
+
+    main(sys.argv[1], sys.argv[2])
+""")
+
+
+def _child_env():
+    env = dict(os.environ)
+    src = os.path.join(os.path.dirname(yoton.__file__), os.pardir)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(src), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.mark.parametrize("mode", ["immediate", "wait-ack"])
+def test_process_with_connected_context_exits_promptly(make_ctx, mode):
+    ctx = make_ctx()
+    conn = ctx.bind(BIND)
+    reasons: list = []
+    conn.closed.bind(lambda c, reason: reasons.append(reason))
+    sub = yoton.SubChannel(ctx, "exit-hello")
+    pub = yoton.PubChannel(ctx, "exit-ack")
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, address(conn), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+    try:
+        assert sub.recv(6.0) == "hello from child"
+        if mode == "wait-ack":
+            pub.send("ack")
+        start = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=3.0)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"child still running {time.monotonic() - start:.1f} s after it returned from main")
+        assert proc.returncode == 0, err.decode()
+        if mode == "wait-ack":
+            assert out.decode().strip() == "ack: ack"
+        assert wait_for(lambda: reasons, 3.0), "our side did not see the child go"
+        assert reasons[0] in ("Closed from other end.", "Other end dropped the connection."), reasons
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_process_with_waiting_bind_exits_promptly():
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, "-", "bind-only"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+    try:
+        out, err = proc.communicate(timeout=6.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("child with a waiting bind did not exit")
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "bound"
+    assert time.monotonic() - start < 6.0
