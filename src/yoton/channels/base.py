@@ -148,7 +148,9 @@ class BaseChannel:
                 return
             queue.popleft()
         queue.append(pkg)
-        if self._waiters:
+        # Wake a waiting reader only when the queue stops being empty; a reader
+        # that finds more passes the wake-up on (see _wait_package).
+        if self._waiters and len(queue) == 1:
             with self._cond:
                 self._cond.notify()
         self._announce()
@@ -166,8 +168,10 @@ class BaseChannel:
     def _wait_package(self, block):
         """Pop the oldest package, waiting as ``block`` says; None if none."""
         queue = self._queue
-        if queue:
+        try:
             return queue.popleft()
+        except IndexError:
+            pass
         if block is False or block is None or self._closed:
             return None
         if block is True:
@@ -187,9 +191,15 @@ class BaseChannel:
                         if remaining <= 0:
                             break
                         self._cond.wait(remaining)
+                try:
+                    pkg = queue.popleft()
+                except IndexError:
+                    pkg = None
+                if queue and self._waiters > 1:
+                    self._cond.notify()
             finally:
                 self._waiters -= 1
-        return queue.popleft() if queue else None
+        return pkg
 
     def _decode(self, pkg):
         return self._message_type.message_from_bytes(pkg.data)

@@ -1,0 +1,793 @@
+"""The benchmark driver: start worker pairs, collect results, print the table.
+
+Every measurement runs with its two sides in separate processes
+(``bench/worker.py``) talking over 127.0.0.1, for each stack:
+
+* ``ours``  -- this repository's yoton (``PYTHONPATH=src``),
+* ``orig``  -- the original yoton 2.2 from pyzo (``PYTHONPATH=tests/_orig.py:orig_path()``),
+* ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference.
+
+Measurements (``MEASUREMENTS``):
+
+1. ``oneway_100B``  -- BINARY pub/sub throughput, 100-byte messages (msgs/s);
+   received must equal sent.
+2. ``oneway_1MiB`` / ``oneway_16MiB`` -- the same with big messages (MB/s, 1 MB = 1e6 bytes).
+3. ``reqrep_100B`` -- ReqChannel -> RepChannel (thread mode) round trip with
+   a 100-character argument (median / p99 in microseconds); pyzmq REQ/REP.
+4. ``pingpong_100B`` -- pub/sub round trip: A publishes on 'ping', B's
+   SubChannel receives and publishes it on 'pong'; pyzmq: REQ/REP again.
+5. ``flood`` -- a receiver that sleeps while the sender floods it, then
+   drains: its peak RSS and how many messages it dropped under the
+   configured ``queue_params`` (pyzmq: default HWM, so the sender blocks).
+
+Counts are sized per stack so one run takes roughly 1-3 s (the original
+yoton does ~9k msgs/s and ~0.2 s per request); senders also stop after a
+fixed duration and tell the receiver how many they sent. Each measurement
+is repeated (``--reps``, default 3) and the medians are reported. Then our
+sender/receiver (1.) and requester (3.) are run under cProfile (all threads)
+and the top functions are printed.
+
+Results go to ``bench/results/latest.json`` (``--json`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import queue
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "worker.py"
+RESULTS = HERE / "results"
+MARK = "@@BENCH "
+
+STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq"}
+STACK_ALIASES = {
+    "ours": "ours", "new": "ours",
+    "orig": "orig", "yoton-2.2": "orig", "yoton22": "orig", "2.2": "orig", "original": "orig",
+    "zmq": "zmq", "pyzmq": "zmq",
+}
+MiB = 1 << 20
+
+
+# -- what is measured -----------------------------------------------------------------
+
+
+@dataclass
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass
+class Measurement:
+    id: str
+    title: str
+    kind: str  # oneway | flood | reqrep | pingpong
+    size: int
+    metrics: list
+    # per mode ('full' / 'quick'), per stack: worker parameters
+    params: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def _per_stack(ours: dict, orig: dict, zmq: dict) -> dict:
+    return {"ours": ours, "orig": orig, "zmq": zmq}
+
+
+THROUGHPUT = [Metric("msgs_per_s", "", "msgs/s", True)]
+BANDWIDTH = [Metric("MB_per_s", "", "MB/s", True)]
+LATENCY = [Metric("median_us", "median", "us", False), Metric("p99_us", "p99", "us", False)]
+FLOOD = [Metric("rss_peak_MB", "receiver peak RSS", "MB", False),
+         Metric("dropped", "dropped", "msgs", False)]
+
+FLOOD_QUEUE = [10000, "old"]
+
+MEASUREMENTS = [
+    Measurement(
+        "oneway_100B", "one-way 100 B pub/sub", "oneway", 100, THROUGHPUT,
+        {
+            "full": _per_stack({"count": 300_000, "duration": 2.0}, {"count": 15_000, "duration": 2.0},
+                               {"count": 3_000_000, "duration": 2.0}),
+            "quick": _per_stack({"count": 5_000, "duration": 0.5}, {"count": 1_000, "duration": 0.5},
+                                {"count": 20_000, "duration": 0.5}),
+        }),
+    Measurement(
+        "oneway_1MiB", "one-way 1 MiB", "oneway", MiB, BANDWIDTH,
+        {
+            "full": _per_stack({"count": 1500, "duration": 2.0}, {"count": 600, "duration": 2.0},
+                               {"count": 3000, "duration": 2.0, "hwm": 16}),
+            "quick": _per_stack({"count": 20, "duration": 0.5}, {"count": 10, "duration": 0.5},
+                                {"count": 50, "duration": 0.5, "hwm": 16}),
+        },
+        note="pyzmq SNDHWM/RCVHWM 16 to bound memory"),
+    Measurement(
+        "oneway_16MiB", "one-way 16 MiB", "oneway", 16 * MiB, BANDWIDTH,
+        {
+            "full": _per_stack({"count": 100, "duration": 2.0}, {"count": 30, "duration": 2.0},
+                               {"count": 200, "duration": 2.0, "hwm": 4}),
+            "quick": _per_stack({"count": 3, "duration": 0.5}, {"count": 2, "duration": 0.5},
+                                {"count": 4, "duration": 0.5, "hwm": 4}),
+        },
+        note="pyzmq SNDHWM/RCVHWM 4 to bound memory"),
+    Measurement(
+        "reqrep_100B", "req/rep 100 B", "reqrep", 100, LATENCY,
+        {
+            "full": _per_stack({"count": 5000, "duration": 1.5, "warmup": 20},
+                               {"count": 12, "duration": 2.0, "warmup": 1},
+                               {"count": 20000, "duration": 1.5, "warmup": 50}),
+            "quick": _per_stack({"count": 100, "duration": 0.3, "warmup": 3},
+                                {"count": 3, "duration": 0.3, "warmup": 1, "min_count": 3},
+                                {"count": 500, "duration": 0.3, "warmup": 5}),
+        }),
+    Measurement(
+        "pingpong_100B", "pub/sub ping-pong 100 B", "pingpong", 100, LATENCY,
+        {
+            "full": _per_stack({"count": 5000, "duration": 1.5, "warmup": 20},
+                               {"count": 200, "duration": 2.0, "warmup": 2},
+                               {"count": 20000, "duration": 1.5, "warmup": 50}),
+            "quick": _per_stack({"count": 100, "duration": 0.3, "warmup": 3},
+                                {"count": 10, "duration": 0.3, "warmup": 1},
+                                {"count": 500, "duration": 0.3, "warmup": 5}),
+        },
+        note="pyzmq: REQ/REP as the reference"),
+    Measurement(
+        "flood", "flood 1000 B:", "flood", 1000, FLOOD,
+        {
+            "full": _per_stack({"count": 30_000, "queue": FLOOD_QUEUE, "sleep_max": 8.0},
+                               {"count": 30_000, "queue": FLOOD_QUEUE, "sleep_max": 8.0},
+                               {"count": 30_000, "sleep_max": 2.0}),
+            "quick": _per_stack({"count": 3_000, "queue": [1000, "old"], "sleep_max": 3.0},
+                                {"count": 3_000, "queue": [1000, "old"], "sleep_max": 3.0},
+                                {"count": 3_000, "sleep_max": 0.5}),
+        }),
+]
+BY_ID = {m.id: m for m in MEASUREMENTS}
+
+ROLES = {"oneway": ("recv", "send"), "flood": ("recv", "send"),
+         "reqrep": ("rep", "req"), "pingpong": ("pong", "ping")}
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+_live_workers: "set[Worker]" = set()
+_live_lock = threading.Lock()
+
+
+def kill_all_workers() -> None:
+    with _live_lock:
+        workers = list(_live_workers)
+    for w in workers:
+        w.kill()
+
+
+atexit.register(kill_all_workers)
+
+
+class Worker:
+    """One ``bench/worker.py`` subprocess and the JSON events it prints."""
+
+    def __init__(self, stack: str, role: str, params: dict, env: dict, label: str):
+        self.label = label
+        self._events: "queue.Queue[dict]" = queue.Queue()
+        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        cmd = [sys.executable, str(WORKER), stack, role, json.dumps(params)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            env=env, cwd=str(ROOT), text=True, bufsize=1,
+        )
+        with _live_lock:
+            _live_workers.add(self)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.proc.stdout:
+                if line.startswith(MARK):
+                    try:
+                        self._events.put(json.loads(line[len(MARK):]))
+                    except ValueError:
+                        pass
+        except (OSError, ValueError):
+            pass
+        self._events.put({"event": "eof"})
+
+    def stderr_tail(self, limit: int = 3000) -> str:
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read().decode("utf-8", "replace")[-limit:]
+        except (OSError, ValueError):
+            return ""
+
+    def wait(self, kind: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                event = self._events.get(timeout=max(0.0, left))
+            except queue.Empty:
+                raise WorkerError(f"{self.label}: no {kind!r} within {timeout:.0f} s") from None
+            name = event.get("event")
+            if name == kind:
+                return event
+            if name == "error":
+                raise WorkerError(f"{self.label}: {event.get('error')}\n{event.get('traceback', '')}")
+            if name == "eof":
+                try:
+                    rc = self.proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    rc = "?"
+                raise WorkerError(f"{self.label}: exited (rc={rc}) before {kind!r}\n{self.stderr_tail()}")
+
+    def command(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self, grace: float = 3.0) -> None:
+        """Close stdin (the worker then exits); kill it if it does not."""
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            self._stderr.close()
+        except OSError:
+            pass
+        with _live_lock:
+            _live_workers.discard(self)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- stacks -----------------------------------------------------------------------------------
+
+
+def stack_envs(stacks: list) -> tuple[dict, dict]:
+    """Return ({stack: env}, {stack: reason it is unavailable})."""
+    envs, missing = {}, {}
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    base["PYTHONUNBUFFERED"] = "1"
+    for stack in stacks:
+        if stack == "ours":
+            envs[stack] = dict(base, PYTHONPATH=str(ROOT / "src"))
+        elif stack == "orig":
+            try:
+                sys.path.insert(0, str(ROOT / "tests"))
+                try:
+                    from _orig import orig_path
+                finally:
+                    sys.path.remove(str(ROOT / "tests"))
+                envs[stack] = dict(base, PYTHONPATH=orig_path())
+            except Exception as exc:  # download failed, no network, ...
+                missing[stack] = f"original yoton 2.2 unavailable: {exc}"
+        elif stack == "zmq":
+            if importlib.util.find_spec("zmq") is None:
+                missing[stack] = "pyzmq is not installed (pip install -e '.[bench]')"
+            else:
+                envs[stack] = dict(base)
+    return envs, missing
+
+
+def check_module(stack: str, info: dict, env: dict) -> None:
+    module = info.get("module") or ""
+    if stack == "orig" and not module.startswith(env["PYTHONPATH"]):
+        raise WorkerError(f"stack orig imported {module}, not the original yoton")
+    if stack == "ours" and not module.startswith(str(ROOT / "src")):
+        raise WorkerError(f"stack ours imported {module}, not {ROOT / 'src'}")
+
+
+# -- running one measurement ------------------------------------------------------------------
+
+
+def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict | None = None) -> dict:
+    """Run one repetition of ``m`` for ``stack``; return the combined result."""
+    server_role, client_role = ROLES[m.kind]
+    port = free_port()
+    common = dict(params, size=m.size, port=port, deadline=params.get("deadline", 240.0))
+    if m.kind == "oneway" and "queue" not in common and stack != "zmq":
+        # Throughput, not dropping: room for every message, so a loss is a bug.
+        common["queue"] = [max(10000, params["count"] + 16), "old"]
+    if m.kind == "flood":
+        common["flood"] = True
+        common.setdefault("idle", 5.0)
+    server_params = dict(common, profile=(profile or {}).get(server_role))
+    client_params = dict(common, profile=(profile or {}).get(client_role))
+    label = f"{m.id}/{STACK_NAMES[stack]}"
+    server = client = None
+    timeout = params.get("timeout", 120.0)
+    try:
+        server = Worker(stack, server_role, server_params, env, f"{label}/{server_role}")
+        server_ready = server.wait("ready", 60)
+        client = Worker(stack, client_role, client_params, env, f"{label}/{client_role}")
+        if m.kind == "oneway":
+            server_result = server.wait("result", timeout)
+            client_result = client.wait("result", 30)
+        elif m.kind == "flood":
+            try:  # the receiver sleeps until the sender is done (or sleep_max)
+                client_result = client.wait("result", params.get("sleep_max", 8.0))
+                time.sleep(params.get("settle", 0.5))  # let the last bytes reach the receiver
+            except WorkerError as exc:
+                if "no 'result'" not in str(exc):
+                    raise
+                client_result = None  # blocked by backpressure (pyzmq HWM)
+            server.command("go")
+            server_result = server.wait("result", timeout)
+            if client_result is None:
+                client_result = client.wait("result", timeout)
+        else:
+            client_result = client.wait("result", timeout)
+            server_result = server_ready
+    finally:
+        for w in (client, server):
+            if w is not None:
+                w.close()
+    check_module(stack, client_result, env)
+    return summarize_run(m, server_result, client_result)
+
+
+def summarize_run(m: Measurement, server: dict, client: dict) -> dict:
+    out = {"server": _strip(server), "client": _strip(client)}
+    if m.kind in ("oneway", "flood"):
+        sent, received = client["sent"], server["received"]
+        out.update(sent=sent, received=received, end_count=server.get("end_count"))
+        if m.kind == "oneway":
+            out["msgs_per_s"] = server.get("msgs_per_s")
+            out["MB_per_s"] = server.get("MB_per_s")
+            out["ok"] = received == sent and server.get("end_count") == sent
+            if not out["ok"]:
+                out["problem"] = (f"received {received} of {sent} messages"
+                                  + ("" if server.get("end_seen") else " (END marker never arrived)"))
+        else:
+            out["dropped"] = sent - received
+            out["rss_peak_MB"] = (server.get("rss_peak_kib") or 0) / 1024
+            out["rss_before_MB"] = (server.get("rss_before_kib") or 0) / 1024
+            out["discarded"] = server.get("discarded")
+            out["ok"] = True
+            if server.get("discarded") is not None and server["discarded"] != sent - received:
+                out["ok"] = False
+                out["problem"] = (f"received {received} of {sent}, but the channel counted "
+                                  f"{server['discarded']} discarded: {sent - received - server['discarded']} "
+                                  "lost elsewhere")
+    else:
+        out.update({k: client[k] for k in ("median_us", "p99_us", "n", "min_us", "max_us")})
+        out["ok"] = True
+    return out
+
+
+def _strip(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("event",)}
+
+
+def _fmt_value(metric: Metric, run: dict) -> str:
+    v = run.get(metric.key)
+    if v is None:
+        return "-"
+    if metric.unit == "msgs/s":
+        return f"{v:,.0f} msgs/s"
+    if metric.unit == "MB/s":
+        return f"{v:,.1f} MB/s"
+    if metric.unit == "us":
+        return f"{v:,.0f} us"
+    if metric.unit == "MB":
+        return f"{v:,.1f} MB"
+    return f"{v:,}"
+
+
+def run_measurement(m: Measurement, stack: str, mode: str, reps: int, env: dict,
+                    progress, problems: list) -> dict:
+    params = m.params[mode][stack]
+    runs = []
+    for rep in range(1, reps + 1):
+        t0 = time.monotonic()
+        where = f"{m.id} {STACK_NAMES[stack]} rep {rep}/{reps}"
+        try:
+            run = run_pair(m, stack, params, env)
+        except WorkerError as exc:
+            run = {"ok": False, "error": str(exc)}
+            problems.append(f"ERROR {where}: {str(exc).splitlines()[0]}")
+            progress(f"{where}: ERROR {exc}")
+            runs.append(run)
+            continue
+        runs.append(run)
+        values = ", ".join(_fmt_value(metric, run) for metric in m.metrics)
+        extra = ""
+        if "sent" in run:
+            extra = f"  [{run['received']:,} of {run['sent']:,} received]"
+        progress(f"{where}: {values}{extra}  ({time.monotonic() - t0:.1f} s)")
+        if not run.get("ok"):
+            msg = f"!!! MISMATCH {where}: {run.get('problem')}"
+            problems.append(msg)
+            progress(msg)
+    good = [r for r in runs if "error" not in r]
+    summary = {"params": params, "runs": runs, "errors": len(runs) - len(good),
+               "ok": bool(good) and all(r.get("ok") for r in runs)}
+    for metric in m.metrics:
+        values = [r[metric.key] for r in good if r.get(metric.key) is not None]
+        summary[metric.key] = statistics.median(values) if values else None
+    if m.kind in ("oneway", "flood"):
+        summary["sent"] = [r["sent"] for r in good]
+        summary["received"] = [r["received"] for r in good]
+    if m.kind == "flood":
+        summary["rss_before_MB"] = _median([r.get("rss_before_MB") for r in good])
+    if m.kind in ("reqrep", "pingpong"):
+        summary["n"] = [r["n"] for r in good]
+    return summary
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# -- the table --------------------------------------------------------------------------------
+
+
+def _fmt_number(metric: Metric, v) -> str:
+    if v is None:
+        return "ERR"
+    if metric.unit == "msgs/s":
+        return f"{v:,.0f}"
+    if metric.unit in ("MB/s", "MB"):
+        return f"{v:,.1f}"
+    if metric.unit == "us":
+        return f"{v:,.0f}"
+    return f"{v:,.0f}"
+
+
+def _ratio(a, b) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def build_table(results: dict, stacks: list) -> tuple[str, list]:
+    cols = ["measurement", "unit"] + [STACK_NAMES[s] for s in stacks]
+    ratio_cols = []
+    if "ours" in stacks and "zmq" in stacks:
+        ratio_cols.append(("zmq", "ours/pyzmq"))
+    if "ours" in stacks and "orig" in stacks:
+        ratio_cols.append(("orig", "ours/2.2"))
+    cols += [c for _, c in ratio_cols] + ["check"]
+    rows = []
+    for m in MEASUREMENTS:
+        res = results.get(m.id)
+        if res is None:
+            continue
+        for metric in m.metrics:
+            name = m.title + (f" {metric.label}" if metric.label else "")
+            row = [name, metric.unit]
+            for s in stacks:
+                row.append(_fmt_number(metric, res["stacks"].get(s, {}).get(metric.key)))
+            for other, _ in ratio_cols:
+                r = res["ratios"].get(f"{metric.key}:ours/{other}")
+                row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))
+            checks = []
+            for s in stacks:
+                st = res["stacks"].get(s)
+                if st is None:
+                    continue
+                if st.get("errors"):
+                    checks.append(f"{STACK_NAMES[s]}:ERR")
+                elif not st.get("ok"):
+                    checks.append(f"{STACK_NAMES[s]}:MISMATCH")
+            if metric is m.metrics[0]:
+                row.append(" ".join(checks) or ("recv=sent" if m.kind == "oneway" else "ok"))
+            else:
+                row.append("")
+            rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
+    lines = []
+    for j, r in enumerate([cols] + rows):
+        cells = [str(c).ljust(widths[i]) if i in (0, 1) or i == len(cols) - 1 else str(c).rjust(widths[i])
+                 for i, c in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines), rows
+
+
+def table_notes(results: dict, stacks: list, mode: str) -> str:
+    notes = [
+        "Medians over the repetitions; ratios are ours/other (throughput: >1 = ours faster;"
+        " latency, RSS: <1 = ours better). 1 MB = 1e6 bytes.",
+    ]
+    for m in MEASUREMENTS:
+        res = results.get(m.id)
+        if res is None:
+            continue
+        parts = []
+        for s in stacks:
+            st = res["stacks"].get(s)
+            if st is None:
+                continue
+            if "sent" in st and st["sent"]:
+                parts.append(f"{STACK_NAMES[s]} " + ", ".join(
+                    f"{r:,}/{t:,}" for r, t in zip(st["received"], st["sent"])))
+            elif "n" in st and st["n"]:
+                parts.append(f"{STACK_NAMES[s]} n=" + ",".join(str(n) for n in st["n"]))
+        what = "received/sent" if m.kind in ("oneway", "flood") else "round trips"
+        line = f"{m.id}: {what}: " + "; ".join(parts)
+        if m.kind == "flood":
+            q = m.params[mode]
+            rss0 = "; ".join(f"{STACK_NAMES[s]} {res['stacks'][s].get('rss_before_MB') or 0:.1f} MB"
+                             for s in stacks if s in res["stacks"])
+            line += (f". queue_params {q['ours'].get('queue')} for yoton, default HWM for pyzmq;"
+                     f" receiver RSS before the flood: {rss0}")
+        if m.note:
+            line += f" ({m.note})"
+        notes.append(line)
+    return "\n".join(notes)
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+
+def _short_func(func: tuple) -> str:
+    filename, line, name = func
+    if filename == "~":
+        return name
+    for marker in ("/src/yoton/", "/pyzo/yoton/", "/site-packages/"):
+        if marker in filename:
+            filename = filename.split(marker, 1)[1]
+            if marker != "/site-packages/":
+                filename = "yoton/" + filename
+            break
+    else:
+        filename = os.path.basename(filename)
+    return f"{name} ({filename}:{line})"
+
+
+def profile_summary(path: str, top: int) -> dict:
+    import pstats
+
+    stats = pstats.Stats(path)
+    out = {"total_tt": stats.total_tt}
+    for order in ("tottime", "cumulative"):
+        stats.sort_stats(order)
+        rows = []
+        for func in stats.fcn_list[:top]:
+            cc, nc, tt, ct, _ = stats.stats[func]
+            rows.append({"ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4),
+                         "function": _short_func(func)})
+        out[order] = rows
+    return out
+
+
+def format_profile(title: str, summary: dict) -> str:
+    lines = [f"== {title} (all threads, total {summary['total_tt']:.2f} s) =="]
+    for order in ("tottime", "cumulative"):
+        lines.append(f"  by {order}:")
+        lines.append(f"  {'ncalls':>9} {'tottime':>8} {'cumtime':>8}  function")
+        for r in summary[order]:
+            lines.append(f"  {r['ncalls']:>9} {r['tottime']:>8.3f} {r['cumtime']:>8.3f}  {r['function']}")
+    return "\n".join(lines)
+
+
+def run_profiles(mode: str, env: dict, top: int, folder: Path, progress, problems: list) -> dict:
+    """Profile our one-way sender and receiver and our requester; write .pstats files to ``folder``."""
+    out = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        ("oneway_100B", {"recv": "oneway_100B-receiver", "send": "oneway_100B-sender"}),
+        ("reqrep_100B", {"req": "reqrep_100B-requester"}),
+    ]
+    for mid, roles in jobs:
+        m = BY_ID[mid]
+        paths = {role: str(folder / f"profile-ours-{name}.pstats") for role, name in roles.items()}
+        progress(f"profiling ours {mid} ({', '.join(roles)}) ...")
+        try:
+            run = run_pair(m, "ours", m.params[mode]["ours"], env, profile=paths)
+        except WorkerError as exc:
+            problems.append(f"ERROR profiling {mid}: {str(exc).splitlines()[0]}")
+            progress(f"profiling {mid}: ERROR {exc}")
+            continue
+        if not run.get("ok"):
+            problems.append(f"!!! MISMATCH while profiling {mid}: {run.get('problem')}")
+        for role, name in roles.items():
+            try:
+                summary = profile_summary(paths[role], top)
+            except (OSError, TypeError, ValueError) as exc:
+                problems.append(f"ERROR reading profile {paths[role]}: {exc}")
+                continue
+            metric = {k: run.get(k) for k in ("msgs_per_s", "median_us") if run.get(k) is not None}
+            summary["file"] = paths[role]
+            summary["run"] = metric
+            out[name] = summary
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark yoton (ours) against the original yoton 2.2 and pyzmq, "
+                    "sender and receiver in separate processes over 127.0.0.1.")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 repetition, small counts, no profiles (unless --profile)")
+    ap.add_argument("--stacks", default="ours,orig,zmq",
+                    help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq); default all")
+    ap.add_argument("--only", default="",
+                    help="comma-separated measurement ids: " + ", ".join(BY_ID))
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
+    prof = ap.add_mutually_exclusive_group()
+    prof.add_argument("--profile", dest="profile", action="store_true", default=None,
+                      help="profile our sender/receiver/requester (default in full runs)")
+    prof.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiles")
+    ap.add_argument("--top", type=int, default=12, help="functions per profile listing (default 12)")
+    ap.add_argument("--json", default=str(RESULTS / "latest.json"), help="where to write the JSON results")
+    args = ap.parse_args(argv)
+    stacks = []
+    for s in args.stacks.split(","):
+        s = s.strip().lower()
+        if not s:
+            continue
+        if s not in STACK_ALIASES:
+            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq)")
+        if STACK_ALIASES[s] not in stacks:
+            stacks.append(STACK_ALIASES[s])
+    if not stacks:
+        ap.error("no stacks given")
+    args.stacks = [s for s in STACK_NAMES if s in stacks]
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for s in only:
+        if s not in BY_ID:
+            ap.error(f"unknown measurement {s!r} (choose from {', '.join(BY_ID)})")
+    args.only = only
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
+    if args.profile is None:
+        args.profile = not args.quick
+    return args
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
+    mode = "quick" if args.quick else "full"
+    started = time.monotonic()
+
+    def progress(msg: str) -> None:
+        sys.stderr.write(f"[bench {time.monotonic() - started:6.1f}s] {msg}\n")
+        sys.stderr.flush()
+
+    problems: list = []
+    try:
+        envs, missing = stack_envs(args.stacks)
+        for stack, why in missing.items():
+            problems.append(f"SKIPPED stack {STACK_NAMES[stack]}: {why}")
+            progress(f"skipping {STACK_NAMES[stack]}: {why}")
+        stacks = [s for s in args.stacks if s in envs]
+        if not stacks:
+            progress("no stack available")
+            return 2
+        measurements = [m for m in MEASUREMENTS if not args.only or m.id in args.only]
+        results = {}
+        for m in measurements:
+            res = {"title": m.title, "kind": m.kind, "size": m.size,
+                   "metrics": {mt.key: {"unit": mt.unit, "higher_is_better": mt.higher_is_better}
+                               for mt in m.metrics},
+                   "stacks": {}, "ratios": {}}
+            for stack in stacks:
+                res["stacks"][stack] = run_measurement(m, stack, mode, args.reps, envs[stack], progress, problems)
+            ours = res["stacks"].get("ours")
+            for other in ("zmq", "orig"):
+                theirs = res["stacks"].get(other)
+                if ours is None or theirs is None:
+                    continue
+                for mt in m.metrics:
+                    res["ratios"][f"{mt.key}:ours/{other}"] = _ratio(ours.get(mt.key), theirs.get(mt.key))
+            results[m.id] = res
+        table, _ = build_table(results, stacks)
+        notes = table_notes(results, stacks, mode)
+        header = (f"yoton benchmark ({mode}, {args.reps} rep(s)), python {platform.python_version()}, "
+                  f"{os.cpu_count()} CPU(s), {platform.platform()}")
+        print(header)
+        print()
+        print(table)
+        print()
+        print(notes)
+        profiles = {}
+        if args.profile and "ours" in stacks:
+            progress("profiles ...")
+            profiles = run_profiles(mode, envs["ours"], args.top, Path(args.json).resolve().parent,
+                                    progress, problems)
+            for name, summary in profiles.items():
+                print()
+                print(format_profile(f"profile: ours {name} {summary.get('run', '')}", summary))
+        if problems:
+            print()
+            print("PROBLEMS:")
+            for p in problems:
+                print("  " + p)
+        doc = {
+            "meta": {
+                "date": _dt.datetime.now().isoformat(timespec="seconds"),
+                "mode": mode, "reps": args.reps, "stacks": stacks,
+                "stack_names": {s: STACK_NAMES[s] for s in stacks},
+                "python": platform.python_version(), "platform": platform.platform(),
+                "cpu_count": os.cpu_count(), "elapsed_s": round(time.monotonic() - started, 1),
+                "versions": _versions(results),
+            },
+            "results": results,
+            "profiles": profiles,
+            "problems": problems,
+            "table": table,
+            "notes": notes,
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1, default=str))
+        progress(f"wrote {out} ({time.monotonic() - started:.0f} s in all)")
+        return 1 if any(not p.startswith("SKIPPED") for p in problems) else 0
+    except KeyboardInterrupt:
+        progress("interrupted; killing workers")
+        return 130
+    finally:
+        kill_all_workers()
+
+
+def _versions(results: dict) -> dict:
+    out = {}
+    for res in results.values():
+        for stack, st in res["stacks"].items():
+            for run in st["runs"]:
+                info = run.get("client") or {}
+                if "version" in info:
+                    out[STACK_NAMES[stack]] = {"version": info["version"], "module": info.get("module")}
+    return out

@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark suite: ``python -m bench --quick --stacks ours``.
+
+Runs every measurement once with small counts, for our stack only (no
+download of the original, no pyzmq needed), and checks the JSON it writes.
+Speeds are not asserted: the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED = {
+    "oneway_100B": ["msgs_per_s"],
+    "oneway_1MiB": ["MB_per_s"],
+    "oneway_16MiB": ["MB_per_s"],
+    "reqrep_100B": ["median_us", "p99_us"],
+    "pingpong_100B": ["median_us", "p99_us"],
+    "flood": ["rss_peak_MB", "dropped"],
+}
+
+
+def test_quick_run_of_our_stack(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--stacks", "ours", "--profile", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    doc = json.loads(out.read_text())
+
+    assert doc["meta"]["stacks"] == ["ours"]
+    assert doc["problems"] == []
+    assert set(EXPECTED) <= set(doc["results"])
+    for mid, metrics in EXPECTED.items():
+        ours = doc["results"][mid]["stacks"]["ours"]
+        assert ours["errors"] == 0, (mid, ours)
+        assert ours["ok"], (mid, ours)
+        for key in metrics:
+            assert isinstance(ours[key], (int, float)), (mid, key, ours)
+        for run in ours["runs"]:
+            assert run["client"]["module"].startswith(str(ROOT / "src")), run["client"]["module"]
+
+    for mid in ("oneway_100B", "oneway_1MiB", "oneway_16MiB"):
+        ours = doc["results"][mid]["stacks"]["ours"]
+        assert ours["sent"] and ours["received"] == ours["sent"], (mid, ours["sent"], ours["received"])
+        for run in ours["runs"]:
+            assert run["sent"] > 0 and run["received"] == run["sent"] == run["end_count"]
+
+    flood = doc["results"]["flood"]["stacks"]["ours"]
+    for run in flood["runs"]:
+        assert run["received"] + run["dropped"] == run["sent"]
+        assert run["discarded"] == run["dropped"]  # every loss is a counted queue discard
+        assert run["rss_peak_MB"] > 0
+
+    for name in ("oneway_100B-receiver", "oneway_100B-sender", "reqrep_100B-requester"):
+        prof = doc["profiles"][name]
+        assert prof["tottime"] and prof["cumulative"]
+        assert {"ncalls", "tottime", "cumtime", "function"} <= set(prof["tottime"][0])
+
+    assert "ours" in doc["table"] and "one-way 100 B" in doc["table"]
