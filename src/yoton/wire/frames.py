@@ -69,7 +69,15 @@ class Package:
     channels for :func:`yoton.select_sub_channel`.
     """
 
-    __slots__ = ("data", "slot", "source_id", "source_seq", "dest_id", "dest_seq", "recv_seq")
+    __slots__ = {
+        "data": "The body: encoded message bytes (bytes, or bytearray for large bodies).",
+        "slot": "Destination slot: hash of the slot name, or a reserved slot (< 8).",
+        "source_id": "Id of the context that created the package.",
+        "source_seq": "Sequence number of the package at its source (from 1).",
+        "dest_id": "Id of the one context the package is for; 0 for everyone.",
+        "dest_seq": "For replies: which request this answers.",
+        "recv_seq": "Local delivery number, set by the receiving context.",
+    }
 
     def __init__(self, data, slot, source_id, source_seq, dest_id=0, dest_seq=0, recv_seq=0):
         self.data = data
