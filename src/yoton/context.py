@@ -63,6 +63,8 @@ def _check_queue_params(queue_params):
     if not isinstance(queue_params, (tuple, list)) or len(queue_params) != 2:
         raise ValueError(f"queue_params must be a (size, 'old'|'new') tuple, not {queue_params!r}")
     size, mode = queue_params
+    if isinstance(mode, str):
+        mode = mode.lower()  # yoton 2.2 accepted 'OLD' / 'New'
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"queue_params size must be a positive int, not {size!r}")
     if mode not in ("old", "new"):
