@@ -72,8 +72,11 @@ class PeerProcess:
 
     @staticmethod
     def _pump(stream, put):
-        for line in stream:
-            put(line)
+        try:
+            for line in stream:
+                put(line)
+        except (ValueError, OSError):
+            pass  # the stream was closed by close() while we were reading
         put(None)
 
     @property
