@@ -319,6 +319,7 @@ class RepChannel(BaseChannel):
         self._work_cond = threading.Condition(threading.Lock())
         self._worker: threading.Thread | None = None
         self._served = 0
+        self._ticking = False  # one _tick chain at most, however often set_mode is called
 
     def set_mode(self, mode) -> None:
         """Serve requests: ``'off'`` (0), ``'event'`` (1) or ``'thread'`` (2)."""
@@ -332,11 +333,14 @@ class RepChannel(BaseChannel):
             self._worker.start()
         elif self._mode != 2 and self._worker is not None:
             self._stop_worker()
-        if self._mode == 0:
-            with self._lock:
+        with self._lock:
+            if self._mode == 0:
                 self._offers.clear()
-        else:
-            self._context._ensure_loop().call_later(1.0, self._tick)
+                return
+            if self._ticking:
+                return
+            self._ticking = True
+        self._context._ensure_loop().call_later(1.0, self._tick)
 
     def statistics(self) -> dict:
         """Counters: ``served`` requests and ``offers`` waiting for acknowledgement."""
@@ -393,9 +397,10 @@ class RepChannel(BaseChannel):
         self._context._send(self._slot_out, ACKNOWLEDGE, requester, REF + n)
 
     def _tick(self) -> None:
-        if not self._mode or self._closed:
-            return
         with self._lock:
+            if not self._mode or self._closed:
+                self._ticking = False
+                return
             current = self._current
             if current is not None and len(current) == 2 and time.monotonic() - self._acked_at > ACK_TIMEOUT:
                 self._current = None  # the requester never sent the request

@@ -1,0 +1,428 @@
+"""Request/reply over real sockets on 127.0.0.1, our yoton at both ends (in-process).
+
+Every context is a separate node connected over TCP (a star around the
+requester unless a test says otherwise); repliers serve in their own thread
+unless the test is about 'event' mode. Waiting is always for a condition with
+a deadline. Contexts come from the ``ctx`` factory of tests/conftest.py
+(closed at teardown, which also stops replier threads).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import yoton
+
+pytestmark = pytest.mark.timeout(15)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+def wait_for(cond, timeout=5.0, what="condition", pump=False):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if pump:
+            yoton.process_events(False)
+        time.sleep(0.002)
+
+
+def link(binder, connector, timeout=5.0):
+    """binder binds a fresh port on 127.0.0.1, connector connects; both see the link."""
+    conn = binder.bind("127.0.0.1:0")
+    other = connector.connect(f"127.0.0.1:{conn.port1}", timeout=timeout)
+    wait_for(lambda: conn.is_connected and other.is_connected, timeout, "the connection")
+    return conn
+
+
+@pytest.fixture(autouse=True)
+def _clean_event_queue():
+    yoton.process_events(False)
+    yield
+    yoton.process_events(False)
+
+
+class Replier(yoton.RepChannel):
+    """Methods for the tests; records what it served (and in which thread)."""
+
+    def __init__(self, context, slot, rid="r", delay=0.0):
+        super().__init__(context, slot)
+        self.rid, self.delay = rid, delay
+        self.served_log = []
+        self.threads = set()
+
+    def work(self, i):
+        self.threads.add(threading.current_thread())
+        if self.delay:
+            time.sleep(self.delay)
+        self.served_log.append(i)
+        return [i, self.rid]
+
+    def add(self, x, y):
+        return x + y
+
+    def fail(self, msg):
+        raise ValueError(msg)
+
+    def unencodable(self):
+        return object()
+
+    def a_set(self):
+        return {1, 2}
+
+    def kw(self, a, b=2, *, c=3):
+        return [a, b, c]
+
+
+def requester_and_repliers(ctx, n_repliers, slot="rr", delays=None, mode="thread"):
+    """A requester context with n replier contexts each linked to it (a star)."""
+    hub = ctx()
+    req = yoton.ReqChannel(hub, slot)
+    reps = []
+    for k in range(n_repliers):
+        c = ctx()
+        link(hub, c)
+        rep = Replier(c, slot, rid=f"r{k}", delay=(delays or [0.0] * n_repliers)[k])
+        rep.set_mode(mode)
+        reps.append(rep)
+    return hub, req, reps
+
+
+# -- load balancing ----------------------------------------------------------------------
+
+def test_three_repliers_share_60_requests(ctx):
+    delays = [0.0, 0.02, 0.1]
+    hub, req, reps = requester_and_repliers(ctx, 3, delays=delays)
+    futures = [req.work(i) for i in range(60)]
+    results = [f.result(10) for f in futures]
+
+    # each request answered, with its own index
+    assert [r[0] for r in results] == list(range(60))
+    by_replier = {rep.rid: [] for rep in reps}
+    for i, rid in results:
+        by_replier[rid].append(i)
+    # served exactly once: what the repliers ran is exactly what came back
+    served = sorted(i for rep in reps for i in rep.served_log)
+    assert served == list(range(60)), f"served twice or lost: {served}"
+    for rep in reps:
+        assert sorted(rep.served_log) == by_replier[rep.rid]
+        # (the counter goes up just after the reply is sent)
+        wait_for(lambda: rep.statistics()["served"] == len(rep.served_log), 5, "the served counter")
+        assert rep.threads and threading.current_thread() not in rep.threads  # thread mode
+    counts = [len(by_replier[rep.rid]) for rep in reps]
+    assert counts[2] < counts[0], f"slowest got {counts[2]}, fastest {counts[0]}"
+    assert req.statistics()["pending_requests"] == 0 and len(req._futures) == 0
+
+
+def test_chain_of_contexts_routes_requests(ctx):
+    # requester - relay - replier: the relay has no channels, it only forwards
+    a, relay, c = ctx(), ctx(), ctx()
+    link(a, relay)
+    link(relay, c)
+    req = yoton.ReqChannel(a, "chain")
+    rep = Replier(c, "chain", rid="far")
+    rep.set_mode("thread")
+    assert [req.work(i).result(10) for i in range(5)] == [[i, "far"] for i in range(5)]
+    assert req.echo("hop").result(5) == ("hop", hex(c.id))
+
+
+def test_two_requesters_get_their_own_replies(ctx):
+    # both requesters number their requests 1, 2, 3...: replies must go to the right one
+    server = ctx()
+    rep = Replier(server, "two")
+    rep.set_mode("thread")
+    reqs = []
+    for name in ("A", "B"):
+        c = ctx()
+        link(server, c)
+        reqs.append((name, yoton.ReqChannel(c, "two")))
+    futures = [(name, i, req.echo(f"{name}{i}")) for i in range(20) for name, req in reqs]
+    for name, i, f in futures:
+        assert f.result(10) == (f"{name}{i}", hex(server.id))
+
+
+# -- timing of repliers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("connected", [False, True], ids=["no-connection-yet", "connected-no-replier"])
+def test_requests_posted_before_a_replier_exists(ctx, connected):
+    a, b = ctx(), ctx()
+    req = yoton.ReqChannel(a, "early")
+    if connected:
+        link(a, b)
+    futures = [req.add(i, 100) for i in range(3)]
+    assert not any(f.done() for f in futures)
+    rep = Replier(b, "early")
+    rep.set_mode("thread")
+    if not connected:
+        link(a, b)
+    assert [f.result(8) for f in futures] == [100, 101, 102]
+    wait_for(lambda: rep.statistics()["served"] == 3, 5, "the served counter to reach 3")
+
+
+def test_auto_cancel_when_nobody_replies(ctx):
+    a, b = ctx(), ctx()
+    link(a, b)
+    req = yoton.ReqChannel(a, "ac", default_future_timeout=0.3)
+    t0 = time.monotonic()
+    f = req.work(1)
+    with pytest.raises(yoton.CancelledError):
+        f.result(5)
+    assert 0.25 <= time.monotonic() - t0 < 3.0
+    assert f.cancelled() and f.done()
+    assert req.statistics()["pending_requests"] == 0 and len(req._futures) == 0
+
+    # a replier appearing later never serves the cancelled request
+    rep = Replier(b, "ac", rid="late")
+    rep.set_mode("thread")
+    assert req.work(2).result(5) == [2, "late"]
+    assert rep.served_log == [2]
+
+
+def test_per_future_auto_cancel_timeout(ctx):
+    a, b = ctx(), ctx()
+    link(a, b)
+    req = yoton.ReqChannel(a, "acf")  # default 10 s
+    f = req.work(1)
+    f.set_auto_cancel_timeout(0.2)
+    g = req.work(2)
+    with pytest.raises(yoton.CancelledError):
+        f.result(5)
+    assert not g.done()
+    rep = Replier(b, "acf")
+    rep.set_mode("thread")
+    assert g.result(5) == [2, "r"]
+    assert rep.served_log == [2]
+
+
+def test_auto_cancel_none_waits_for_a_replier(ctx):
+    a, b = ctx(), ctx()
+    link(a, b)
+    req = yoton.ReqChannel(a, "acn", default_future_timeout=None)
+    f = req.add(1, 1)
+    with pytest.raises(yoton.TimeoutError):
+        f.result(0.8)  # over the re-announce interval, and not cancelled
+    assert not f.done()
+    rep = Replier(b, "acn")
+    rep.set_mode("thread")
+    assert f.result(5) == 2
+
+
+# -- modes ------------------------------------------------------------------------------
+
+def test_mode_off_stops_answering(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="off")
+    assert req.work(1).result(5) == [1, "r0"]
+    rep.set_mode("off")
+    f = req.work(2)
+    f.set_auto_cancel_timeout(0.5)
+    with pytest.raises(yoton.CancelledError):
+        f.result(5)
+    assert rep.served_log == [1]
+    rep.set_mode("thread")
+    assert req.work(3).result(5) == [3, "r0"]
+    assert rep.served_log == [1, 3]  # the cancelled request 2 was never served
+
+
+@pytest.mark.parametrize("bad", ["bogus", "threads", 3, -1, None, 1.5])
+def test_set_mode_bad_value(ctx, bad):
+    rep = Replier(ctx(), "bad")
+    with pytest.raises(ValueError):
+        rep.set_mode(bad)
+
+
+@pytest.mark.parametrize("mode", [1, "event"])
+def test_event_mode_is_served_by_process_events(ctx, mode):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="ev", mode=mode)
+    f = req.work(7)
+    # nobody runs the event loop: the request is acknowledged but not served
+    with pytest.raises(yoton.TimeoutError):
+        f.result(0.3)
+    assert rep.served_log == []
+    wait_for(f.done, 5, "the reply", pump=True)
+    assert f.result() == [7, "r0"]
+    assert rep.threads == {threading.current_thread()}
+
+
+@pytest.mark.parametrize("mode", [2, "thread"])
+def test_thread_mode_needs_no_event_loop(ctx, mode):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="th", mode=mode)
+    assert req.work(1).result(5) == [1, "r0"]
+    assert threading.current_thread() not in rep.threads
+
+
+@pytest.mark.parametrize("off", [0, "off"])
+def test_mode_zero_is_off(ctx, off):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="zero", mode=off)
+    f = req.work(1)
+    f.set_auto_cancel_timeout(0.4)
+    with pytest.raises(yoton.CancelledError):
+        f.result(5)
+    assert rep.served_log == []
+
+
+def test_switching_modes(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="sw", mode="thread")
+    assert req.add(1, 2).result(5) == 3
+    rep.set_mode("event")
+    f = req.add(2, 2)
+    wait_for(f.done, 5, "the reply in event mode", pump=True)
+    assert f.result() == 4
+    rep.set_mode(2)
+    assert req.add(3, 2).result(5) == 5
+
+
+def test_set_mode_repeatedly_keeps_one_housekeeping_timer(ctx):
+    # white box: each set_mode('thread'/'event') used to start another endless
+    # 1 s timer chain in the I/O thread
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="ticks")
+    for mode in ["event", "thread"] * 5 + ["off", "thread"]:
+        rep.set_mode(mode)
+    loop = rep._context._loop
+    barrier = threading.Event()
+    loop.call_soon(barrier.set)  # calls run in order: earlier call_later()s are in place after it
+    assert barrier.wait(5)
+    ticks = [e for e in list(loop._timers) if e[2] is not None and getattr(e[2], "__self__", None) is rep]
+    assert len(ticks) == 1, ticks
+    assert req.add(1, 2).result(5) == 3
+
+
+# -- errors ----------------------------------------------------------------------------
+
+@pytest.fixture
+def req_rep(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="err")
+    return req, rep
+
+
+def test_handler_error_arrives_as_remote_error(req_rep):
+    req, rep = req_rep
+    with pytest.raises(yoton.RemoteError, match="boom 123") as info:
+        req.fail("boom 123").result(5)
+    assert isinstance(info.value, RuntimeError)
+    assert "ValueError" in str(info.value)
+    f = req.fail("again")
+    assert isinstance(f.exception(5), yoton.RemoteError)
+    # the replier keeps serving
+    assert req.add(2, 3).result(5) == 5
+
+
+def test_unknown_method_arrives_as_remote_error(req_rep):
+    req, rep = req_rep
+    with pytest.raises(yoton.RemoteError, match="no_such_method"):
+        req.no_such_method(1).result(5)
+
+
+def test_bad_arguments_arrive_as_remote_error(req_rep):
+    req, rep = req_rep
+    with pytest.raises(yoton.RemoteError, match="TypeError"):
+        req.add(1).result(5)
+
+
+def test_keyword_arguments(req_rep):
+    req, rep = req_rep
+    assert req.kw(1).result(5) == [1, 2, 3]
+    assert req.kw(1, c=30, b=20).result(5) == [1, 20, 30]
+
+
+def test_private_names_cannot_be_called(req_rep):
+    req, rep = req_rep
+    with pytest.raises(AttributeError):
+        req._secret  # noqa: B018 - attribute access is the test
+    with pytest.raises(AttributeError):
+        getattr(req, "_x")
+    # a raw request for a private name (crafted past __getattr__) is refused remotely
+    with pytest.raises(yoton.RemoteError, match="_served"):
+        req._post("_served", (), {}).result(5)
+    with pytest.raises(yoton.RemoteError, match="__init__"):
+        req._post("__init__", (), {}).result(5)
+
+
+def test_channel_api_cannot_be_called_remotely(req_rep):
+    req, rep = req_rep
+    with pytest.raises(yoton.RemoteError, match="set_mode"):
+        req.set_mode("off").result(5)
+    # ReqChannel has its own close/statistics: send those names the raw way
+    for name in ("close", "statistics"):
+        with pytest.raises(yoton.RemoteError, match=name):
+            req._post(name, (), {}).result(5)
+    assert not rep.closed
+    assert req.add(1, 1).result(5) == 2  # still serving
+
+
+def test_unencodable_reply_arrives_as_remote_error(req_rep):
+    req, rep = req_rep
+    with pytest.raises(yoton.RemoteError):
+        req.unencodable().result(5)
+    with pytest.raises(yoton.RemoteError):
+        req.a_set().result(5)
+    assert req.add(1, 1).result(5) == 2
+
+
+def test_unencodable_arguments_raise_locally(req_rep):
+    req, rep = req_rep
+    with pytest.raises((ValueError, TypeError)):
+        req.add(object(), 1)
+    assert req.statistics()["pending_requests"] == 0
+
+
+def test_echo(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="echo")
+    assert req.echo("hi").result(5) == ("hi", hex(rep._context.id))
+    assert req.echo([1, {"a": None}], sleep=0.01).result(5) == ([1, {"a": None}], hex(rep._context.id))
+
+
+# -- threads, closing, leaks ---------------------------------------------------------------
+
+def test_result_from_a_plain_thread_without_event_loop(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="plain")
+    box = []
+
+    def run():
+        try:
+            box.append([req.add(i, i).result(5) for i in range(10)])
+        except BaseException as exc:  # noqa: BLE001
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)  # nobody calls process_events meanwhile
+    assert box == [[2 * i for i in range(10)]]
+
+
+def test_done_callback_with_a_real_reply(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="cb")
+    seen = []
+    f = req.add(20, 22)
+    f.add_done_callback(lambda fut: seen.append(fut.result()))
+    wait_for(lambda: seen, 5, "the done callback", pump=True)
+    assert seen == [42]
+
+
+def test_closing_the_req_channel_cancels_waiting_requests(ctx):
+    a, b = ctx(), ctx()
+    link(a, b)
+    req = yoton.ReqChannel(a, "close")
+    f = req.add(1, 2)
+    req.close()
+    assert f.done()
+    with pytest.raises((yoton.CancelledError, yoton.ChannelClosedError)):
+        f.result(1)
+    with pytest.raises(yoton.ChannelClosedError):
+        req.add(1, 2)
+
+
+def test_10000_sequential_requests_leave_nothing_pending(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="many")
+    t0 = time.monotonic()
+    for i in range(10_000):
+        assert req.add(i, 1).result(5) == i + 1
+    elapsed = time.monotonic() - t0
+    assert elapsed < 12, f"10,000 requests took {elapsed:.1f} s"
+    assert req.statistics()["pending_requests"] == 0
+    assert len(req._futures) == 0
+    wait_for(lambda: rep.statistics()["served"] == 10_000, 5, "the served counter to reach 10,000")
+    assert rep.statistics()["offers"] == 0
