@@ -123,10 +123,11 @@ def _read_until_crlf(sock: socket.socket, limit: int, deadline: float | None) ->
     data = bytearray()
     while True:
         end = data.find(_CRLF)
+        # (a trailing CR may be the first half of the CRLF: not counted)
+        if end > limit or (end < 0 and len(data) - data.endswith(b"\r") > limit):
+            raise ValueError(f"request over {limit} bytes")
         if end >= 0:
             return bytes(data[:end])
-        if len(data) > limit:
-            raise ValueError(f"request over {limit} bytes")
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -1,0 +1,325 @@
+"""FileWrapper (a text file over a Pub/SubChannel) and SimpleSocket, over real sockets.
+
+The main test runs a child process whose sys.stdout and sys.stdin are
+FileWrappers: ``print`` and ``input`` in the child talk to this process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import yoton
+from yoton import FileWrapper
+
+pytestmark = pytest.mark.timeout(15)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def wait_for(cond, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)
+
+
+def link(binder, connector, timeout=5.0):
+    conn = binder.bind("127.0.0.1:0")
+    other = connector.connect(f"127.0.0.1:{conn.port1}", timeout=timeout)
+    wait_for(lambda: conn.is_connected and other.is_connected, timeout, "the connection")
+    return conn
+
+
+@pytest.fixture
+def linked(ctx):
+    """Two linked contexts (writer side, reader side); ``ctx`` is tests/conftest.py's."""
+    a, b = ctx(), ctx()
+    link(a, b)
+    return a, b
+
+
+@pytest.fixture
+def simple_sockets():
+    """Factory for SimpleSockets, closed at teardown."""
+    made = []
+
+    def make():
+        s = yoton.SimpleSocket()
+        made.append(s)
+        return s
+
+    yield make
+    for s in reversed(made):
+        try:
+            s.close()
+        except Exception:
+            pass
+
+
+def read_until(wrapper, expected: str, timeout=5.0) -> str:
+    """Collect wrapper.read() until it equals `expected` (or fail at the deadline)."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while text != expected:
+        left = deadline - time.monotonic()
+        if left <= 0 or len(text) > len(expected):
+            raise AssertionError(f"read {text!r}, expected {expected!r}")
+        text += wrapper.read(min(left, 0.5))
+    return text
+
+
+# -- print() and input() in a child process -----------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import sys
+    import yoton
+
+    port = int(sys.argv[1])
+    ctx = yoton.Context()
+    ctx.connect(f"127.0.0.1:{port}", timeout=5)
+    real_stdout = sys.stdout
+    sys.stdout = yoton.FileWrapper(yoton.PubChannel(ctx, "child-stdout"))
+    sys.stdin = yoton.FileWrapper(yoton.SubChannel(ctx, "child-stdin"))
+    print("hello", 42)
+    x = input("name? ")
+    print(x.upper())
+    sys.stdout.flush()
+    sys.stdout = real_stdout
+    ctx.flush(5)
+    ctx.close()
+    print("child done")
+""")
+
+
+def test_print_and_input_in_a_child_process(ctx):
+    here = ctx()
+    out = FileWrapper(yoton.SubChannel(here, "child-stdout"))
+    inp = FileWrapper(yoton.PubChannel(here, "child-stdin"))
+    conn = here.bind("127.0.0.1:0")
+    env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONIOENCODING="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(conn.port1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, cwd=tempfile.gettempdir(), text=True,
+    )
+    try:
+        wait_for(lambda: conn.is_connected or proc.poll() is not None, 10, "the child to connect")
+        assert conn.is_connected, proc.communicate(timeout=5)
+
+        got = read_until(out, "hello 42\nname? ", timeout=10)
+        assert got == "hello 42\nname? "
+        inp.write("bob\n")
+        assert read_until(out, "BOB\n", timeout=10) == "BOB\n"
+
+        stdout, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, stderr
+        assert stdout == "child done\n"  # nothing leaked onto the real stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+def test_write_sends_each_write_as_a_message(linked):
+    a, b = linked
+    w = FileWrapper(yoton.PubChannel(a, "fw"))
+    sub = yoton.SubChannel(b, "fw")
+    assert w.write("one") == 3
+    assert w.write("twø ☃\n") == 6
+    w.writelines(["x\n", "y"])
+    w.flush()
+    assert [sub.recv(5) for _ in range(4)] == ["one", "twø ☃\n", "x\n", "y"]
+
+
+def test_chunksize_splits_long_writes(linked):
+    a, b = linked
+    w = FileWrapper(yoton.PubChannel(a, "chunks"), chunksize=4)
+    sub = yoton.SubChannel(b, "chunks")
+    assert w.write("abcdefghij") == 10
+    assert w.write("xy") == 2
+    assert [sub.recv(5) for _ in range(4)] == ["abcd", "efgh", "ij", "xy"]
+    assert sub.recv(0.2) == ""  # nothing more
+
+
+def test_echo_file_gets_everything_written(linked):
+    a, b = linked
+    echo = io.StringIO()
+    flushed = []
+    echo.flush = lambda: flushed.append(True)
+    w = FileWrapper(yoton.PubChannel(a, "echo"), echo=echo)
+    sub = yoton.SubChannel(b, "echo")
+    w.write("seen ")
+    w.writelines(["twice", "\n"])
+    w.flush()
+    assert echo.getvalue() == "seen twice\n"
+    assert flushed == [True]
+    assert [sub.recv(5) for _ in range(3)] == ["seen ", "twice", "\n"]
+
+
+def test_write_rejects_non_str(linked):
+    a, _ = linked
+    w = FileWrapper(yoton.PubChannel(a, "nonstr"))
+    with pytest.raises(TypeError):
+        w.write(b"bytes")
+
+
+def test_writing_to_a_sub_side_wrapper_raises(linked):
+    _, b = linked
+    r = FileWrapper(yoton.SubChannel(b, "ro"))
+    with pytest.raises(OSError):
+        r.write("no")
+    with pytest.raises(OSError):
+        r.writelines(["no"])
+
+
+def test_reading_from_a_pub_side_wrapper_raises(linked):
+    a, _ = linked
+    w = FileWrapper(yoton.PubChannel(a, "wo"))
+    with pytest.raises(OSError):
+        w.read()
+    with pytest.raises(OSError):
+        w.readline()
+
+
+def test_only_pub_and_sub_channels(linked):
+    a, _ = linked
+    with pytest.raises(ValueError):
+        FileWrapper(yoton.StateChannel(a, "state"))
+    with pytest.raises(ValueError):
+        FileWrapper("not a channel")
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def rw(linked):
+    """(writer wrapper, reader wrapper) on one slot across the link."""
+    a, b = linked
+    return FileWrapper(yoton.PubChannel(a, "rw")), FileWrapper(yoton.SubChannel(b, "rw"))
+
+
+def test_read_non_blocking_and_blocking(rw):
+    w, r = rw
+    assert r.read() == "" and r.read(False) == ""
+    t0 = time.monotonic()
+    assert r.read(0.2) == ""  # waits at most that long
+    assert 0.15 <= time.monotonic() - t0 < 3
+    w.write("abc")
+    assert r.read(True) == "abc"  # waits for at least one message
+    w.write("d")
+    w.write("e")
+    assert read_until(r, "de") == "de"
+
+
+def test_readline(rw):
+    w, r = rw
+    w.write("abc\nde")
+    w.write("f")
+    w.write("gh\nrest")
+    assert r.readline() == "abc\n"
+    assert r.readline() == "defgh\n"
+    w.write("\n")
+    assert r.readline() == "rest\n"
+
+
+def test_readline_size(rw):
+    w, r = rw
+    w.write("xyz\n")
+    assert r.readline(2) == "xy"
+    assert r.readline(5) == "z\n"
+    w.write("0123456789\n")
+    assert r.readline(4) == "0123"
+    assert r.readline(0) == "456789\n"
+
+
+def test_read_returns_what_readline_left_over(rw):
+    w, r = rw
+    w.write("line\nleft over")
+    assert r.readline() == "line\n"
+    assert r.read() == "left over"
+
+
+def test_readline_returns_empty_once_closed_and_drained(rw):
+    w, r = rw
+    w.write("partial")
+    wait_for(lambda: r._channel.pending == 1, 5, "the message")
+    r.close()
+    assert r.closed
+    assert r.readline() == "partial"
+    assert r.readline() == ""
+
+
+def test_input_uses_readline(rw, monkeypatch):
+    w, r = rw
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdin", r)
+    monkeypatch.setattr(sys, "stdout", out)
+    w.write("answer\n")
+    assert input("q? ") == "answer"
+    assert out.getvalue() == "q? "
+
+
+# -- file attributes --------------------------------------------------------------------------
+
+def test_file_attributes(linked):
+    a, b = linked
+    w = FileWrapper(yoton.PubChannel(a, "attrs"))
+    r = FileWrapper(yoton.SubChannel(b, "attrs"), isatty=True)
+    for f in (w, r):
+        assert f.encoding == "UTF-8"
+        assert f.newlines is None
+        assert f.softspace == 0
+        assert f.closed is False
+        with pytest.raises(OSError):
+            f.fileno()
+    assert w.isatty() is False
+    assert r.isatty() is True
+
+
+def test_close(linked):
+    a, _ = linked
+    pub = yoton.PubChannel(a, "closing")
+    w = FileWrapper(pub)
+    w.close()
+    assert w.closed and pub.closed
+    with pytest.raises(ValueError):
+        w.write("after close")
+
+
+def test_closed_follows_the_channel(linked):
+    a, _ = linked
+    pub = yoton.PubChannel(a, "chclose")
+    w = FileWrapper(pub)
+    pub.close()
+    assert w.closed
+
+
+# -- SimpleSocket -------------------------------------------------------------------------------
+
+def test_simple_socket_send_and_recv(simple_sockets):
+    s1, s2 = simple_sockets(), simple_sockets()
+    assert isinstance(s1, yoton.Context)
+    link(s1, s2)
+    s1.send("ping ☃")
+    assert s2.recv(5) == "ping ☃"
+    s2.send("pong")
+    s2.send("again")
+    assert s1.recv() == "pong"  # None: block until something comes
+    assert s1.recv(5) == "again"
+    assert s1.recv(False) == ""
+    t0 = time.monotonic()
+    assert s2.recv(0.2) == ""
+    assert time.monotonic() - t0 >= 0.15
