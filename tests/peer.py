@@ -88,6 +88,8 @@ class Peer:
         self.closed = []  # [conn index, reason] in the order the signals arrived
         self.handlers = []  # keep signal handlers alive
         self.channels = {}
+        self.repliers = {}  # slot -> (RepChannel, {method: calls})
+        self.requesters = {}  # slot -> ReqChannel
 
     def pump(self):
         yoton.process_events(False)
@@ -221,6 +223,86 @@ class Peer:
         return {"ok": ok, "msg": encode_msg(type, channel.recv())}
 
     # -- req/rep: add op_req_* / op_rep_* here
+    #
+    # A replier (op_rep) is a RepChannel subclass with add(x, y), fail(msg)
+    # (raises ValueError(msg)), slow(t) (sleeps t s, returns t) and who(i, t=0)
+    # (sleeps t s, returns [i, name]); every call is counted per method.
+    # Requests (op_req, op_req_many) pump the event loop while they wait and
+    # report a remote failure as {"exc_type": ..., "exc": str(exception)}.
+
+    def _replier(self, slot):
+        if slot not in self.repliers:
+            raise KeyError(f"no replier on slot {slot!r}; use op rep first")
+        return self.repliers[slot]
+
+    def op_rep(self, slot, mode="thread", name=""):
+        """Create (once per slot) a replier and set its mode; returns nothing."""
+        if slot not in self.repliers:
+            calls = {}
+            label = name or slot
+
+            def count(method):
+                calls[method] = calls.get(method, 0) + 1
+
+            class PeerReplier(yoton.RepChannel):
+                def add(self, x, y):
+                    count("add")
+                    return x + y
+
+                def fail(self, msg):
+                    count("fail")
+                    raise ValueError(msg)
+
+                def slow(self, t):
+                    count("slow")
+                    time.sleep(t)
+                    return t
+
+                def who(self, i, t=0.0):
+                    count("who")
+                    if t:
+                        time.sleep(t)
+                    return [i, label]
+
+            self.repliers[slot] = (PeerReplier(self.ctx, slot), calls)
+        self._replier(slot)[0].set_mode(mode)
+        return {}
+
+    def op_rep_mode(self, slot, mode):
+        self._replier(slot)[0].set_mode(mode)
+        return {}
+
+    def op_rep_calls(self, slot):
+        """How often each method of the replier on slot was called."""
+        return {"calls": dict(self._replier(slot)[1])}
+
+    def _req_channel(self, slot):
+        if slot not in self.requesters:
+            self.requesters[slot] = yoton.ReqChannel(self.ctx, slot)
+        return self.requesters[slot]
+
+    @staticmethod
+    def _outcome(future):
+        try:
+            return {"result": to_json(future.result())}
+        except Exception as exc:  # remote failures, cancellation
+            return {"exc_type": type(exc).__name__, "exc": str(exc)}
+
+    def op_req(self, slot, method, args=(), timeout=5.0):
+        """Post one request; wait (pumping events) up to timeout for its outcome."""
+        future = getattr(self._req_channel(slot), method)(*from_json(list(args)))
+        if not self.wait_until(future.done, timeout):
+            future.cancel()
+            return {"timeout": True}
+        return self._outcome(future)
+
+    def op_req_many(self, slot, method, args_list, timeout=10.0):
+        """Post one request per args in args_list at once; wait for all (within timeout)."""
+        channel = self._req_channel(slot)
+        futures = [getattr(channel, method)(*from_json(list(args))) for args in args_list]
+        ok = self.wait_until(lambda: all(f.done() for f in futures), timeout)
+        outcomes = [self._outcome(f) if f.done() else {"timeout": True} for f in futures]
+        return dict({"outcomes": outcomes}, **({} if ok else {"timeout": True}))
 
     def dispatch(self, cmd):
         handler = getattr(self, "op_" + cmd.pop("op", ""), None)
@@ -243,9 +325,13 @@ def main():
     threading.Thread(target=read_stdin, daemon=True).start()
     peer = Peer()
 
+    # Replies own the real stdout; whatever yoton itself prints (the original
+    # prints tracebacks of failed requests) goes to stderr instead.
+    out, sys.stdout = sys.stdout, sys.stderr
+
     def reply(obj):
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
 
     reply({"ready": True, "yoton": yoton.__file__, "pid": os.getpid()})
     while True:
