@@ -130,3 +130,142 @@ def test_arbitrary_bytes_give_events_or_a_reason(data, side):
     assert p.state in (HANDSHAKE, OPEN, CLOSED)
     if p.state == CLOSED:
         assert isinstance(p.close_reason, str) and p.close_reason
+
+
+# -- authentication (auth_key) ------------------------------------------------------
+
+from yoton.wire.protocol import AUTH_FAILED, auth_proof  # noqa: E402
+
+KEY = b"sesame"
+NC, NB = bytes(range(16)), bytes(range(100, 116))
+
+
+def pump(c, b, step, rounds=6):
+    """Move bytes between two protocols until neither has anything to say."""
+    for _ in range(rounds):
+        out_c, out_b = c.data_to_send(), b.data_to_send()
+        if not out_c and not out_b:
+            return
+        feed(b, out_c, step)
+        feed(c, out_b, step)
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_auth_with_the_same_key_opens_both_ends(step):
+    c = Protocol("connect", A, 11, auth_key=KEY, nonce=NC)
+    b = Protocol("bind", B, 22, auth_key=KEY, nonce=NB)
+    first = c.data_to_send()
+    assert first == format_hello(A, 11) + b"AUTH?" + NC.hex().encode() + b"\r\n"
+    feed(b, first, step)
+    assert b.state == HANDSHAKE and not b.handshake_done
+    answer = b.data_to_send()
+    proof_b = auth_proof(KEY, "bind", NC, NB, B, A)
+    assert answer == (format_hello(B, 22) + b"AUTH?" + NB.hex().encode() + b"\r\n"
+                      + b"AUTH!" + proof_b.hex().encode() + b"\r\n")
+    feed(c, answer + pack_header(31, B, 1, 0, 0, 2) + b"hi", step)
+    # the connecting side has verified the bind and sends its proof: open
+    assert c.state == OPEN and c.handshake_done
+    events = c.events_received()
+    assert events[0] == HANDSHAKE_DONE and bytes(events[1].data) == b"hi"
+    proof_c = c.data_to_send()
+    assert proof_c == b"AUTH!" + auth_proof(KEY, "connect", NB, NC, A, B).hex().encode() + b"\r\n"
+    feed(b, proof_c + pack_header(30, A, 1, 0, 0, 3) + b"abc", step)
+    assert b.state == OPEN and (b.peer_id, b.peer_pid) == (A, 11)
+    events = b.events_received()
+    assert events[0] == HANDSHAKE_DONE and bytes(events[1].data) == b"abc"
+
+
+def test_auth_key_as_str_and_nonces_are_fresh():
+    a1 = Protocol("connect", A, 1, auth_key=KEY)
+    a2 = Protocol("connect", A, 1, auth_key=KEY)
+    assert a1.data_to_send() != a2.data_to_send()
+
+
+def assert_auth_failed(protocol, delivered_nothing=True):
+    assert protocol.state == CLOSED and not protocol.handshake_done
+    assert protocol.close_reason.startswith(AUTH_FAILED), protocol.close_reason
+    events = protocol.events_received()
+    if delivered_nothing:
+        assert HANDSHAKE_DONE not in events
+        assert all(not isinstance(e, Package) for e in events)
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_auth_with_different_keys_fails_on_both_ends(step):
+    c = Protocol("connect", A, 11, auth_key=b"right")
+    b = Protocol("bind", B, 22, auth_key=b"wrong")
+    feed(b, c.data_to_send() + pack_header(30, A, 1, 0, 0, 3) + b"abc", step)
+    feed(c, b.data_to_send(), step)
+    assert_auth_failed(c)
+    assert "wrong key" in c.close_reason
+    out = c.data_to_send()
+    assert out.endswith(b"\r\nERROR: authentication failed.\r\n")
+    feed(b, out, step)
+    assert_auth_failed(b)
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_keyed_bind_refuses_a_peer_without_key(step):
+    # e.g. yoton 2.2: it says hello and then sends packages
+    c = Protocol("connect", A, 11)
+    b = Protocol("bind", B, 22, auth_key=KEY)
+    feed(b, c.data_to_send() + HEARTBEAT_BYTES + pack_header(30, A, 1, 0, 0, 3) + b"abc\n", step)
+    assert_auth_failed(b)
+    assert b.data_to_send().endswith(b"ERROR: authentication failed.\r\n")
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_peer_without_key_sees_why(step):
+    # the keyed end speaks first: the unkeyed end closes instead of parsing "AUTH?" as a header
+    for keyed_side in ("connect", "bind"):
+        if keyed_side == "connect":
+            keyed, plain = Protocol("connect", A, 11, auth_key=KEY), Protocol("bind", B, 22)
+        else:
+            plain, keyed = Protocol("connect", A, 11), Protocol("bind", B, 22, auth_key=KEY)
+        pump(plain, keyed, step) if keyed_side == "bind" else pump(keyed, plain, step)
+        assert plain.state == CLOSED
+        assert plain.close_reason == f"{AUTH_FAILED} (the other end requires an auth key)"
+        assert keyed.state != OPEN
+
+
+@pytest.mark.parametrize("step", [None, 1])
+@pytest.mark.parametrize("lines", [
+    [b"AUTH!" + b"00" * 32],                      # proof before nonce
+    [b"AUTH?" + NB.hex().encode(), b"AUTH?" + NB.hex().encode()],   # second nonce
+    [b"AUTH?" + b"zz" * 16],                      # not hex
+    [b"AUTH?" + NB.hex().encode()[:-2]],          # short nonce
+    [b"AUTH?" + NB.hex().encode(), b"AUTH!" + b"00" * 31],  # short proof
+    [b"ERROR: authentication failed."],
+    [b"hello there"],
+])
+def test_bad_auth_lines_fail(step, lines):
+    b = Protocol("bind", B, 22, auth_key=KEY, nonce=NB)
+    feed(b, format_hello(A, 11) + b"".join(line + b"\r\n" for line in lines), step)
+    assert_auth_failed(b)
+
+
+def test_reflected_proof_is_refused():
+    # An attacker without the key connects and sends back the bind's own proof.
+    b = Protocol("bind", B, 22, auth_key=KEY, nonce=NB)
+    feed(b, format_hello(A, 11) + b"AUTH?" + NB.hex().encode() + b"\r\n", None)
+    reflected = b.data_to_send().splitlines()[-1]
+    assert reflected.startswith(b"AUTH!")
+    feed(b, reflected + b"\r\n", None)
+    assert_auth_failed(b)
+    assert "wrong key" in b.close_reason
+
+
+def test_auth_eof_and_long_line():
+    b = Protocol("bind", B, 22, auth_key=KEY)
+    b.receive_data(format_hello(A, 11))
+    b.receive_eof()
+    assert_auth_failed(b)
+    b = Protocol("bind", B, 22, auth_key=KEY)
+    b.receive_data(format_hello(A, 11) + b"x" * 1000)
+    assert_auth_failed(b)
+
+
+def test_connect_side_reports_an_error_line():
+    c = Protocol("connect", A, 11)
+    c.receive_data(b"ERROR: this is Yoton.\r\n")
+    assert c.state == CLOSED and "ERROR: this is Yoton." in c.close_reason

@@ -15,12 +15,35 @@ States and the rules that move between them::
 * Bytes after the hello line belong to the package stream.
 * Once CLOSED, input is ignored; :attr:`Protocol.close_reason` tells why.
 
+With an ``auth_key`` the state stays HANDSHAKE after the hellos until both
+ends have proven they know the key (mutual challenge-response)::
+
+    each side  -> "AUTH?<32 hex: 16 random bytes, its nonce>\r\n"   (the connecting
+                   side sends it right after its hello, the binding side after its answer)
+    on a nonce -> "AUTH!<64 hex: HMAC-SHA256(key, proof message)>\r\n"
+    proof message = b"yoton-auth-1|" + prover's side (b"connect"/b"bind") + b"|"
+                    + verifier's nonce + prover's nonce + prover's id + verifier's id
+                    (ids as 8 bytes big-endian)
+
+* A side is OPEN once it has sent its proof and verified the peer's
+  (``hmac.compare_digest``). The side name in the message stops a proof
+  being reflected back; the fresh nonces stop replays.
+* Any other line, a second nonce, a proof before the nonce, a wrong proof,
+  an ``ERROR:`` line or EOF: CLOSED with a reason starting
+  ``"authentication failed"``, after queueing ``ERROR: authentication failed.``
+  for the peer. Nothing the peer sent is delivered.
+* A side without a key that finds ``AUTH?`` where its first package should
+  be closes with "authentication failed (the other end requires an auth key)".
+
 The protocol never raises on received bytes and knows no sockets, threads or
 clocks; the transport moves bytes, enforces the handshake deadline and acts
 on :meth:`events_received`.
 """
 
 from __future__ import annotations
+
+import hmac
+import os
 
 from ..errors import HandshakeError
 from .frames import DEFAULT_MAX_PACKAGE_SIZE, FrameDecoder
@@ -34,6 +57,8 @@ __all__ = [
     "MAX_LINE",
     "format_hello",
     "parse_hello",
+    "auth_proof",
+    "AUTH_FAILED",
     "Protocol",
 ]
 
@@ -51,6 +76,20 @@ _BAD_ID = b"ERROR: could not parse id.\r\n"
 REASON_PEER_CLOSED = "Closed from other end."
 REASON_EOF = "Other end dropped the connection."
 REASON_SELF = "Handshake failed (context cannot connect to self)."
+
+_AUTH_NONCE = b"AUTH?"
+_AUTH_PROOF = b"AUTH!"
+_AUTH_FAILED = b"ERROR: authentication failed.\r\n"
+NONCE_SIZE = 16
+AUTH_FAILED = "authentication failed"
+
+
+def auth_proof(key: bytes, side: str, verifier_nonce: bytes, prover_nonce: bytes,
+               prover_id: int, verifier_id: int) -> bytes:
+    """Return the HMAC-SHA256 with which ``side`` proves it knows ``key``."""
+    message = b"".join([b"yoton-auth-1|", side.encode(), b"|", verifier_nonce, prover_nonce,
+                        prover_id.to_bytes(8, "big"), verifier_id.to_bytes(8, "big")])
+    return hmac.new(key, message, "sha256").digest()
 
 
 def format_hello(context_id: int, pid: int) -> bytes:
@@ -89,9 +128,15 @@ class Protocol:
     """
 
     def __init__(self, side: str, local_id: int, local_pid: int,
-                 max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE, max_line: int = MAX_LINE):
+                 max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE, max_line: int = MAX_LINE,
+                 auth_key: bytes | None = None, nonce: bytes | None = None):
         if side not in ("connect", "bind"):
             raise ValueError(f"side must be 'connect' or 'bind', not {side!r}")
+        self.auth_key = auth_key or None
+        self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+        self._peer_nonce: bytes | None = None
+        self._peer_verified = False
+        self._sniff = auth_key is None  # check that the first package is no auth nonce
         self.side = side
         self.local_id = local_id
         self.local_pid = local_pid
@@ -99,41 +144,60 @@ class Protocol:
         self.state = HANDSHAKE
         self.peer_id = 0
         self.peer_pid = 0
-        self.handshake_done = False  # stays True once a valid hello was accepted
+        self.handshake_done = False  # stays True once the handshake (and auth) succeeded
+        self._hello_done = False
+        self._first = b""
         self.close_reason: str | None = None
         self.peer_closed = False  # True when the peer ended it (signal or EOF)
         self.decoder = FrameDecoder(max_package_size)
         self._line = bytearray()
         self._events: list = []
         self.decoder.packages = self._events
-        self._out = format_hello(local_id, local_pid) if side == "connect" else b""
+        self._out = format_hello(local_id, local_pid) + self._nonce_line() if side == "connect" else b""
+
+    def _nonce_line(self) -> bytes:
+        return _AUTH_NONCE + self._nonce.hex().encode() + b"\r\n" if self.auth_key else b""
 
     # -- input ------------------------------------------------------------
 
     def get_buffer(self) -> memoryview:
         """Return memory to receive into; only while OPEN (see :class:`FrameDecoder`)."""
-        return self.decoder.get_buffer()
+        buf = self.decoder.get_buffer()
+        if self._sniff:
+            self._last_buf = buf
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
         """Account for ``nbytes`` received into the last :meth:`get_buffer` memory."""
         if self.state == OPEN:
+            if self._sniff:
+                self._check_first_bytes(self._last_buf[:nbytes])
+                if self.state != OPEN:
+                    return
             self.decoder.buffer_updated(nbytes)
             self._collect()
 
     def receive_data(self, data) -> None:
         """Feed received bytes (any amount, any split)."""
         if self.state == HANDSHAKE:
-            data = self._receive_line(bytes(data))
+            data = self._receive_lines(bytes(data))
             if self.state != OPEN or not data:
                 return
         if self.state == OPEN:
+            if self._sniff:
+                self._check_first_bytes(data)
+                if self.state != OPEN:
+                    return
             self.decoder.receive_data(data)
             self._collect()
 
     def receive_eof(self) -> None:
         """The peer closed its sending side."""
         if self.state == HANDSHAKE:
-            self._fail("Handshake failed: the other end closed the connection.")
+            if self._hello_done:
+                self._auth_fail("the other end closed the connection")
+            else:
+                self._fail("Handshake failed: the other end closed the connection.")
         elif self.state == OPEN:
             self.peer_closed = True
             self._close(REASON_EOF)
@@ -154,38 +218,97 @@ class Protocol:
 
     # -- internals --------------------------------------------------------
 
-    def _receive_line(self, data: bytes) -> bytes:
+    def _receive_lines(self, data: bytes) -> bytes:
+        """Take handshake lines; return the bytes after the last one once OPEN."""
         self._line += data
-        end = self._line.find(b"\n")
-        if end < 0:
-            if len(self._line) > self.max_line:
-                self._fail("Handshake failed: line too long (not a yoton peer?).", _NOT_YOTON)
-            return b""
-        if end > self.max_line:
-            self._fail("Handshake failed: line too long (not a yoton peer?).", _NOT_YOTON)
-            return b""
-        line, rest = bytes(self._line[:end + 1]), bytes(self._line[end + 1:])
-        self._line = bytearray()
+        while self.state == HANDSHAKE:
+            end = self._line.find(b"\n")
+            if end > self.max_line or (end < 0 and len(self._line) > self.max_line):
+                if self._hello_done:
+                    self._auth_fail("the other end did not authenticate; has it the key?")
+                else:
+                    self._fail("Handshake failed: line too long (not a yoton peer?).", _NOT_YOTON)
+                return b""
+            if end < 0:
+                return b""
+            line = bytes(self._line[:end + 1])
+            del self._line[:end + 1]
+            if self._hello_done:
+                self._auth_line(line.rstrip(b"\r\n"))
+            else:
+                self._hello_line(line)
+        rest, self._line = bytes(self._line), bytearray()
+        return rest if self.state == OPEN else b""
+
+    def _hello_line(self, line: bytes) -> None:
         try:
             peer_id, peer_pid = parse_hello(line)
         except HandshakeError as exc:
             if self.side == "bind":
                 answer = _BAD_ID if line.startswith(_HELLO) else _NOT_YOTON
                 self._fail(f"Handshake failed: {exc}.", answer)
+            elif line.startswith(b"ERROR:"):
+                text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                self._fail(f"Handshake failed: the other end answered {text!r}.")
             else:
                 self._fail(f"Handshake failed: {exc}.")
-            return b""
+            return
         if self.side == "bind":
-            self._out += format_hello(self.local_id, self.local_pid)
+            self._out += format_hello(self.local_id, self.local_pid) + self._nonce_line()
         if peer_id == self.local_id:
             self._fail(REASON_SELF)
-            return b""
+            return
         self.peer_id, self.peer_pid = peer_id, peer_pid
+        self._hello_done = True
+        if not self.auth_key:
+            self._open()
+
+    def _auth_line(self, line: bytes) -> None:
+        kind, value = line[:5], line[5:]
+        try:
+            value = bytes.fromhex(value.decode("ascii"))
+        except ValueError:
+            value = b""
+        if kind == _AUTH_NONCE and self._peer_nonce is None and len(value) == NONCE_SIZE:
+            self._peer_nonce = value
+            proof = auth_proof(self.auth_key, self.side, value, self._nonce, self.local_id, self.peer_id)
+            self._out += _AUTH_PROOF + proof.hex().encode() + b"\r\n"
+        elif kind == _AUTH_PROOF and self._peer_nonce is not None and not self._peer_verified:
+            peer_side = "bind" if self.side == "connect" else "connect"
+            expected = auth_proof(self.auth_key, peer_side, self._nonce, self._peer_nonce,
+                                  self.peer_id, self.local_id)
+            if not hmac.compare_digest(value, expected):
+                self._auth_fail("wrong key")
+                return
+            self._peer_verified = True
+        elif line.startswith(b"ERROR:"):
+            self._auth_fail("refused by the other end")
+            return
+        else:
+            self._auth_fail("the other end did not authenticate; has it the key?")
+            return
+        if self._peer_verified and self._peer_nonce is not None:
+            self._open()
+
+    def _open(self) -> None:
         self.handshake_done = True
         self.state = OPEN
         self._events.append(HANDSHAKE_DONE)
         self.decoder.packages = self._events
-        return rest
+
+    def _check_first_bytes(self, data) -> None:
+        # Without a key, a peer that opens with an auth nonce wants one.
+        self._first += bytes(data[:len(_AUTH_NONCE) - len(self._first)])
+        if len(self._first) >= len(_AUTH_NONCE) or not data:
+            self._sniff = False
+            if self._first == _AUTH_NONCE:
+                self._close(f"{AUTH_FAILED} (the other end requires an auth key)")
+        elif not _AUTH_NONCE.startswith(self._first):
+            self._sniff = False
+
+    def _auth_fail(self, detail: str) -> None:
+        self._out += _AUTH_FAILED
+        self._close(f"{AUTH_FAILED} ({detail})")
 
     def _fail(self, reason: str, answer: bytes = b"") -> None:
         if self.side == "bind":
