@@ -24,6 +24,8 @@ from .errors import (  # noqa: E402
     ConnectError,
     FlushTimeout,
     HandshakeError,
+    AuthenticationError,
+    TLSError,
     ProtocolError,
     YotonError,
 )
@@ -52,7 +54,7 @@ from .sugar.simplesocket import SimpleSocket  # noqa: E402
 __version__ = "3.0.0.dev0"
 
 __all__ = [
-    "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "BindError",
+    "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "AuthenticationError", "TLSError", "BindError",
     "ChannelClosedError", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
     "Signal", "Timer", "call_later", "process_events", "start_event_loop",
     "stop_event_loop", "embed_event_loop",

@@ -85,14 +85,28 @@ class Context:
     is full (default ``(10000, 'old')``). ``max_package_size`` (bytes, default
     1 GiB) is the largest package accepted from a peer; a larger one closes
     that connection.
+
+    ``auth_key`` (bytes or str; default None) makes every connection of this
+    context prove, right after the yoton handshake, that both ends know the
+    same key (mutual HMAC-SHA256 challenge-response with fresh nonces). A peer
+    without it — including yoton 2.2 — is refused with the reason
+    "authentication failed" and nothing it sent is delivered. Both ends must
+    be given the key. It authenticates peers; it does not encrypt: combine it
+    with ``tls://`` addresses for that.
     """
 
-    def __init__(self, verbose=0, queue_params=None, *, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
+    def __init__(self, verbose=0, queue_params=None, *, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
+                 auth_key=None):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
         if not isinstance(max_package_size, int) or max_package_size < 1:
             raise ValueError(f"max_package_size must be a positive int, not {max_package_size!r}")
         self._max_package_size = max_package_size
+        if isinstance(auth_key, str):
+            auth_key = auth_key.encode("utf-8")
+        if auth_key is not None and not (isinstance(auth_key, bytes) and auth_key):
+            raise ValueError(f"auth_key must be non-empty bytes or str, not {type(auth_key).__name__}")
+        self._auth_key = auth_key
         self._id = new_id()
         self._lock = threading.RLock()
         self._seq = 0
@@ -145,7 +159,7 @@ class Context:
 
     # -- connecting ---------------------------------------------------------
 
-    def bind(self, address: str, max_tries: int = 1, name: str = "") -> TcpConnection:
+    def bind(self, address: str, max_tries: int = 1, name: str = "", *, ssl_context=None) -> TcpConnection:
         """Listen on ``address`` ('host:port') for one peer context; return the connection.
 
         Returns at once with a waiting connection; the I/O thread accepts the
@@ -153,21 +167,32 @@ class Context:
         (non-yoton clients get an error line). With ``max_tries`` > 1, other
         ports after ``port`` are tried when it is taken; ``port1`` of the
         returned connection tells which one was bound.
+
+        A ``tls://host:port`` address needs ``ssl_context``, an
+        :class:`ssl.SSLContext` for the server side with a certificate
+        loaded; the yoton handshake and all packages then travel inside TLS.
+        Clients that do not speak TLS are refused.
         """
         conn = TcpConnection(self, name)
-        conn._bind(address, max_tries)
+        conn._bind(address, max_tries, ssl_context)
         return conn
 
-    def connect(self, address: str, timeout: float = 1.0, name: str = "") -> TcpConnection:
+    def connect(self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None) -> TcpConnection:
         """Connect to a context bound at ``address``; return the connection.
 
         Retries until ``timeout`` seconds have passed, then raises
         :class:`~yoton.errors.ConnectError` (an ``OSError``). A peer that
         answers but is not yoton raises
-        :class:`~yoton.errors.HandshakeError`.
+        :class:`~yoton.errors.HandshakeError`; one that fails the auth_key
+        check raises :class:`~yoton.errors.AuthenticationError`.
+
+        A ``tls://host:port`` address connects with TLS, verifying the
+        server's certificate for ``host`` with ``ssl_context`` (default:
+        ``ssl.create_default_context()``, the system's trusted CAs); a failed
+        TLS handshake raises :class:`~yoton.errors.TLSError` (a ``ConnectError``).
         """
         conn = TcpConnection(self, name)
-        conn._connect(address, timeout)
+        conn._connect(address, timeout, ssl_context)
         self._send(SLOT_CONTEXT, _NEW_CONNECTION)
         return conn
 

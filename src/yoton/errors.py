@@ -13,6 +13,8 @@ __all__ = [
     "ProtocolError",
     "HandshakeError",
     "ConnectError",
+    "AuthenticationError",
+    "TLSError",
     "ChannelClosedError",
     "FlushTimeout",
     "RemoteError",
@@ -40,6 +42,23 @@ class HandshakeError(ProtocolError):
 
 class ConnectError(YotonError, OSError):
     """``Context.connect`` could not reach a yoton peer before its timeout."""
+
+
+class AuthenticationError(HandshakeError, ConnectError):
+    """The peer did not prove that it knows the context's ``auth_key``.
+
+    Raised by ``Context.connect`` when the keys differ, the peer has no key
+    (e.g. yoton 2.2) or it refused ours; it is also an ``OSError``. A bind
+    does not raise it: it refuses such a client and keeps waiting.
+    """
+
+
+class TLSError(ConnectError):
+    """``connect`` to a ``tls://`` address failed in the TLS handshake.
+
+    The message says why: e.g. the server's certificate is not trusted or does
+    not name the host, or the other end does not speak TLS.
+    """
 
 
 class ChannelClosedError(YotonError, OSError):

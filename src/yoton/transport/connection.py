@@ -25,15 +25,17 @@ import logging
 import math
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import deque
 
-from ..errors import ConnectError, FlushTimeout, HandshakeError, YotonError
+from ..errors import AuthenticationError, ConnectError, FlushTimeout, HandshakeError, TLSError, YotonError
 from ..events import Signal
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
-from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
+from ..wire.protocol import AUTH_FAILED, CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
+from .tls import CHUNK, TlsPipe, looks_like_tls
 
 log = logging.getLogger("yoton")
 
@@ -53,6 +55,26 @@ REASON_CONTEXT = "Closed by the context."
 
 _IOV_MAX = 512
 _CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
+_TLS_REQUIRED = b"ERROR: TLS required.\r\n"
+
+
+def _split_address(address, ssl_context) -> tuple[str, str, int]:
+    """Parse a ``tcp://`` or ``tls://`` address and check it against ``ssl_context``."""
+    proto, host, port = parse_address(address)
+    if proto not in ("tcp", "tls"):
+        raise ValueError(f"unsupported protocol {proto!r} in address {address!r} (use tcp:// or tls://)")
+    if ssl_context is not None:
+        if not isinstance(ssl_context, ssl.SSLContext):
+            raise ValueError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+        if proto != "tls":
+            raise ValueError(f"an ssl_context is for tls:// addresses, not {address!r}")
+    return proto, host, port
+
+
+def _hostname(address: str) -> str:
+    """The host as written in the address (what a TLS certificate names)."""
+    return address.partition("://")[2].partition(":")[0].strip() if "://" in address \
+        else address.partition(":")[0].strip()
 
 
 class BindError(YotonError, OSError):
@@ -234,13 +256,16 @@ class TcpConnection(Connection):
         self._is_timedout = False
         self._close_deadline = 0.0
         self._write_shut = False
+        self._tls: TlsPipe | None = None
+        self._backlog = b""  # TLS: ciphertext the kernel has not taken yet
+        self._send = None
 
     # -- setting up (caller's thread) ---------------------------------------
 
-    def _bind(self, address: str, max_tries: int = 1) -> None:
-        proto, host, port = parse_address(address)
-        if proto != "tcp":
-            raise ValueError(f"unsupported protocol {proto!r} in address {address!r}")
+    def _bind(self, address: str, max_tries: int = 1, ssl_context=None) -> None:
+        proto, host, port = _split_address(address, ssl_context)
+        if proto == "tls" and ssl_context is None:
+            raise ValueError(f"binding to {address!r} needs an ssl_context with a certificate")
         max_tries = int(max_tries)
         if max_tries < 1:
             raise ValueError("max_tries must be at least 1")
@@ -266,14 +291,14 @@ class TcpConnection(Connection):
         sock.setblocking(False)
         self._host1, self._port1 = sock.getsockname()[:2]
         self._state = WAITING
-        self._listener = _Listener(self, sock)
+        self._listener = _Listener(self, sock, ssl_context)
         loop = self._context._attach_connection(self)
         loop.call_soon(self._listener._start, loop)
 
-    def _connect(self, address: str, timeout: float = 1.0) -> None:
-        proto, host, port = parse_address(address)
-        if proto != "tcp":
-            raise ValueError(f"unsupported protocol {proto!r} in address {address!r}")
+    def _connect(self, address: str, timeout: float = 1.0, ssl_context=None) -> None:
+        proto, host, port = _split_address(address, ssl_context)
+        if proto == "tls" and ssl_context is None:
+            ssl_context = ssl.create_default_context()
         timeout = float(timeout)
         deadline = time.monotonic() + timeout
         problem = "no answer"
@@ -291,7 +316,17 @@ class TcpConnection(Connection):
             except OSError as exc:
                 raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
             try:
-                protocol = self._handshake(sock, deadline)
+                tls = TlsPipe(ssl_context, False, _hostname(address)) if ssl_context else None
+                protocol = self._handshake(sock, deadline, tls)
+            except ssl.SSLError as exc:
+                try:  # tell the server why (a TLS alert), if TLS has one to send
+                    sock.settimeout(0.5)
+                    sock.sendall(tls.take())
+                except OSError:
+                    pass
+                sock.close()
+                detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
+                raise TLSError(f"Could not connect to {host}:{port}: TLS handshake failed ({detail}).") from exc
             except BaseException:
                 sock.close()
                 raise
@@ -300,35 +335,78 @@ class TcpConnection(Connection):
                 problem = "handshake interrupted"
                 continue
             break
-        self._adopt(sock, protocol)
+        self._adopt(sock, protocol, tls=tls)
         self._context._attach_connection(self)
 
-    def _handshake(self, sock: socket.socket, deadline: float) -> Protocol | None:
+    def _handshake(self, sock: socket.socket, deadline: float, tls: TlsPipe | None) -> Protocol | None:
+        """The TLS (if any) and yoton handshakes, blocking, in the caller's thread.
+
+        Returns None if the peer went away (the caller retries); raises when
+        it answered but refused us (or TLS failed: ``ssl.SSLError``).
+        """
         ctx = self._context
-        protocol = Protocol("connect", ctx.id, os.getpid(), ctx._max_package_size)
-        try:
+        protocol = Protocol("connect", ctx.id, os.getpid(), ctx._max_package_size, auth_key=ctx._auth_key)
+
+        def send(data: bytes) -> None:
+            if tls is not None:
+                tls.write(data)
+                data = tls.take()
             sock.settimeout(max(0.01, deadline - time.monotonic()))
-            sock.sendall(protocol.data_to_send())
+            sock.sendall(data)
+
+        def recv() -> bytes:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            return sock.recv(65536)
+
+        try:
+            if tls is not None:
+                while not tls.do_handshake():
+                    sock.settimeout(max(0.01, deadline - time.monotonic()))
+                    sock.sendall(tls.take())
+                    data = recv()
+                    if not data:
+                        raise ssl.SSLError("the other end closed the connection (is it a tls:// bind?)")
+                    tls.feed(data)
+                sock.sendall(tls.take())
+            send(protocol.data_to_send())
             while protocol.state == HANDSHAKE:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(65536)
+                data = recv()
+                if tls is not None and data:
+                    tls.feed(data)
+                    data = tls.read() or (b"" if tls.eof else None)
+                if data is None:  # (a partial TLS record)
+                    continue
                 if data:
                     protocol.receive_data(data)
                 else:
                     protocol.receive_eof()
+                out = protocol.data_to_send()
+                if out:
+                    try:
+                        send(out)
+                    except OSError:
+                        if protocol.state == HANDSHAKE:
+                            raise
         except socket.timeout:
             raise ConnectError("Could not connect: handshake timed out.") from None
+        except ssl.SSLError:
+            raise
         except OSError:
             return None
         if not protocol.handshake_done:  # (done but CLOSED: the I/O thread delivers, then closes)
-            raise _ConnectHandshakeError(f"Could not connect: {protocol.close_reason}")
+            reason = protocol.close_reason
+            if reason.startswith(AUTH_FAILED):
+                raise AuthenticationError(f"Could not connect: {reason}.")
+            raise _ConnectHandshakeError(f"Could not connect: {reason}")
         return protocol
 
-    def _adopt(self, sock: socket.socket, protocol: Protocol, peer: tuple | None = None) -> None:
+    def _adopt(self, sock: socket.socket, protocol: Protocol, peer: tuple | None = None,
+               tls: TlsPipe | None = None) -> None:
         """Take over a socket whose handshake succeeded (any thread, before the I/O thread sees it)."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock, self._protocol = sock, protocol
+        self._sock, self._protocol, self._tls = sock, protocol, tls
+        self._send = sock.sendmsg if tls is None else self._send_tls
         self._host1, self._port1 = sock.getsockname()[:2]
         self._host2, self._port2 = (peer or sock.getpeername())[:2]
         self._id2, self._pid2 = protocol.peer_id, protocol.peer_pid
@@ -348,14 +426,21 @@ class TcpConnection(Connection):
     def _on_readable(self) -> None:
         protocol = self._protocol
         try:
-            nbytes = self._sock.recv_into(protocol.get_buffer())
+            if self._tls is None:
+                nbytes = self._sock.recv_into(protocol.get_buffer())
+            else:
+                nbytes = self._read_tls()
         except (BlockingIOError, InterruptedError):
+            return
+        except ssl.SSLError as exc:
+            self._teardown(f"TLS error: {exc.reason or exc}.")
             return
         except OSError as exc:
             self._teardown(f"Connection broken: {exc}.")
             return
         if nbytes:
-            protocol.buffer_updated(nbytes)
+            if self._tls is None:
+                protocol.buffer_updated(nbytes)
             self._last_recv = time.monotonic()
             if self._is_timedout:
                 self._is_timedout = False
@@ -365,6 +450,42 @@ class TcpConnection(Connection):
         events = protocol.events_received()
         if events:
             self._handle_events(events)
+
+    def _read_tls(self) -> int:
+        """Read ciphertext, feed the plaintext to the protocol; return the bytes read."""
+        data = self._sock.recv(CHUNK)
+        if data:
+            tls = self._tls
+            tls.feed(data)
+            plain = tls.read()
+            if plain:
+                self._protocol.receive_data(plain)
+            if tls.eof:
+                self._protocol.receive_eof()
+            if tls.pending_out:  # TLS itself wants to answer (e.g. a key update)
+                self._backlog = memoryview(bytes(self._backlog) + tls.take())
+                if not self._write_scheduled:
+                    self._write_scheduled = True
+                    self._loop.schedule_write(self)
+        return len(data)
+
+    def _send_tls(self, bufs: list) -> int:
+        """``sendmsg`` for TLS: encrypt up to CHUNK bytes of ``bufs``; return how many were taken."""
+        tls = self._tls
+        taken = 0
+        if not self._backlog:
+            for buf in bufs:
+                tls.write(buf)
+                taken += len(buf)
+                if taken >= CHUNK:
+                    break
+            self._backlog = memoryview(tls.take())
+        try:
+            sent = self._sock.send(self._backlog)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        self._backlog = self._backlog[sent:] if sent < len(self._backlog) else b""
+        return taken
 
     def _handle_events(self, events: list) -> None:
         route = self._context._route
@@ -388,10 +509,10 @@ class TcpConnection(Connection):
             while outq and len(bufs) < _IOV_MAX:
                 bufs.extend(outq[0])  # copy before pop: flush() must never see both empty
                 outq.popleft()
-            if not bufs:
+            if not bufs and not self._backlog:
                 break
             try:
-                sent = self._sock.sendmsg(bufs)
+                sent = self._send(bufs)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -409,7 +530,7 @@ class TcpConnection(Connection):
                 sent -= size
                 i += 1
             del bufs[:i]
-            if bufs:  # the kernel is full: wait until writable
+            if bufs or self._backlog:  # the kernel is full: wait until writable
                 if not self._want_write:
                     self._want_write = True
                     self._loop.want_write(self._sock, self, True)
@@ -472,6 +593,7 @@ class TcpConnection(Connection):
             self._sock = None
         self._outq.clear()
         self._wbufs.clear()
+        self._backlog = b""
         log.debug("yoton: connection %r closed: %s", self._name, reason)
         self._context._detach_connection(self)
         self._context._notify_flushed()
@@ -509,7 +631,7 @@ class TcpConnection(Connection):
         self._context._wait_flushed([self], timeout)
 
     def _unflushed(self) -> bool:
-        return bool(self._outq or self._wbufs) and self._state in (WAITING, CONNECTED, CLOSING)
+        return bool(self._outq or self._wbufs or self._backlog) and self._state in (WAITING, CONNECTED, CLOSING)
 
     def _enqueue(self, item: tuple) -> None:
         """Queue one package (tuple of buffers) for writing (any thread)."""
@@ -522,9 +644,10 @@ class TcpConnection(Connection):
 class _Listener:
     """The listening socket of a waiting connection and its pending handshakes."""
 
-    def __init__(self, conn: TcpConnection, sock: socket.socket):
+    def __init__(self, conn: TcpConnection, sock: socket.socket, ssl_context=None):
         self.conn = conn
         self.sock = sock
+        self.ssl_context = ssl_context
         self.pending: dict = {}  # socket -> (_Handshake)
         self.loop = None
 
@@ -554,7 +677,10 @@ class _Listener:
     def _housekeeping(self, now: float) -> None:
         for hs in list(self.pending.values()):
             if now >= hs.deadline:
-                hs.drop("no handshake within %.0f s" % HANDSHAKE_DEADLINE)
+                if hs.protocol._hello_done:
+                    hs.drop("%s (no proof within %.0f s)" % (AUTH_FAILED, HANDSHAKE_DEADLINE))
+                else:
+                    hs.drop("no handshake within %.0f s" % HANDSHAKE_DEADLINE)
 
     def _accept(self, hs: "_Handshake") -> None:
         try:
@@ -569,7 +695,7 @@ class _Listener:
         conn = self.conn
         self._close()
         conn._listener = None
-        conn._adopt(hs.sock, hs.protocol, peer)
+        conn._adopt(hs.sock, hs.protocol, peer, hs.tls)
         conn._context._connection_established(conn)
         conn._start_io(self.loop)
 
@@ -591,13 +717,16 @@ class _Handshake:
         self.sock = sock
         self.addr = addr
         self.deadline = time.monotonic() + HANDSHAKE_DEADLINE
-        self.protocol = Protocol("bind", ctx.id, os.getpid(), ctx._max_package_size)
+        self.protocol = Protocol("bind", ctx.id, os.getpid(), ctx._max_package_size, auth_key=ctx._auth_key)
+        ssl_context = listener.ssl_context
+        self.tls = TlsPipe(ssl_context, True) if ssl_context is not None else None
+        self._first = True
         sock.setblocking(False)
         listener.pending[sock] = self
         listener.loop.register(sock, self)
 
     def _on_readable(self) -> None:
-        protocol = self.protocol
+        protocol, tls = self.protocol, self.tls
         try:
             data = self.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
@@ -605,16 +734,38 @@ class _Handshake:
         except OSError as exc:
             self.drop(f"connection error during handshake: {exc}")
             return
+        if tls is not None and not data and not tls.handshake_done:
+            self.drop("TLS handshake failed: the other end closed the connection")
+            return
+        if tls is not None and data:
+            if self._first and not looks_like_tls(data):
+                self._send(_TLS_REQUIRED)
+                self.drop("not a TLS client (plaintext on a tls:// bind)")
+                return
+            self._first = False
+            try:
+                tls.feed(data)
+                if not tls.do_handshake():
+                    self._send(tls.take())
+                    return
+                data = tls.read() or (b"" if tls.eof else None)
+            except ssl.SSLError as exc:
+                self._send(tls.take())  # (the alert, if any)
+                self.drop(f"TLS handshake failed: {exc.reason or exc}")
+                return
+            self._send(tls.take())
+            if data is None:
+                return
         if data:
             protocol.receive_data(data)
         else:
             protocol.receive_eof()
         answer = protocol.data_to_send()
         if answer:
-            try:
-                self.sock.send(answer)  # a short line into an empty socket buffer
-            except OSError:
-                pass
+            if tls is not None:
+                tls.write(answer)
+                answer = tls.take()
+            self._send(answer)
         if protocol.handshake_done:
             # Accepted even if bytes after the hello already ended the stream
             # (packages + close signal, or a bad header, in the same read):
@@ -622,6 +773,15 @@ class _Handshake:
             self.listener._accept(self)
         elif protocol.state != HANDSHAKE:
             self.drop(protocol.close_reason)
+
+    def _send(self, data: bytes) -> None:
+        # Handshake answers are small and the socket buffer is empty: they
+        # fit. A client that does not read fails its handshake anyway.
+        if data:
+            try:
+                self.sock.send(data)
+            except OSError:
+                pass
 
     def drop(self, reason: str) -> None:
         """Refuse this client; the bind goes on waiting for a proper peer."""
