@@ -180,3 +180,18 @@ def test_ssl_context_needs_a_tls_address(ctx, ca):
         ctx().bind("tcp://localhost:0", ssl_context=server_context(ca))
     with pytest.raises(ValueError, match="tls://"):
         ctx().connect("localhost:5", ssl_context=client_context(ca))
+
+
+def test_client_certificates_when_the_server_requires_them(ctx, ca, wait_for):
+    server = server_context(ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(server)
+    bound = ctx().bind("tls://localhost:0", ssl_context=server)
+    # without a client certificate: refused (with TLS 1.3 the client hears it in the yoton handshake)
+    with pytest.raises(yoton.TLSError, match="TLS handshake failed .*certificate"):
+        ctx().connect(f"tls://localhost:{bound.port1}", timeout=2.0, ssl_context=client_context(ca))
+    assert bound.is_waiting
+    client = client_context(ca)
+    ca.issue_cert("client@example").configure_cert(client)
+    conn = ctx().connect(f"tls://localhost:{bound.port1}", timeout=3.0, ssl_context=client)
+    assert wait_for(lambda: conn.is_connected and bound.is_connected, 3.0)

@@ -35,7 +35,7 @@ from ..events import Signal
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
 from ..wire.protocol import AUTH_FAILED, CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
-from .tls import CHUNK, TlsPipe, looks_like_tls
+from .tls import CHUNK, TlsPipe, describe, looks_like_tls
 
 log = logging.getLogger("yoton")
 
@@ -325,8 +325,7 @@ class TcpConnection(Connection):
                 except OSError:
                     pass
                 sock.close()
-                detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
-                raise TLSError(f"Could not connect to {host}:{port}: TLS handshake failed ({detail}).") from exc
+                raise TLSError(f"Could not connect to {host}:{port}: TLS handshake failed ({describe(exc)}).") from exc
             except BaseException:
                 sock.close()
                 raise
@@ -433,7 +432,7 @@ class TcpConnection(Connection):
         except (BlockingIOError, InterruptedError):
             return
         except ssl.SSLError as exc:
-            self._teardown(f"TLS error: {exc.reason or exc}.")
+            self._teardown(f"TLS error: {describe(exc)}.")
             return
         except OSError as exc:
             self._teardown(f"Connection broken: {exc}.")
@@ -751,7 +750,7 @@ class _Handshake:
                 data = tls.read() or (b"" if tls.eof else None)
             except ssl.SSLError as exc:
                 self._send(tls.take())  # (the alert, if any)
-                self.drop(f"TLS handshake failed: {exc.reason or exc}")
+                self.drop(f"TLS handshake failed: {describe(exc)}")
                 return
             self._send(tls.take())
             if data is None:

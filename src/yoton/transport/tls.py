@@ -12,9 +12,10 @@ The yoton handshake (and the auth exchange, if any) runs inside TLS.
 
 from __future__ import annotations
 
+import re
 import ssl
 
-__all__ = ["TlsPipe", "CHUNK", "looks_like_tls"]
+__all__ = ["TlsPipe", "CHUNK", "looks_like_tls", "describe"]
 
 CHUNK = 256 * 1024  #: plaintext encrypted per step, and the read size
 
@@ -22,6 +23,15 @@ CHUNK = 256 * 1024  #: plaintext encrypted per step, and the read size
 def looks_like_tls(first: bytes) -> bool:
     """True if the first byte a client sent can start a TLS handshake record."""
     return first[:1] == b"\x16"
+
+
+def describe(exc: ssl.SSLError) -> str:
+    """A readable reason for an SSL error (without OpenSSL's source location)."""
+    text = getattr(exc, "verify_message", "") or ""
+    if not text:
+        text = exc.strerror if isinstance(exc.strerror, str) else str(exc)
+        text = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
+    return text or getattr(exc, "reason", None) or type(exc).__name__
 
 
 class TlsPipe:
