@@ -15,20 +15,13 @@ import time
 import pytest
 
 import yoton
+from helpers import wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(15)
 
 
 def make_future(timeout=None):
     return yoton.Future(None, b"", 1, timeout=timeout)
-
-
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
 
 
 def drain_events():

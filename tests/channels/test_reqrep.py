@@ -15,28 +15,12 @@ import time
 import pytest
 
 import yoton
+from helpers import link, wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(15)
 
 
 # -- helpers -----------------------------------------------------------------------
-
-def wait_for(cond, timeout=5.0, what="condition", pump=False):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        if pump:
-            yoton.process_events(False)
-        time.sleep(0.002)
-
-
-def link(binder, connector, timeout=5.0):
-    """binder binds a fresh port on 127.0.0.1, connector connects; both see the link."""
-    conn = binder.bind("127.0.0.1:0")
-    other = connector.connect(f"127.0.0.1:{conn.port1}", timeout=timeout)
-    wait_for(lambda: conn.is_connected and other.is_connected, timeout, "the connection")
-    return conn
 
 
 @pytest.fixture(autouse=True)

@@ -20,13 +20,6 @@ pytestmark = pytest.mark.timeout(15)
 
 # -- helpers -----------------------------------------------------------------------------
 
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
 
 def recv_all(sock, timeout=5.0) -> bytes:
     """Read until EOF (fails the test if EOF does not come within timeout)."""

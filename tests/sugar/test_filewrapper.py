@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import yoton
+from helpers import link, wait_until as wait_for
 from yoton import FileWrapper
 
 pytestmark = pytest.mark.timeout(15)
@@ -26,20 +27,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
-
-def link(binder, connector, timeout=5.0):
-    conn = binder.bind("127.0.0.1:0")
-    other = connector.connect(f"127.0.0.1:{conn.port1}", timeout=timeout)
-    wait_for(lambda: conn.is_connected and other.is_connected, timeout, "the connection")
-    return conn
 
 
 @pytest.fixture
