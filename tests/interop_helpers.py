@@ -43,12 +43,14 @@ def impl_path(impl: str) -> str:
 
 
 class PeerProcess:
-    def __init__(self, impl: str, name: str = ""):
+    def __init__(self, impl: str, name: str = "", prefix=()):
+        """``prefix``: argv run before the peer, e.g. ``["ip", "netns", "exec", NS]``
+        (it must exec the peer in its own process, so ``pid`` is the peer's)."""
         self.impl, self.name = impl, name or impl
         path = impl_path(impl)
         env = dict(os.environ, PYTHONPATH=path, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, str(PEER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [*prefix, sys.executable, str(PEER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=env, cwd=tempfile.gettempdir(),
             text=True, encoding="utf-8", bufsize=1,
         )

@@ -86,6 +86,8 @@ class Peer:
         self.ctx = yoton.Context()
         self.conns = []
         self.closed = []  # [conn index, reason] in the order the signals arrived
+        self.timedout = []  # [conn index, value, time.monotonic() when handled]
+        self.stream = None  # (thread, stop event, [sent count]) of op_stream_start
         self.handlers = []  # keep signal handlers alive
         self.channels = {}
         self.repliers = {}  # slot -> (RepChannel, {method: calls})
@@ -119,8 +121,12 @@ class Peer:
         def on_closed(connection, reason=None):
             self.closed.append([index, reason])
 
-        self.handlers.append(on_closed)
+        def on_timedout(connection, value=None):
+            self.timedout.append([index, bool(value), time.monotonic()])
+
+        self.handlers += [on_closed, on_timedout]
         conn.closed.bind(on_closed)
+        conn.timedout.bind(on_timedout)
         return index
 
     def _conn_info(self, index):
@@ -156,6 +162,17 @@ class Peer:
         self.wait_until(lambda: len(self.closed) >= count, timeout)
         return {"events": self.closed}
 
+    def op_timedout_events(self, count=0, timeout=0.0):
+        """The timedout signals seen so far as [conn, value, monotonic time handled],
+        waiting up to timeout until there are count. (CLOCK_MONOTONIC is
+        system-wide, so the times compare with the harness's time.monotonic().)"""
+        self.wait_until(lambda: len(self.timedout) >= count, timeout)
+        return {"events": self.timedout}
+
+    def op_conn_timeout(self, conn, timeout):
+        self.conns[conn].timeout = timeout
+        return {"timeout": self.conns[conn].timeout}
+
     def op_flush(self, timeout=5.0):
         self.ctx.flush(timeout)
         return {}
@@ -176,6 +193,45 @@ class Peer:
         for msg in msgs:
             channel.send(decode_msg(type, msg))
         return {}
+
+    def op_pub_count(self, slot, n, start=0):
+        """Send the TEXT messages str(start) .. str(start + n - 1) at once."""
+        channel = self.channel("pub", slot, "txt")
+        t0 = time.monotonic()
+        for i in range(start, start + n):
+            channel.send(str(i))
+        return {"sent": n, "seconds": time.monotonic() - t0}
+
+    def op_pub_big(self, slot, size):
+        """Send one BINARY message of size bytes (bytes 0..255 repeated); returns once queued."""
+        pattern = bytes(range(256))
+        self.channel("pub", slot, "bin").send((pattern * (size // 256 + 1))[:size])
+        return {}
+
+    def op_stream_start(self, slot, interval=0.002):
+        """Send TEXT messages "0", "1", ... every interval s from a thread until op_stream_stop."""
+        if self.stream is not None:
+            raise RuntimeError("a stream is already running")
+        channel, stop, sent = self.channel("pub", slot, "txt"), threading.Event(), [0]
+
+        def run():
+            while not stop.is_set():
+                channel.send(str(sent[0]))
+                sent[0] += 1
+                stop.wait(interval)
+
+        thread = threading.Thread(target=run, daemon=True)
+        self.stream = (thread, stop, sent)
+        thread.start()
+        return {}
+
+    def op_stream_stop(self):
+        """Stop the stream; returns how many messages it sent."""
+        thread, stop, sent = self.stream
+        stop.set()
+        thread.join(5.0)
+        self.stream = None
+        return {"sent": sent[0]}
 
     def op_sub(self, slot, type):
         self.channel("sub", slot, type)
