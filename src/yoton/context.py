@@ -215,9 +215,8 @@ class Context:
             for conn in conns:
                 loop.call_soon(conn._begin_close, REASON_CONTEXT)
             if not loop.in_io_thread():
-                deadline = time.monotonic() + 2.0
-                for conn in conns:
-                    conn._done.wait(max(0.0, deadline - time.monotonic()))
+                for conn in conns:  # each flushes for as long as its peer keeps reading
+                    conn._wait_done()
         for conn in conns:
             conn._teardown(REASON_CONTEXT)  # no-op for those already closed
         self.close_channels()

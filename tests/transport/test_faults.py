@@ -23,7 +23,8 @@ import pytest
 
 import yoton
 from interop_helpers import SRC, PeerProcess
-from transport_util import HOST, wait_for
+from transport_util import HOST, RawClient, wait_for
+from yoton.wire.frames import FrameDecoder
 
 BIND = f"{HOST}:0"
 MiB = 1 << 20
@@ -323,6 +324,103 @@ def test_orderly_close_after_100k_messages_delivers_all_in_order(when):
             ctx.close()
     finally:
         peer.close()
+
+
+class _HandMadeReader:
+    """A yoton peer made by hand (raw socket) that reads at a rate we choose, or not at all.
+
+    It decodes what it reads with the wire layer's FrameDecoder; once the
+    close signal arrives it closes its socket (the end of stream a closing
+    yoton waits for).
+    """
+
+    def __init__(self, port: int):
+        self.client = RawClient(port)
+        assert self.client.handshake(int.from_bytes(os.urandom(8), "little") | 1).startswith(b"YOTON!")
+        self.decoder = FrameDecoder()
+        self.packages: list = []
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def read_slowly(self, chunk: int, pause: float) -> None:
+        """Start reading ``chunk`` bytes every ``pause`` s in a thread until the close signal or EOF."""
+
+        def run():
+            sock = self.client.sock
+            try:
+                sock.settimeout(10.0)
+                while not self.decoder.peer_closed:
+                    data = sock.recv(chunk)
+                    if not data:
+                        break
+                    self.decoder.receive_data(data)
+                    self.packages += self.decoder.packages
+                    self.decoder.packages = []
+                    time.sleep(pause)  # the slow reader this test is about
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.client.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+
+def _queue_big_backlog(ctx, slot: str, n: int, size: int):
+    pub = yoton.PubChannel(ctx, slot, yoton.BINARY)
+    filler = os.urandom(size - 4)
+    for i in range(n):
+        pub.send(i.to_bytes(4, "little") + filler)
+    return filler
+
+
+def test_close_flushes_a_backlog_that_a_slow_reader_takes_more_than_a_second_to_read():
+    """Close must deliver everything queued to a peer that keeps reading, however
+    long that takes: giving up at a fixed deadline (it was 1 s, or 2 s in
+    Context.close) threw the rest of the queue away."""
+    n, size = 400, 64 * 1024  # 25 MiB, read at ~16 MiB/s: about 1.6 s
+    ctx = yoton.Context()
+    try:
+        conn = ctx.bind(BIND)
+        reader = _HandMadeReader(conn.port1)
+        assert wait_for(lambda: conn.is_connected, 5.0)
+        filler = _queue_big_backlog(ctx, "slow-reader", n, size)
+        reader.read_slowly(64 * 1024, 0.004)
+        t0 = time.monotonic()
+        ctx.close()
+        close_time = time.monotonic() - t0
+        reader.thread.join(10.0)
+        assert reader.error is None, reader.error
+        assert conn.close_reason == "Closed by the context."
+        got = reader.packages
+        assert len(got) == n, f"{len(got)} of {n} packages arrived before the end of the stream"
+        assert [int.from_bytes(p.data[:4], "little") for p in got] == list(range(n))
+        assert all(p.data[4:] == filler for p in got)
+        assert reader.decoder.peer_closed, "the close signal did not come after the packages"
+        assert close_time > 1.0, f"close took {close_time:.2f} s: the backlog was too small to test anything"
+        print(f"close() took {close_time:.2f} s for {n * size // MiB} MiB to a slow reader")
+    finally:
+        ctx.close()
+
+
+def test_close_gives_up_on_a_peer_that_reads_nothing():
+    """The other side of the same coin: a peer that takes nothing does not hold close() up."""
+    ctx = yoton.Context()
+    reader = None
+    try:
+        conn = ctx.bind(BIND)
+        reader = _HandMadeReader(conn.port1)  # handshakes, then never reads
+        assert wait_for(lambda: conn.is_connected, 5.0)
+        _queue_big_backlog(ctx, "stalled-reader", 400, 64 * 1024)
+        t0 = time.monotonic()
+        ctx.close()
+        close_time = time.monotonic() - t0
+        assert not conn.is_alive and conn.close_reason == "Closed by the context."
+        assert close_time < 3.0, f"close() took {close_time:.2f} s with a peer that reads nothing"
+    finally:
+        if reader is not None:
+            reader.client.close()
+        ctx.close()
 
 
 # -- many threads sending on one context ------------------------------------------------

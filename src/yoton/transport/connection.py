@@ -227,7 +227,8 @@ class Connection:
     def close(self, reason: str | None = None) -> None:
         """Close the connection, telling the other end; a waiting bind stops waiting.
 
-        Queued packages and the close signal are flushed for up to a second.
+        Queued packages and the close signal are flushed while the peer takes
+        them; a peer that takes nothing for a second is dropped.
         """
         raise NotImplementedError
 
@@ -550,7 +551,9 @@ class TcpConnection(Connection):
 
     def _housekeeping(self, now: float) -> None:
         if self._state == CLOSING:
-            if now >= self._close_deadline:
+            # Give up only after CLOSE_FLUSH_TIME without progress: a peer that
+            # keeps reading gets all that was queued, however long that takes.
+            if now >= max(self._close_deadline, self._last_send + CLOSE_FLUSH_TIME):
                 self._teardown(self._close_reason)
             return
         if self._state != CONNECTED:
@@ -604,7 +607,8 @@ class TcpConnection(Connection):
     def close(self, reason: str | None = None) -> None:
         """Close the connection, telling the other end; a waiting bind stops waiting.
 
-        Queued packages and the close signal are flushed for up to a second.
+        Queued packages and the close signal are flushed while the peer takes
+        them; a peer that takes nothing for a second is dropped.
         """
         self._request(self._begin_close, reason or REASON_COMMAND, wait=True)
 
@@ -623,7 +627,17 @@ class TcpConnection(Connection):
             return
         loop.call_soon(action, reason)
         if wait and not loop.in_io_thread():
-            self._done.wait(CLOSE_FLUSH_TIME + 1.0)
+            self._wait_done()
+
+    def _wait_done(self) -> None:
+        """Wait until CLOSED (not from the I/O thread): as long as bytes still go
+        out, and a second longer than the I/O thread would wait without progress."""
+        mark, since = self._last_send, time.monotonic()
+        while not self._done.wait(0.05):
+            if self._last_send != mark:
+                mark, since = self._last_send, time.monotonic()
+            elif time.monotonic() - since > CLOSE_FLUSH_TIME + 1.0:
+                return
 
     def flush(self, timeout: float = 3.0) -> None:
         """Wait until all queued packages are written; raise FlushTimeout after ``timeout`` s."""
