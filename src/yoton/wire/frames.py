@@ -10,7 +10,10 @@ Rules of the stream (yoton 2.2, PROTOCOL.md section 4):
   signal is in ``source_seq``: :data:`SIGNAL_HEARTBEAT` or :data:`SIGNAL_CLOSE`.
   Zero-length packages on any other slot carry nothing and are dropped.
 * A header announcing more than ``max_package_size`` body bytes is refused
-  before anything is allocated for it.
+  before anything is allocated for it. Below the limit, memory for a body
+  grows with the bytes that actually arrive (at most about twice those, plus
+  1 MiB), so a 56-byte header claiming a gigabyte costs nothing until the
+  gigabyte comes.
 
 Nothing here touches sockets, threads or clocks. The decoder never raises on
 bad input: it records the problem in :attr:`FrameDecoder.error` and stops
@@ -59,6 +62,9 @@ CLOSE_BYTES = _pack(CONTROL, SLOT_DUMMY, 0, SIGNAL_CLOSE, 0, 0, 0)
 # get a buffer of their own that the transport reads into directly.
 _INLINE_BODY = 64 * 1024
 _READ_BUFFER = 256 * 1024
+# A large body's buffer starts at this size (or the body's size if smaller)
+# and doubles when full, so what a header claims is not allocated up front.
+_FIRST_BODY_CHUNK = 1 << 20
 
 
 class Package:
@@ -77,6 +83,7 @@ class Package:
         "dest_id": "Id of the one context the package is for; 0 for everyone.",
         "dest_seq": "For replies: which request this answers.",
         "recv_seq": "Local delivery number, set by the receiving context.",
+        "queue_mark": "Bytes a channel queued before this package (set by the channel; keeps its byte count).",
     }
 
     def __init__(self, data, slot, source_id, source_seq, dest_id=0, dest_seq=0, recv_seq=0):
@@ -115,8 +122,10 @@ class FrameDecoder:
     * :meth:`receive_data` with a bytes-like object (simple; used in tests);
     * :meth:`get_buffer` / :meth:`buffer_updated`, so the transport can
       ``recv_into`` the decoder's own memory. While a large body is being
-      received, ``get_buffer`` returns a view on that body's final buffer, so
-      big packages are read from the kernel straight into place.
+      received, ``get_buffer`` returns a view on that body's own buffer, so
+      big packages are read from the kernel straight into place. (That
+      buffer grows as the body arrives, so memory follows what was received,
+      not what a header claims.)
 
     Decoded :class:`Package` objects are appended to :attr:`packages` (a list
     the caller may take and replace). Heartbeats and empty packages are
@@ -126,7 +135,7 @@ class FrameDecoder:
     64 KiB (read in place, not copied again).
     """
 
-    __slots__ = ("max_package_size", "packages", "error", "peer_closed", "_buf", "_start", "_end", "_body", "_body_fill", "_pending")
+    __slots__ = ("max_package_size", "packages", "error", "peer_closed", "_buf", "_start", "_end", "_body", "_body_fill", "_body_size", "_pending")
 
     def __init__(self, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
         self.max_package_size = max_package_size
@@ -138,14 +147,18 @@ class FrameDecoder:
         self._end = 0  # end of valid data in _buf
         self._body: bytearray | None = None  # large body being filled
         self._body_fill = 0
+        self._body_size = 0  # its announced length (len(_body) may still be less)
         self._pending: tuple | None = None  # header fields of that large body
 
     # -- feeding ----------------------------------------------------------
 
     def get_buffer(self) -> memoryview:
         """Return writable memory for the next incoming bytes (never empty)."""
-        if self._body is not None:
-            return memoryview(self._body)[self._body_fill:]
+        body = self._body
+        if body is not None:
+            if self._body_fill == len(body):
+                body = self._grow_body()
+            return memoryview(body)[self._body_fill:]
         buf = self._buf
         if self._end == len(buf):
             # Move the partial package to the front to make room.
@@ -160,7 +173,7 @@ class FrameDecoder:
             return
         if self._body is not None:
             self._body_fill += nbytes
-            if self._body_fill == len(self._body):
+            if self._body_fill == self._body_size:
                 body, fields = self._body, self._pending
                 self._body = self._pending = None
                 self.packages.append(Package(body, *fields))
@@ -177,6 +190,18 @@ class FrameDecoder:
             target[:n] = view[:n]
             view = view[n:]
             self.buffer_updated(n)
+
+    def _grow_body(self) -> bytearray:
+        """Make room for more of the large body: double its buffer, up to its size.
+
+        A fresh buffer and one copy (no resize in place: a caller may still
+        hold a view on the old one); the copies add up to less than the body.
+        """
+        body = self._body
+        grown = bytearray(min(2 * len(body), self._body_size))
+        grown[:self._body_fill] = body
+        self._body = grown
+        return grown
 
     # -- parsing ----------------------------------------------------------
 
@@ -206,9 +231,9 @@ class FrameDecoder:
             if length > _INLINE_BODY:
                 # Large body: give it a buffer of its own and read into it.
                 have = end - body_start
-                body = bytearray(length)
+                body = bytearray(min(length, max(_FIRST_BODY_CHUNK, have)))
                 body[:have] = buf[body_start:end]
-                self._body, self._body_fill = body, have
+                self._body, self._body_fill, self._body_size = body, have, length
                 self._pending = (slot, sid, sseq, did, dseq)
                 pos = end
             break
