@@ -416,7 +416,10 @@ def test_close_gives_up_on_a_peer_that_reads_nothing():
         ctx.close()
         close_time = time.monotonic() - t0
         assert not conn.is_alive and conn.close_reason == "Closed by the context."
-        assert close_time < 3.0, f"close() took {close_time:.2f} s with a peer that reads nothing"
+        # 1 s without progress (plus a housekeeping tick), not the waiting caller's
+        # own fallback a second later
+        assert close_time < 1.8, f"close() took {close_time:.2f} s with a peer that reads nothing"
+        print(f"close() gave up after {close_time:.2f} s")
     finally:
         if reader is not None:
             reader.client.close()
