@@ -306,10 +306,10 @@ _HAS_AUTH = "auth_key" in inspect.signature(Protocol).parameters
 LOCAL, PEER = 0x0DFF0A2FAA7A6C71, 0x1122334455667788
 AUTH_KEYS = st.sampled_from([None, b"k", b"secret key"] if _HAS_AUTH else [None])
 
-# Hellos that int() still parses: spaces, signs, 0x, underscores in the 16 id characters.
-# ("-" is left out while the auth phase fails on negative ids: see
-# test_negative_peer_id_with_auth_key_closes below.)
-SIGNS = ["", "+"]
+# Hellos that int() would parse but parse_hello must refuse: spaces, signs, 0x,
+# underscores in the 16 id characters (a negative id once crashed the auth phase:
+# see test_negative_peer_id_with_auth_key_closes below).
+SIGNS = ["", "+", "-"]
 
 
 def _sloppy_id(lead: str, sign: str, prefix: str, underscore: bool, trail: str, digits: str) -> bytes:
@@ -418,8 +418,6 @@ def check_protocol_handshake(case):
 
 
 @pytest.mark.skipif(not _HAS_AUTH, reason="this Protocol has no auth_key")
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="known bug: parse_hello accepts a negative id and auth_proof cannot pack it")
 def test_negative_peer_id_with_auth_key_closes():
     """A hello with a negative id ("-" parses in int(..., 16)) must close, not raise, with a key too."""
     proto = Protocol("bind", LOCAL, 1, auth_key=b"k")

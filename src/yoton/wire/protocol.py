@@ -70,6 +70,7 @@ CONNECTION_CLOSED = "CONNECTION_CLOSED"
 
 MAX_LINE = 256
 _HELLO = b"YOTON!"
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _NOT_YOTON = b"ERROR: this is Yoton.\r\n"
 _BAD_ID = b"ERROR: could not parse id.\r\n"
 
@@ -107,11 +108,11 @@ def parse_hello(line: bytes) -> tuple[int, int]:
         raise HandshakeError(f"not a yoton hello: {line[:60]!r}")
     id_hex, dot, pid_txt = line[len(_HELLO):].partition(b".")
     try:
-        if not dot or len(id_hex) != 16:
+        # Exactly 16 hex digits and a decimal pid: int() alone would also take
+        # signs, spaces, "0x" and "_", and a negative id has no 8-byte form.
+        if not dot or len(id_hex) != 16 or id_hex.strip(_HEX_DIGITS) or not pid_txt.isdigit():
             raise ValueError
         context_id, pid = int(id_hex, 16), int(pid_txt)
-        if pid < 0:
-            raise ValueError
     except ValueError:
         raise HandshakeError(f"could not parse id in hello {line[:60]!r}") from None
     return context_id, pid
@@ -301,10 +302,12 @@ class Protocol:
         self._first += bytes(data[:len(_AUTH_NONCE) - len(self._first)])
         if len(self._first) >= len(_AUTH_NONCE) or not data:
             self._sniff = False
+            self._last_buf = None
             if self._first == _AUTH_NONCE:
                 self._close(f"{AUTH_FAILED} (the other end requires an auth key)")
         elif not _AUTH_NONCE.startswith(self._first):
             self._sniff = False
+            self._last_buf = None
 
     def _auth_fail(self, detail: str) -> None:
         self._out += _AUTH_FAILED
