@@ -37,9 +37,10 @@ from .wire.naming import new_id
 
 log = logging.getLogger("yoton")
 
-__all__ = ["Context"]
+__all__ = ["Context", "DEFAULT_MAX_QUEUE_BYTES"]
 
 DEFAULT_QUEUE_PARAMS = (10000, "old")
+DEFAULT_MAX_QUEUE_BYTES = 256 << 20  #: 256 MiB per queue
 _NEW_CONNECTION = b"NEW_CONNECTION"
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
 
@@ -72,6 +73,12 @@ def _check_queue_params(queue_params):
     return (size, mode)
 
 
+def _check_byte_limit(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int (bytes), not {value!r}")
+    return value
+
+
 class Context:
     """A node in a yoton network.
 
@@ -82,9 +89,12 @@ class Context:
 
     ``queue_params`` is ``(size, 'old'|'new')``: how many messages a receiving
     channel keeps, and whether the oldest or the newest is discarded when it
-    is full (default ``(10000, 'old')``). ``max_package_size`` (bytes, default
-    1 GiB) is the largest package accepted from a peer; a larger one closes
-    that connection.
+    is full (default ``(10000, 'old')``). ``max_queue_bytes`` (default
+    256 MiB) caps the bytes of message bodies waiting in a receiving
+    channel's queue, with the same discard mode; channels count their
+    discards in ``statistics()['discarded']``. ``max_package_size`` (bytes,
+    default 1 GiB) is the largest package accepted from a peer; a larger one
+    closes that connection. Bad limits raise ``ValueError``.
 
     ``auth_key`` (bytes or str; default None) makes every connection of this
     context prove, right after the yoton handshake, that both ends know the
@@ -96,12 +106,11 @@ class Context:
     """
 
     def __init__(self, verbose=0, queue_params=None, *, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
-                 auth_key=None):
+                 auth_key=None, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
-        if not isinstance(max_package_size, int) or max_package_size < 1:
-            raise ValueError(f"max_package_size must be a positive int, not {max_package_size!r}")
-        self._max_package_size = max_package_size
+        self._max_package_size = _check_byte_limit("max_package_size", max_package_size)
+        self._max_queue_bytes = _check_byte_limit("max_queue_bytes", max_queue_bytes)
         if isinstance(auth_key, str):
             auth_key = auth_key.encode("utf-8")
         if auth_key is not None and not (isinstance(auth_key, bytes) and auth_key):
@@ -156,6 +165,11 @@ class Context:
     def max_package_size(self) -> int:
         """Largest package body (bytes) accepted from a peer."""
         return self._max_package_size
+
+    @property
+    def max_queue_bytes(self) -> int:
+        """Most bytes of message bodies waiting in a receiving channel's queue."""
+        return self._max_queue_bytes
 
     # -- connecting ---------------------------------------------------------
 

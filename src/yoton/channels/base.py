@@ -7,10 +7,18 @@ on the wire. Per context there is at most one sending and one receiving
 channel per slot.
 
 Packages arrive in the context's I/O thread and are kept, still encoded, in a
-bounded deque (size and discard mode from the context's ``queue_params``);
-messages are decoded in the thread that calls ``recv``. A thread blocked in
-``recv`` is woken through a condition that is touched only when someone
-waits.
+deque bounded in count (the context's ``queue_params``) and in bytes (its
+``max_queue_bytes``, counting message bodies); when either bound is reached
+the discard mode of ``queue_params`` applies and ``statistics()`` counts the
+discards. One package is always accepted into an empty queue, however large
+(``max_package_size`` bounds it). Messages are decoded in the thread that
+calls ``recv``. A thread blocked in ``recv`` is woken through a condition
+that is touched only when someone waits.
+
+The byte count needs no lock although the I/O thread appends and readers
+pop: only the I/O thread writes it. It keeps the total of bytes ever queued
+and stamps each package with the total before it (``Package.queue_mark``), so
+the bytes pending are that total minus the head's mark, whoever popped what.
 """
 
 from __future__ import annotations
@@ -68,6 +76,12 @@ class BaseChannel:
         self._queue: deque = deque()
         self._queue_size, self._discard_new = context.queue_params[0], context.queue_params[1] == "new"
         self._discarded = 0
+        self._max_bytes = context.max_queue_bytes
+        self._bytes_in = 0  # bytes ever queued here (I/O thread only)
+        # _bytes_in may grow to this before the queue can be over its byte cap:
+        # the head's queue_mark when the I/O thread last looked (the real head is
+        # never behind it) plus the cap. Errs on the safe side; I/O thread only.
+        self._bytes_limit = self._max_bytes
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         context._register_channel(self, self._slot_out, self._slot_in)
@@ -113,8 +127,15 @@ class BaseChannel:
         return self._message_type
 
     def statistics(self) -> dict:
-        """Counters: ``pending`` messages and messages ``discarded`` because the queue was full."""
-        return {"pending": len(self._queue), "discarded": self._discarded}
+        """Counters: ``pending`` messages, their size in ``pending_bytes`` (message
+        bodies), and messages ``discarded`` because the queue was full (in
+        count or in bytes)."""
+        total = self._bytes_in
+        try:
+            pending_bytes = total - self._queue[0].queue_mark
+        except IndexError:
+            pending_bytes = 0
+        return {"pending": len(self._queue), "pending_bytes": pending_bytes, "discarded": self._discarded}
 
     def close(self) -> None:
         """Detach from the context: sending raises, nothing new arrives.
@@ -142,11 +163,11 @@ class BaseChannel:
     def _receive(self, pkg) -> None:
         """Take a package from the context (I/O thread)."""
         queue = self._queue
-        if len(queue) >= self._queue_size:
-            self._discarded += 1
-            if self._discard_new:
-                return
-            queue.popleft()
+        pkg.queue_mark = mark = self._bytes_in
+        end = mark + len(pkg.data)
+        if (end > self._bytes_limit or len(queue) >= self._queue_size) and not self._make_room(mark, end):
+            return
+        self._bytes_in = end
         queue.append(pkg)
         # Wake a waiting reader only when the queue stops being empty; a reader
         # that finds more passes the wake-up on (see _wait_package).
@@ -154,6 +175,28 @@ class BaseChannel:
             with self._cond:
                 self._cond.notify()
         self._announce()
+
+    def _make_room(self, mark: int, end: int) -> bool:
+        """The queue looks full for a package spanning bytes ``mark``..``end``
+        (I/O thread): discard by the mode; return False if that package goes."""
+        queue = self._queue
+        while True:
+            try:
+                head_mark = queue[0].queue_mark
+            except IndexError:  # empty (maybe a reader just took the rest): always room
+                self._bytes_limit = mark + self._max_bytes
+                return True
+            self._bytes_limit = head_mark + self._max_bytes
+            if len(queue) < self._queue_size and end <= self._bytes_limit:
+                return True
+            if self._discard_new:
+                self._discarded += 1
+                return False
+            try:
+                queue.popleft()
+            except IndexError:
+                continue
+            self._discarded += 1
 
     def _announce(self) -> None:
         """Emit ``received`` through the event queue, at most one pending at a time."""
