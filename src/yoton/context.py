@@ -16,6 +16,19 @@ Routing rules (yoton 2.2, PROTOCOL.md section 6):
   channel registered for its slot, or, for slot 2, handles the context
   message (``NEW_CONNECTION``: state channels re-send their state).
 
+Limits: a package body larger than ``max_package_size`` is refused on send
+(``ValueError``) and closes the connection it arrives on. Every send queue
+(one per connection, and the startup queue) holds at most
+``max_queue_bytes`` (header + body bytes; one package is always accepted
+into an empty queue). Over the cap the discard mode of ``queue_params``
+applies: ``'new'`` drops the package being queued, ``'old'`` drops the
+oldest packages not yet taken by the writer, as many as it takes to make
+room (if the writer holds more than the cap, the new package still goes in:
+a queue never holds more than the cap plus one package). What the writer
+has taken, partly written or not, is never dropped, nor is the close signal
+or a heartbeat. Each drop counts once per package and connection in
+``statistics()['discarded_outgoing']``.
+
 Numbering and queueing happen under one lock, so packages leave in the order
 of their sequence numbers even when many threads send at once.
 """
@@ -32,7 +45,7 @@ from collections import deque
 from .errors import FlushTimeout
 from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
 from .transport.ioloop import IOLoop
-from .wire.frames import DEFAULT_MAX_PACKAGE_SIZE, SLOT_CONTEXT, pack_header
+from .wire.frames import DEFAULT_MAX_PACKAGE_SIZE, HEADER_SIZE, SLOT_CONTEXT, pack_header
 from .wire.naming import new_id
 
 log = logging.getLogger("yoton")
@@ -88,13 +101,19 @@ class Context:
     connection made.
 
     ``queue_params`` is ``(size, 'old'|'new')``: how many messages a receiving
-    channel keeps, and whether the oldest or the newest is discarded when it
-    is full (default ``(10000, 'old')``). ``max_queue_bytes`` (default
-    256 MiB) caps the bytes of message bodies waiting in a receiving
-    channel's queue, with the same discard mode; channels count their
-    discards in ``statistics()['discarded']``. ``max_package_size`` (bytes,
-    default 1 GiB) is the largest package accepted from a peer; a larger one
-    closes that connection. Bad limits raise ``ValueError``.
+    channel keeps, and whether the oldest or the newest is discarded when a
+    queue is full (default ``(10000, 'old')``). ``max_queue_bytes`` (default
+    256 MiB) caps the bytes waiting in each queue: a receiving channel's
+    queue (message bodies) and each send queue (one per connection, and the
+    startup queue; header + body). A full queue discards by the same mode;
+    channels count their discards in ``statistics()['discarded']``, the
+    context counts those of its send queues in
+    ``statistics()['discarded_outgoing']``. The cap counts message bytes,
+    not Python's overhead (some 150-250 bytes per queued package).
+    ``max_package_size`` (bytes, default 1 GiB) is the largest message body
+    this context sends (a larger one raises ``ValueError``) or accepts from
+    a peer (a larger one closes that connection with a reason).
+    Bad limits raise ``ValueError``.
 
     ``auth_key`` (bytes or str; default None) makes every connection of this
     context prove, right after the yoton handshake, that both ends know the
@@ -109,6 +128,7 @@ class Context:
                  auth_key=None, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
+        self._discard_old = self._queue_params[1] == "old"
         self._max_package_size = _check_byte_limit("max_package_size", max_package_size)
         self._max_queue_bytes = _check_byte_limit("max_queue_bytes", max_queue_bytes)
         if isinstance(auth_key, str):
@@ -122,6 +142,11 @@ class Context:
         self._connections: list = []
         self._live: tuple = ()
         self._startup: deque = deque()
+        self._startup_bytes = 0  # under _lock
+        # Send-queue discards, as two counters with one writer each (no lock
+        # on the I/O thread's side): senders under _lock, the I/O thread alone.
+        self._discarded_send = 0
+        self._discarded_io = 0
         self._last_seq: dict = {}
         self._recv_seq = 0
         self._send_slots: dict = {}
@@ -163,13 +188,26 @@ class Context:
 
     @property
     def max_package_size(self) -> int:
-        """Largest package body (bytes) accepted from a peer."""
+        """Largest message body (bytes) this context sends or accepts from a peer."""
         return self._max_package_size
 
     @property
     def max_queue_bytes(self) -> int:
-        """Most bytes of message bodies waiting in a receiving channel's queue."""
+        """Most bytes waiting in any one queue (a channel's receive queue, a send queue)."""
         return self._max_queue_bytes
+
+    def statistics(self) -> dict:
+        """Counters of the send side.
+
+        ``queued_bytes``: bytes accepted for sending and not yet written to
+        the network (all connections and the startup queue; a snapshot, exact
+        to within a package). ``discarded_outgoing``: packages dropped
+        because a send queue was full, counted once per connection.
+        """
+        queued = self._startup_bytes
+        for conn in list(self._connections):
+            queued += max(0, conn._qbytes_user - conn._qbytes_io)
+        return {"queued_bytes": queued, "discarded_outgoing": self._discarded_send + self._discarded_io}
 
     # -- connecting ---------------------------------------------------------
 
@@ -237,6 +275,7 @@ class Context:
         with self._lock:
             self._loop = None
             self._startup.clear()
+            self._startup_bytes = 0
         _open_contexts.discard(self)
         if loop is not None:
             loop.stop()
@@ -261,6 +300,8 @@ class Context:
         with self._lock:
             while self._startup:
                 conn._outq.append(self._startup.popleft())
+            conn._qbytes_user += self._startup_bytes
+            self._startup_bytes = 0
             self._connections.append(conn)
             self._update_live()
         if conn.is_connected:
@@ -331,16 +372,89 @@ class Context:
             self._channels.discard(channel)
 
     def _send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0) -> None:
-        """Number a package and queue it on every live connection (any thread)."""
+        """Number a package and queue it on every live connection (any thread).
+
+        Raises ``ValueError`` for a body over ``max_package_size``.
+        """
+        size = len(body)
+        if size > self._max_package_size:
+            raise ValueError(f"message too large to send: {size} bytes encoded, "
+                             f"but max_package_size is {self._max_package_size}")
         with self._lock:
             self._seq = seq = self._seq + 1
-            item = (pack_header(slot, self._id, seq, dest_id, dest_seq, len(body)), body)
+            item = (pack_header(slot, self._id, seq, dest_id, dest_seq, size), body)
+            size += HEADER_SIZE
             live = self._live
             if live:
+                cap = self._max_queue_bytes
                 for conn in live:
+                    # Bytes waiting on conn, from two counters that each have
+                    # one writer (senders, serialized by _lock; and the I/O
+                    # thread), so neither needs a lock nor can lose an update.
+                    # Reading both is a snapshot that may be off by what the
+                    # I/O thread does meanwhile; it re-syncs them whenever the
+                    # queue runs empty (TcpConnection._write_now), so the
+                    # figure cannot drift: it errs by at most a package.
+                    user = conn._qbytes_user
+                    queued = user - conn._qbytes_io
+                    if queued + size > cap and queued > 0:
+                        if not self._discard_old:
+                            self._discarded_send += 1
+                            continue
+                        self._drop_oldest(conn, size, False)
+                        user = conn._qbytes_user
+                    conn._qbytes_user = user + size  # before the I/O thread can see the package
                     conn._enqueue(item)
             else:
-                self._startup.append(item)
+                self._queue_startup(item, size)
+
+    def _drop_oldest(self, conn, size: int, io_thread: bool) -> None:
+        """Make room for ``size`` bytes on ``conn``'s send queue by dropping its
+        oldest packages (mode 'old'; senders under _lock, or the I/O thread).
+
+        Only whole packages still in ``_outq``: what the writer has taken may
+        be partly written. Connection signals (1-tuples: heartbeat, close)
+        stay. Each side books what it frees on its own counter, before the
+        packages leave the queue: the writer re-syncs the counters when it
+        finds the queue empty, and must not see it empty with them unbooked.
+        """
+        outq = conn._outq
+        excess = conn._qbytes_user - conn._qbytes_io + size - self._max_queue_bytes
+        freed = count = 0
+        with conn._outq_lock:  # the writer also takes from the left
+            try:
+                while freed < excess:
+                    item = outq[count]  # appends only go right: stable while we hold the lock
+                    if len(item) != 2:
+                        break
+                    freed += len(item[0]) + len(item[1])
+                    count += 1
+            except IndexError:
+                pass
+            if io_thread:
+                conn._qbytes_io += freed
+                self._discarded_io += count
+            else:
+                conn._qbytes_user -= freed
+                self._discarded_send += count
+            try:
+                for _ in range(count):
+                    outq.popleft()
+            except IndexError:  # torn down meanwhile (cleared without the lock)
+                pass
+
+    def _queue_startup(self, item: tuple, size: int) -> None:
+        """Keep a package for the first connection, within the cap (under _lock)."""
+        startup, cap = self._startup, self._max_queue_bytes
+        if startup and self._startup_bytes + size > cap:
+            if not self._discard_old:
+                self._discarded_send += 1
+                return
+            while startup and self._startup_bytes + size > cap:
+                self._startup_bytes -= sum(map(len, startup.popleft()))
+                self._discarded_send += 1
+        startup.append(item)
+        self._startup_bytes += size
 
     # -- routing (I/O thread) -------------------------------------------------
 
@@ -354,8 +468,17 @@ class Context:
             live = self._live
             if len(live) > 1:
                 item = (pkg.header(), pkg.data)
+                size = HEADER_SIZE + len(pkg.data)
+                cap = self._max_queue_bytes
                 for other in live:
                     if other is not conn:
+                        queued = other._qbytes_user - other._qbytes_io
+                        if queued + size > cap and queued > 0:
+                            if not self._discard_old:
+                                self._discarded_io += 1
+                                continue
+                            self._drop_oldest(other, size, True)
+                        other._qbytes_io -= size  # queued by this thread: its counter
                         other._enqueue(item)
             if dest != 0:
                 return

@@ -44,9 +44,12 @@ class PubChannel(BaseChannel):
         """Publish ``message`` to all subscribers (queued; returns at once).
 
         Raises ``ValueError`` for a message the channel's type cannot encode
-        and :class:`~yoton.errors.ChannelClosedError` (an ``OSError``) when
+        or one larger than the context's ``max_package_size``, and
+        :class:`~yoton.errors.ChannelClosedError` (an ``OSError``) when
         the channel is closed. Blocks (at most a second) while a subscriber
-        in sync mode reports that it is full.
+        in sync mode reports that it is full; otherwise a network or peer too
+        slow to keep up does not block it: the context's send queues are
+        bounded by ``max_queue_bytes`` and discard (counted) when full.
         """
         if self._blockers:
             self._wait_unblocked()

@@ -191,6 +191,9 @@ class ReqChannel(BaseChannel):
     Arguments and results must be OBJECT-encodable (None, bool, int, float,
     str, list, tuple, dict). ``default_future_timeout`` is the auto-cancel
     timeout of new futures: how long to wait for a replier to take a request.
+    A request larger than the context's ``max_package_size`` raises
+    ``ValueError`` when posted; a reply too large is answered as an error
+    (the future raises :class:`~yoton.errors.RemoteError`).
     """
 
     _pattern_out = "req-rep"
@@ -225,6 +228,10 @@ class ReqChannel(BaseChannel):
         if self._closed:
             raise ChannelClosedError(f"cannot send on closed ReqChannel {self._slot_out_name!r}")
         body = encode_object((name, args, kwargs))
+        limit = self._context.max_package_size
+        if len(body) > limit:  # refused here: the I/O thread sends the body later
+            raise ValueError(f"request too large to send: {len(body)} bytes encoded, "
+                             f"but max_package_size is {limit}")
         with self._req_lock:
             self._counter += 1
             future = Future(self, body, self._counter, self._default_timeout)
@@ -432,7 +439,12 @@ class RepChannel(BaseChannel):
             method = getattr(self, name, None)
             if not callable(method):
                 raise AttributeError(f"Method {name!r} not implemented.")
-            return encode_object(method(*args, **kwargs))
+            reply = encode_object(method(*args, **kwargs))
+            limit = self._context.max_package_size
+            if len(reply) > limit:
+                raise ValueError(f"reply too large to send: {len(reply)} bytes encoded, "
+                                 f"but max_package_size is {limit}")
+            return reply
         except Exception as exc:
             log.debug("yoton: RepChannel %r failed a request", self._slot_in_name, exc_info=True)
             return encode_object((ERROR_TAG, f"{type(exc).__name__}: {exc}"))

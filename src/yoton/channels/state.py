@@ -29,14 +29,15 @@ class StateChannel(BaseChannel):
         """Set the state and broadcast it, unless it equals the current state.
 
         Empty messages are ignored. Raises ``ValueError`` for a message the
-        type cannot encode and ``ChannelClosedError`` when closed.
+        type cannot encode or one over the context's ``max_package_size``
+        (the state is then unchanged), ``ChannelClosedError`` when closed.
         """
         if self._closed:
             self._send(message)  # raises ChannelClosedError
         body = self._message_type.message_to_bytes(message)
         if body and body != self._state:
+            self._context._send(self._slot_out, body)  # raises before anything changes
             self._state = body
-            self._context._send(self._slot_out, body)
 
     def recv(self, block=False):
         """Return the current state (never blocks; ``block`` is accepted for compatibility)."""

@@ -257,6 +257,15 @@ class TcpConnection(Connection):
         self._is_timedout = False
         self._close_deadline = 0.0
         self._write_shut = False
+        # Bytes queued for writing, without a lock (Context._send explains):
+        # pending = _qbytes_user - _qbytes_io. _qbytes_user is written only under
+        # the context's lock (senders); _qbytes_io only by the I/O thread (bytes
+        # written or dropped, minus bytes it queued itself).
+        self._qbytes_user = 0
+        self._qbytes_io = 0
+        # Held by whoever takes from the left of _outq: the writer (once per
+        # batch) and Context._drop_oldest. Appending needs no lock.
+        self._outq_lock = threading.Lock()
         self._tls: TlsPipe | None = None
         self._backlog = b""  # TLS: ciphertext the kernel has not taken yet
         self._send = None
@@ -506,9 +515,13 @@ class TcpConnection(Connection):
             return
         bufs, outq = self._wbufs, self._outq
         while True:
-            while outq and len(bufs) < _IOV_MAX:
-                bufs.extend(outq[0])  # copy before pop: flush() must never see both empty
-                outq.popleft()
+            # While the kernel is full (_want_write), leftovers go first: topping
+            # them up at every send would let _wbufs grow past max_queue_bytes.
+            if outq and len(bufs) < _IOV_MAX and not (bufs and self._want_write):
+                with self._outq_lock:
+                    while outq and len(bufs) < _IOV_MAX:
+                        bufs.extend(outq[0])  # copy before pop: flush() must never see both empty
+                        outq.popleft()
             if not bufs and not self._backlog:
                 break
             try:
@@ -520,6 +533,7 @@ class TcpConnection(Connection):
                 return
             if sent:
                 self._last_send = time.monotonic()
+                self._qbytes_io += sent
             i, count = 0, len(bufs)
             while i < count:
                 size = len(bufs[i])
@@ -538,6 +552,10 @@ class TcpConnection(Connection):
         if self._want_write:
             self._want_write = False
             self._loop.want_write(self._sock, self, False)
+        # All written: nothing is pending, whatever the counters say (heartbeats
+        # are not counted in; a sender may be half-way through queueing, which
+        # errs by that one package until the next time the queue runs empty).
+        self._qbytes_io = self._qbytes_user
         self._context._notify_flushed()
         if self._state == CLOSING and not self._write_shut:
             # All sent, close signal last. Half-close and wait for the peer's
