@@ -335,6 +335,8 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
         # Throughput, not dropping: room for every message, so a loss is a bug.
         common["queue"] = [max(10000, params["count"] + 16), "old"]
+        if stack == "ours":  # and bytes for all of them, in the send and the receive queue
+            common["max_queue_bytes"] = max(256 << 20, (params["count"] + 16) * (m.size + 64))
     if m.kind == "flood":
         common["flood"] = True
         common.setdefault("idle", 5.0)

@@ -175,7 +175,8 @@ def describe_stack(stack: str) -> dict:
 def yoton_context(p: dict):
     yoton = _yoton()
     queue_params = p.get("queue")
-    return yoton.Context(queue_params=tuple(queue_params)) if queue_params else yoton.Context()
+    kwargs = {"max_queue_bytes": p["max_queue_bytes"]} if p.get("max_queue_bytes") else {}
+    return yoton.Context(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
 
 
 def zmq_socket(kind: str, p: dict):
