@@ -54,6 +54,11 @@ REASON_PROBLEM = "Unspecified problem"
 REASON_CONTEXT = "Closed by the context."
 
 _IOV_MAX = 512
+#: A sending thread writes to the socket itself when the queue is idle, at
+#: most once per DIRECT_GAP seconds; in between, the I/O thread batches.
+#: Sparse messages (requests, replies, ping-pong) skip a thread hand-off;
+#: streams keep one ``sendmsg`` for many packages.
+DIRECT_GAP = 50e-6
 _CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
 _TLS_REQUIRED = b"ERROR: TLS required.\r\n"
 
@@ -267,6 +272,8 @@ class TcpConnection(Connection):
         # batch) and Context._drop_oldest. Appending needs no lock.
         self._outq_lock = threading.Lock()
         self._tls: TlsPipe | None = None
+        self._wlock = threading.Lock()  # one writer at a time: the I/O thread or a direct send
+        self._direct_after = 0.0
         self._backlog = b""  # TLS: ciphertext the kernel has not taken yet
         self._send = None
 
@@ -510,6 +517,10 @@ class TcpConnection(Connection):
         self._write_now()
 
     def _write_now(self) -> None:
+        with self._wlock:
+            self._write_locked()
+
+    def _write_locked(self) -> None:
         self._write_scheduled = False
         if self._sock is None or self._state not in (CONNECTED, CLOSING):
             return
@@ -667,9 +678,55 @@ class TcpConnection(Connection):
     def _enqueue(self, item: tuple) -> None:
         """Queue one package (tuple of buffers) for writing (any thread)."""
         self._outq.append(item)
-        if not self._write_scheduled and self._state == CONNECTED:
-            self._write_scheduled = True
-            self._loop.schedule_write(self)
+        if self._write_scheduled or self._state != CONNECTED:
+            return
+        now = time.monotonic()
+        if now >= self._direct_after and self._tls is None and self._wlock.acquire(False):
+            self._direct_after = now + DIRECT_GAP
+            try:
+                if self._write_direct(now):
+                    return
+            finally:
+                self._wlock.release()
+        self._write_scheduled = True
+        self._loop.schedule_write(self)
+
+    def _write_direct(self, now: float) -> bool:
+        """Write the idle queue from the sending thread; True if all of it went.
+
+        Anything else (a partial write, a full kernel buffer, an error) is
+        left for the I/O thread, which also owns every state change.
+        """
+        bufs, outq = self._wbufs, self._outq
+        if bufs or self._want_write or self._state != CONNECTED or self._loop.in_io_thread():
+            return False
+        with self._outq_lock:
+            while outq and len(bufs) < _IOV_MAX:
+                bufs.extend(outq[0])  # (copy before pop, as in _write_locked)
+                outq.popleft()
+        try:
+            sent = self._sock.sendmsg(bufs)
+        except OSError:  # would block, or broken: the I/O thread finds out
+            return False
+        self._last_send = now
+        if sent == sum(map(len, bufs)) and not outq:
+            bufs.clear()
+            # All written, as at the end of _write_locked. (This thread holds the
+            # context lock; the I/O thread may adjust _qbytes_io for a package it
+            # forwards meanwhile: the figure is re-synced when the queue next
+            # runs empty, so it errs by one package at most until then.)
+            self._qbytes_io = self._qbytes_user
+            self._context._notify_flushed()
+            return True
+        self._qbytes_io += sent
+        i, count = 0, len(bufs)
+        while i < count and sent >= len(bufs[i]):
+            sent -= len(bufs[i])
+            i += 1
+        del bufs[:i]
+        if sent:
+            bufs[0] = memoryview(bufs[0])[sent:]
+        return False
 
 
 class _Listener:
