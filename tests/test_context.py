@@ -569,39 +569,7 @@ def test_chain_state_reaches_far_end(ctx, wait_for, bind_free, settle):
 # ---------------------------------------------------------------------------
 
 
-def test_many_threads_sending_keep_per_thread_order(pair, wait_for):
-    a, b, ca, cb = pair()
-    pub = yoton.PubChannel(a, "threads")
-    sub = yoton.SubChannel(b, "threads")
-    n_threads, per_thread = 8, 250
-    start = threading.Barrier(n_threads)
-    errors = []
-
-    def worker(t):
-        try:
-            start.wait(5.0)
-            for i in range(per_thread):
-                pub.send(f"{t}:{i}")
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10.0)
-    assert not errors
-    got = []
-    assert wait_for(lambda: got.extend(sub.recv_all()) or len(got) >= n_threads * per_thread, 5.0)
-    assert len(got) == n_threads * per_thread
-    by_thread = {}
-    for m in got:
-        t, i = m.split(":")
-        by_thread.setdefault(t, []).append(int(i))
-    assert len(by_thread) == n_threads
-    for t, seq in by_thread.items():
-        assert seq == list(range(per_thread)), f"thread {t} out of order"
-    assert len(got) == len(set(got))  # nothing twice
+# (eight threads sending at once, per-thread order: tests/transport/test_faults.py)
 
 
 def test_io_thread_stays_responsive_after_concurrent_bursts(ctx, bind_free, settle, wait_for):
