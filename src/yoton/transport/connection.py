@@ -63,6 +63,17 @@ _CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbort
 _TLS_REQUIRED = b"ERROR: TLS required.\r\n"
 
 
+def _consume(bufs: list, sent: int) -> None:
+    """Drop the first ``sent`` bytes from a list of buffers (after a partial send)."""
+    i, count = 0, len(bufs)
+    while i < count and sent >= len(bufs[i]):
+        sent -= len(bufs[i])
+        i += 1
+    del bufs[:i]
+    if sent:
+        bufs[0] = memoryview(bufs[0])[sent:]
+
+
 def _split_address(address, ssl_context) -> tuple[str, str, int]:
     """Parse a ``tcp://`` or ``tls://`` address and check it against ``ssl_context``."""
     proto, host, port = parse_address(address)
@@ -545,16 +556,7 @@ class TcpConnection(Connection):
             if sent:
                 self._last_send = time.monotonic()
                 self._qbytes_io += sent
-            i, count = 0, len(bufs)
-            while i < count:
-                size = len(bufs[i])
-                if sent < size:
-                    if sent:
-                        bufs[i] = memoryview(bufs[i])[sent:]
-                    break
-                sent -= size
-                i += 1
-            del bufs[:i]
+            _consume(bufs, sent)
             if bufs or self._backlog:  # the kernel is full: wait until writable
                 if not self._want_write:
                     self._want_write = True
@@ -719,13 +721,7 @@ class TcpConnection(Connection):
             self._context._notify_flushed()
             return True
         self._qbytes_io += sent
-        i, count = 0, len(bufs)
-        while i < count and sent >= len(bufs[i]):
-            sent -= len(bufs[i])
-            i += 1
-        del bufs[:i]
-        if sent:
-            bufs[0] = memoryview(bufs[0])[sent:]
+        _consume(bufs, sent)
         return False
 
 
