@@ -84,6 +84,7 @@ class BaseChannel:
         self._bytes_limit = self._max_bytes
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
+        self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
         context._register_channel(self, self._slot_out, self._slot_in)
 
     def __repr__(self):
@@ -148,6 +149,9 @@ class BaseChannel:
         self._context._unregister_channel(self)
         with self._cond:
             self._cond.notify_all()
+        loop = self._context._loop
+        if loop is not None and self._reader is not None:
+            loop.wake()  # (the reader checks _closed when it wakes)
 
     # -- sending ----------------------------------------------------------------
 
@@ -223,6 +227,20 @@ class BaseChannel:
             deadline = time.monotonic() + block
         else:
             raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
+        loop = self._context._loop
+        if loop is not None and self._reader is None:
+            # Wait for the package in the sockets ourselves rather than be
+            # handed it by the I/O thread (IOLoop.run_until); if another
+            # thread is the loop's reader already, wait to be woken below.
+            try:
+                self._reader = threading.current_thread()
+                loop.run_until(lambda: queue or self._closed, deadline)
+            finally:
+                self._reader = None
+            try:
+                return queue.popleft()
+            except IndexError:
+                pass
         with self._cond:
             self._waiters += 1
             try:

@@ -67,6 +67,7 @@ class Future:
         self._exception = None
         self._callbacks: list = []
         self._cond = threading.Condition(threading.Lock())
+        self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
         self._announced = 0.0
         self.set_auto_cancel_timeout(timeout)
 
@@ -89,6 +90,7 @@ class Future:
                 return True
             self._state = CANCELLED
             self._cond.notify_all()
+        self._wake_leader()
         if self._channel is not None:
             self._channel._forget(self, withdraw=True)
         self._schedule_callbacks()
@@ -106,7 +108,30 @@ class Future:
         """Whether the future has a result or exception, or was cancelled."""
         return self._state in (CANCELLED, FINISHED)
 
+    def _loop(self):
+        channel = self._channel
+        return channel._context._loop if channel is not None else None
+
+    def _wake_leader(self) -> None:
+        """A thread waiting in IOLoop.run_until checks done() once per pass: wake it."""
+        if self._reader is not None:
+            loop = self._loop()
+            if loop is not None and not loop.in_io_thread():
+                loop.wake()
+
     def _wait(self, timeout) -> None:
+        if not self.done() and self._reader is None:
+            loop = self._loop()
+            if loop is not None:
+                # Wait for the reply in the sockets ourselves (IOLoop.run_until).
+                deadline = None if timeout is None else time.monotonic() + timeout
+                try:
+                    self._reader = threading.current_thread()
+                    loop.run_until(self.done, deadline)
+                finally:
+                    self._reader = None
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
         with self._cond:
             if not self._cond.wait_for(self.done, timeout):
                 raise TimeoutError(f"no reply to request #{self._request_id} within {timeout} s")
@@ -175,6 +200,7 @@ class Future:
             self._result, self._exception = result, exception
             self._state = FINISHED
             self._cond.notify_all()
+        self._wake_leader()
         if self._channel is not None:
             self._channel._forget(self, withdraw=False)
         self._schedule_callbacks()
@@ -451,7 +477,13 @@ class RepChannel(BaseChannel):
 
     def _work_loop(self) -> None:
         me = threading.current_thread()
+        work = self._work
         while True:
+            loop = self._context._loop
+            if loop is not None and not work:
+                # Idle: wait for requests in the sockets ourselves, so one is
+                # served without a thread switch (see IOLoop.run_until).
+                loop.run_until(lambda: work or self._worker is not me, None)
             with self._work_cond:
                 while not self._work and self._worker is me:
                     self._work_cond.wait()
@@ -467,6 +499,9 @@ class RepChannel(BaseChannel):
         with self._work_cond:
             self._worker = None
             self._work_cond.notify_all()
+        loop = self._context._loop
+        if loop is not None:
+            loop.wake()  # the worker may be running the loop: it checks _worker once per pass
 
     def close(self) -> None:
         """Stop serving and detach from the context."""

@@ -1,0 +1,266 @@
+"""Threads that wait for a package read the sockets themselves (IOLoop.run_until).
+
+A thread blocked in ``recv``, ``Future.result`` or a replier's worker waits in
+the context's epoll set; the kernel wakes it rather than the I/O thread, and
+it serves the socket. These tests check that it really does, that the I/O
+thread serves again once it leaves, that other waiters, closes, cancels,
+heartbeats and Ctrl-C still work meanwhile, and the fallback without epoll.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import yoton
+from yoton.errors import CancelledError
+from yoton.transport import ioloop
+from helpers import link, wait_until
+
+needs_epoll = pytest.mark.skipif(not ioloop._EPOLL, reason="readers share the loop only with epoll (Linux)")
+
+
+def _count_readers(conn) -> Counter:
+    """Count, by thread name, who serves ``conn``'s socket from now on."""
+    served: Counter = Counter()
+    original = conn._on_readable
+
+    def counting():
+        served[threading.current_thread().name] += 1
+        original()
+
+    conn._on_readable = counting
+    return served
+
+
+def _echo(ctx, stop: threading.Event) -> threading.Thread:
+    """Echo BINARY 'ping' -> 'pong' in a thread of ``ctx`` until ``stop``."""
+    sub = yoton.SubChannel(ctx, "ping", yoton.BINARY)
+    pub = yoton.PubChannel(ctx, "pong", yoton.BINARY)
+
+    def run():
+        while not stop.is_set():
+            message = sub.recv(0.2)
+            if message:
+                pub.send(message)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_epoll
+def test_a_waiting_thread_serves_the_socket_and_the_io_thread_takes_over_after(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    conn_b = link(a, b)
+    other = b.connections[0]
+    stop = threading.Event()
+    echo = _echo(a, stop)
+    pub = yoton.PubChannel(b, "ping", yoton.BINARY)
+    sub = yoton.SubChannel(b, "pong", yoton.BINARY)
+    late = yoton.SubChannel(b, "late")
+    late_pub = yoton.PubChannel(a, "late")
+    try:
+        served = _count_readers(other)
+        me = threading.current_thread().name
+        for i in range(300):
+            payload = b"%d" % i
+            pub.send(payload)
+            assert sub.recv(5.0) == payload
+        assert served[me] > 150, f"the waiting thread served only {served[me]} of {sum(served.values())} reads"
+        # Nobody waits now: the I/O thread must serve again.
+        served.clear()
+        late_pub.send("while nobody waits")
+        wait_until(lambda: late.pending == 1, what="a package while no thread waits")
+        assert served[me] == 0 and sum(served.values()) >= 1
+        assert late.recv(False) == "while nobody waits"
+    finally:
+        stop.set()
+        echo.join(2.0)
+    assert conn_b.is_connected
+
+
+def test_a_second_waiter_is_woken_while_another_thread_is_the_reader(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    sub_x, sub_y = yoton.SubChannel(b, "x"), yoton.SubChannel(b, "y")
+    pub_x, pub_y = yoton.PubChannel(a, "x"), yoton.PubChannel(a, "y")
+    got_x = []
+    reader = threading.Thread(target=lambda: got_x.append(sub_x.recv(10.0)), daemon=True)
+    reader.start()
+    wait_until(lambda: b._loop._reader is not None or not ioloop._EPOLL, what="the reader")
+    pub_y.send("for the second waiter")
+    t0 = time.monotonic()
+    assert sub_y.recv(5.0) == "for the second waiter"
+    assert time.monotonic() - t0 < 2.0
+    pub_x.send("for the reader")
+    reader.join(5.0)
+    assert got_x == ["for the reader"]
+
+
+def test_closing_a_channel_wakes_its_reader(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    sub = yoton.SubChannel(b, "quiet")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(sub.recv(10.0)), daemon=True)
+    reader.start()
+    wait_until(lambda: b._loop._reader is not None or not ioloop._EPOLL, what="the reader")
+    t0 = time.monotonic()
+    sub.close()
+    reader.join(5.0)
+    assert got == [""] and time.monotonic() - t0 < 2.0
+
+
+def test_cancelling_a_future_wakes_the_thread_waiting_for_its_result(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    req = yoton.ReqChannel(b, "nobody-serves")
+    future = req.echo("x")
+    threading.Timer(0.3, future.cancel).start()
+    t0 = time.monotonic()
+    with pytest.raises(CancelledError):
+        future.result(10.0)
+    assert 0.25 < time.monotonic() - t0 < 2.0
+
+
+def test_heartbeats_and_timers_keep_going_while_a_reader_waits(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    conn_a = link(a, b)
+    conn_b = b.connections[0]
+    timeouts = []
+    for conn in (conn_a, conn_b):
+        conn.timedout.bind(lambda c, value: timeouts.append(value))
+    fired = []
+    b._loop.call_later(0.3, lambda: fired.append(time.monotonic()))
+    sub = yoton.SubChannel(b, "silence")
+    t0 = time.monotonic()
+    assert sub.recv(1.5) == ""  # the main thread is the reader all along
+    yoton.process_events(False)
+    assert timeouts == [], "heartbeats stopped while a thread waited in recv"
+    assert fired and fired[0] - t0 < 1.0, "a timer waited for the reader to leave"
+    assert conn_a.is_connected and conn_b.is_connected
+
+
+def test_replier_worker_thread_serves_requests(make_ctx):
+    class Server(yoton.RepChannel):
+        def add(self, x, y):
+            return x + y
+
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    server = Server(a, "calc")
+    server.set_mode("thread")
+    req = yoton.ReqChannel(b, "calc")
+    assert [req.add(i, 1).result(5.0) for i in range(200)] == list(range(1, 201))
+    server.close()  # the worker, maybe the reader now, must leave
+    wait_until(lambda: server._worker is None and a._loop._reader is None, what="the worker to leave")
+
+
+def test_closing_the_context_ends_a_reader_and_the_io_thread(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    sub = yoton.SubChannel(b, "quiet")
+    loop = b._loop
+    got = []
+    reader = threading.Thread(target=lambda: got.append(sub.recv(10.0)), daemon=True)
+    reader.start()
+    wait_until(lambda: loop._reader is not None or not ioloop._EPOLL, what="the reader")
+    t0 = time.monotonic()
+    b.close()
+    reader.join(5.0)
+    assert got == [""] and time.monotonic() - t0 < 3.0
+    wait_until(lambda: not loop._thread.is_alive(), what="the I/O thread to end")
+
+
+def test_with_a_sigint_handler_of_its_own_the_main_thread_does_not_serve(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    stop = threading.Event()
+    echo = _echo(a, stop)
+    pub = yoton.PubChannel(b, "ping", yoton.BINARY)
+    sub = yoton.SubChannel(b, "pong", yoton.BINARY)
+    old = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        served = _count_readers(b.connections[0])
+        for i in range(50):
+            pub.send(b"%d" % i)
+            assert sub.recv(5.0) == b"%d" % i
+        assert served[threading.current_thread().name] == 0
+    finally:
+        signal.signal(signal.SIGINT, old)
+        stop.set()
+        echo.join(2.0)
+
+
+_CTRL_C_CHILD = textwrap.dedent("""
+    import json, os, signal, sys, threading, time
+    import yoton
+    N = 20000
+    a, b = yoton.Context(), yoton.Context()
+    conn = a.bind("127.0.0.1:0")
+    b.connect("127.0.0.1:%d" % conn.port1, timeout=5)
+    pub, sub = yoton.PubChannel(a, "numbers"), yoton.SubChannel(b, "numbers")
+    def send():
+        for i in range(N):
+            pub.send(str(i))
+            if i % 200 == 0:
+                time.sleep(0.002)
+    def interrupt():
+        for _ in range(60):
+            time.sleep(0.003)
+            os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=send).start()
+    threading.Thread(target=interrupt).start()
+    got, interrupts = [], 0
+    deadline = time.monotonic() + 30
+    while len(got) < N and time.monotonic() < deadline:
+        try:
+            message = sub.recv(1.0)
+            if message:
+                got.append(int(message))
+        except KeyboardInterrupt:
+            interrupts += 1
+    print(json.dumps({"ok": got == list(range(N)), "count": len(got), "interrupts": interrupts,
+                      "handler": signal.getsignal(signal.SIGINT).__name__}))
+    a.close(); b.close()
+""")
+
+
+def test_ctrl_c_in_a_main_thread_reading_loses_nothing():
+    """Ctrl-C raises KeyboardInterrupt in recv(); no package is lost or repeated."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_CHILD], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["interrupts"] > 10, result
+    assert result["ok"], result
+    if ioloop._EPOLL:
+        assert result["handler"] == "_sigint_handler"
+
+
+def test_without_epoll_the_io_thread_alone_serves(make_ctx, monkeypatch):
+    monkeypatch.setattr(ioloop, "_EPOLL", False)
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    assert isinstance(b._loop._set, ioloop._SelectorSet)
+
+    class Server(yoton.RepChannel):
+        def double(self, x):
+            return 2 * x
+
+    server = Server(a, "calc")
+    server.set_mode("thread")
+    req = yoton.ReqChannel(b, "calc")
+    assert req.double(21).result(5.0) == 42
+    pub, sub = yoton.PubChannel(a, "news"), yoton.SubChannel(b, "news")
+    pub.send("hello")
+    assert sub.recv(5.0) == "hello"
+    assert b._loop._reader is None
