@@ -283,7 +283,10 @@ class TcpConnection(Connection):
         # batch) and Context._drop_oldest. Appending needs no lock.
         self._outq_lock = threading.Lock()
         self._tls: TlsPipe | None = None
-        self._wlock = threading.Lock()  # one writer at a time: the I/O thread or a direct send
+        # One writer at a time: the loop side or a direct send. Reentrant: a
+        # writer that finds the socket broken tears the connection down, and
+        # teardown takes it to empty the buffers.
+        self._wlock = threading.RLock()
         self._direct_after = 0.0
         self._backlog = b""  # TLS: ciphertext the kernel has not taken yet
         self._send = None
@@ -624,9 +627,13 @@ class TcpConnection(Connection):
                 loop.housekeepers.discard(self)
             self._sock.close()
             self._sock = None
-        self._outq.clear()
-        self._wbufs.clear()
-        self._backlog = b""
+        # (Under the writer's locks: a direct send in another thread may be
+        # half-way through these buffers.)
+        with self._wlock:
+            with self._outq_lock:
+                self._outq.clear()
+            self._wbufs.clear()
+            self._backlog = b""
         log.debug("yoton: connection %r closed: %s", self._name, reason)
         self._context._detach_connection(self)
         self._context._notify_flushed()
