@@ -681,3 +681,29 @@ def test_timedout_signal_with_stopped_peer(ctx, bind_free, wait_for):
         proc.wait(5.0)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_one_read_of_interleaved_packages_is_routed_in_order(ctx):
+    """A batch (one socket read) with two slots interleaved, a repeat, a package
+    addressed elsewhere and a context message in the middle: each channel gets
+    its own packages in order, numbered in arrival order; the rest is dropped."""
+    from yoton.wire.frames import SLOT_CONTEXT, Package
+
+    c = ctx()
+    x, y = yoton.SubChannel(c, "x"), yoton.SubChannel(c, "y")
+    sx, sy = x._slot_in, y._slot_in
+    src, other = 0x1111, 0x2222
+    batch = [
+        Package(b"x1", sx, src, 1), Package(b"y1", sy, src, 2), Package(b"x2", sx, src, 3),
+        Package(b"x2 again", sx, src, 3),  # repeat: dropped
+        Package(b"not for us", sx, src, 4, dest_id=other),  # addressed elsewhere: dropped
+        Package(b"NEW_CONNECTION", SLOT_CONTEXT, src, 5),
+        Package(b"y2", sy, src, 6), Package(b"x3", sx, other, 1), Package(b"mine", sx, c.id, 9),
+    ]
+    c._route(object(), batch)
+    assert [bytes(p.data) for p in x._queue] == [b"x1", b"x2", b"x3"]
+    assert [bytes(p.data) for p in y._queue] == [b"y1", b"y2"]
+    order = []
+    while (chosen := yoton.select_sub_channel(x, y)) is not None:
+        order += chosen.recv_selected()
+    assert order == ["x1", "y1", "x2", "y2", "x3"]

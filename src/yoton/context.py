@@ -458,41 +458,62 @@ class Context:
 
     # -- routing (I/O thread) -------------------------------------------------
 
-    def _route(self, conn, pkg) -> None:
-        source = pkg.source_id
-        if pkg.source_seq <= self._last_seq.get(source, 0) or source == self._id:
-            return
-        self._last_seq[source] = pkg.source_seq
-        dest = pkg.dest_id
-        if dest != self._id:
-            live = self._live
-            if len(live) > 1:
-                item = (pkg.header(), pkg.data)
-                size = HEADER_SIZE + len(pkg.data)
-                cap = self._max_queue_bytes
-                for other in live:
-                    if other is not conn:
-                        queued = other._qbytes_user - other._qbytes_io
-                        if queued + size > cap and queued > 0:
-                            if not self._discard_old:
-                                self._discarded_io += 1
-                                continue
-                            self._drop_oldest(other, size, True)
-                        other._qbytes_io -= size  # queued by this thread: its counter
-                        other._enqueue(item)
-            if dest != 0:
-                return
-        self._recv_seq += 1
-        pkg.recv_seq = self._recv_seq
-        if pkg.slot == SLOT_CONTEXT:
-            self._context_message(conn, pkg)
-            return
-        channel = self._recv_slots.get(pkg.slot)
-        if channel is not None:
+    def _route(self, conn, packages: list) -> None:
+        """Route the packages that arrived on ``conn``, in order (loop side).
+
+        Each package follows the rules at the top of this module; the
+        packages for one channel are handed to it in one call, in order.
+        """
+        last_seq, my_id, slots = self._last_seq, self._id, self._recv_slots
+        forward = len(self._live) > 1
+        recv_seq = self._recv_seq
+        batches: dict = {}  # channel -> its packages
+        slot_now = batch = None  # (runs of packages for one slot skip the lookups)
+        for pkg in packages:
+            source, seq = pkg.source_id, pkg.source_seq
+            if seq <= last_seq.get(source, 0) or source == my_id:
+                continue
+            last_seq[source] = seq
+            dest = pkg.dest_id
+            if dest != my_id:
+                if forward:
+                    self._forward(conn, pkg)
+                if dest:
+                    continue
+            recv_seq += 1
+            pkg.recv_seq = recv_seq
+            slot = pkg.slot
+            if slot != slot_now:
+                if slot == SLOT_CONTEXT:
+                    self._recv_seq = recv_seq
+                    self._context_message(conn, pkg)
+                    continue
+                slot_now, channel = slot, slots.get(slot)
+                batch = None if channel is None else batches.setdefault(channel, [])
+            if batch is not None:
+                batch.append(pkg)
+        self._recv_seq = recv_seq
+        for channel, batch in batches.items():
             try:
-                channel._receive(pkg)
+                channel._receive_many(batch)
             except Exception:
-                log.exception("yoton: channel %r failed to take a package", channel)
+                log.exception("yoton: channel %r failed to take packages", channel)
+
+    def _forward(self, conn, pkg) -> None:
+        """Queue a package from ``conn`` on every other live connection (loop side)."""
+        item = (pkg.header(), pkg.data)
+        size = HEADER_SIZE + len(pkg.data)
+        cap = self._max_queue_bytes
+        for other in self._live:
+            if other is not conn:
+                queued = other._qbytes_user - other._qbytes_io
+                if queued + size > cap and queued > 0:
+                    if not self._discard_old:
+                        self._discarded_io += 1
+                        continue
+                    self._drop_oldest(other, size, True)
+                other._qbytes_io -= size  # queued by this thread: its counter
+                other._enqueue(item)
 
     def _context_message(self, conn, pkg) -> None:
         text = bytes(pkg.data)

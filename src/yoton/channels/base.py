@@ -164,18 +164,35 @@ class BaseChannel:
 
     # -- receiving --------------------------------------------------------------
 
+    def _receive_many(self, pkgs) -> None:
+        """Take packages from the context, in order (loop side)."""
+        for pkg in pkgs:
+            try:
+                self._receive(pkg)
+            except Exception:
+                log.exception("yoton: channel %r failed to take a package", self)
+
     def _receive(self, pkg) -> None:
-        """Take a package from the context (I/O thread)."""
+        """Take a package from the context (loop side)."""
+        self._queue_many((pkg,))
+
+    def _queue_many(self, pkgs) -> None:
+        """Queue packages for readers, discarding by the mode when full (loop side)."""
         queue = self._queue
-        pkg.queue_mark = mark = self._bytes_in
-        end = mark + len(pkg.data)
-        if (end > self._bytes_limit or len(queue) >= self._queue_size) and not self._make_room(mark, end):
-            return
-        self._bytes_in = end
-        queue.append(pkg)
-        # Wake a waiting reader only when the queue stops being empty; a reader
-        # that finds more passes the wake-up on (see _wait_package).
-        if self._waiters and len(queue) == 1:
+        mark, limit, size = self._bytes_in, self._bytes_limit, self._queue_size
+        for pkg in pkgs:
+            pkg.queue_mark = mark
+            end = mark + len(pkg.data)
+            if end > limit or len(queue) >= size:
+                if not self._make_room(mark, end):
+                    continue
+                limit = self._bytes_limit
+            queue.append(pkg)
+            mark = end
+        self._bytes_in = mark
+        # Wake one waiting reader; a reader that finds more passes the
+        # wake-up on (see _wait_package).
+        if self._waiters and queue:
             with self._cond:
                 self._cond.notify()
         self._announce()

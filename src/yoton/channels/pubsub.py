@@ -100,6 +100,7 @@ class SubChannel(BaseChannel):
         self._said_full = False
         self._repeat = None
         self._select_group: tuple = ()
+        self._per_package = type(self)._receive is not SubChannel._receive
 
     def recv(self, block=True):
         """Return the next message.
@@ -186,7 +187,17 @@ class SubChannel(BaseChannel):
             self._repeat = self._context._ensure_loop().call_later(REPEAT_STATUS, self._repeat_status)
 
     def _receive(self, pkg) -> None:
-        super()._receive(pkg)
+        self._queue_many((pkg,))
+        self._check_full()
+
+    def _receive_many(self, pkgs) -> None:
+        if self._per_package:  # a subclass hooks _receive: one call per package
+            super()._receive_many(pkgs)
+            return
+        self._queue_many(pkgs)
+        self._check_full()
+
+    def _check_full(self) -> None:
         if self._sync and not self._said_full and len(self._queue) > FULL_MARK:
             self._say(True)
 

@@ -518,14 +518,15 @@ class TcpConnection(Connection):
         return taken
 
     def _handle_events(self, events: list) -> None:
-        route = self._context._route
-        for event in events:
-            if event is CONNECTION_CLOSED:
-                closing = self._state == CLOSING
-                self._teardown(self._close_reason if closing else self._protocol.close_reason)
-                return
-            if event is not HANDSHAKE_DONE:
-                route(self, event)
+        # Packages, maybe after HANDSHAKE_DONE and before CONNECTION_CLOSED
+        # (the protocol emits nothing after that).
+        closed = events[-1] is CONNECTION_CLOSED
+        start, stop = int(events[0] is HANDSHAKE_DONE), len(events) - closed
+        if stop > start:
+            self._context._route(self, events[start:stop] if start or closed else events)
+        if closed:
+            closing = self._state == CLOSING
+            self._teardown(self._close_reason if closing else self._protocol.close_reason)
 
     def _on_writable(self) -> None:
         self._write_now()

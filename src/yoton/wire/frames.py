@@ -209,6 +209,9 @@ class FrameDecoder:
         buf, pos, end = self._buf, self._start, self._end
         out = self.packages
         limit = self.max_package_size
+        # Small bodies are sliced from one immutable copy of what arrived: one
+        # allocation per package instead of two (bytearray slice, then bytes).
+        base, chunk = pos, bytes(buf[pos:end]) if end - pos > HEADER_SIZE else b""
         while end - pos >= HEADER_SIZE:
             control, slot, sid, sseq, did, dseq, length = _unpack_from(buf, pos)
             if control != CONTROL:
@@ -226,7 +229,7 @@ class FrameDecoder:
                 continue
             if end - body_start >= length:
                 pos = body_start + length
-                out.append(Package(bytes(buf[body_start:pos]), slot, sid, sseq, did, dseq))
+                out.append(Package(chunk[body_start - base:pos - base], slot, sid, sseq, did, dseq))
                 continue
             if length > _INLINE_BODY:
                 # Large body: give it a buffer of its own and read into it.
