@@ -59,6 +59,9 @@ _IOV_MAX = 512
 #: Sparse messages (requests, replies, ping-pong) skip a thread hand-off;
 #: streams keep one ``sendmsg`` for many packages.
 DIRECT_GAP = 50e-6
+#: Buffers queued for one write are joined into one when they add up to at
+#: most this many bytes (see TcpConnection._send_plain).
+_JOIN_LIMIT = 128 * 1024
 _CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
 _TLS_REQUIRED = b"ERROR: TLS required.\r\n"
 
@@ -436,7 +439,7 @@ class TcpConnection(Connection):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._protocol, self._tls = sock, protocol, tls
-        self._send = sock.sendmsg if tls is None else self._send_tls
+        self._send = self._send_plain if tls is None else self._send_tls
         self._host1, self._port1 = sock.getsockname()[:2]
         self._host2, self._port2 = (peer or sock.getpeername())[:2]
         self._id2, self._pid2 = protocol.peer_id, protocol.peer_pid
@@ -498,6 +501,18 @@ class TcpConnection(Connection):
                     self._write_scheduled = True
                     self._loop.schedule_write(self)
         return len(data)
+
+    def _send_plain(self, bufs: list) -> int:
+        """``sendmsg`` for plain TCP; many small buffers are joined first.
+
+        The kernel's cost grows with the number of buffers (for 256 packages
+        of 100 bytes, a single joined buffer went out twice as fast as 512
+        header and body buffers); a copy of up to :data:`_JOIN_LIMIT` bytes
+        is cheaper. Large bodies still go straight from their own buffer.
+        """
+        if len(bufs) > 2 and sum(map(len, bufs)) <= _JOIN_LIMIT:
+            return self._sock.send(b"".join(bufs))
+        return self._sock.sendmsg(bufs)
 
     def _send_tls(self, bufs: list) -> int:
         """``sendmsg`` for TLS: encrypt up to CHUNK bytes of ``bufs``; return how many were taken."""
@@ -715,7 +730,7 @@ class TcpConnection(Connection):
                 bufs.extend(outq[0])  # (copy before pop, as in _write_locked)
                 outq.popleft()
         try:
-            sent = self._sock.sendmsg(bufs)
+            sent = self._send_plain(bufs)
         except OSError:  # would block, or broken: the I/O thread finds out
             return False
         self._last_send = now
