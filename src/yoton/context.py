@@ -457,7 +457,7 @@ class Context:
         startup.append(item)
         self._startup_bytes += size
 
-    # -- routing (I/O thread) -------------------------------------------------
+    # -- routing (loop side: the I/O thread, or a thread in IOLoop.run_until) --
 
     def _route(self, conn, packages: list) -> None:
         """Route the packages that arrived on ``conn``, in order (loop side).

@@ -6,7 +6,9 @@ receives on ``slot_incoming``. A slot name is ``base.type.pattern`` (e.g.
 on the wire. Per context there is at most one sending and one receiving
 channel per slot.
 
-Packages arrive in the context's I/O thread and are kept, still encoded, in a
+Packages arrive on the context's loop side ("the I/O thread" below: the I/O
+thread itself, or the one thread waiting in ``recv`` that serves the loop
+meanwhile, see :mod:`yoton.transport.ioloop`) and are kept, still encoded, in a
 deque bounded in count (the context's ``queue_params``) and in bytes (its
 ``max_queue_bytes``, counting message bodies); when either bound is reached
 the discard mode of ``queue_params`` applies and ``statistics()`` counts the
@@ -190,8 +192,8 @@ class BaseChannel:
             queue.append(pkg)
             mark = end
         self._bytes_in = mark
-        # Wake one waiting reader; a reader that finds more passes the
-        # wake-up on (see _wait_package).
+        # Wake one thread waiting on the condition; one that finds more passes
+        # the wake-up on (see _wait_package).
         if self._waiters and queue:
             with self._cond:
                 self._cond.notify()

@@ -17,9 +17,10 @@ without any coordinator. A failed request is answered with the OBJECT tuple
 ``("yoton_ERROR_HANDLING_REQUEST", message)``; the requester's future then
 raises :class:`~yoton.errors.RemoteError` with that message.
 
-Futures are completed by the context's I/O thread; ``result()`` waits on a
-condition, so it works from any thread without the yoton event loop. Done
-callbacks run through the yoton event queue (like signals).
+Futures are completed on the context's loop side; ``result()`` works from any
+thread without the yoton event loop: it waits in the context's sockets itself
+(IOLoop.run_until) or, when another thread does already, on a condition.
+Done callbacks run through the yoton event queue (like signals).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Future:
                 return True
             self._state = CANCELLED
             self._cond.notify_all()
-        self._wake_leader()
+        self._wake_reader()
         if self._channel is not None:
             self._channel._forget(self, withdraw=True)
         self._schedule_callbacks()
@@ -112,7 +113,7 @@ class Future:
         channel = self._channel
         return channel._context._loop if channel is not None else None
 
-    def _wake_leader(self) -> None:
+    def _wake_reader(self) -> None:
         """A thread waiting in IOLoop.run_until checks done() once per pass: wake it."""
         if self._reader is not None:
             loop = self._loop()
@@ -200,7 +201,7 @@ class Future:
             self._result, self._exception = result, exception
             self._state = FINISHED
             self._cond.notify_all()
-        self._wake_leader()
+        self._wake_reader()
         if self._channel is not None:
             self._channel._forget(self, withdraw=False)
         self._schedule_callbacks()

@@ -10,9 +10,11 @@ Life of a connection::
 * ``is_alive`` is WAITING or CONNECTED; packages are queued only while alive.
 * A WAITING connection keeps what it is given and writes it once a peer is
   accepted; that is how the startup queue reaches the first peer.
-* All socket work and every state change after the handshake happens in the
-  context's I/O thread. User threads append to ``_outq`` (a deque of tuples of
-  buffers) and ask the loop to write.
+* All socket work and every state change after the handshake happens on the
+  context's loop side (the I/O thread, or the thread serving the loop while it
+  waits for a package: one at a time, see :mod:`.ioloop`). User threads append
+  to ``_outq`` (a deque of tuples of buffers) and ask the loop to write, or
+  write an idle queue themselves (``_write_direct``).
 * ``closed(conn, reason)`` is emitted once, when the state becomes CLOSED.
 * ``timedout(conn, True)`` when nothing arrived for ``timeout`` seconds,
   ``timedout(conn, False)`` when data arrives again. A side that has sent

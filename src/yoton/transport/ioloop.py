@@ -30,10 +30,18 @@ Rules for who runs the loop's work (the "loop side"):
   woken, it serves the socket and finds its package -- one thread switch
   fewer per message than being handed the package by the I/O thread. One
   such reader at a time; others wait on their channel's condition.
+* While a reader is there, the I/O thread stays out of the epoll set (it
+  waits on ``_reader_gone``): had it gone back in after the reader, the
+  kernel would hand the events to it. The reader serves everything
+  meanwhile, timers and housekeeping included, and wakes the I/O thread when
+  it leaves. (The I/O thread may still be in the set from before the reader
+  came; it then wakes at most at its next timeout, serves, and steps out.)
 * A reader must hear about a package it did not serve itself: a thread that
   serves a pass while a reader waits wakes the loop at the end of the pass,
   so the reader checks again. Whoever meets a reader's condition off the
   loop side (closing a channel, cancelling a future) wakes the loop too.
+* The main thread serves only under yoton's SIGINT handler (see
+  :func:`_sigint_handler`), so Ctrl-C never lands half-way through a pass.
 * Elsewhere (no epoll) the I/O thread alone serves; :meth:`run_until`
   returns False and callers wait on their condition.
 """
