@@ -31,6 +31,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from itertools import chain, islice, repeat
 
 from ..errors import AuthenticationError, ConnectError, FlushTimeout, HandshakeError, TLSError, YotonError
 from ..events import Signal
@@ -561,10 +562,7 @@ class TcpConnection(Connection):
             # While the kernel is full (_want_write), leftovers go first: topping
             # them up at every send would let _wbufs grow past max_queue_bytes.
             if outq and len(bufs) < _IOV_MAX and not (bufs and self._want_write):
-                with self._outq_lock:
-                    while outq and len(bufs) < _IOV_MAX:
-                        bufs.extend(outq[0])  # copy before pop: flush() must never see both empty
-                        outq.popleft()
+                self._take()
             if not bufs and not self._backlog:
                 break
             try:
@@ -577,7 +575,10 @@ class TcpConnection(Connection):
             if sent:
                 self._last_send = time.monotonic()
                 self._qbytes_io += sent
-            _consume(bufs, sent)
+            if sent == sum(map(len, bufs)):
+                bufs.clear()
+            else:
+                _consume(bufs, sent)
             if bufs or self._backlog:  # the kernel is full: wait until writable
                 if not self._want_write:
                     self._want_write = True
@@ -718,6 +719,19 @@ class TcpConnection(Connection):
         self._write_scheduled = True
         self._loop.schedule_write(self)
 
+    def _take(self) -> None:
+        """Move queued packages into the write buffers, up to about _IOV_MAX
+        buffers (a writer, holding _wlock)."""
+        bufs, outq = self._wbufs, self._outq
+        with self._outq_lock:
+            count = min(len(outq), max(1, (_IOV_MAX - len(bufs)) // 2))
+            # Copy before pop: flush() must never see both empty. (One C-level
+            # extend: no other thread runs meanwhile, so appends cannot disturb it.)
+            bufs.extend(chain.from_iterable(islice(outq, count)))
+            popleft = outq.popleft
+            for _ in repeat(None, count):
+                popleft()
+
     def _write_direct(self, now: float) -> bool:
         """Write the idle queue from the sending thread; True if all of it went.
 
@@ -727,10 +741,7 @@ class TcpConnection(Connection):
         bufs, outq = self._wbufs, self._outq
         if bufs or self._want_write or self._state != CONNECTED or self._loop.in_io_thread():
             return False
-        with self._outq_lock:
-            while outq and len(bufs) < _IOV_MAX:
-                bufs.extend(outq[0])  # (copy before pop, as in _write_locked)
-                outq.popleft()
+        self._take()
         try:
             sent = self._send_plain(bufs)
         except OSError:  # would block, or broken: the I/O thread finds out
