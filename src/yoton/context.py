@@ -45,7 +45,7 @@ from collections import deque
 from .errors import FlushTimeout
 from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
 from .transport.ioloop import IOLoop
-from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
+from .wire.frames import DEFAULT_MAX_PACKAGE_SIZE, HEADER_SIZE, SLOT_CONTEXT, pack_header
 from .wire.naming import new_id
 
 log = logging.getLogger("yoton")
@@ -55,7 +55,6 @@ __all__ = ["Context", "DEFAULT_MAX_QUEUE_BYTES"]
 DEFAULT_QUEUE_PARAMS = (10000, "old")
 DEFAULT_MAX_QUEUE_BYTES = 256 << 20  #: 256 MiB per queue
 _NEW_CONNECTION = b"NEW_CONNECTION"
-_pack = HEADER.pack  # (frames.pack_header without the extra call: this is the send path)
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
 
 
@@ -383,7 +382,7 @@ class Context:
                              f"but max_package_size is {self._max_package_size}")
         with self._lock:
             self._seq = seq = self._seq + 1
-            item = (_pack(CONTROL, slot, self._id, seq, dest_id, dest_seq, size), body)
+            item = (pack_header(slot, self._id, seq, dest_id, dest_seq, size), body)
             size += HEADER_SIZE
             live = self._live
             if live:

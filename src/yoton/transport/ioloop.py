@@ -251,8 +251,8 @@ class IOLoop:
         self._lock = threading.Lock()  # held while serving (the loop side)
         self._leader: threading.Thread | None = None  # the thread holding _lock
         self._reader: threading.Thread | None = None  # the thread in run_until()
-        self._reader_lock = threading.Lock()
-        self._reader_gone = threading.Condition(threading.Lock())  # the I/O thread waits here
+        # Guards _reader changes; the I/O thread waits here while a reader is in.
+        self._reader_gone = threading.Condition(threading.Lock())
         self._io_wake_at = 0.0  # when the I/O thread's current wait ends at the latest
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -332,9 +332,10 @@ class IOLoop:
         if main:
             _main_loop = self  # from here on, Ctrl-C waits for the end of the pass
         try:
-            if not self._reader_lock.acquire(False):
-                return False
-            self._reader = me
+            with self._reader_gone:
+                if self._reader is not None:
+                    return False
+                self._reader = me
             try:
                 wait, serve = self._set.wait, self._serve
                 while self._running and not done():
@@ -351,7 +352,6 @@ class IOLoop:
                 with self._reader_gone:
                     self._reader = None
                     self._reader_gone.notify()
-                self._reader_lock.release()
                 # The I/O thread may be sleeping past a timer (or the first
                 # housekeeping pass) that came while we served: wake it then.
                 now = time.monotonic()
@@ -426,8 +426,8 @@ class IOLoop:
             # A reader leaves at its next pass; wake it, and close the set
             # only after it has (a thread in epoll_wait does not notice a close).
             self.wake()
-            if self._reader_lock.acquire(timeout=2.0):
-                self._reader_lock.release()
+            with self._reader_gone:
+                self._reader_gone.wait_for(lambda: self._reader is None, 2.0)
             self._set.close()
             self._wake_r.close()
             self._wake_w.close()

@@ -211,7 +211,9 @@ class FrameDecoder:
         limit = self.max_package_size
         # Small bodies are sliced from one immutable copy of what arrived: one
         # allocation per package instead of two (bytearray slice, then bytes).
-        base, chunk = pos, bytes(buf[pos:end]) if end - pos > HEADER_SIZE else b""
+        # Made at the first small body, so a read holding only the start of a
+        # large one is not copied an extra time.
+        base, chunk = pos, None
         while end - pos >= HEADER_SIZE:
             control, slot, sid, sseq, did, dseq, length = _unpack_from(buf, pos)
             if control != CONTROL:
@@ -229,6 +231,8 @@ class FrameDecoder:
                 continue
             if end - body_start >= length:
                 pos = body_start + length
+                if chunk is None:
+                    base, chunk = body_start - HEADER_SIZE, bytes(buf[body_start - HEADER_SIZE:end])
                 out.append(Package(chunk[body_start - base:pos - base], slot, sid, sseq, did, dseq))
                 continue
             if length > _INLINE_BODY:
