@@ -125,8 +125,8 @@ def test_cancelling_a_future_wakes_the_thread_waiting_for_its_result(make_ctx):
     link(a, b)
     req = yoton.ReqChannel(b, "nobody-serves")
     future = req.echo("x")
+    t0 = time.monotonic()  # (before the timer: a busy machine may delay this thread after start())
     threading.Timer(0.3, future.cancel).start()
-    t0 = time.monotonic()
     with pytest.raises(CancelledError):
         future.result(10.0)
     assert 0.25 < time.monotonic() - t0 < 2.0
