@@ -335,6 +335,20 @@ def test_bad_addresses(ctx):
     assert len(c.connections_all) == 0
 
 
+@pytest.mark.parametrize("bad", [-0.001, 1.5, True, "0.1"])
+def test_spin_must_be_seconds_from_0_to_1(bad):
+    with pytest.raises(ValueError, match="spin"):
+        yoton.Context(spin=bad)
+
+
+def test_spin_reaches_the_io_loop(ctx):
+    from yoton.transport import ioloop
+
+    assert ctx(spin=0.001)._ensure_loop().spin == 0.001
+    assert ctx(spin=0)._ensure_loop().spin == 0.0
+    assert ctx()._ensure_loop().spin == ioloop.default_spin()
+
+
 # ---------------------------------------------------------------------------
 # Startup queue
 # ---------------------------------------------------------------------------

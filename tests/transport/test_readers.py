@@ -2,8 +2,9 @@
 
 A thread blocked in ``recv``, ``Future.result`` or a replier's worker waits in
 the context's epoll set; the kernel wakes it rather than the I/O thread, and
-it serves the socket. These tests check that it really does, that the I/O
-thread serves again once it leaves, that other waiters, closes, cancels,
+it serves the socket, polling for ``spin`` seconds before it sleeps. These
+tests check that it really does, that the I/O thread serves again once it
+leaves (also after sleeping through a long wait), that other waiters, closes, cancels,
 heartbeats and Ctrl-C still work meanwhile, and the fallback without epoll.
 """
 
@@ -86,6 +87,78 @@ def test_a_waiting_thread_serves_the_socket_and_the_io_thread_takes_over_after(m
         stop.set()
         echo.join(2.0)
     assert conn_b.is_connected
+
+
+def _count_waits(loop) -> Counter:
+    """Count, from now on, the reader's waits on ``loop``'s set: 'poll' (no
+    timeout) or 'sleep', and 'poll found' when a poll returned events."""
+    waits: Counter = Counter()
+    original = loop._set.wait
+
+    def counting(timeout):
+        events = original(timeout)
+        if threading.current_thread() is not loop._thread:
+            waits["poll" if timeout == 0 else "sleep"] += 1
+            if timeout == 0 and events:
+                waits["poll found"] += 1
+        return events
+
+    loop._set.wait = counting
+    return waits
+
+
+@needs_epoll
+@pytest.mark.parametrize("spin", [0, 0.005])
+def test_a_reader_polls_for_spin_seconds_before_it_sleeps(make_ctx, spin):
+    a, b = make_ctx(), make_ctx(spin=spin)
+    link(a, b)
+    stop = threading.Event()
+    echo = _echo(a, stop)
+    pub = yoton.PubChannel(b, "ping", yoton.BINARY)
+    sub = yoton.SubChannel(b, "pong", yoton.BINARY)
+    try:
+        pub.send(b"warm-up")
+        assert sub.recv(5.0) == b"warm-up"
+        waits = _count_waits(b._loop)
+        for i in range(100):
+            pub.send(b"%d" % i)
+            assert sub.recv(5.0) == b"%d" % i
+        quiet = yoton.SubChannel(b, "quiet")
+        t0 = time.monotonic()
+        assert quiet.recv(0.3) == ""  # nothing comes: polls for `spin`, then sleeps
+        assert time.monotonic() - t0 >= 0.3
+    finally:
+        stop.set()
+        echo.join(2.0)
+    if spin:
+        # A 5 ms window catches nearly every pong; each wait polls at least once.
+        assert waits["poll"] >= 100 and waits["poll found"] >= 50, waits
+        assert waits["sleep"] >= 1, "the reader never went to sleep after its spin"
+    else:
+        assert waits["poll"] < 5, f"spin=0 still polled: {waits}"  # (only when a timer is due right then)
+        assert waits["sleep"] >= 100
+
+
+@needs_epoll
+def test_after_a_long_wait_the_io_thread_sleeps_until_told_and_serves_again(make_ctx):
+    a, b = make_ctx(), make_ctx()
+    link(a, b)
+    loop = b._loop
+    quiet = yoton.SubChannel(b, "quiet")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(quiet.recv(ioloop.DEEP_AFTER * 6)), daemon=True)
+    reader.start()
+    # While one reader stays in, the I/O thread stops looking every LINGER s
+    # and sleeps until the reader tells it that it left.
+    wait_until(lambda: loop._io_out == ioloop._DEEP, what="the I/O thread to sleep until told")
+    assert loop._reader is reader
+    reader.join(5.0)
+    assert got == [""]
+    served = _count_readers(b.connections[0])
+    late = yoton.SubChannel(b, "late")
+    yoton.PubChannel(a, "late").send("while nobody waits")
+    wait_until(lambda: late.pending == 1, what="the I/O thread to serve again")
+    assert served[loop._thread.name] >= 1
 
 
 def test_a_second_waiter_is_woken_while_another_thread_is_the_reader(make_ctx):

@@ -30,12 +30,22 @@ Rules for who runs the loop's work (the "loop side"):
   woken, it serves the socket and finds its package -- one thread switch
   fewer per message than being handed the package by the I/O thread. One
   such reader at a time; others wait on their channel's condition.
+* A reader first polls the set without sleeping, for ``spin`` seconds
+  (:data:`SPIN`) after it comes and after each pass with events, and only
+  then sleeps in it: on a loopback the answer to what it just sent often
+  comes sooner than a sleeping thread can be woken.
 * While a reader is there, the I/O thread stays out of the epoll set (it
-  waits on ``_reader_gone``): had it gone back in after the reader, the
-  kernel would hand the events to it. The reader serves everything
-  meanwhile, timers and housekeeping included, and wakes the I/O thread when
-  it leaves. (The I/O thread may still be in the set from before the reader
-  came; it then wakes at most at its next timeout, serves, and steps out.)
+  waits on ``_reader_gone``): had it gone back in, the kernel would hand it
+  the events the reader polls or waits for. It also stays out until no
+  reader has been in for :data:`LINGER` seconds, since a thread that leaves
+  ``run_until`` usually comes back soon (its next ``recv``, its next
+  request). It looks by itself every LINGER seconds, so a reader leaving
+  costs no thread wake-up; once readers have been in for
+  :data:`DEEP_AFTER` seconds it sleeps until the reader that leaves tells
+  it. A :meth:`wake` with no reader in brings it back at once. The reader
+  serves everything meanwhile, timers and housekeeping included. (The I/O
+  thread may still be in the set from before the reader came; it then
+  wakes at most at its next timeout, serves, and steps out.)
 * A reader must hear about a package it did not serve itself: a thread that
   serves a pass while a reader waits wakes the loop at the end of the pass,
   so the reader checks again. Whoever meets a reader's condition off the
@@ -51,6 +61,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import select
 import selectors
 import signal
@@ -61,9 +72,18 @@ from collections import deque
 
 log = logging.getLogger("yoton")
 
-__all__ = ["IOLoop", "TICK"]
+__all__ = ["IOLoop", "TICK", "SPIN", "default_spin"]
 
 TICK = 0.1  #: seconds between housekeeping passes while connections exist
+SPIN = 0.0002  #: seconds a thread in :meth:`IOLoop.run_until` polls before it sleeps
+LINGER = 0.001  #: seconds the I/O thread waits for a reader to come back before it serves again
+DEEP_AFTER = 0.05  #: seconds of readers coming and going before the I/O thread sleeps until told
+_LIGHT, _DEEP = "light", "deep"
+
+
+def default_spin() -> float:
+    """:data:`SPIN`, or 0 on a single CPU (polling there only delays the peer)."""
+    return SPIN if (os.cpu_count() or 1) > 1 else 0.0
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -211,11 +231,17 @@ def _sigint_handler(signum, frame):
     loop.wake()
 
 
+try:  # signal.getsignal() converts to an enum first: ~5 us, once per wait
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover (not CPython)
+    _getsignal = signal.getsignal
+
+
 def _main_may_serve() -> bool:
     """Install :func:`_sigint_handler` if SIGINT has Python's default handler;
     return whether the main thread may serve (main thread only)."""
     try:
-        handler = signal.getsignal(signal.SIGINT)
+        handler = _getsignal(signal.SIGINT)
         if handler is signal.default_int_handler:
             signal.signal(signal.SIGINT, _sigint_handler)
             return True
@@ -233,7 +259,7 @@ class IOLoop:
     I/O thread, or in a thread inside :meth:`run_until`, one at a time.
     """
 
-    def __init__(self, name: str = "yoton-io"):
+    def __init__(self, name: str = "yoton-io", spin: float | None = None):
         self._set = _EpollSet() if _EPOLL else _SelectorSet()
         self._shared = _EPOLL  # whether other threads may wait in the set too
         self._wake_r, self._wake_w = socket.socketpair()
@@ -254,6 +280,10 @@ class IOLoop:
         # Guards _reader changes; the I/O thread waits here while a reader is in.
         self._reader_gone = threading.Condition(threading.Lock())
         self._io_wake_at = 0.0  # when the I/O thread's current wait ends at the latest
+        self._io_out = None  # _LIGHT / _DEEP while the I/O thread stays out of the set for a reader
+        self._reader_since = 0.0  # (monotonic) when readers started to come while it stayed out
+        self._reader_left = 0.0  # (monotonic) when the last reader left
+        self.spin = default_spin() if spin is None else spin  # seconds a reader polls before it sleeps
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -276,6 +306,9 @@ class IOLoop:
                 self._wake_w.send(b"\0")
             except (BlockingIOError, OSError):
                 pass  # already full of wake-up bytes, or shutting down
+        if self._io_out is not None and self._reader is None:
+            with self._reader_gone:  # the I/O thread waits for a reader to come back: not now
+                self._reader_gone.notify()
 
     def call_soon(self, func, *args) -> None:
         """Run ``func(*args)`` on the loop side."""
@@ -332,29 +365,23 @@ class IOLoop:
         if main:
             _main_loop = self  # from here on, Ctrl-C waits for the end of the pass
         try:
-            with self._reader_gone:
+            cond = self._reader_gone
+            with cond:
                 if self._reader is not None:
                     return False
                 self._reader = me
+                if self._io_out is None:
+                    self._reader_since = time.monotonic()
             try:
-                wait, serve = self._set.wait, self._serve
-                while self._running and not done():
-                    now = time.monotonic()
-                    timeout = self._timeout(now)
-                    if deadline is not None:
-                        if now >= deadline:
-                            break
-                        timeout = deadline - now if timeout is None else min(timeout, deadline - now)
-                    serve(wait(timeout), me)
-                    if main and _sigint_pending is not None:
-                        break
+                self._read(done, deadline, me, main)
             finally:
-                with self._reader_gone:
+                with cond:
                     self._reader = None
-                    self._reader_gone.notify()
-                # The I/O thread may be sleeping past a timer (or the first
-                # housekeeping pass) that came while we served: wake it then.
-                now = time.monotonic()
+                    self._reader_left = now = time.monotonic()
+                    if self._io_out is _DEEP:
+                        cond.notify()  # (else the I/O thread looks by itself soon)
+                # The I/O thread may be sleeping in the set past a timer (or
+                # the first housekeeping pass) that came while we served.
                 timeout = self._timeout(now)
                 if timeout is not None and now + timeout < self._io_wake_at - 0.001:
                     self.wake()
@@ -365,6 +392,38 @@ class IOLoop:
                 if _sigint_pending is not None:
                     pending, _sigint_pending = _sigint_pending, None
                     signal.default_int_handler(*pending)
+
+    def _read(self, done, deadline: float | None, me: threading.Thread, main: bool) -> None:
+        # The reader's loop (see run_until). It polls without sleeping for
+        # self.spin seconds after it comes and after each pass with events:
+        # an answer due within tens of microseconds is then taken without
+        # being put to sleep and woken again, which costs more than that.
+        wait, serve, clock, monotonic = self._set.wait, self._serve, time.perf_counter, time.monotonic
+        spin = self.spin
+        spin_end = clock() + spin if spin > 0 else 0.0
+        while self._running and not done():
+            now = monotonic()
+            timeout = self._timeout(now)
+            if deadline is not None:
+                if now >= deadline:
+                    return
+                timeout = deadline - now if timeout is None else min(timeout, deadline - now)
+            if spin_end:
+                events = wait(0)
+                if not events and timeout != 0:
+                    until = spin_end if timeout is None else min(spin_end, clock() + timeout)
+                    while not events and clock() < until:
+                        events = wait(0)
+                    if not events and clock() >= spin_end:
+                        spin_end = 0.0
+                        events = wait(timeout)
+            else:
+                events = wait(timeout)
+            serve(events, me)
+            if events and spin > 0:
+                spin_end = clock() + spin
+            if main and _sigint_pending is not None:
+                return
 
     # -- loop side ----------------------------------------------------------
 
@@ -410,9 +469,7 @@ class IOLoop:
                     # (timers too). Stay out of the set: the kernel would hand
                     # events to us whenever we went back in after it.
                     self._io_wake_at = float("-inf")  # (we recompute when it leaves)
-                    with self._reader_gone:
-                        while self._reader is not None and self._running:
-                            self._reader_gone.wait()
+                    self._stay_out()
                     continue
                 timeout = self._timeout(time.monotonic())
                 self._io_wake_at = float("inf") if timeout is None else time.monotonic() + timeout
@@ -431,6 +488,36 @@ class IOLoop:
             self._set.close()
             self._wake_r.close()
             self._wake_w.close()
+
+    def _stay_out(self) -> None:
+        # Stay out of the set while a reader is in, and until none has been
+        # in for LINGER seconds: a thread that leaves run_until() usually
+        # comes back soon (its next recv, its next request), and had we gone
+        # into the set meanwhile, the kernel would hand us the package that
+        # thread is about to poll for. We look by ourselves every LINGER
+        # seconds, so a reader leaving costs no wake-up of this thread, and
+        # sleep until notified (_DEEP) only once a reader has stayed in for
+        # DEEP_AFTER seconds.
+        cond = self._reader_gone
+        with cond:
+            try:
+                while self._running:
+                    now = time.monotonic()
+                    if self._reader is None:
+                        left = self._reader_left + LINGER - now
+                        if left <= 0 or self._woken:
+                            return
+                        self._io_out = _LIGHT
+                        cond.wait(left)
+                    elif now - self._reader_since < DEEP_AFTER:
+                        self._io_out = _LIGHT
+                        cond.wait(LINGER)
+                    else:
+                        self._io_out = _DEEP
+                        cond.wait()
+                        self._reader_since = time.monotonic()
+            finally:
+                self._io_out = None
 
     def _serve(self, events: list, me: threading.Thread) -> None:
         """Serve what a wait returned, then queued work and due timers (loop side)."""
