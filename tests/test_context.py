@@ -586,6 +586,31 @@ def test_chain_state_reaches_far_end(ctx, wait_for, bind_free, settle):
 # (eight threads sending at once, per-thread order: tests/transport/test_faults.py)
 
 
+def test_a_burst_of_small_and_large_sends_arrives_in_order_without_flush(pair, wait_for):
+    """Small sends in quick succession wait on the context's stage and are
+    numbered and queued in batches (on the loop side); a large one is queued
+    at once, after what is staged. Nothing may stay behind when the sender
+    stops, and the order must hold."""
+    from yoton import context as context_module
+
+    a, b, _, _ = pair()
+    pub, sub = yoton.PubChannel(a, "burst", yoton.BINARY), yoton.SubChannel(b, "burst", yoton.BINARY)
+    big = context_module._STAGE_BODY + 1
+    sent = []
+    for i in range(3000):
+        message = b"%d" % i
+        if i % 500 == 250:  # (the last ones are small: nothing large pumps them)
+            message = message.ljust(big, b".")
+        pub.send(message)
+        sent.append(message)
+    got = []
+    assert wait_for(lambda: got.extend(sub.recv_all()) or len(got) >= len(sent), 5.0, events=False), len(got)
+    assert got == sent
+    assert not a._stage and a.statistics()["queued_bytes"] == 0
+
+
+
+
 def test_io_thread_stays_responsive_after_concurrent_bursts(ctx, bind_free, settle, wait_for):
     """Regression: many threads waking the I/O thread at once could leave its
     'already woken' flag set with no wake-up byte pending; from then on sends

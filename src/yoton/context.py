@@ -29,8 +29,10 @@ has taken, partly written or not, is never dropped, nor is the close signal
 or a heartbeat. Each drop counts once per package and connection in
 ``statistics()['discarded_outgoing']``.
 
-Numbering and queueing happen under one lock, so packages leave in the order
-of their sequence numbers even when many threads send at once.
+Sending appends to one stage (a deque: atomic, in order, no lock); numbering
+and queueing what is staged (the pump) happen under one lock, so packages
+leave in the order of their sequence numbers even when many threads send at
+once.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from collections import deque
 from .errors import FlushTimeout
 from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
 from .transport.ioloop import IOLoop, default_spin
-from .wire.frames import DEFAULT_MAX_PACKAGE_SIZE, HEADER_SIZE, SLOT_CONTEXT, pack_header
+from .transport.connection import DIRECT_GAP
+from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
 from .wire.naming import new_id
 
 log = logging.getLogger("yoton")
@@ -96,6 +99,13 @@ def _check_spin(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"spin must be a number of seconds from 0 to 1, not {value!r}")
     return float(value)
+
+
+#: Bodies up to this size may wait on the stage (larger ones are pumped at once).
+_STAGE_BODY = 4096
+#: The sender pumps itself when this many packages are staged (so the stage
+#: holds at most 4 MiB of bodies, whatever max_queue_bytes says).
+_STAGE_ITEMS = 1024
 
 
 class Context:
@@ -158,6 +168,9 @@ class Context:
         self._live: tuple = ()
         self._startup: deque = deque()
         self._startup_bytes = 0  # under _lock
+        self._stage: deque = deque()  # (slot, body, dest_id, dest_seq) sent, not yet numbered
+        self._pump_scheduled = False  # a _pump_on_loop is queued on the loop
+        self._pump_after = 0.0  # (monotonic) until then, small sends are pumped on the loop
         # Send-queue discards, as two counters with one writer each (no lock
         # on the I/O thread's side): senders under _lock, the I/O thread alone.
         self._discarded_send = 0
@@ -219,6 +232,8 @@ class Context:
         to within a package). ``discarded_outgoing``: packages dropped
         because a send queue was full, counted once per connection.
         """
+        with self._lock:
+            self._pump()  # (staged packages are queued, or discarded, first)
         queued = self._startup_bytes
         for conn in list(self._connections):
             queued += max(0, conn._qbytes_user - conn._qbytes_io)
@@ -269,6 +284,8 @@ class Context:
         Raises :class:`~yoton.errors.FlushTimeout` (a ``TimeoutError``) if that
         takes longer than ``timeout`` seconds.
         """
+        with self._lock:
+            self._pump()
         self._wait_flushed(list(self._connections), timeout)
 
     def close(self) -> None:
@@ -276,6 +293,8 @@ class Context:
 
         The context can be bound or connected again afterwards.
         """
+        with self._lock:
+            self._pump()  # (what was sent goes out before the close signal)
         loop = self._loop
         conns = list(self._connections)
         if loop is not None and loop.running:
@@ -289,6 +308,7 @@ class Context:
         self.close_channels()
         with self._lock:
             self._loop = None
+            self._stage.clear()
             self._startup.clear()
             self._startup_bytes = 0
         _open_contexts.discard(self)
@@ -313,6 +333,7 @@ class Context:
         loop = self._ensure_loop()
         conn._loop = loop
         with self._lock:
+            self._pump()  # (what is staged goes first, with the startup queue)
             while self._startup:
                 conn._outq.append(self._startup.popleft())
             conn._qbytes_user += self._startup_bytes
@@ -390,38 +411,88 @@ class Context:
         """Number a package and queue it on every live connection (any thread).
 
         Raises ``ValueError`` for a body over ``max_package_size``.
+
+        The package goes on the stage first (one atomic append, no lock);
+        :meth:`_pump` numbers and queues what is staged, in order. The
+        sending thread pumps itself when sends are sparse (at most once per
+        ``DIRECT_GAP``), when the stage is full and for large bodies; in
+        between, a stream of small sends is pumped in batches on the loop
+        side, one lock and one write for many packages.
         """
         size = len(body)
         if size > self._max_package_size:
             raise ValueError(f"message too large to send: {size} bytes encoded, "
                              f"but max_package_size is {self._max_package_size}")
+        stage = self._stage
+        stage.append((slot, body, dest_id, dest_seq))
+        if size <= _STAGE_BODY and len(stage) < _STAGE_ITEMS:
+            loop = self._loop
+            running = loop is not None and loop._running
+            if self._pump_scheduled and running:
+                return  # (it is cleared before the pump takes the stage: ours is in)
+            now = time.monotonic()
+            if now < self._pump_after:
+                if not running:
+                    return  # no connection yet: the next one made pumps (see _attach_connection)
+                self._pump_scheduled = True
+                loop.call_soon(self._pump_on_loop)
+                return
+            self._pump_after = now + DIRECT_GAP
         with self._lock:
-            self._seq = seq = self._seq + 1
-            item = (pack_header(slot, self._id, seq, dest_id, dest_seq, size), body)
-            size += HEADER_SIZE
-            live = self._live
-            if live:
-                cap = self._max_queue_bytes
-                for conn in live:
-                    # Bytes waiting on conn, from two counters that each have
-                    # one writer (senders, serialized by _lock; and the I/O
-                    # thread), so neither needs a lock nor can lose an update.
-                    # Reading both is a snapshot that may be off by what the
-                    # I/O thread does meanwhile; it re-syncs them whenever the
-                    # queue runs empty (TcpConnection._write_now), so the
-                    # figure cannot drift: it errs by at most a package.
+            self._pump()
+
+    def _pump_on_loop(self) -> None:
+        self._pump_scheduled = False  # (before the stage is taken; see _send)
+        with self._lock:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Number what is staged and queue it on every live connection (under _lock)."""
+        stage = self._stage
+        count = len(stage)
+        if not count:
+            return
+        pop, pack, my_id, seq = stage.popleft, HEADER.pack, self._id, self._seq
+        items, total = [], 0
+        for _ in range(count):
+            slot, body, dest_id, dest_seq = pop()
+            seq += 1
+            size = len(body)
+            items.append((pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, size), body))
+            total += size
+        self._seq = seq
+        total += HEADER_SIZE * count
+        live = self._live
+        if not live:
+            for item in items:
+                self._queue_startup(item, HEADER_SIZE + len(item[1]))
+            return
+        cap = self._max_queue_bytes
+        for conn in live:
+            # Bytes waiting on conn, from two counters that each have one
+            # writer (pumps, serialized by _lock; and the I/O thread), so
+            # neither needs a lock nor can lose an update. Reading both is a
+            # snapshot that may be off by what the I/O thread does meanwhile;
+            # it re-syncs them whenever the queue runs empty
+            # (TcpConnection._write_now), so the figure cannot drift: it errs
+            # by at most a package.
+            user = conn._qbytes_user
+            if user - conn._qbytes_io + total <= cap:
+                conn._qbytes_user = user + total  # before the I/O thread can see the packages
+                conn._enqueue_many(items)
+                continue
+            for item in items:  # over the cap: package by package, by the discard mode
+                size = HEADER_SIZE + len(item[1])
+                user = conn._qbytes_user
+                queued = user - conn._qbytes_io
+                if queued + size > cap and queued > 0:
+                    if not self._discard_old:
+                        self._discarded_send += 1
+                        continue
+                    self._drop_oldest(conn, size, False)
                     user = conn._qbytes_user
-                    queued = user - conn._qbytes_io
-                    if queued + size > cap and queued > 0:
-                        if not self._discard_old:
-                            self._discarded_send += 1
-                            continue
-                        self._drop_oldest(conn, size, False)
-                        user = conn._qbytes_user
-                    conn._qbytes_user = user + size  # before the I/O thread can see the package
-                    conn._enqueue(item)
-            else:
-                self._queue_startup(item, size)
+                conn._qbytes_user = user + size
+                conn._enqueue_many((item,))
 
     def _drop_oldest(self, conn, size: int, io_thread: bool) -> None:
         """Make room for ``size`` bytes on ``conn``'s send queue by dropping its

@@ -705,7 +705,11 @@ class TcpConnection(Connection):
 
     def _enqueue(self, item: tuple) -> None:
         """Queue one package (tuple of buffers) for writing (any thread)."""
-        self._outq.append(item)
+        self._enqueue_many((item,))
+
+    def _enqueue_many(self, items) -> None:
+        """Queue packages (tuples of buffers) for writing, in order (any thread)."""
+        self._outq.extend(items)
         if self._write_scheduled or self._state != CONNECTED:
             return
         now = time.monotonic()
