@@ -319,6 +319,46 @@ def test_ctrl_c_in_a_main_thread_reading_loses_nothing():
         assert result["handler"] == "_sigint_handler"
 
 
+_CTRL_C_IN_THE_EXIT_CHILD = textwrap.dedent("""
+    import faulthandler, signal, threading, time, types
+    import yoton
+    from yoton.transport import ioloop
+    faulthandler.dump_traceback_later(10, exit=True)  # (a deadlock prints the stacks and fails)
+    a, b = yoton.Context(), yoton.Context()
+    conn = a.bind("127.0.0.1:0")
+    b.connect("127.0.0.1:%d" % conn.port1, timeout=5)
+    loop, sub = b._loop, yoton.SubChannel(b, "quiet")
+    armed, real = [True], time
+    def monotonic():
+        # Ctrl-C while the main thread, leaving run_until(), holds the lock
+        # guarding the reader role (the I/O thread sleeping until told).
+        if (armed[0] and threading.current_thread() is threading.main_thread()
+                and loop._reader is None and loop._reader_gone_lock.locked()):
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)
+        return real.monotonic()
+    ioloop.time = types.SimpleNamespace(monotonic=monotonic, perf_counter=real.perf_counter)
+    try:
+        sub.recv(ioloop.DEEP_AFTER * 4)
+        print("no KeyboardInterrupt", not armed[0])
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", not armed[0])
+    ioloop.time = real
+    faulthandler.cancel_dump_traceback_later()
+    a.close(); b.close()
+""")
+
+
+@needs_epoll
+def test_ctrl_c_while_a_reader_leaves_is_raised_not_deadlocked():
+    """yoton's SIGINT handler may interrupt the main thread while it holds a
+    lock of the loop: it must take no lock itself."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_THE_EXIT_CHILD], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["KeyboardInterrupt", "True"], proc.stdout
+
+
 def test_without_epoll_the_io_thread_alone_serves(make_ctx, monkeypatch):
     monkeypatch.setattr(ioloop, "_EPOLL", False)
     a, b = make_ctx(), make_ctx()

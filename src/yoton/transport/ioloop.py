@@ -42,7 +42,10 @@ Rules for who runs the loop's work (the "loop side"):
   request). It looks by itself every LINGER seconds, so a reader leaving
   costs no thread wake-up; once readers have been in for
   :data:`DEEP_AFTER` seconds it sleeps until the reader that leaves tells
-  it. A :meth:`wake` with no reader in brings it back at once. The reader
+  it, and then looks every LINGER seconds again for DEEP_AFTER seconds. So
+  a thread blocked in a long wait costs it no wake-ups, and steady traffic
+  at most one per LINGER. A :meth:`wake` with no reader in brings it back
+  at once. The reader
   serves everything meanwhile, timers and housekeeping included. (The I/O
   thread may still be in the set from before the reader came; it then
   wakes at most at its next timeout, serves, and steps out.)
@@ -228,7 +231,7 @@ def _sigint_handler(signum, frame):
     if loop is None:
         signal.default_int_handler(signum, frame)
     _sigint_pending = (signum, frame)
-    loop.wake()
+    loop._wake_set()  # (takes no lock: we may have interrupted the main thread holding one)
 
 
 try:  # signal.getsignal() converts to an enum first: ~5 us, once per wait
@@ -278,7 +281,8 @@ class IOLoop:
         self._leader: threading.Thread | None = None  # the thread holding _lock
         self._reader: threading.Thread | None = None  # the thread in run_until()
         # Guards _reader changes; the I/O thread waits here while a reader is in.
-        self._reader_gone = threading.Condition(threading.Lock())
+        self._reader_gone_lock = threading.Lock()  # (entered with C-level `with` where we only notify)
+        self._reader_gone = threading.Condition(self._reader_gone_lock)
         self._io_wake_at = 0.0  # when the I/O thread's current wait ends at the latest
         self._io_out = None  # _LIGHT / _DEEP while the I/O thread stays out of the set for a reader
         self._reader_since = 0.0  # (monotonic) when readers started to come while it stayed out
@@ -300,15 +304,19 @@ class IOLoop:
 
     def wake(self) -> None:
         """Make a thread waiting for the loop look at its queues soon (cheap if already due)."""
+        self._wake_set()
+        if self._io_out is not None and self._reader is None:
+            with self._reader_gone_lock:  # the I/O thread waits for a reader to come back: not now
+                self._reader_gone.notify()
+
+    def _wake_set(self) -> None:
+        # The wake-up byte alone (also from the SIGINT handler: no lock here).
         if not self._woken:
             self._woken = True
             try:
                 self._wake_w.send(b"\0")
             except (BlockingIOError, OSError):
                 pass  # already full of wake-up bytes, or shutting down
-        if self._io_out is not None and self._reader is None:
-            with self._reader_gone:  # the I/O thread waits for a reader to come back: not now
-                self._reader_gone.notify()
 
     def call_soon(self, func, *args) -> None:
         """Run ``func(*args)`` on the loop side."""
@@ -365,8 +373,8 @@ class IOLoop:
         if main:
             _main_loop = self  # from here on, Ctrl-C waits for the end of the pass
         try:
-            cond = self._reader_gone
-            with cond:
+            cond, lock = self._reader_gone, self._reader_gone_lock
+            with lock:
                 if self._reader is not None:
                     return False
                 self._reader = me
@@ -375,7 +383,7 @@ class IOLoop:
             try:
                 self._read(done, deadline, me, main)
             finally:
-                with cond:
+                with lock:
                     self._reader = None
                     self._reader_left = now = time.monotonic()
                     if self._io_out is _DEEP:
@@ -411,11 +419,14 @@ class IOLoop:
             if spin_end:
                 events = wait(0)
                 if not events and timeout != 0:
-                    until = spin_end if timeout is None else min(spin_end, clock() + timeout)
+                    started = clock()
+                    until = spin_end if timeout is None else min(spin_end, started + timeout)
                     while not events and clock() < until:
                         events = wait(0)
                     if not events and clock() >= spin_end:
                         spin_end = 0.0
+                        if timeout is not None:  # (less what the spin took)
+                            timeout = max(0.0, timeout - (clock() - started))
                         events = wait(timeout)
             else:
                 events = wait(timeout)
