@@ -54,6 +54,7 @@ DEFAULT_MAX_PACKAGE_SIZE = 1 << 30  # 1 GiB
 
 _pack = HEADER.pack
 _unpack_from = HEADER.unpack_from
+_new = object.__new__
 
 HEARTBEAT_BYTES = _pack(CONTROL, SLOT_DUMMY, 0, SIGNAL_HEARTBEAT, 0, 0, 0)
 CLOSE_BYTES = _pack(CONTROL, SLOT_DUMMY, 0, SIGNAL_CLOSE, 0, 0, 0)
@@ -207,7 +208,7 @@ class FrameDecoder:
 
     def _parse(self) -> None:
         buf, pos, end = self._buf, self._start, self._end
-        out = self.packages
+        append = self.packages.append
         limit = self.max_package_size
         # Small bodies are sliced from one immutable copy of what arrived: one
         # allocation per package instead of two (bytearray slice, then bytes).
@@ -233,7 +234,12 @@ class FrameDecoder:
                 pos = body_start + length
                 if chunk is None:
                     base, chunk = body_start - HEADER_SIZE, bytes(buf[body_start - HEADER_SIZE:end])
-                out.append(Package(chunk[body_start - base:pos - base], slot, sid, sseq, did, dseq))
+                # (Package(...) with its __init__ frame costs twice as much)
+                pkg = _new(Package)
+                pkg.data = chunk[body_start - base:pos - base]
+                pkg.slot, pkg.source_id, pkg.source_seq, pkg.dest_id, pkg.dest_seq = slot, sid, sseq, did, dseq
+                pkg.recv_seq = 0
+                append(pkg)
                 continue
             if length > _INLINE_BODY:
                 # Large body: give it a buffer of its own and read into it.
