@@ -723,9 +723,10 @@ def test_timedout_signal_with_stopped_peer(ctx, bind_free, wait_for):
 
 
 def test_one_read_of_interleaved_packages_is_routed_in_order(ctx):
-    """A batch (one socket read) with two slots interleaved, a repeat, a package
-    addressed elsewhere and a context message in the middle: each channel gets
-    its own packages in order, numbered in arrival order; the rest is dropped."""
+    """A batch (one socket read) with two slots and two sources interleaved,
+    repeats (also across reads), a package addressed elsewhere, our own ones
+    and a context message in the middle: each channel gets its own packages
+    in order, numbered in arrival order; the rest is dropped."""
     from yoton.wire.frames import SLOT_CONTEXT, Package
 
     c = ctx()
@@ -738,11 +739,18 @@ def test_one_read_of_interleaved_packages_is_routed_in_order(ctx):
         Package(b"not for us", sx, src, 4, dest_id=other),  # addressed elsewhere: dropped
         Package(b"NEW_CONNECTION", SLOT_CONTEXT, src, 5),
         Package(b"y2", sy, src, 6), Package(b"x3", sx, other, 1), Package(b"mine", sx, c.id, 9),
+        # sources interleaved: each source's last number must survive the switches
+        Package(b"y2 again", sy, src, 6), Package(b"x3 again", sx, other, 1),
+        Package(b"y3", sy, src, 7), Package(b"mine too", sy, c.id, 10), Package(b"x4", sx, other, 2),
     ]
     c._route(object(), batch)
-    assert [bytes(p.data) for p in x._queue] == [b"x1", b"x2", b"x3"]
-    assert [bytes(p.data) for p in y._queue] == [b"y1", b"y2"]
+    # and across reads
+    c._route(object(), [Package(b"x4 again", sx, other, 2), Package(b"y3 again", sy, src, 7),
+                         Package(b"y4", sy, src, 8)])
+    assert [bytes(p.data) for p in x._queue] == [b"x1", b"x2", b"x3", b"x4"]
+    assert [bytes(p.data) for p in y._queue] == [b"y1", b"y2", b"y3", b"y4"]
+    assert c._last_seq == {src: 8, other: 2}
     order = []
     while (chosen := yoton.select_sub_channel(x, y)) is not None:
         order += chosen.recv_selected()
-    assert order == ["x1", "y1", "x2", "y2", "x3"]
+    assert order == ["x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"]

@@ -555,29 +555,40 @@ class Context:
         recv_seq = self._recv_seq
         batches: dict = {}  # channel -> its packages
         slot_now = batch = None  # (runs of packages for one slot skip the lookups)
-        for pkg in packages:
-            source, seq = pkg.source_id, pkg.source_seq
-            if seq <= last_seq.get(source, 0) or source == my_id:
-                continue
-            last_seq[source] = seq
-            dest = pkg.dest_id
-            if dest != my_id:
-                if forward:
-                    self._forward(conn, pkg)
-                if dest:
+        source_now = last_now = None  # (runs of packages from one source skip the map)
+        try:
+            for pkg in packages:
+                source, seq = pkg.source_id, pkg.source_seq
+                if source != source_now:
+                    if source_now is not None:
+                        last_seq[source_now] = last_now
+                    if source == my_id:
+                        continue
+                    source_now, last_now = source, last_seq.get(source, 0)
+                if seq <= last_now:
                     continue
-            recv_seq += 1
-            pkg.recv_seq = recv_seq
-            slot = pkg.slot
-            if slot != slot_now:
-                if slot == SLOT_CONTEXT:
-                    self._recv_seq = recv_seq
-                    self._context_message(conn, pkg)
-                    continue
-                slot_now, channel = slot, slots.get(slot)
-                batch = None if channel is None else batches.setdefault(channel, [])
-            if batch is not None:
-                batch.append(pkg)
+                last_now = seq
+                dest = pkg.dest_id
+                if dest != my_id:
+                    if forward:
+                        self._forward(conn, pkg)
+                    if dest:
+                        continue
+                recv_seq += 1
+                pkg.recv_seq = recv_seq
+                slot = pkg.slot
+                if slot != slot_now:
+                    if slot == SLOT_CONTEXT:
+                        self._recv_seq = recv_seq
+                        self._context_message(conn, pkg)
+                        continue
+                    slot_now, channel = slot, slots.get(slot)
+                    batch = None if channel is None else batches.setdefault(channel, [])
+                if batch is not None:
+                    batch.append(pkg)
+        finally:
+            if source_now is not None:
+                last_seq[source_now] = last_now
         self._recv_seq = recv_seq
         for channel, batch in batches.items():
             try:
