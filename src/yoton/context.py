@@ -443,6 +443,10 @@ class Context:
 
     def _pump_on_loop(self) -> None:
         self._pump_scheduled = False  # (before the stage is taken; see _send)
+        # A stream goes on being pumped here: a send right after this one
+        # does not write by itself, so the sender makes no system call (each
+        # would let this thread take the GIL from it, and back, per call).
+        self._pump_after = time.monotonic() + DIRECT_GAP
         with self._lock:
             self._pump()
 
