@@ -182,7 +182,16 @@ class BaseChannel:
         """Queue packages for readers, discarding by the mode when full (loop side)."""
         queue = self._queue
         mark, limit, size = self._bytes_in, self._bytes_limit, self._queue_size
-        for pkg in pkgs:
+        if len(queue) + len(pkgs) <= size:  # (the usual case: all fit by count; by bytes?)
+            end = mark
+            for pkg in pkgs:
+                pkg.queue_mark = end
+                end += len(pkg.data)
+            if end <= limit:
+                queue.extend(pkgs)
+                mark = end
+                pkgs = ()
+        for pkg in pkgs:  # package by package, making room by the discard mode
             pkg.queue_mark = mark
             end = mark + len(pkg.data)
             if end > limit or len(queue) >= size:

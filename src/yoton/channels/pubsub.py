@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 
+from ..messages import BinaryMessageType
 from .base import BaseChannel
 
 __all__ = ["PubChannel", "SubChannel", "select_sub_channel"]
@@ -124,6 +125,9 @@ class SubChannel(BaseChannel):
                 break
         if self._said_full:
             self._check_ok()
+        kind = type(self._message_type)
+        if kind is BinaryMessageType:  # (its decoding inline: no call per message)
+            return [pkg.data if type(pkg.data) is bytes else bytes(pkg.data) for pkg in out]
         decode = self._message_type.message_from_bytes
         return [decode(pkg.data) for pkg in out]
 
@@ -136,6 +140,9 @@ class SubChannel(BaseChannel):
             out.append(queue.popleft())
         if self._said_full:
             self._check_ok()
+        kind = type(self._message_type)
+        if kind is BinaryMessageType:  # (its decoding inline: no call per message)
+            return [pkg.data if type(pkg.data) is bytes else bytes(pkg.data) for pkg in out]
         decode = self._message_type.message_from_bytes
         return [decode(pkg.data) for pkg in out]
 
