@@ -23,7 +23,8 @@ Measurements (``MEASUREMENTS``):
 Counts are sized per stack so one run takes roughly 1-3 s (the original
 yoton does ~9k msgs/s and ~0.2 s per request); senders also stop after a
 fixed duration and tell the receiver how many they sent. Each measurement
-is repeated (``--reps``, default 3) and the medians are reported. Then our
+is repeated (``--reps``, default 3; the stacks take turns, rep by rep) and
+the medians are reported. Then our
 sender/receiver (1.) and requester (3.) are run under cProfile (all threads)
 and the top functions are printed.
 
@@ -105,7 +106,7 @@ MEASUREMENTS = [
     Measurement(
         "oneway_100B", "one-way 100 B pub/sub", "oneway", 100, THROUGHPUT,
         {
-            "full": _per_stack({"count": 300_000, "duration": 2.0}, {"count": 15_000, "duration": 2.0},
+            "full": _per_stack({"count": 1_500_000, "duration": 2.0}, {"count": 15_000, "duration": 2.0},
                                {"count": 3_000_000, "duration": 2.0}),
             "quick": _per_stack({"count": 5_000, "duration": 0.5}, {"count": 1_000, "duration": 0.5},
                                 {"count": 20_000, "duration": 0.5}),
@@ -423,31 +424,31 @@ def _fmt_value(metric: Metric, run: dict) -> str:
     return f"{v:,}"
 
 
-def run_measurement(m: Measurement, stack: str, mode: str, reps: int, env: dict,
-                    progress, problems: list) -> dict:
-    params = m.params[mode][stack]
-    runs = []
-    for rep in range(1, reps + 1):
-        t0 = time.monotonic()
-        where = f"{m.id} {STACK_NAMES[stack]} rep {rep}/{reps}"
-        try:
-            run = run_pair(m, stack, params, env)
-        except WorkerError as exc:
-            run = {"ok": False, "error": str(exc)}
-            problems.append(f"ERROR {where}: {str(exc).splitlines()[0]}")
-            progress(f"{where}: ERROR {exc}")
-            runs.append(run)
-            continue
-        runs.append(run)
-        values = ", ".join(_fmt_value(metric, run) for metric in m.metrics)
-        extra = ""
-        if "sent" in run:
-            extra = f"  [{run['received']:,} of {run['sent']:,} received]"
-        progress(f"{where}: {values}{extra}  ({time.monotonic() - t0:.1f} s)")
-        if not run.get("ok"):
-            msg = f"!!! MISMATCH {where}: {run.get('problem')}"
-            problems.append(msg)
-            progress(msg)
+def run_rep(m: Measurement, stack: str, params: dict, env: dict, rep: int, reps: int,
+            progress, problems: list) -> dict:
+    """One repetition of ``m`` for ``stack``: the run's figures, or its error."""
+    t0 = time.monotonic()
+    where = f"{m.id} {STACK_NAMES[stack]} rep {rep}/{reps}"
+    try:
+        run = run_pair(m, stack, params, env)
+    except WorkerError as exc:
+        problems.append(f"ERROR {where}: {str(exc).splitlines()[0]}")
+        progress(f"{where}: ERROR {exc}")
+        return {"ok": False, "error": str(exc)}
+    values = ", ".join(_fmt_value(metric, run) for metric in m.metrics)
+    extra = ""
+    if "sent" in run:
+        extra = f"  [{run['received']:,} of {run['sent']:,} received]"
+    progress(f"{where}: {values}{extra}  ({time.monotonic() - t0:.1f} s)")
+    if not run.get("ok"):
+        msg = f"!!! MISMATCH {where}: {run.get('problem')}"
+        problems.append(msg)
+        progress(msg)
+    return run
+
+
+def summarize(m: Measurement, params: dict, runs: list) -> dict:
+    """Medians over the repetitions of one stack."""
     good = [r for r in runs if "error" not in r]
     summary = {"params": params, "runs": runs, "errors": len(runs) - len(good),
                "ok": bool(good) and all(r.get("ok") for r in runs)}
@@ -725,8 +726,16 @@ def main(argv=None) -> int:
                    "metrics": {mt.key: {"unit": mt.unit, "higher_is_better": mt.higher_is_better}
                                for mt in m.metrics},
                    "stacks": {}, "ratios": {}}
+            # Repetitions take turns between the stacks (ours, 2.2, pyzmq, ours, ...):
+            # the machine's speed drifts over seconds, and each stack's median
+            # then spans the same stretch of time.
+            runs: dict = {stack: [] for stack in stacks}
+            for rep in range(1, args.reps + 1):
+                for stack in stacks:
+                    params = m.params[mode][stack]
+                    runs[stack].append(run_rep(m, stack, params, envs[stack], rep, args.reps, progress, problems))
             for stack in stacks:
-                res["stacks"][stack] = run_measurement(m, stack, mode, args.reps, envs[stack], progress, problems)
+                res["stacks"][stack] = summarize(m, m.params[mode][stack], runs[stack])
             ours = res["stacks"].get("ours")
             for other in ("zmq", "orig"):
                 theirs = res["stacks"].get(other)
