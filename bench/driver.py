@@ -328,6 +328,9 @@ def check_module(stack: str, info: dict, env: dict) -> None:
 # -- running one measurement ------------------------------------------------------------------
 
 
+OUR_SPIN: float | None = None  #: --spin: Context(spin=...) for our stack (None: the default)
+
+
 def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict | None = None) -> dict:
     """Run one repetition of ``m`` for ``stack``; return the combined result."""
     server_role, client_role = ROLES[m.kind]
@@ -341,6 +344,8 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
     if m.kind == "flood":
         common["flood"] = True
         common.setdefault("idle", 5.0)
+    if stack == "ours" and OUR_SPIN is not None:
+        common["spin"] = OUR_SPIN
     server_params = dict(common, profile=(profile or {}).get(server_role))
     client_params = dict(common, profile=(profile or {}).get(client_role))
     label = f"{m.id}/{STACK_NAMES[stack]}"
@@ -666,6 +671,8 @@ def parse_args(argv):
     prof.add_argument("--profile", dest="profile", action="store_true", default=None,
                       help="profile our sender/receiver/requester (default in full runs)")
     prof.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiles")
+    ap.add_argument("--spin", type=float, default=None,
+                    help="Context(spin=...) for our stack, in seconds (default: yoton's own; 0: no polling)")
     ap.add_argument("--top", type=int, default=12, help="functions per profile listing (default 12)")
     ap.add_argument("--json", default=str(RESULTS / "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -686,6 +693,8 @@ def parse_args(argv):
         if s not in BY_ID:
             ap.error(f"unknown measurement {s!r} (choose from {', '.join(BY_ID)})")
     args.only = only
+    global OUR_SPIN
+    OUR_SPIN = args.spin
     if args.reps is None:
         args.reps = 1 if args.quick else 3
     if args.profile is None:
@@ -748,6 +757,8 @@ def main(argv=None) -> int:
         notes = table_notes(results, stacks, mode)
         header = (f"yoton benchmark ({mode}, {args.reps} rep(s)), python {platform.python_version()}, "
                   f"{os.cpu_count()} CPU(s), {platform.platform()}")
+        if OUR_SPIN is not None:
+            header += f", ours with Context(spin={OUR_SPIN:g})"
         print(header)
         print()
         print(table)

@@ -176,6 +176,8 @@ def yoton_context(p: dict):
     yoton = _yoton()
     queue_params = p.get("queue")
     kwargs = {"max_queue_bytes": p["max_queue_bytes"]} if p.get("max_queue_bytes") else {}
+    if p.get("spin") is not None:
+        kwargs["spin"] = p["spin"]
     return yoton.Context(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
 
 
