@@ -142,6 +142,7 @@ class ThreadProfiles:
 
 
 _profiles: "ThreadProfiles | None" = None
+_spin_used: float | None = None  # Context(spin=...) of our stack's context, once made
 
 
 def measurement_starts() -> None:
@@ -178,7 +179,10 @@ def yoton_context(p: dict):
     kwargs = {"max_queue_bytes": p["max_queue_bytes"]} if p.get("max_queue_bytes") else {}
     if p.get("spin") is not None:
         kwargs["spin"] = p["spin"]
-    return yoton.Context(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
+    global _spin_used
+    ctx = yoton.Context(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
+    _spin_used = ctx._spin
+    return ctx
 
 
 def zmq_socket(kind: str, p: dict):
@@ -473,6 +477,8 @@ def main(argv: list) -> int:
         sys.stderr.flush()
         os._exit(1)
     result.update(info)
+    if _spin_used is not None:
+        result["spin"] = _spin_used  # (what our Context was made with)
     emit("result", **result)
     wait_command("__never__", 1e9)  # stay until the driver closes our stdin
     return 0

@@ -63,3 +63,18 @@ def test_quick_run_of_our_stack(tmp_path):
         assert {"ncalls", "tottime", "cumtime", "function"} <= set(prof["tottime"][0])
 
     assert "ours" in doc["table"] and "one-way 100 B" in doc["table"]
+
+
+def test_spin_option_reaches_our_contexts(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--stacks", "ours", "--only", "pingpong_100B",
+         "--no-profile", "--spin", "0", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Context(spin=0)" in proc.stdout
+    ours = json.loads(out.read_text())["results"]["pingpong_100B"]["stacks"]["ours"]
+    assert ours["ok"] and ours["runs"]
+    for run in ours["runs"]:
+        assert run["client"]["spin"] == 0.0  # (the pong side never reports: it serves until killed)
