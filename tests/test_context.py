@@ -142,6 +142,74 @@ def test_flush_returns_when_written(pair, wait_for):
     assert len(got) == n and got[0] == blob
 
 
+_FLUSH_THEN_EXIT = """
+import os, sys, time, yoton
+ctx = yoton.Context()
+conn = ctx.connect("127.0.0.1:%s" % sys.argv[1], timeout=5.0)
+pub = yoton.PubChannel(ctx, "last-words")
+time.sleep(0.2)  # (idle first: the first send goes at once, the others wait on the stage)
+for i in range(50):
+    pub.send(str(i))  # (quick sends wait on the context's stage)
+getattr(conn if sys.argv[2] == "connection" else ctx, "flush")(5.0)
+os._exit(0)  # no close, no atexit: only what flush() wrote gets out
+"""
+
+
+@pytest.mark.parametrize("which", ["connection", "context"])
+def test_flush_writes_everything_sent_before_it(ctx, bind_free, which):
+    """Connection.flush() and Context.flush() return once every message sent
+    before them is written, also those still waiting to be numbered."""
+    c = ctx()
+    conn = bind_free(c)
+    sub = yoton.SubChannel(c, "last-words")
+    proc = subprocess.run([sys.executable, "-c", _FLUSH_THEN_EXIT, str(conn.port1), which],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = []
+    deadline = time.monotonic() + 5.0
+    while len(got) < 50 and time.monotonic() < deadline:
+        got += [m for m in [sub.recv(0.5)] if m]
+    assert got == [str(i) for i in range(50)]
+
+
+def test_a_pump_left_queued_on_a_stopped_loop_holds_no_send_back(ctx, bind_free, wait_for):
+    """A send that queues the stage's pump on the loop just as the loop stops
+    (close() in another thread) must not leave later sends waiting."""
+    a, b = ctx(), ctx()
+    sub = yoton.SubChannel(b, "after")
+    for attempt in range(2):
+        ca = bind_free(a)
+        b.connect(f"127.0.0.1:{ca.port1}", timeout=3.0)
+        assert wait_for(lambda: ca.is_connected, events=False)
+        pub = yoton.PubChannel(a, "after")
+        if attempt == 0:
+            # The loop stops between the sender's check and its call_soon.
+            loop = a._loop
+            real_call_soon = loop.call_soon
+
+            def stopping_call_soon(func, *args):
+                loop._running = False
+                real_call_soon(func, *args)
+
+            loop.call_soon = stopping_call_soon
+            a._pump_after = time.monotonic() + 60  # (as in a stream: pump on the loop)
+            pub.send("racing the stop")
+            assert not a._stage and not a._pump_scheduled, "the sender must pump itself then"
+            loop._running = True
+            loop.call_soon = real_call_soon
+            assert sub.recv(3.0) == "racing the stop"
+        else:
+            # A flag left set by such a race on the old loop: the new loop starts clean.
+            assert not a._pump_scheduled
+            for i in range(3):
+                a._pump_after = 0.0  # (sparse sends)
+                pub.send(f"after reconnect {i}")
+            assert [sub.recv(3.0) for _ in range(3)] == [f"after reconnect {i}" for i in range(3)]
+        a.close()
+        a._pump_scheduled = True  # (what the race above leaves behind without the fix)
+        wait_for(lambda: not b.connections, 3.0, events=False)
+
+
 def test_flush_without_connections_returns(ctx):
     c = ctx()
     c.flush(0.1)  # nothing to wait for

@@ -284,8 +284,6 @@ class Context:
         Raises :class:`~yoton.errors.FlushTimeout` (a ``TimeoutError``) if that
         takes longer than ``timeout`` seconds.
         """
-        with self._lock:
-            self._pump()
         self._wait_flushed(list(self._connections), timeout)
 
     def close(self) -> None:
@@ -314,6 +312,7 @@ class Context:
         _open_contexts.discard(self)
         if loop is not None:
             loop.stop()
+        self._pump_scheduled = False  # (a pump queued on that loop may never have run)
 
     def close_channels(self) -> None:
         """Close every channel attached to this context; connections stay."""
@@ -326,6 +325,7 @@ class Context:
         with self._lock:
             if self._loop is None or not self._loop.running:
                 self._loop = IOLoop(name=f"yoton-io-{self._id:016x}", spin=self._spin)
+                self._pump_scheduled = False  # (one queued on an old loop may never have run)
                 _open_contexts.add(self)
             return self._loop
 
@@ -365,6 +365,8 @@ class Context:
                 self._flush_cond.notify_all()
 
     def _wait_flushed(self, conns: list, timeout: float) -> None:
+        with self._lock:
+            self._pump()  # (what is staged counts as sent: it goes to the queues first)
         loop = self._loop
         if loop is None or loop.in_io_thread():
             return
@@ -436,7 +438,9 @@ class Context:
                     return  # no connection yet: the next one made pumps (see _attach_connection)
                 self._pump_scheduled = True
                 loop.call_soon(self._pump_on_loop)
-                return
+                if loop._running:
+                    return
+                self._pump_scheduled = False  # (it stopped meanwhile: that call may never run)
             self._pump_after = now + DIRECT_GAP
         with self._lock:
             self._pump()
@@ -479,7 +483,7 @@ class Context:
             # snapshot that may be off by what the I/O thread does meanwhile;
             # it re-syncs them whenever the queue runs empty
             # (TcpConnection._write_now), so the figure cannot drift: it errs
-            # by at most a package.
+            # by at most what one pump queues.
             user = conn._qbytes_user
             if user - conn._qbytes_io + total <= cap:
                 conn._qbytes_user = user + total  # before the I/O thread can see the packages
