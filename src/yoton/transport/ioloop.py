@@ -542,6 +542,7 @@ class IOLoop:
                 now = time.monotonic()
                 if self._timers and self._timers[0][0] <= now:
                     self._run_timers(now)
+                    self._run_queued(calls, dirty)  # (what the timers queued: not a tick later)
                 if self.housekeepers and now - self._last_housekeeping >= TICK:
                     self._last_housekeeping = now
                     for obj in list(self.housekeepers):
