@@ -233,7 +233,9 @@ class FrameDecoder:
             if end - body_start >= length:
                 pos = body_start + length
                 if chunk is None:
-                    base, chunk = body_start - HEADER_SIZE, bytes(buf[body_start - HEADER_SIZE:end])
+                    base = body_start - HEADER_SIZE
+                    with memoryview(buf) as view:  # (one copy; a bytearray slice would be a second)
+                        chunk = bytes(view[base:end])
                 # (Package(...) with its __init__ frame costs twice as much)
                 pkg = _new(Package)
                 pkg.data = chunk[body_start - base:pos - base]
