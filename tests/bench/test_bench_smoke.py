@@ -78,3 +78,20 @@ def test_spin_option_reaches_our_contexts(tmp_path):
     assert ours["ok"] and ours["runs"]
     for run in ours["runs"]:
         assert run["client"]["spin"] == 0.0  # (the pong side never reports: it serves until killed)
+
+
+def test_quick_run_with_the_original_and_a_spin(tmp_path):
+    """The original yoton 2.2 runs beside ours (it has no spin to report)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--stacks", "ours,orig", "--only", "oneway_100B",
+         "--no-profile", "--spin", "0.0001", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    doc = json.loads(out.read_text())
+    assert doc["problems"] == []
+    stacks = doc["results"]["oneway_100B"]["stacks"]
+    assert stacks["orig"]["ok"] and stacks["ours"]["ok"]
+    assert all("spin" not in run["client"] for run in stacks["orig"]["runs"])
+    assert all(run["client"]["spin"] == 0.0001 for run in stacks["ours"]["runs"])
