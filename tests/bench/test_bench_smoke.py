@@ -65,16 +65,19 @@ def test_quick_run_of_our_stack(tmp_path):
     assert "ours" in doc["table"] and "one-way 100 B" in doc["table"]
 
 
-def test_spin_option_reaches_our_contexts(tmp_path):
+def _quick_run(tmp_path, *args) -> tuple:
+    """``python -m bench --quick --no-profile ARGS``: (stdout, the JSON it wrote)."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--stacks", "ours", "--only", "pingpong_100B",
-         "--no-profile", "--spin", "0", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-profile", *args, "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Context(spin=0)" in proc.stdout
-    ours = json.loads(out.read_text())["results"]["pingpong_100B"]["stacks"]["ours"]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_spin_option_reaches_our_contexts(tmp_path):
+    stdout, doc = _quick_run(tmp_path, "--stacks", "ours", "--only", "pingpong_100B", "--spin", "0")
+    assert "Context(spin=0)" in stdout
+    ours = doc["results"]["pingpong_100B"]["stacks"]["ours"]
     assert ours["ok"] and ours["runs"]
     for run in ours["runs"]:
         assert run["client"]["spin"] == 0.0  # (the pong side never reports: it serves until killed)
@@ -82,14 +85,7 @@ def test_spin_option_reaches_our_contexts(tmp_path):
 
 def test_quick_run_with_the_original_and_a_spin(tmp_path):
     """The original yoton 2.2 runs beside ours (it has no spin to report)."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--stacks", "ours,orig", "--only", "oneway_100B",
-         "--no-profile", "--spin", "0.0001", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    doc = json.loads(out.read_text())
+    _, doc = _quick_run(tmp_path, "--stacks", "ours,orig", "--only", "oneway_100B", "--spin", "0.0001")
     assert doc["problems"] == []
     stacks = doc["results"]["oneway_100B"]["stacks"]
     assert stacks["orig"]["ok"] and stacks["ours"]["ok"]
