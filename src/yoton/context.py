@@ -46,7 +46,7 @@ from collections import deque
 
 from .errors import FlushTimeout
 from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
-from .transport.ioloop import IOLoop, default_spin
+from .transport.ioloop import IOLoop, MainSending, default_spin
 from .transport.connection import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
 from .wire.naming import new_id
@@ -100,6 +100,8 @@ def _check_spin(value) -> float:
         raise ValueError(f"spin must be a number of seconds from 0 to 1, not {value!r}")
     return float(value)
 
+
+_MAIN_THREAD = threading.main_thread()
 
 #: Bodies up to this size may wait on the stage (larger ones are pumped at once).
 _STAGE_BODY = 4096
@@ -232,7 +234,7 @@ class Context:
         to within a package). ``discarded_outgoing``: packages dropped
         because a send queue was full, counted once per connection.
         """
-        with self._lock:
+        with MainSending(), self._lock:
             self._pump()  # (staged packages are queued, or discarded, first)
         queued = self._startup_bytes
         for conn in list(self._connections):
@@ -291,7 +293,7 @@ class Context:
 
         The context can be bound or connected again afterwards.
         """
-        with self._lock:
+        with MainSending(), self._lock:
             self._pump()  # (what was sent goes out before the close signal)
         loop = self._loop
         conns = list(self._connections)
@@ -332,7 +334,7 @@ class Context:
     def _attach_connection(self, conn) -> IOLoop:
         loop = self._ensure_loop()
         conn._loop = loop
-        with self._lock:
+        with MainSending(), self._lock:
             self._pump()  # (what is staged goes first, with the startup queue)
             while self._startup:
                 conn._outq.append(self._startup.popleft())
@@ -365,7 +367,7 @@ class Context:
                 self._flush_cond.notify_all()
 
     def _wait_flushed(self, conns: list, timeout: float) -> None:
-        with self._lock:
+        with MainSending(), self._lock:
             self._pump()  # (what is staged counts as sent: it goes to the queues first)
         loop = self._loop
         if loop is None or loop.in_io_thread():
@@ -442,8 +444,12 @@ class Context:
                     return
                 self._pump_scheduled = False  # (it stopped meanwhile: that call may never run)
             self._pump_after = now + DIRECT_GAP
-        with self._lock:
-            self._pump()
+        if threading.current_thread() is _MAIN_THREAD:
+            with MainSending(), self._lock:  # (Ctrl-C waits: it must not cut a write in half)
+                self._pump()
+        else:
+            with self._lock:
+                self._pump()
 
     def _pump_on_loop(self) -> None:
         self._pump_scheduled = False  # (before the stage is taken; see _send)

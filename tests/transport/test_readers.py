@@ -359,6 +359,67 @@ def test_ctrl_c_while_a_reader_leaves_is_raised_not_deadlocked():
     assert proc.stdout.split() == ["KeyboardInterrupt", "True"], proc.stdout
 
 
+_CTRL_C_IN_A_SEND_CHILD = textwrap.dedent("""
+    import json, signal, sys, time
+    import yoton
+    a, b = yoton.Context(), yoton.Context()
+    conn = a.bind("127.0.0.1:0")
+    b.connect("127.0.0.1:%d" % conn.port1, timeout=5)
+    sub = yoton.SubChannel(b, "words")
+    pub = yoton.PubChannel(a, "words")
+    pub.send("first")
+    assert sub.recv(5.0) == "first"
+    real = conn._wlock
+
+    class Interrupting:
+        # The connection's write lock, but Ctrl-C comes right after a send takes it.
+        armed = False
+        def acquire(self, *args):
+            got = real.acquire(*args)
+            if got and Interrupting.armed and sys._getframe(1).f_code.co_name == "_enqueue_many":
+                Interrupting.armed = False
+                signal.raise_signal(signal.SIGINT)
+            return got
+        def release(self):
+            real.release()
+        def _is_owned(self):
+            return real._is_owned()
+        def __enter__(self):
+            return real.__enter__()
+        def __exit__(self, *exc):
+            return real.__exit__(*exc)
+
+    conn._wlock = Interrupting()
+    time.sleep(0.1)  # (idle: the next send writes by itself)
+    a._pump_after = conn._direct_after = 0.0
+    Interrupting.armed = True
+    interrupted = False
+    try:
+        pub.send("second")
+    except KeyboardInterrupt:
+        interrupted = True
+    held = real._is_owned()
+    if held:
+        real.release()
+    got = [sub.recv(5.0)]
+    pub.send("third")
+    got.append(sub.recv(5.0))
+    print(json.dumps({"fired": not Interrupting.armed, "interrupted": interrupted, "held": held, "got": got}))
+    a.close(); b.close()
+""")
+
+
+def test_ctrl_c_while_the_main_thread_writes_is_raised_after_the_write():
+    """Ctrl-C landing while the main thread holds a connection's write lock
+    (taken without ``with``) must not leave it held nor cut the write: yoton's
+    SIGINT handler raises KeyboardInterrupt at the end of the send."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_SEND_CHILD], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"fired": True, "interrupted": True, "held": False, "got": ["second", "third"]}, result
+
+
 def test_without_epoll_the_io_thread_alone_serves(make_ctx, monkeypatch):
     monkeypatch.setattr(ioloop, "_EPOLL", False)
     a, b = make_ctx(), make_ctx()

@@ -75,7 +75,7 @@ from collections import deque
 
 log = logging.getLogger("yoton")
 
-__all__ = ["IOLoop", "TICK", "SPIN", "default_spin"]
+__all__ = ["IOLoop", "MainSending", "TICK", "SPIN", "default_spin"]
 
 TICK = 0.1  #: seconds between housekeeping passes while connections exist
 SPIN = 0.0002  #: seconds a thread in :meth:`IOLoop.run_until` polls before it sleeps
@@ -218,20 +218,49 @@ class _Waker:
 # the main thread is in run_until(), which it then wakes and leaves at the end
 # of the pass, raising it there. If the program has a SIGINT handler of its
 # own, the main thread does not serve (it waits to be woken, as elsewhere).
+# The same handler holds KeyboardInterrupt back while the main thread sends
+# (see MainSending): it could otherwise leave a connection's write lock held,
+# or a write half booked, which corrupts the stream.
 _MAIN = threading.main_thread()
 _main_loop: "IOLoop | None" = None  # the loop the main thread is in run_until() of
+_main_sending = 0  # > 0 while the main thread is inside MainSending
 _sigint_pending: tuple | None = None
 
 
 def _sigint_handler(signum, frame):
     """yoton's SIGINT handler: KeyboardInterrupt, as Python's default, but
-    raised only once the main thread has finished a yoton I/O pass."""
+    raised only once the main thread has finished a yoton I/O pass or send."""
     global _sigint_pending
     loop = _main_loop
-    if loop is None:
+    if loop is None and not _main_sending:
         signal.default_int_handler(signum, frame)
     _sigint_pending = (signum, frame)
-    loop._wake_set()  # (takes no lock: we may have interrupted the main thread holding one)
+    if loop is not None:
+        loop._wake_set()  # (takes no lock: we may have interrupted the main thread holding one)
+
+
+class MainSending:
+    """``with MainSending():`` around a send's locks and writes, in any thread:
+    in the main thread, Ctrl-C waits for the end of the block (it raises
+    KeyboardInterrupt there), as it does for an I/O pass."""
+
+    __slots__ = ("_on",)
+
+    def __enter__(self):
+        global _main_sending
+        self._on = threading.current_thread() is _MAIN and (_main_sending or _main_may_serve())
+        if self._on:
+            _main_sending += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _main_sending, _sigint_pending
+        if self._on:
+            _main_sending -= 1
+            if not _main_sending and _main_loop is None and _sigint_pending is not None:
+                pending, _sigint_pending = _sigint_pending, None
+                signal.default_int_handler(*pending)
+        return False
 
 
 try:  # signal.getsignal() converts to an enum first: ~5 us, once per wait
