@@ -183,20 +183,22 @@ def test_a_pump_left_queued_on_a_stopped_loop_holds_no_send_back(ctx, bind_free,
         assert wait_for(lambda: ca.is_connected, events=False)
         pub = yoton.PubChannel(a, "after")
         if attempt == 0:
-            # The loop stops between the sender's check and its call_soon.
+            # The loop stops (as close() in another thread would stop it)
+            # between the sender's check and its call_soon.
             loop = a._loop
             real_call_soon = loop.call_soon
 
             def stopping_call_soon(func, *args):
-                loop._running = False
+                loop.call_soon = real_call_soon  # (once: stop() queues a call too)
+                loop.stop()
                 real_call_soon(func, *args)
 
             loop.call_soon = stopping_call_soon
             a._pump_after = time.monotonic() + 60  # (as in a stream: pump on the loop)
+            a.connections[0]._direct_after = 0.0  # (the sender may write by itself)
             pub.send("racing the stop")
+            assert not loop.running
             assert not a._stage and not a._pump_scheduled, "the sender must pump itself then"
-            loop._running = True
-            loop.call_soon = real_call_soon
             assert sub.recv(3.0) == "racing the stop"
         else:
             # A flag left set by such a race on the old loop: the new loop starts clean.

@@ -135,7 +135,8 @@ def test_a_reader_polls_for_spin_seconds_before_it_sleeps(make_ctx, spin):
         assert waits["poll"] >= 100 and waits["poll found"] >= 50, waits
         assert waits["sleep"] >= 1, "the reader never went to sleep after its spin"
     else:
-        assert waits["poll"] < 5, f"spin=0 still polled: {waits}"  # (only when a timer is due right then)
+        # (A zero timeout happens only when a timer is due right then: a few per 0.1 s tick.)
+        assert waits["poll"] < 30, f"spin=0 still polled: {waits}"
         assert waits["sleep"] >= 100
 
 
@@ -390,21 +391,28 @@ _CTRL_C_IN_A_SEND_CHILD = textwrap.dedent("""
             return real.__exit__(*exc)
 
     conn._wlock = Interrupting()
-    time.sleep(0.1)  # (idle: the next send writes by itself)
-    a._pump_after = conn._direct_after = 0.0
-    Interrupting.armed = True
-    interrupted = False
-    try:
-        pub.send("second")
-    except KeyboardInterrupt:
-        interrupted = True
+    interrupted, fired, sent = False, False, []
+    for attempt in range(50):  # (until a send writes by itself: not while the I/O thread writes)
+        time.sleep(0.01)
+        a._pump_after = conn._direct_after = 0.0
+        Interrupting.armed = True
+        sent.append("second %d" % attempt)
+        try:
+            pub.send(sent[-1])
+        except KeyboardInterrupt:
+            interrupted = True
+        if not Interrupting.armed:
+            fired = True
+            break
+    Interrupting.armed = False
     held = real._is_owned()
     if held:
         real.release()
-    got = [sub.recv(5.0)]
+    got = [sub.recv(5.0) for _ in sent]
     pub.send("third")
     got.append(sub.recv(5.0))
-    print(json.dumps({"fired": not Interrupting.armed, "interrupted": interrupted, "held": held, "got": got}))
+    print(json.dumps({"fired": fired, "interrupted": interrupted, "held": held,
+                      "ok": got == sent + ["third"], "got": got[-3:]}))
     a.close(); b.close()
 """)
 
@@ -417,7 +425,8 @@ def test_ctrl_c_while_the_main_thread_writes_is_raised_after_the_write():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"fired": True, "interrupted": True, "held": False, "got": ["second", "third"]}, result
+    assert result["fired"] and result["interrupted"], result
+    assert not result["held"] and result["ok"], result
 
 
 def test_without_epoll_the_io_thread_alone_serves(make_ctx, monkeypatch):
