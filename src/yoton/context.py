@@ -45,9 +45,8 @@ import weakref
 from collections import deque
 
 from .errors import FlushTimeout
-from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
+from .transport.connection import DIRECT_GAP, REASON_CONTEXT, ConnectionCollection, TcpConnection
 from .transport.ioloop import IOLoop, MainSending, default_spin
-from .transport.connection import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
 from .wire.naming import new_id
 
@@ -234,8 +233,7 @@ class Context:
         to within a package). ``discarded_outgoing``: packages dropped
         because a send queue was full, counted once per connection.
         """
-        with MainSending(), self._lock:
-            self._pump()  # (staged packages are queued, or discarded, first)
+        self._pump_now()  # (staged packages are queued, or discarded, first)
         queued = self._startup_bytes
         for conn in list(self._connections):
             queued += max(0, conn._qbytes_user - conn._qbytes_io)
@@ -293,8 +291,7 @@ class Context:
 
         The context can be bound or connected again afterwards.
         """
-        with MainSending(), self._lock:
-            self._pump()  # (what was sent goes out before the close signal)
+        self._pump_now()  # (what was sent goes out before the close signal)
         loop = self._loop
         conns = list(self._connections)
         if loop is not None and loop.running:
@@ -367,8 +364,7 @@ class Context:
                 self._flush_cond.notify_all()
 
     def _wait_flushed(self, conns: list, timeout: float) -> None:
-        with MainSending(), self._lock:
-            self._pump()  # (what is staged counts as sent: it goes to the queues first)
+        self._pump_now()  # (what is staged counts as sent: it goes to the queues first)
         loop = self._loop
         if loop is None or loop.in_io_thread():
             return
@@ -444,8 +440,13 @@ class Context:
                     return
                 self._pump_scheduled = False  # (it stopped meanwhile: that call may never run)
             self._pump_after = now + DIRECT_GAP
+        self._pump_now()
+
+    def _pump_now(self) -> None:
+        """Pump in this thread (any thread; in the main thread, a Ctrl-C waits
+        for the end: it must not cut a write in half)."""
         if threading.current_thread() is _MAIN_THREAD:
-            with MainSending(), self._lock:  # (Ctrl-C waits: it must not cut a write in half)
+            with MainSending(), self._lock:
                 self._pump()
         else:
             with self._lock:

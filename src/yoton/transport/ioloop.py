@@ -45,10 +45,9 @@ Rules for who runs the loop's work (the "loop side"):
   it, and then looks every LINGER seconds again for DEEP_AFTER seconds. So
   a thread blocked in a long wait costs it no wake-ups, and steady traffic
   at most one per LINGER. A :meth:`wake` with no reader in brings it back
-  at once. The reader
-  serves everything meanwhile, timers and housekeeping included. (The I/O
-  thread may still be in the set from before the reader came; it then
-  wakes at most at its next timeout, serves, and steps out.)
+  at once. The reader serves everything meanwhile, timers and housekeeping
+  included. (The I/O thread may still be in the set from before the reader
+  came; it then wakes at most at its next timeout, serves, and steps out.)
 * A reader must hear about a package it did not serve itself: a thread that
   serves a pass while a reader waits wakes the loop at the end of the pass,
   so the reader checks again. Whoever meets a reader's condition off the
