@@ -328,3 +328,18 @@ def test_raising_done_callback_is_logged_not_propagated(caplog):
     assert records, caplog.text
     assert any(r.exc_info[0] is ZeroDivisionError for r in records)
     assert "callback exploded" in caplog.text
+
+
+def test_timeout_message_names_the_timeout_given(ctx):
+    # (it used to report what was left of it: "within 0.0 s")
+    a, b = ctx(), ctx()
+    req = yoton.ReqChannel(a, "nobody")  # no replier, no connection: the request waits
+    f = req.anything()
+    with pytest.raises(yoton.TimeoutError, match=r"within 0\.25 s"):
+        f.result(0.25)
+    with pytest.raises(yoton.TimeoutError, match=r"within 0\.1 s"):
+        f.exception(0.1)
+    with pytest.raises(yoton.TimeoutError, match=r"within 0 s"):
+        f.result(0)
+    with pytest.raises(yoton.TimeoutError, match=r"within 0\.05 s"):
+        make_future().result(0.05)

@@ -15,7 +15,11 @@ The exchange for request number n (``REF = 2**63``)::
 So a request goes to the first replier that is free: load is balanced
 without any coordinator. A failed request is answered with the OBJECT tuple
 ``("yoton_ERROR_HANDLING_REQUEST", message)``; the requester's future then
-raises :class:`~yoton.errors.RemoteError` with that message.
+raises :class:`~yoton.errors.RemoteError` with that message. The message is
+yoton 2.2's (:func:`error_text`): the exception's text, a newline, and the
+line that raised it; the replier also logs the error (a warning on the
+``"yoton"`` logger, which Python prints on stderr when the application
+configured no logging).
 
 Futures are completed on the context's loop side; ``result()`` works from any
 thread without the yoton event loop: it waits in the context's sockets itself
@@ -38,7 +42,7 @@ from .base import BaseChannel
 
 log = logging.getLogger("yoton")
 
-__all__ = ["ReqChannel", "RepChannel", "Future"]
+__all__ = ["ReqChannel", "RepChannel", "Future", "error_text"]
 
 REF = 2**63
 PRE_REQUEST = b"req?"
@@ -49,6 +53,25 @@ ANNOUNCE_INTERVAL = 0.5
 ACK_TIMEOUT = 10.0
 
 PENDING, RUNNING, CANCELLED, FINISHED = "PENDING", "RUNNING", "CANCELLED", "FINISHED"
+
+# No "line N of FILE." for these (yoton 2.2's rule: the text says it all).
+_NO_LOCATION = (OverflowError, SyntaxError, ValueError)
+
+
+def error_text(exc: BaseException) -> str:
+    """The text yoton 2.2 sends (and a requester shows) for a request that raised ``exc``.
+
+    ``str(exc)``, a newline, then where it was raised, ``'line N of FILE.'``
+    (the innermost frame of its traceback); nothing after the newline for an
+    OverflowError, SyntaxError or ValueError, or without a traceback.
+    """
+    where = ""
+    if not isinstance(exc, _NO_LOCATION):
+        tb = exc.__traceback__
+        while tb is not None:
+            where = f"line {tb.tb_lineno} of {tb.tb_frame.f_code.co_filename}."
+            tb = tb.tb_next
+    return f"{exc}\n{where}"
 
 
 class Future:
@@ -121,6 +144,7 @@ class Future:
                 loop.wake()
 
     def _wait(self, timeout) -> None:
+        given = timeout
         if not self.done() and self._reader is None:
             loop = self._loop()
             if loop is not None:
@@ -135,7 +159,7 @@ class Future:
                     timeout = max(0.0, deadline - time.monotonic())
         with self._cond:
             if not self._cond.wait_for(self.done, timeout):
-                raise TimeoutError(f"no reply to request #{self._request_id} within {timeout} s")
+                raise TimeoutError(f"no reply to request #{self._request_id} within {given:g} s")
         if self._state == CANCELLED:
             raise CancelledError(f"request #{self._request_id} was cancelled")
 
@@ -220,11 +244,13 @@ class ReqChannel(BaseChannel):
     timeout of new futures: how long to wait for a replier to take a request.
     A request larger than the context's ``max_package_size`` raises
     ``ValueError`` when posted; a reply too large is answered as an error
-    (the future raises :class:`~yoton.errors.RemoteError`).
+    (the future raises :class:`~yoton.errors.RemoteError`). A request on a
+    closed channel returns a future that is cancelled already (as in yoton 2.2).
     """
 
     _pattern_out = "req-rep"
     _pattern_in = "rep-req"
+    _run_mode = 1  # yoton 2.2: a requester is always "event-driven" (here: served by the loop side)
 
     def __init__(self, context, slot_base: str, default_future_timeout=10.0):
         super().__init__(context, slot_base, OBJECT)
@@ -251,10 +277,17 @@ class ReqChannel(BaseChannel):
         stats["pending_requests"] = len(self._futures)
         return stats
 
+    def _process_events_local(self, dummy=None) -> None:
+        """Nothing to do (yoton 2.2 name): requests and replies are handled on the loop side."""
+
     def _post(self, name: str, args: tuple, kwargs: dict) -> Future:
-        if self._closed:
-            raise ChannelClosedError(f"cannot send on closed ReqChannel {self._slot_out_name!r}")
         body = encode_object((name, args, kwargs))
+        if self._closed:  # as in yoton 2.2: a future that is cancelled already
+            with self._req_lock:
+                self._counter += 1
+                future = Future(None, body, self._counter, None)
+            future._state = CANCELLED
+            return future
         limit = self._context.max_package_size
         if len(body) > limit:  # refused here: the I/O thread sends the body later
             raise ValueError(f"request too large to send: {len(body)} bytes encoded, "
@@ -327,7 +360,17 @@ class ReqChannel(BaseChannel):
                 future.set_exception(ChannelClosedError("the ReqChannel was closed before the reply came"))
 
 
-_MODES = {"off": 0, "event": 1, "thread": 2, 0: 0, 1: 1, 2: 2}
+_MODE_NAMES = {"off": 0, "event": 1, "thread": 2, "event-driven": 1, "thread-driven": 2}
+
+
+def _mode_number(mode):
+    """0, 1 or 2 for a mode yoton 2.2 accepts (names in any case, or values equal to 0, 1, 2); else None."""
+    if isinstance(mode, str):
+        return _MODE_NAMES.get(mode.lower())
+    try:
+        return (0, 1, 2).index(mode)  # (== as in 2.2: True is 1, 2.0 is 2)
+    except Exception:
+        return None
 
 
 class RepChannel(BaseChannel):
@@ -337,6 +380,11 @@ class RepChannel(BaseChannel):
     the yoton event loop; ``'thread'``: by a thread of this channel). Names
     starting with an underscore and the channel's own API (except
     :meth:`echo`) cannot be called remotely.
+
+    A replier left off (mode 0) can also be served by the application itself,
+    as pyzo's kernel does: call :meth:`_process_events_local` now and then
+    (yoton 2.2's name; ``_run_mode`` tells the mode). A request that raises
+    is answered with its :func:`error_text` and logged as a warning.
     """
 
     _pattern_out = "rep-req"
@@ -355,12 +403,23 @@ class RepChannel(BaseChannel):
         self._served = 0
         self._ticking = False  # one _tick chain at most, however often set_mode is called
 
+    @property
+    def _run_mode(self) -> int:
+        """The mode (yoton 2.2's name): 0 off, 1 event, 2 thread."""
+        return self._mode
+
     def set_mode(self, mode) -> None:
-        """Serve requests: ``'off'`` (0), ``'event'`` (1) or ``'thread'`` (2)."""
-        key = mode.lower() if isinstance(mode, str) else mode
-        if isinstance(key, bool) or key not in _MODES:
+        """Serve requests: ``'off'`` (0), ``'event'`` (1) or ``'thread'`` (2).
+
+        yoton 2.2's spellings work too: ``'event-driven'``, ``'thread-driven'``,
+        any case, and values equal to 0, 1 or 2 (``True`` is 1).
+        """
+        number = _mode_number(mode)
+        if number is None:
             raise ValueError(f"mode must be 'off', 'event' or 'thread' (or 0, 1, 2), not {mode!r}")
-        self._mode = _MODES[key]
+        self._mode = number
+        if number == 1:
+            self._post_local_work()
         if self._mode == 2 and self._worker is None:
             self._worker = threading.Thread(target=self._work_loop, daemon=True,
                                             name=f"yoton-rep-{self._slot_in_name}")
@@ -391,8 +450,7 @@ class RepChannel(BaseChannel):
     # -- I/O thread -------------------------------------------------------------
 
     def _receive(self, pkg) -> None:
-        if not self._mode:
-            return
+        # Also when off: a replier served by _process_events_local needs the offers.
         seq = pkg.dest_seq
         if seq >= REF:
             key = (pkg.source_id, seq - REF)
@@ -414,17 +472,19 @@ class RepChannel(BaseChannel):
             with self._lock:
                 if (pkg.source_id, seq) == self._current:
                     self._current = (pkg.source_id, seq, "serving")
-            if self._mode == 2:
+            mode = self._mode
+            if mode == 1:
+                post_event(self._serve, pkg)
+            else:  # the worker thread's, or (off) _process_events_local's
                 with self._work_cond:
                     self._work.append(pkg)
-                    self._work_cond.notify()
-            else:
-                post_event(self._serve, pkg)
+                    if mode:
+                        self._work_cond.notify()
 
-    def _offer_next(self) -> None:
-        """Acknowledge the next announced request if we are free."""
+    def _offer_next(self, local: bool = False) -> None:
+        """Acknowledge the next announced request if we are free (and on, or ``local``)."""
         with self._lock:
-            if self._current is not None or not self._offers or not self._mode:
+            if self._current is not None or not self._offers or not (self._mode or local):
                 return
             requester, n = self._current = self._offers.popleft()
             self._acked_at = time.monotonic()
@@ -435,11 +495,46 @@ class RepChannel(BaseChannel):
             if not self._mode or self._closed:
                 self._ticking = False
                 return
-            current = self._current
-            if current is not None and len(current) == 2 and time.monotonic() - self._acked_at > ACK_TIMEOUT:
-                self._current = None  # the requester never sent the request
+            self._forget_stale_ack()
         self._offer_next()
         self._context._ensure_loop().call_later(1.0, self._tick)
+
+    def _forget_stale_ack(self) -> None:
+        """(with _lock) Free us if the requester never sent the request we acknowledged."""
+        current = self._current
+        if current is not None and len(current) == 2 and time.monotonic() - self._acked_at > ACK_TIMEOUT:
+            self._current = None
+
+    # -- serving in the application's thread (yoton 2.2's mode-0 interface) -------
+
+    def _process_events_local(self, dummy=None) -> None:
+        """Serve, in the calling thread, the requests this replier has taken; then take the next.
+
+        yoton 2.2's way to run a replier that is off (mode 0) from the
+        application's own loop, as pyzo's kernel does when
+        ``PYZO_INTROSPECT_IN_MAIN_THREAD=1``: each call answers what arrived
+        and acknowledges one waiting request, whose body arrives for the next
+        call. In the other modes it does the same alongside them.
+        """
+        if self._closed:
+            return
+        with self._lock:
+            self._forget_stale_ack()
+        while True:
+            with self._work_cond:
+                if not self._work:
+                    break
+                pkg = self._work.popleft()
+            self._serve(pkg)
+        self._offer_next(local=True)
+
+    def _post_local_work(self) -> None:
+        """Requests taken while off go to the event loop when the mode becomes 1."""
+        with self._work_cond:
+            work = list(self._work)
+            self._work.clear()  # (in place: a worker thread holds this deque)
+        for pkg in work:
+            post_event(self._serve, pkg)
 
     # -- serving (event loop or worker thread) ------------------------------------
 
@@ -454,6 +549,7 @@ class RepChannel(BaseChannel):
         self._offer_next()
 
     def _call(self, data) -> bytes:
+        name, called = "?", False
         try:
             request = decode_object(data)
             if not (isinstance(request, tuple) and len(request) == 3):
@@ -466,15 +562,21 @@ class RepChannel(BaseChannel):
             method = getattr(self, name, None)
             if not callable(method):
                 raise AttributeError(f"Method {name!r} not implemented.")
-            reply = encode_object(method(*args, **kwargs))
+            called = True
+            result = method(*args, **kwargs)
+            called = False
+            reply = encode_object(result)
             limit = self._context.max_package_size
             if len(reply) > limit:
                 raise ValueError(f"reply too large to send: {len(reply)} bytes encoded, "
                                  f"but max_package_size is {limit}")
             return reply
         except Exception as exc:
-            log.debug("yoton: RepChannel %r failed a request", self._slot_in_name, exc_info=True)
-            return encode_object((ERROR_TAG, f"{type(exc).__name__}: {exc}"))
+            text = error_text(exc)
+            # (the traceback when the method itself raised; our own refusals need none)
+            log.warning("yoton.RepChannel %r: error handling request %r:\n%s",
+                        self._slot_in_name, name, text.rstrip("\n"), exc_info=called)
+            return encode_object((ERROR_TAG, text))
 
     def _work_loop(self) -> None:
         me = threading.current_thread()
