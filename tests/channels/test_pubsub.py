@@ -318,17 +318,31 @@ def test_received_signal_once_per_burst(pair, wait_for):
     assert sub.recv(False) == "again"
 
 
-def test_received_signal_bound_late_fires_on_next_arrival(pair, wait_for):
-    """Binding after messages arrived: the next arrival still emits."""
+def test_received_signal_bound_late_fires_for_what_arrived_before(pair, wait_for):
+    """As in yoton 2.2: the emission is queued at arrival, and the handlers bound
+    by the time the event loop runs it are called (before, nothing was emitted
+    without a handler, so a handler bound late missed those messages)."""
     a, b, ca, cb = pair()
     pub, sub = yoton.PubChannel(a, "sig2"), yoton.SubChannel(b, "sig2")
     pub.send("first")
     assert wait_for(lambda: sub.pending == 1, events=False)
     calls = []
     sub.received.bind(lambda ch: calls.append(ch.recv_all()))
-    pub.send("second")
     assert wait_for(lambda: calls)
-    assert calls == [["first", "second"]]
+    assert calls == [["first"]]
+    pub.send("second")
+    assert wait_for(lambda: len(calls) == 2)
+    assert calls == [["first"], ["second"]]
+
+
+def test_received_is_one_pending_emission_per_channel(pair, wait_for):
+    a, b, ca, cb = pair()
+    pub, sub = yoton.PubChannel(a, "sig3"), yoton.SubChannel(b, "sig3")
+    for i in range(50):
+        pub.send(str(i))
+    assert wait_for(lambda: sub.pending == 50, events=False)
+    queued = [func for func, _, _ in list(yoton.events._loop._queue) if func == sub._emit_received]
+    assert len(queued) == 1  # one emission queued (no handler yet), however many arrived
 
 
 # ---------------------------------------------------------------------------

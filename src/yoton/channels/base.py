@@ -57,6 +57,7 @@ class BaseChannel:
 
     _pattern_out = ""  # e.g. 'pub-sub'; '' means the channel does not send
     _pattern_in = ""  # '' means the channel does not receive
+    # (or override _messaging_patterns(), as channels written for yoton 2.2 do)
 
     def __init__(self, context, slot_base: str, message_type=None):
         from ..context import Context
@@ -68,10 +69,11 @@ class BaseChannel:
         self._context = context
         self._message_type = mt = as_message_type(message_type)
         type_name = mt.message_type_name()
-        self._slot_out_name, self._slot_out = (
-            _slot(slot_base, type_name, self._pattern_out) if self._pattern_out else ("", None))
-        self._slot_in_name, self._slot_in = (
-            _slot(slot_base, type_name, self._pattern_in) if self._pattern_in else ("", None))
+        pattern_out, pattern_in = self._messaging_patterns()
+        if not (pattern_out or pattern_in):
+            raise ValueError(f"{type(self).__name__} has no slot: its messaging patterns are empty")
+        self._slot_out_name, self._slot_out = _slot(slot_base, type_name, pattern_out) if pattern_out else ("", None)
+        self._slot_in_name, self._slot_in = _slot(slot_base, type_name, pattern_in) if pattern_in else ("", None)
         self._closed = False
         self._received_signal = Signal()
         self._emit_pending = False
@@ -88,6 +90,26 @@ class BaseChannel:
         self._waiters = 0
         self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
         context._register_channel(self, self._slot_out, self._slot_in)
+
+    def _messaging_patterns(self) -> tuple:
+        """Return the patterns ``(outgoing, incoming)`` of the slot names ('' for none).
+
+        Taken from the class attributes ``_pattern_out`` / ``_pattern_in``;
+        a channel class may override this instead (yoton 2.2's way). Raises
+        NotImplementedError for a class with neither (BaseChannel itself).
+        """
+        if not (self._pattern_out or self._pattern_in):
+            raise NotImplementedError(f"{type(self).__name__} defines no messaging pattern "
+                                      "(set _pattern_out/_pattern_in or override _messaging_patterns())")
+        return self._pattern_out, self._pattern_in
+
+    def message_to_bytes(self, message) -> bytes:
+        """Encode ``message`` with this channel's message type (yoton 2.2 had this on channels)."""
+        return self._message_type.message_to_bytes(message)
+
+    def message_from_bytes(self, data):
+        """Decode ``data`` with this channel's message type (yoton 2.2 had this on channels)."""
+        return self._message_type.message_from_bytes(data)
 
     def __repr__(self):
         state = "closed" if self._closed else f"{len(self._queue)} pending"
@@ -231,8 +253,12 @@ class BaseChannel:
             self._discarded += 1
 
     def _announce(self) -> None:
-        """Emit ``received`` through the event queue, at most one pending at a time."""
-        if self._received_signal._handlers and not self._emit_pending:
+        """Emit ``received`` through the event queue, at most one pending at a time.
+
+        Posted with or without handlers (as yoton 2.2 does): the handlers bound
+        by the time the event loop runs it are called.
+        """
+        if not self._emit_pending:
             self._emit_pending = True
             post_event(self._emit_received)
 

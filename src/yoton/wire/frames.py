@@ -68,6 +68,12 @@ _READ_BUFFER = 256 * 1024
 _FIRST_BODY_CHUNK = 1 << 20
 
 
+def _alias(name: str) -> property:
+    """A property standing for the attribute ``name`` (yoton 2.2 called it ``_name``)."""
+    return property(lambda self: getattr(self, name), lambda self, value: setattr(self, name, value),
+                    doc=f"Same as ``{name}`` (yoton 2.2's name).")
+
+
 class Package:
     """One package: routing fields plus the (encoded) body.
 
@@ -108,6 +114,32 @@ class Package:
             f"<Package slot={self.slot} src={self.source_id:016x}:{self.source_seq} "
             f"dest={self.dest_id:016x}:{self.dest_seq} len={len(self.data)}>"
         )
+
+    # -- yoton 2.2's names (code written for it may touch packages) ----------
+
+    _data = _alias("data")
+    _slot = _alias("slot")
+    _source_id = _alias("source_id")
+    _source_seq = _alias("source_seq")
+    _dest_id = _alias("dest_id")
+    _dest_seq = _alias("dest_seq")
+    _recv_seq = _alias("recv_seq")
+
+    def parts(self) -> tuple:
+        """Return ``(header, body)``: the 56 header bytes and the body, as sent on the wire."""
+        return self.header(), self.data
+
+    @classmethod
+    def from_header(cls, header):
+        """Return ``(package without body, body length)`` for 56 header bytes, or
+        ``(None, None)`` if their control field is not yoton's."""
+        control, slot, source_id, source_seq, dest_id, dest_seq, length = _unpack_from(header)
+        if control != CONTROL:
+            return None, None
+        return cls(None, slot, source_id, source_seq, dest_id, dest_seq, 0), length
+
+    def __str__(self):
+        return f"At slot {self.slot}: {self.data!r}"
 
 
 def pack_header(slot: int, source_id: int, source_seq: int, dest_id: int, dest_seq: int, length: int) -> bytes:
