@@ -1,7 +1,9 @@
-"""RequestServer and do_request over plain TCP on 127.0.0.1 (PROTOCOL.md section 10).
+"""RequestServer and do_request over plain TCP on 127.0.0.1.
 
-One request per connection: text + CRLF in, reply + CRLF out, then EOF.
-Each side is also tested against a raw socket doing the other side by hand.
+One request per connection: text + CRLF in, reply + CRLF out, then EOF. As in
+yoton 2.2 the handler gets the request with its CRLF and do_request returns
+the reply with its CRLF. Each side is also tested against a raw socket doing
+the other side by hand.
 """
 
 from __future__ import annotations
@@ -107,22 +109,22 @@ def test_request_sent_in_pieces(serve):
 def test_many_clients_one_after_another(serve):
     server = serve()
     for i in range(30):
-        assert do_request(addr(server), f"r{i}", timeout=5) == f"Requested: r{i}"
+        assert do_request(addr(server), f"r{i}", timeout=5) == f"Requested: r{i}\r\n"
 
 
 def test_handler_failure_gives_error_reply_and_server_goes_on(serve, caplog):
     class Broken(RequestServer):
         def handle_request(self, request):
-            if request == "raise":
+            if request == "raise\r\n":
                 raise RuntimeError("handler bug")
-            if request == "bytes":
+            if request == "bytes\r\n":
                 return b"not a str"
             return "ok " + request
 
     server = serve(Broken)
     assert do_request(addr(server), "raise", timeout=5).startswith("ERROR")
     assert do_request(addr(server), "bytes", timeout=5).startswith("ERROR")
-    assert do_request(addr(server), "fine", timeout=5) == "ok fine"
+    assert do_request(addr(server), "fine", timeout=5) == "ok fine\r\n"
     assert "handler bug" in caplog.text
 
 
@@ -157,7 +159,7 @@ def test_do_request_against_raw_server(listener, text, sent):
     got = []
     thread = raw_server(listener, "answer ☃\r\n".encode(), got)
     port = listener.getsockname()[1]
-    assert do_request(f"127.0.0.1:{port}", text, timeout=5) == "answer ☃"
+    assert do_request(f"127.0.0.1:{port}", text, timeout=5) == "answer ☃\r\n"  # (as it came)
     thread.join(5)
     assert got == [sent]  # a CRLF is appended only when missing
 
@@ -165,7 +167,7 @@ def test_do_request_against_raw_server(listener, text, sent):
 def test_do_request_without_timeout(listener):
     got = []
     thread = raw_server(listener, b"fine\r\n", got)
-    assert do_request(f"localhost:{listener.getsockname()[1]}", "x") == "fine"
+    assert do_request(f"localhost:{listener.getsockname()[1]}", "x") == "fine\r\n"
     thread.join(5)
 
 
@@ -176,12 +178,12 @@ def test_do_request_reply_ended_by_eof(listener):
     thread.join(5)
 
 
-def test_do_request_times_out_with_none(listener):
+def test_do_request_times_out_with_empty_text(listener):
     got, hold = [], threading.Event()
     thread = raw_server(listener, b"", got, hold)
     try:
         t0 = time.monotonic()
-        assert do_request(f"127.0.0.1:{listener.getsockname()[1]}", "anyone?", timeout=0.3) is None
+        assert do_request(f"127.0.0.1:{listener.getsockname()[1]}", "anyone?", timeout=0.3) == ""
         elapsed = time.monotonic() - t0
         assert 0.25 <= elapsed < 3.0, elapsed
         assert got == [b"anyone?\r\n"]
@@ -195,8 +197,36 @@ def test_do_request_to_closed_port_raises():
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    with pytest.raises(OSError):
+    with pytest.raises(RuntimeError, match="No server is listening") as info:  # yoton 2.2's error
         do_request(f"127.0.0.1:{port}", "x", timeout=2)
+    assert isinstance(info.value, OSError) and isinstance(info.value, yoton.YotonError)
+    with pytest.raises(RuntimeError):
+        do_request(f"127.0.0.1:{port}", "x")  # (no timeout: the same)
+
+
+@pytest.mark.parametrize("request_", [b"bytes", 42, None])
+def test_do_request_wants_a_str(request_):
+    with pytest.raises(ValueError):  # yoton 2.2: ValueError, before connecting
+        do_request("127.0.0.1:1", request_)
+
+
+def test_do_request_returns_what_came_before_the_timeout(listener):
+    got, hold = [], threading.Event()
+
+    def run():
+        conn, _ = listener.accept()
+        with conn:
+            got.append(conn.recv(100))
+            conn.sendall(b"half a rep")  # no CRLF, no EOF
+            hold.wait(10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert do_request(f"127.0.0.1:{listener.getsockname()[1]}", "q", timeout=0.3) == "half a rep"
+    finally:
+        hold.set()
+        thread.join(5)
 
 
 # -- concurrency and protection ------------------------------------------------------------------
@@ -210,6 +240,7 @@ class Gate(RequestServer):
         self.gate = threading.Event()
 
     def handle_request(self, request):
+        request = request.rstrip("\r\n")
         if request == "slow":
             self.slow_started.set()
             self.gate.wait(10)
@@ -229,12 +260,12 @@ def test_async_server_answers_fast_client_while_slow_one_waits(serve):
         slow_thread, slow_box = run_in_thread(do_request, addr(server), "slow", timeout=10)
         assert server.slow_started.wait(5)
         # the slow request is being handled; a fast one is answered meanwhile
-        assert do_request(addr(server), "fast", timeout=5) == "done fast"
+        assert do_request(addr(server), "fast", timeout=5) == "done fast\r\n"
         assert slow_box == [] and slow_thread.is_alive()
     finally:
         server.gate.set()
     slow_thread.join(5)
-    assert slow_box == ["done slow"]
+    assert slow_box == ["done slow\r\n"]
 
 
 def test_sync_server_serves_one_at_a_time(serve):
@@ -242,12 +273,12 @@ def test_sync_server_serves_one_at_a_time(serve):
     try:
         slow_thread, slow_box = run_in_thread(do_request, addr(server), "slow", timeout=10)
         assert server.slow_started.wait(5)
-        assert do_request(addr(server), "fast", timeout=0.3) is None  # queued behind "slow"
+        assert do_request(addr(server), "fast", timeout=0.3) == ""  # queued behind "slow"
     finally:
         server.gate.set()
     slow_thread.join(5)
-    assert slow_box == ["done slow"]
-    assert do_request(addr(server), "after", timeout=5) == "done after"
+    assert slow_box == ["done slow\r\n"]
+    assert do_request(addr(server), "after", timeout=5) == "done after\r\n"
 
 
 def test_oversized_request_is_cut_off(serve):
@@ -261,7 +292,7 @@ def test_oversized_request_is_cut_off(serve):
             pass  # the server dropped us with unread data: that is a cut-off too
     assert b"Requested" not in got and got == b""
     # a request under the limit is still served
-    assert do_request(addr(server), "y" * 900, timeout=5) == "Requested: " + "y" * 900
+    assert do_request(addr(server), "y" * 900, timeout=5) == "Requested: " + "y" * 900 + "\r\n"
 
 
 @pytest.mark.parametrize("size", [1001, 5000, 60000])
@@ -276,7 +307,7 @@ def test_oversized_request_with_crlf_is_cut_off(serve, size):
         except (ConnectionResetError, BrokenPipeError):
             pass
     assert got == b""
-    assert do_request(addr(server), "z" * 1000, timeout=5) == "Requested: " + "z" * 1000
+    assert do_request(addr(server), "z" * 1000, timeout=5) == "Requested: " + "z" * 1000 + "\r\n"
 
 
 class ChunkSocket:
@@ -293,9 +324,9 @@ class ChunkSocket:
 
 
 @pytest.mark.parametrize("chunks,expected", [
-    ((b"abcdefghij\r", b"\n"), b"abcdefghij"),  # CRLF split right at the limit
-    ((b"abcdefghij\r\n",), b"abcdefghij"),
-    ((b"abc", b"def\r\nrest"), b"abcdef"),
+    ((b"abcdefghij\r", b"\n"), b"abcdefghij\r\n"),  # CRLF split right at the limit
+    ((b"abcdefghij\r\n",), b"abcdefghij\r\n"),
+    ((b"abc", b"def\r\nrest"), b"abcdef\r\n"),
     ((b"abc",), b"abc"),  # ended by EOF
     ((b"abcdefghij",), b"abcdefghij"),
 ])
@@ -324,7 +355,7 @@ def test_slow_client_is_cut_off_and_server_keeps_serving(serve):
         slow.sendall(b"partial, no CRLF")
         t0 = time.monotonic()
         # meanwhile a good client waits its turn and is served once the slow one is dropped
-        assert do_request(addr(server), "next", timeout=5) == "Requested: next"
+        assert do_request(addr(server), "next", timeout=5) == "Requested: next\r\n"
         try:
             assert recv_all(slow) == b""  # dropped without a reply
         except ConnectionResetError:
@@ -336,7 +367,7 @@ def test_slow_client_is_cut_off_and_server_keeps_serving(serve):
 
 def test_stop_request_stops_the_server(serve):
     server = serve()
-    assert do_request(addr(server), "stop", timeout=5) == "Requested: stop"
+    assert do_request(addr(server), "stop", timeout=5) == "Requested: stop\r\n"
     server.join(5)
     assert not server.is_alive()
     with pytest.raises(OSError):
@@ -346,7 +377,7 @@ def test_stop_request_stops_the_server(serve):
 def test_wait_request_takes_a_second(serve):
     server = serve(async_val=True)
     t0 = time.monotonic()
-    assert do_request(addr(server), "wait", timeout=5) == "Requested: wait"
+    assert do_request(addr(server), "wait", timeout=5) == "Requested: wait\r\n"
     assert time.monotonic() - t0 >= 0.9
 
 
@@ -366,7 +397,7 @@ def test_run_in_calling_thread_and_stop_from_another():
     server.run()  # returns once stop() is called
     assert time.monotonic() - t0 < 10
     helper.join(5)
-    assert seen == ["Requested: from helper"]
+    assert seen == ["Requested: from helper\r\n"]
     assert not server.is_alive()  # it never ran as a thread
     with pytest.raises(OSError):
         socket.create_connection(server.address, timeout=2).close()

@@ -141,19 +141,37 @@ def test_chunksize_splits_long_writes(linked):
     assert sub.recv(0.2) == ""  # nothing more
 
 
-def test_echo_file_gets_everything_written(linked):
+def test_echo_gets_what_is_read(linked):
+    # yoton 2.2 (pyzo's stdin): the echo PubChannel gets each message read, as read
     a, b = linked
-    echo = io.StringIO()
-    flushed = []
-    echo.flush = lambda: flushed.append(True)
-    w = FileWrapper(yoton.PubChannel(a, "echo"), echo=echo)
-    sub = yoton.SubChannel(b, "echo")
-    w.write("seen ")
-    w.writelines(["twice", "\n"])
-    w.flush()
-    assert echo.getvalue() == "seen twice\n"
-    assert flushed == [True]
-    assert [sub.recv(5) for _ in range(3)] == ["seen ", "twice", "\n"]
+    pub = yoton.PubChannel(a, "in")
+    echo_sub = yoton.SubChannel(a, "echo")
+    r = FileWrapper(yoton.SubChannel(b, "in"), echo=yoton.PubChannel(b, "echo"))
+    pub.send("typed")
+    pub.send("more\n")
+    assert r.readline() == "typed\n"
+    assert r.read(5) == "more\n"
+    assert r.read() == ""  # nothing read: nothing echoed
+    assert [echo_sub.recv(5), echo_sub.recv(5)] == ["typed", "more\n"]
+    assert echo_sub.recv(0.2) == ""
+
+
+def test_echo_must_be_a_pub_channel(linked):
+    a, b = linked
+    for echo in (io.StringIO(), yoton.SubChannel(b, "e"), "echo"):
+        with pytest.raises(ValueError):
+            FileWrapper(yoton.SubChannel(b, "in"), echo=echo)
+
+
+def test_flush_waits_until_written(linked):
+    a, b = linked
+    w = FileWrapper(yoton.PubChannel(a, "fl"))
+    sub = yoton.SubChannel(b, "fl")
+    for i in range(100):
+        w.write("x" * 1000)
+    w.flush()  # Context.flush: everything is on the wire now
+    assert a.statistics()["queued_bytes"] == 0
+    assert len([sub.recv(5) for _ in range(100)]) == 100
 
 
 def test_write_rejects_non_str(linked):
@@ -211,32 +229,35 @@ def test_read_non_blocking_and_blocking(rw):
     assert read_until(r, "de") == "de"
 
 
-def test_readline(rw):
+def test_readline_is_one_message(rw):
+    # yoton 2.2: one message per call, a newline appended if it has none
     w, r = rw
     w.write("abc\nde")
     w.write("f")
-    w.write("gh\nrest")
-    assert r.readline() == "abc\n"
-    assert r.readline() == "defgh\n"
-    w.write("\n")
-    assert r.readline() == "rest\n"
+    w.write("gh\n")
+    assert r.readline() == "abc\nde\n"
+    assert r.readline() == "f\n"
+    assert r.readline() == "gh\n"
 
 
-def test_readline_size(rw):
+def test_readline_size_drops_the_rest(rw):
     w, r = rw
     w.write("xyz\n")
+    w.write("0123456789")
     assert r.readline(2) == "xy"
-    assert r.readline(5) == "z\n"
-    w.write("0123456789\n")
     assert r.readline(4) == "0123"
-    assert r.readline(0) == "456789\n"
+    w.write("next")
+    assert r.readline(0) == "next\n"
 
 
-def test_read_returns_what_readline_left_over(rw):
+def test_read_is_one_message(rw):
     w, r = rw
-    w.write("line\nleft over")
-    assert r.readline() == "line\n"
-    assert r.read() == "left over"
+    w.write("one")
+    w.write("two")
+    wait_for(lambda: r._channel.pending == 2, 5, "both messages")
+    assert r.read() == "one"
+    assert r.read() == "two"
+    assert r.read() == ""
 
 
 def test_readline_returns_empty_once_closed_and_drained(rw):
@@ -245,8 +266,8 @@ def test_readline_returns_empty_once_closed_and_drained(rw):
     wait_for(lambda: r._channel.pending == 1, 5, "the message")
     r.close()
     assert r.closed
-    assert r.readline() == "partial"
-    assert r.readline() == ""
+    assert r.readline() == "partial\n"
+    assert r.readline() == ""  # end of file (yoton 2.2 returned "\n" for ever)
 
 
 def test_input_uses_readline(rw, monkeypatch):
@@ -267,8 +288,11 @@ def test_file_attributes(linked):
     r = FileWrapper(yoton.SubChannel(b, "attrs"), isatty=True)
     for f in (w, r):
         assert f.encoding == "UTF-8"
+        assert f.errors == "strict"
         assert f.newlines is None
-        assert f.softspace == 0
+        assert f.softspace is False
+        f.softspace = 1  # settable, as print code of old did
+        assert f.softspace is True
         assert f.closed is False
         with pytest.raises(OSError):
             f.fileno()
@@ -304,7 +328,7 @@ def test_simple_socket_send_and_recv(simple_sockets):
     assert s2.recv(5) == "ping ☃"
     s2.send("pong")
     s2.send("again")
-    assert s1.recv() == "pong"  # None: block until something comes
+    assert s1.recv(5) == "pong"
     assert s1.recv(5) == "again"
     assert s1.recv(False) == ""
     t0 = time.monotonic()

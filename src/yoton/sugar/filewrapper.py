@@ -1,12 +1,20 @@
 """FileWrapper: a text file object over a channel, to stand in for sys.stdout / sys.stdin.
 
-Over a PubChannel it is a writable file (each ``write`` is a message; with a
-``chunksize`` long text is split into messages of at most that many
-characters). Over a SubChannel it is a readable file (``read`` returns what
-has arrived, ``readline`` waits for a full line), so ``input()`` works.
+Over a PubChannel it is a writable file: each ``write`` is a message (with a
+``chunksize``, long text is split into messages of at most that many
+characters). Over a SubChannel it is a readable file, message by message as
+in yoton 2.2: ``readline`` returns the next message (with a newline appended
+if it has none), ``read`` the next message if there is one. So ``input()``
+works, with one message per answer: a kernel's stdin. The optional ``echo``
+PubChannel gets each message read, so the other end can show what the
+program took as input (pyzo's shell does).
 """
 
 from __future__ import annotations
+
+import io
+import os
+import sys
 
 from ..channels import PubChannel, SubChannel
 
@@ -16,19 +24,29 @@ __all__ = ["FileWrapper"]
 class FileWrapper:
     """A file-like object that writes to a PubChannel or reads from a SubChannel.
 
-    ``echo`` is an optional file that also gets everything written (e.g. the
-    original ``sys.stdout``); ``isatty`` is what :meth:`isatty` reports.
+    ``chunksize`` (> 0) splits long writes into messages of at most that many
+    characters. ``echo``, a PubChannel, is sent every message read (yoton
+    2.2); anything else raises ValueError. ``isatty`` is what :meth:`isatty`
+    reports. In a child made by ``os.fork()``, where the channel's context
+    does not run, writing to the wrapper that is ``sys.stdout`` or
+    ``sys.stderr`` goes to the real ``sys.__stdout__`` / ``sys.__stderr__``.
     """
+
+    errors = "strict"  #: what a text file reports; text is always valid UTF-8 here
 
     def __init__(self, channel, chunksize=0, echo=None, isatty=False):
         if not isinstance(channel, (PubChannel, SubChannel)):
             raise ValueError(f"FileWrapper needs a PubChannel or SubChannel, not {type(channel).__name__}")
+        if echo is not None and not isinstance(echo, PubChannel):
+            raise ValueError(f"FileWrapper echo must be a PubChannel (it gets what is read), "
+                             f"not {type(echo).__name__}")
         self._channel = channel
         self._chunksize = int(chunksize)
         self._echo = echo
         self._isatty = bool(isatty)
-        self._buffer = ""
+        self._softspace = False
         self._closed = False
+        self._pid = os.getpid()
 
     # -- file attributes ------------------------------------------------------
 
@@ -48,20 +66,37 @@ class FileWrapper:
         return None
 
     @property
-    def softspace(self) -> int:
-        """Always 0 (an attribute old print code may look for)."""
-        return 0
+    def softspace(self) -> bool:
+        """A flag old print code sets and reads (False until set)."""
+        return self._softspace
+
+    @softspace.setter
+    def softspace(self, value) -> None:
+        self._softspace = bool(value)
 
     def isatty(self) -> bool:
         """Return the ``isatty`` value given at construction."""
         return self._isatty
 
     def fileno(self):
-        """Raise OSError: there is no OS-level file behind a channel."""
-        raise OSError("a FileWrapper has no file descriptor")
+        """Raise ``io.UnsupportedOperation`` (an OSError): there is no OS-level file behind a channel."""
+        raise io.UnsupportedOperation("a FileWrapper has no file descriptor")
+
+    def _real_file(self):
+        """In a forked child: the real stream this wrapper stands for (None if it is neither)."""
+        if self is sys.stdout:
+            return sys.__stdout__
+        if self is sys.stderr:
+            return sys.__stderr__
+        return None
 
     def close(self) -> None:
-        """Close the file and its channel."""
+        """Close the file and its channel (in a forked child: the real stream it stands for)."""
+        if os.getpid() != self._pid:
+            real = self._real_file() if self is not sys.stdin else sys.__stdin__
+            if real is not None:
+                real.close()
+            return
         self._closed = True
         self._channel.close()
 
@@ -71,14 +106,18 @@ class FileWrapper:
         """Send ``message`` (str) over the channel; return its length."""
         if not isinstance(self._channel, PubChannel):
             raise OSError("this FileWrapper is not writable (it wraps a SubChannel)")
-        if self.closed:
-            raise ValueError("write to closed FileWrapper")
         if not isinstance(message, str):
             raise TypeError(f"write() argument must be str, not {type(message).__name__}")
-        if self._echo is not None:
-            self._echo.write(message)
+        if os.getpid() != self._pid:  # a forked child: the context's threads are not here
+            real = self._real_file()
+            if real is not None:
+                real.write(message)
+                real.flush()
+            return len(message)
+        if self.closed:
+            raise ValueError("write to closed FileWrapper")
         size = self._chunksize
-        if size > 0:
+        if 0 < size < len(message):
             for i in range(0, len(message), size):
                 self._channel.send(message[i:i + size])
         else:
@@ -90,40 +129,43 @@ class FileWrapper:
         for line in lines:
             self.write(line)
 
-    def flush(self) -> None:
-        """Flush the echo file, if any (messages are queued for sending at once anyway)."""
-        if self._echo is not None:
-            self._echo.flush()
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what was written has gone out to the network (``Context.flush``).
+
+        Raises :class:`~yoton.errors.FlushTimeout` after ``timeout`` seconds.
+        """
+        if os.getpid() != self._pid:
+            real = self._real_file()
+            if real is not None:
+                real.flush()
+            return
+        self._channel._context.flush(timeout)
 
     # -- reading ----------------------------------------------------------------
 
-    def _check_readable(self) -> None:
+    def _next_message(self, block) -> str:
         if not isinstance(self._channel, SubChannel):
             raise OSError("this FileWrapper is not readable (it wraps a PubChannel)")
+        message = self._channel.recv(block)
+        if message and self._echo is not None:
+            self._echo.send(message)
+        return message
 
     def read(self, block=None) -> str:
-        """Return what has arrived. ``block``: None or False returns at once, True waits
-        for at least one message, a number waits at most that many seconds."""
-        self._check_readable()
-        text, self._buffer = self._buffer, ""
-        if not text and block:
-            text = self._channel.recv(block)
-        return text + "".join(self._channel.recv_all())
+        """Return the next message, or '' if none. ``block``: None or False returns at once,
+        True waits for one, a number waits at most that many seconds."""
+        return self._next_message(block)
 
     def readline(self, size=0) -> str:
-        """Wait for and return one line (with its newline); with ``size`` > 0 at most
-        that many characters. Returns '' once the channel is closed and drained."""
-        self._check_readable()
-        while True:
-            end = self._buffer.find("\n")
-            if end >= 0 and (size <= 0 or end < size):
-                line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
-                return line
-            if size > 0 and len(self._buffer) >= size:
-                line, self._buffer = self._buffer[:size], self._buffer[size:]
-                return line
-            more = self._channel.recv(True)
-            if not more:  # channel closed
-                line, self._buffer = self._buffer, ""
-                return line
-            self._buffer += more
+        """Wait for the next message and return it, with a newline appended if it has none.
+
+        With ``size`` > 0 at most that many characters are returned (the rest
+        of the message is dropped, as in yoton 2.2). Returns '' once the
+        channel is closed and drained (end of file).
+        """
+        line = self._next_message(True)
+        if not line:
+            return ""
+        if not line.endswith("\n"):
+            line += "\n"
+        return line[:size] if size and size > 0 else line
