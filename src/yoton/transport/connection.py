@@ -138,6 +138,8 @@ class Connection:
     signals, and to :meth:`close` the link. A connection is used once.
     """
 
+    _bound = False  # made by a bind (see port)
+
     def __init__(self, context, name: str = ""):
         self._context = context
         self._name = str(name)
@@ -169,8 +171,14 @@ class Connection:
 
     @property
     def name(self) -> str:
-        """The name given at bind/connect; ``context.connections[name]`` finds it."""
+        """The name given at bind/connect; ``context.connections[name]`` finds it. Settable (a str)."""
         return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise ValueError(f"a connection name must be a str, not {type(value).__name__}")
+        self._name = value
 
     @property
     def timeout(self) -> float:
@@ -213,6 +221,13 @@ class Connection:
     def port1(self) -> int:
         """Port of this end; after ``bind()`` this is the port peers connect to."""
         return self._port1
+
+    @property
+    def port(self) -> int:
+        """The port of the address: for a bind, the local port it listens (or listened) on,
+        also when ``max_tries`` had to move on from the first; for a connect, the
+        port it connected to."""
+        return self._port1 if self._bound else self._port2
 
     @property
     def hostname2(self) -> str:
@@ -327,6 +342,7 @@ class TcpConnection(Connection):
             raise BindError(f"could not bind to {host}: ran out of ports ({error})")
         sock.setblocking(False)
         self._host1, self._port1 = sock.getsockname()[:2]
+        self._bound = True
         self._state = WAITING
         self._listener = _Listener(self, sock, ssl_context)
         loop = self._context._attach_connection(self)
