@@ -34,6 +34,10 @@ Design notes:
 
 Internal hooks for the rest of the package: :func:`post_event` and
 :func:`is_idle`.
+
+yoton 2.2 reached these functions through an object, ``yoton.app`` (pyzo's
+IDE calls ``yoton.app.embed_event_loop``); :data:`app` is that object here,
+with 2.2's methods, working on the same queue as the module-level functions.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ __all__ = [
     "post_event",
     "is_idle",
     "EventLoop",
+    "Event",
+    "YotonApplication",
+    "app",
 ]
 
 log = logging.getLogger("yoton")
@@ -688,3 +695,89 @@ class Timer(Signal):
                     next_deadline = now + self._interval  # fell behind: don't burst
                 self._arm(next_deadline)
         self.emit_now()
+
+
+# ---------------------------------------------------------------------------
+# yoton 2.2's application object
+# ---------------------------------------------------------------------------
+
+
+class Event:
+    """A call waiting to be made: ``Event(func, *args, **kwargs)``; :meth:`dispatch` makes it.
+
+    What yoton 2.2's ``YotonApplication.post_event*`` methods take.
+    """
+
+    __slots__ = ("func", "args", "kwargs")
+
+    def __init__(self, func, *args, **kwargs):
+        if not callable(func):
+            raise ValueError("Event needs a callable.")
+        self.func, self.args, self.kwargs = func, args, kwargs
+
+    def dispatch(self):
+        """Call the function with the stored arguments."""
+        return self.func(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"<yoton.Event {_describe(self.func)}>"
+
+
+def _as_call(event):
+    """The callable to queue for an event: its ``dispatch``, or the event itself if callable."""
+    dispatch = getattr(event, "dispatch", None)
+    if callable(dispatch):
+        return dispatch
+    if callable(event):
+        return event
+    raise ValueError(f"an event must have a dispatch() method or be callable, not {event!r}")
+
+
+class YotonApplication:
+    """The event system as one object, as yoton 2.2 offered it (see :data:`app`).
+
+    Every instance works on the one process-wide event queue; the methods are
+    the module-level functions of the same names, plus three to post events
+    (objects with a ``dispatch()`` method, such as :class:`Event`, or plain
+    callables).
+    """
+
+    def call_later(self, func, timeout=0.0, *args, **kwargs) -> None:
+        """Same as :func:`yoton.call_later`."""
+        call_later(func, timeout, *args, **kwargs)
+
+    def post_event(self, event) -> None:
+        """Queue ``event`` (dispatched by the thread processing events)."""
+        _loop.post(_as_call(event))
+
+    def post_event_asap(self, event) -> None:
+        """Queue ``event`` in front of everything already queued."""
+        _loop.post(_as_call(event), front=True)
+
+    def post_event_later(self, event, delay) -> None:
+        """Queue ``event`` after ``delay`` seconds."""
+        _scheduler.schedule(_monotonic() + float(delay), _loop.post, _as_call(event))
+
+    def process_events(self, block=False) -> None:
+        """Same as :func:`yoton.process_events`."""
+        _loop.process_events(block)
+
+    def start_event_loop(self) -> None:
+        """Same as :func:`yoton.start_event_loop`."""
+        _loop.run()
+
+    def stop_event_loop(self) -> None:
+        """Same as :func:`yoton.stop_event_loop`."""
+        _loop.stop()
+
+    def embed_event_loop(self, callback) -> None:
+        """Same as :func:`yoton.embed_event_loop`."""
+        _loop.embed(callback)
+
+    def __repr__(self) -> str:
+        return f"<yoton.YotonApplication, {_loop.pending()} event(s) queued>"
+
+
+app = YotonApplication()
+"""The event system as an object (yoton 2.2's ``yoton.app``), e.g.
+``yoton.app.embed_event_loop(callback)``."""
