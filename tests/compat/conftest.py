@@ -1,4 +1,4 @@
-"""Fixtures for the yoton 2.2 compatibility tests (helpers: compat_run.py).
+"""Fixtures for the yoton 2.2 compatibility tests (helpers: tests/compat_run.py).
 
 Many tests here run one scenario script with yoton 2.2 and with ours and
 compare what they print: yoton 2.2 is the reference for behaviour.
