@@ -522,3 +522,19 @@ def test_replier_error_is_logged_as_a_warning(ctx, caplog):
     record = [r for r in caplog.records if "error handling request" in r.getMessage()][0]
     assert record.levelno == logging.WARNING and record.exc_info  # with the traceback
     assert "'k'" in record.getMessage()
+
+
+def test_a_second_acknowledgement_is_ignored_quietly(ctx, caplog):
+    # Every free replier acknowledges a request; the first one gets it. The later
+    # acknowledgements used to make set_running_or_notify_cancel() raise (the
+    # future is RUNNING), logged as an error: printed on stderr by default now.
+    from yoton.channels.reqrep import ACKNOWLEDGE, REF
+    from yoton.wire.frames import Package
+
+    c = ctx()
+    req = yoton.ReqChannel(c, "acks")
+    future = req.work(1)
+    for replier_id in (111, 222, 333):
+        req._receive(Package(ACKNOWLEDGE, 0, replier_id, 1, c.id, REF + future._request_id))
+    assert future.running()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

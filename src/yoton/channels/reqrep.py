@@ -333,7 +333,7 @@ class ReqChannel(BaseChannel):
             if bytes(pkg.data) != ACKNOWLEDGE:
                 return
             future = self._futures.get(seq - REF)
-            if future is None or not future.set_running_or_notify_cancel():
+            if future is None or future._state != PENDING or not future.set_running_or_notify_cancel():
                 return  # unknown, cancelled, or already taken by another replier
             n = future._request_id
             self._context._send(self._slot_out, future._request, pkg.source_id, n)
