@@ -343,3 +343,40 @@ def test_timeout_message_names_the_timeout_given(ctx):
         f.result(0)
     with pytest.raises(yoton.TimeoutError, match=r"within 0\.05 s"):
         make_future().result(0.05)
+
+
+def test_edge_cases_as_in_22():
+    from _orig import run_orig
+
+    code = (
+        "import yoton\n"
+        "f = yoton.Future(None, b'', 1)\n"
+        "for timeout in (0, -1, 0.0):\n"
+        "    try:\n"
+        "        f.set_auto_cancel_timeout(timeout)\n"
+        "        print('accepted', timeout)\n"
+        "    except ValueError:\n"
+        "        print('ValueError', timeout)\n"
+        "f.set_auto_cancel_timeout(None)\n"
+        "f.set_auto_cancel_timeout(2.5)\n"
+        "for fn in (5, None, 'text'):\n"
+        "    try:\n"
+        "        f.add_done_callback(fn)\n"
+        "        print('accepted', repr(fn))\n"
+        "    except ValueError:\n"
+        "        print('ValueError', repr(fn))\n"
+        "try:\n"
+        "    f.set_exception(5)\n"
+        "except ValueError:\n"
+        "    print('ValueError for 5')\n"
+        "f.set_running_or_notify_cancel()\n"
+        "f.set_exception('remote text')\n"
+        "e = f.exception(0)\n"
+        "print(type(e).__name__, repr(str(e)))\n"
+    )
+    expected = run_orig(code)
+    assert "ValueError 0" in expected and "Exception 'remote text'" in expected
+    out = []
+    namespace = {"yoton": yoton, "print": lambda *args: out.append(" ".join(map(str, args)))}
+    exec(code.replace("import yoton\n", ""), namespace)
+    assert "\n".join(out) + "\n" == expected

@@ -93,7 +93,7 @@ class Future:
         self._cond = threading.Condition(threading.Lock())
         self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
         self._announced = 0.0
-        self.set_auto_cancel_timeout(timeout)
+        self._set_cancel_at(timeout)
 
     def __repr__(self):
         return f"<yoton.Future #{self._request_id} {self._state}>"
@@ -101,8 +101,14 @@ class Future:
     def set_auto_cancel_timeout(self, timeout) -> None:
         """Cancel the request if no replier has taken it ``timeout`` seconds from now.
 
-        None means wait for a replier for ever.
+        None means wait for a replier for ever; a timeout of 0 or less raises
+        ValueError (as in yoton 2.2).
         """
+        if timeout is not None and not float(timeout) > 0:
+            raise ValueError(f"the auto-cancel timeout must be positive (or None), not {timeout!r}")
+        self._set_cancel_at(timeout)
+
+    def _set_cancel_at(self, timeout) -> None:
         self._cancel_at = None if timeout is None else time.monotonic() + float(timeout)
 
     def cancel(self) -> bool:
@@ -192,8 +198,10 @@ class Future:
         """Call ``fn(future)`` once the future is done (through the yoton event queue).
 
         Added to a future that is already done, it is scheduled at once.
-        Exceptions raised by ``fn`` are logged.
+        Exceptions raised by ``fn`` are logged. ValueError if ``fn`` is not callable.
         """
+        if not callable(fn):
+            raise ValueError(f"add_done_callback() needs a callable, not {fn!r}")
         with self._cond:
             if not self.done():
                 self._callbacks.append(fn)
@@ -215,7 +223,12 @@ class Future:
         self._finish(result, None)
 
     def set_exception(self, exception) -> None:
-        """Complete the future with ``exception``."""
+        """Complete the future with ``exception`` (a str becomes ``Exception(text)``, as in
+        yoton 2.2; anything else that is not an exception raises ValueError)."""
+        if isinstance(exception, str):
+            exception = Exception(exception)
+        elif not isinstance(exception, BaseException):
+            raise ValueError(f"set_exception() needs an exception, not {exception!r}")
         self._finish(None, exception)
 
     def _finish(self, result, exception) -> None:
