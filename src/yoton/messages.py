@@ -1,8 +1,8 @@
 """Message types: how a channel turns messages into package bodies and back.
 
 A message type has a short name that becomes part of a channel's slot name
-(``slot_base.NAME.pattern``, PROTOCOL.md section 5), so channels only talk to
-channels of the same type. The built-in types (section 7):
+(``slot_base.NAME.pattern``), so channels only talk to channels of the same
+type. The built-in types (those of yoton 2.2):
 
 * :data:`TEXT` (``'txt'``): str <-> UTF-8. Bytes given to it are read as
   UTF-8, else in the stdin encoding, else as their ``repr``.

@@ -1,4 +1,4 @@
-"""Request/reply: ReqChannel, RepChannel and Future (PROTOCOL.md section 9).
+"""Request/reply: ReqChannel, RepChannel and Future (yoton 2.2's exchange, below).
 
 The exchange for request number n (``REF = 2**63``)::
 
