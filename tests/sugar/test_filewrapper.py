@@ -334,3 +334,31 @@ def test_simple_socket_send_and_recv(simple_sockets):
     t0 = time.monotonic()
     assert s2.recv(0.2) == ""
     assert time.monotonic() - t0 >= 0.15
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_writes_to_the_real_stdout(ctx):
+    # yoton 2.2: in a child made by fork (multiprocessing), where the context's
+    # threads do not exist, the sys.stdout/sys.stderr wrapper writes to the real stream
+    code = textwrap.dedent("""
+        import os, sys, yoton
+        a, b = yoton.Context(), yoton.Context()
+        conn = a.bind("127.0.0.1:0")
+        b.connect("127.0.0.1:%d" % conn.port1, timeout=5)
+        sub = yoton.SubChannel(b, "out")
+        sys.stdout = yoton.FileWrapper(yoton.PubChannel(a, "out"))
+        pid = os.fork()
+        if pid == 0:
+            print("from the child")
+            sys.stdout.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("from the parent")
+        sys.stdout.flush()
+        sys.__stdout__.write("channel got %r\\n" % sub.recv(5.0))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONIOENCODING="utf-8")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30,
+                          cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "from the child\nchannel got 'from the parent'\n"
