@@ -34,6 +34,11 @@ SCRIPT = textwrap.dedent("""
         print("PORT TAKEN", commandline.server_err)
         sys.exit(0)
     print(commandline.is_our_server_running())
+    import time
+    for i in range(500):  # (yoton 2.2's server listens once its thread runs; pyzo gets there later)
+        if commandline.is_pyzo_server_running():
+            break
+        time.sleep(0.01)
     sys.argv = ["pyzo", "echo", "hi"]
     print(repr(commandline.handle_cmd_args()))
     print(commandline.is_pyzo_server_running())
