@@ -52,8 +52,7 @@ def serve():
 
     yield start
     for server in servers:
-        server.stop()
-        server.join(5)
+        server.stop(join=True)
         assert not server.is_alive()
 
 
@@ -423,3 +422,37 @@ def test_bind_conflict_raises():
 
 def test_exported():
     assert yoton.RequestServer is RequestServer and yoton.do_request is do_request
+
+
+def test_stop_answers_a_last_request_within_the_grace():
+    # yoton 2.2's stop() only set a flag, noticed within 0.25 s: pyzo stops its
+    # command server, then sends a last request to wake it, and expects an answer
+    server = RequestServer("127.0.0.1:0")
+    server.start()
+    server.stop()
+    assert do_request(addr(server), "last one", timeout=5) == "Requested: last one\r\n"
+    server.join(5)  # ends right after answering it
+    assert not server.is_alive()
+
+
+def test_stop_without_a_last_request_ends_after_the_grace():
+    from yoton.sugar.clientserver import STOP_GRACE
+
+    server = RequestServer("127.0.0.1:0")
+    server.start()
+    t0 = time.monotonic()
+    server.stop()
+    server.join(5)
+    assert not server.is_alive()
+    assert STOP_GRACE * 0.8 <= time.monotonic() - t0 < 3
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=2).close()
+
+
+def test_stop_with_join_is_at_once():
+    server = RequestServer("127.0.0.1:0")
+    server.start()
+    t0 = time.monotonic()
+    server.stop(join=True)
+    assert not server.is_alive()
+    assert server._stop_at <= time.monotonic() and server._stop_at - t0 < 0.01  # (white box: no grace)

@@ -78,15 +78,16 @@ class RequestServer(threading.Thread):
         return "Requested: " + request
 
     def stop(self, join: bool = False) -> None:
-        """Stop serving, and with ``join`` wait for the serving thread to end.
+        """Stop serving; with ``join``, at once, and wait for the serving thread to end.
 
-        As in yoton 2.2, a request that arrives within a quarter of a second
-        (:data:`STOP_GRACE`) is still answered, and the server ends after
-        it: pyzo stops its command server, then sends it a last request to
-        make it end at once.
+        Without ``join``, as in yoton 2.2, a request that arrives within a
+        quarter of a second (:data:`STOP_GRACE`) is still answered, and the
+        server ends after it: pyzo stops its command server, then sends it a
+        last request to make it end at once.
         """
-        if self._stop_at is None:
-            self._stop_at = time.monotonic() + STOP_GRACE
+        stop_at = time.monotonic() + (0.0 if join else STOP_GRACE)
+        if self._stop_at is None or stop_at < self._stop_at:
+            self._stop_at = stop_at
         try:
             self._wake_w.send(b"\0")
         except OSError:
