@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -341,8 +343,21 @@ def test_received_is_one_pending_emission_per_channel(pair, wait_for):
     for i in range(50):
         pub.send(str(i))
     assert wait_for(lambda: sub.pending == 50, events=False)
-    queued = [func for func, _, _ in list(yoton.events._loop._queue) if func == sub._emit_received]
+    queued = [args for _, args, _ in list(yoton.events._loop._queue) if args and args[0] == weakref.ref(sub)]
     assert len(queued) == 1  # one emission queued (no handler yet), however many arrived
+
+
+def test_pending_received_event_does_not_keep_the_channel_alive(pair, wait_for):
+    a, b, ca, cb = pair()
+    pub, sub = yoton.PubChannel(a, "sig4"), yoton.SubChannel(b, "sig4")
+    pub.send("x")
+    assert wait_for(lambda: sub.pending == 1, events=False)
+    ref = weakref.ref(sub)
+    sub.close()
+    del sub
+    gc.collect()
+    assert ref() is None  # (the queued emission holds it weakly)
+    yoton.process_events()  # and running it then is harmless
 
 
 # ---------------------------------------------------------------------------

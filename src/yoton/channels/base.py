@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 
 from ..errors import ChannelClosedError
@@ -38,6 +39,12 @@ from ..wire.naming import slot_hash
 log = logging.getLogger("yoton")
 
 __all__ = ["BaseChannel"]
+
+
+def _emit_received_of(channel_ref) -> None:
+    channel = channel_ref()
+    if channel is not None:
+        channel._emit_received()
 
 
 def _slot(base: str, type_name: str, pattern: str) -> tuple[str, int]:
@@ -256,11 +263,12 @@ class BaseChannel:
         """Emit ``received`` through the event queue, at most one pending at a time.
 
         Posted with or without handlers (as yoton 2.2 does): the handlers bound
-        by the time the event loop runs it are called.
+        by the time the event loop runs it are called. The event holds the
+        channel weakly: one nobody processes events for can still be collected.
         """
         if not self._emit_pending:
             self._emit_pending = True
-            post_event(self._emit_received)
+            post_event(_emit_received_of, weakref.ref(self))
 
     def _emit_received(self) -> None:
         self._emit_pending = False
