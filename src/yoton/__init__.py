@@ -69,7 +69,7 @@ from .channels import (  # noqa: E402
     BaseChannel, Future, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel, select_sub_channel,
 )
 
-from .sugar.clientserver import RequestServer, do_request  # noqa: E402
+from .sugar.clientserver import NoServerError, RequestServer, do_request  # noqa: E402
 from .sugar.filewrapper import FileWrapper  # noqa: E402
 from .sugar.simplesocket import SimpleSocket  # noqa: E402
 
@@ -84,7 +84,7 @@ __all__ = [
     "Connection", "TcpConnection", "ConnectionCollection", "Context",
     "BaseChannel", "PubChannel", "SubChannel", "StateChannel", "select_sub_channel",
     "ReqChannel", "RepChannel", "Future",
-    "RequestServer", "do_request", "FileWrapper", "SimpleSocket",
+    "RequestServer", "do_request", "NoServerError", "FileWrapper", "SimpleSocket",
 ]
 
 # yoton 2.2 imported these submodules in ``import yoton`` (and had the channel

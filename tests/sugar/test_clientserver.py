@@ -198,7 +198,8 @@ def test_do_request_to_closed_port_raises():
     sock.close()
     with pytest.raises(RuntimeError, match="No server is listening") as info:  # yoton 2.2's error
         do_request(f"127.0.0.1:{port}", "x", timeout=2)
-    assert isinstance(info.value, OSError) and isinstance(info.value, yoton.YotonError)
+    assert isinstance(info.value, yoton.NoServerError) and isinstance(info.value, OSError)
+    assert isinstance(info.value, yoton.YotonError)
     with pytest.raises(RuntimeError):
         do_request(f"127.0.0.1:{port}", "x")  # (no timeout: the same)
 
