@@ -19,6 +19,7 @@ _logging.getLogger("yoton").addHandler(_logging.NullHandler())
 from .errors import (  # noqa: E402
     CancelledError,
     ChannelClosedError,
+    WouldBlock,
     RemoteError,
     TimeoutError,
     ConnectError,
@@ -55,7 +56,7 @@ __version__ = "3.0.0.dev0"
 
 __all__ = [
     "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "AuthenticationError", "TLSError", "BindError",
-    "ChannelClosedError", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
+    "ChannelClosedError", "WouldBlock", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
     "Signal", "Timer", "call_later", "process_events", "start_event_loop",
     "stop_event_loop", "embed_event_loop",
     "MessageType", "TEXT", "BINARY", "OBJECT", "Package", "UID",

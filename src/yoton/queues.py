@@ -43,6 +43,7 @@ import threading
 import time
 from collections import deque
 from enum import Enum
+from itertools import islice, repeat
 
 __all__ = ["Policy", "BoundedQueue", "BLOCK", "DROP_OLD", "DROP_NEW"]
 
@@ -113,6 +114,11 @@ class BoundedQueue:
     def __bool__(self) -> bool:
         return bool(self._items)
 
+    def __iter__(self):
+        """Iterate over a snapshot of the items, oldest first."""
+        with self._lock:
+            return iter(list(self._items))
+
     @property
     def bytes(self) -> int:
         """Bytes held (the sum of the sizes given when the items were put)."""
@@ -134,6 +140,14 @@ class BoundedQueue:
             return True
         limit = self.max_bytes
         return limit is not None and self._bytes + size > limit
+
+    def drained(self) -> bool:
+        """Whether the queue is at or below its resume mark (3/4 of its bounds)."""
+        resume = self._resume_bytes
+        if resume is not None and self._bytes > resume:
+            return False
+        resume = self._resume_items
+        return resume is None or len(self._items) <= resume
 
     def has_room(self, size: int = 0) -> bool:
         """Whether an item of ``size`` bytes fits now (and the queue is not marked full).
@@ -253,20 +267,41 @@ class BoundedQueue:
             room()
         return item
 
-    def take(self, count: int | None = None) -> list:
-        """Remove and return up to ``count`` oldest items (all if None), in order."""
+    def take(self, count: int | None = None, sink=None, max_bytes: int | None = None) -> list:
+        """Remove and return up to ``count`` oldest items (all if None), in order;
+        with ``max_bytes``, no more items than fit in that many bytes (but at
+        least one).
+
+        ``sink``, if given, is called with them under the lock, before they
+        leave the queue: whoever looks at the queue and at the sink's target
+        never sees the items in neither.
+        """
         with self._lock:
             items, sizes = self._items, self._sizes
             n = len(items) if count is None else min(count, len(items))
+            if max_bytes is not None and n > 1 and self._bytes > max_bytes:
+                budget, fit = max_bytes, 0
+                for size in islice(sizes, n):
+                    budget -= size
+                    if budget < 0:
+                        break
+                    fit += 1
+                n = max(1, fit)
             if n == len(items):
                 out = list(items)
+                if sink is not None:
+                    sink(out)
                 items.clear()
                 sizes.clear()
                 self._bytes = 0
             else:
+                out = list(islice(items, n))
+                if sink is not None:
+                    sink(out)
                 popleft, sizeleft = items.popleft, sizes.popleft
-                out = [popleft() for _ in range(n)]
-                self._bytes -= sum(sizeleft() for _ in range(n))
+                for _ in repeat(None, n):
+                    popleft()
+                self._bytes -= sum(sizeleft() for _ in repeat(None, n))
             room = self._after_take() if n else None
         if room is not None:
             room()
@@ -293,9 +328,7 @@ class BoundedQueue:
         # Returns the on_room hook to call (without the lock), or None.
         self.last_progress = time.monotonic()
         if self._full:
-            resume = self._resume_bytes
-            if self._items and ((resume is not None and self._bytes > resume) or (
-                    self._resume_items is not None and len(self._items) > self._resume_items)):
+            if self._items and not self.drained():
                 return None
             self._full = False
         elif self._items:
