@@ -240,7 +240,7 @@ def test_startup_queue_is_bounded(ctx, mode, kept):
     a = ctx(queue_params=(100, mode), max_queue_bytes=10 * PKG)
     pub = yoton.PubChannel(a, "startup", yoton.BINARY)
     _flood(pub, 25)  # no connection yet: all into the startup queue
-    assert a.statistics() == {"queued_bytes": 10 * PKG, "discarded_outgoing": 15}
+    assert a.statistics() == {"queued_bytes": 10 * PKG, "discarded_outgoing": 15, "refused": 0}
     b = ctx()
     sub = yoton.SubChannel(b, "startup", yoton.BINARY)
     link(a, b)  # the startup queue goes to the first connection
@@ -274,7 +274,7 @@ def test_send_queue_to_a_peer_that_does_not_read_stays_bounded(ctx, raw_peer, mo
     reader.start()
     try:
         a.flush(10.0)
-        assert a.statistics() == {"queued_bytes": 0, "discarded_outgoing": discarded}
+        assert a.statistics() == {"queued_bytes": 0, "discarded_outgoing": discarded, "refused": 0}
         pub.send(b"%08d" % n + b"x" * 992)  # accepted after the flood and delivered by the close
         conn.close()
     finally:

@@ -78,7 +78,14 @@ class Child:
 
     def line(self, timeout: float = 20.0) -> str:
         result = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)
+
+        def read():
+            try:
+                result.append(self.proc.stdout.readline())
+            except (OSError, ValueError):  # closed by close() meanwhile
+                pass
+
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         reader.join(timeout)
         if not result or not result[0]:
@@ -305,7 +312,7 @@ def test_megabyte_messages_three_times_the_cap_reach_a_sync_subscriber(ctx, chil
     summary = far.summary()
     assert (summary["got"], summary["disorder"], summary["discarded"]) == (n, 0, 0)
     assert a.statistics()["discarded_outgoing"] == 0
-    assert worst <= cap + MiB + 56, worst  # the cap, plus the one the writer holds
+    assert worst <= cap + 2 * (MiB + 56), worst  # the cap, one package over it, the one being written
 
 
 # A kernel-like producer: prints `n` numbered lines to a FileWrapper over a
@@ -396,7 +403,7 @@ def test_the_startup_queue_discards_counted_and_logged_when_no_peer_comes(ctx, c
         for message in _messages("a", 25, 1000):
             pub.send(message)  # never waits: there is no peer to wait for
         assert time.monotonic() - t0 < 1.0
-    assert a.statistics() == {"queued_bytes": 10 * 1056, "discarded_outgoing": 15}
+    assert a.statistics() == {"queued_bytes": 10 * 1056, "discarded_outgoing": 15, "refused": 0}
     assert len([r for r in caplog.records if "startup queue" in r.message]) == 1
 
 

@@ -52,6 +52,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from itertools import islice
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
@@ -66,6 +67,13 @@ __all__ = ["Context", "DEFAULT_MAX_QUEUE_BYTES"]
 
 DEFAULT_QUEUE_PARAMS = (10000, "old")
 DEFAULT_MAX_QUEUE_BYTES = 256 << 20  #: 256 MiB per queue
+#: The de-duplication map remembers this many sources (the least recently
+#: seen are forgotten first): a peer inventing ids cannot grow it for ever.
+MAX_SOURCES = 65536
+#: A package from a known source (not a direct peer) more than this far ahead
+#: of the last one seen is refused: accepting it would drop that source's
+#: next packages as duplicates. (Real gaps come from discards: far fewer.)
+MAX_SEQ_JUMP = 1 << 32
 _NEW_CONNECTION = b"NEW_CONNECTION"
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
 
@@ -192,7 +200,10 @@ class Context:
         self._room_waiters = 0
         self._closing = False  # in close(): senders waiting for room give up
         self._discarded_closed = 0  # send-queue discards of connections gone since
-        self._last_seq: dict = {}
+        self._last_seq: dict = {}  # source id -> last source_seq seen (least recently seen first)
+        self._direct: dict = {}  # peer id -> its connected connection (what only it may speak for)
+        self._refused = 0  # packages refused by the routing rules
+        self._refusals_logged: set = set()
         self._recv_seq = 0
         self._send_slots: dict = {}
         self._recv_slots: dict = {}
@@ -249,6 +260,9 @@ class Context:
         ``discarded_outgoing``: packages dropped, counted once per
         connection: by a stalled connection's queue, by the startup queue
         when full, and those still queued when a connection broke.
+        ``refused``: packages from peers refused by the routing rules (one
+        claiming the id of a peer connected on another link, or jumping
+        implausibly far ahead in its source's numbering).
         """
         self._pump_now()  # (staged packages are queued, or discarded, first)
         startup = self._startup
@@ -256,7 +270,7 @@ class Context:
         for conn in list(self._connections):
             queued += conn._sendq.bytes + sum(map(len, list(conn._wbufs)))
             discarded += conn._sendq.discarded
-        return {"queued_bytes": queued, "discarded_outgoing": discarded}
+        return {"queued_bytes": queued, "discarded_outgoing": discarded, "refused": self._refused}
 
     # -- connecting ---------------------------------------------------------
 
@@ -386,7 +400,8 @@ class Context:
 
     def _update_live(self) -> None:
         with self._lock:
-            self._live = tuple(c for c in self._connections if c.is_connected)
+            self._live = live = tuple(c for c in self._connections if c.is_connected)
+            self._direct = {c.id2: c for c in live}
         self._room_changed()  # (senders waiting for a connection that left look again)
 
     def _room_changed(self) -> None:
@@ -575,22 +590,38 @@ class Context:
         Each package follows the rules at the top of this module; the
         packages for one channel are handed to it in one call, in order.
         """
-        last_seq, my_id, slots = self._last_seq, self._id, self._recv_slots
+        last_seq, my_id, slots, direct = self._last_seq, self._id, self._recv_slots, self._direct
         forward = len(self._live) > 1
         recv_seq = self._recv_seq
         batches: dict = {}  # channel -> its packages
         slot_now = batch = None  # (runs of packages for one slot skip the lookups)
-        source_now = last_now = None  # (runs of packages from one source skip the map)
+        # Runs of packages from one source look the source up once. Its entry
+        # leaves the map during the run and goes back in at the end: the map
+        # is kept in least-recently-seen order for _forget_sources.
+        source_now = last_now = None
+        taken = False  # whether packages of the current source are taken at all
+        checked = False  # whether the current source is a direct peer (on this connection)
         try:
             for pkg in packages:
                 source, seq = pkg.source_id, pkg.source_seq
                 if source != source_now:
-                    if source_now is not None:
+                    if taken:
                         last_seq[source_now] = last_now
-                    if source == my_id:
+                    source_now = source
+                    owner = direct.get(source)
+                    taken = source != my_id and (owner is None or owner is conn)
+                    if not taken:
+                        if source != my_id:
+                            self._refuse(conn, "spoof", source)
                         continue
-                    source_now, last_now = source, last_seq.get(source, 0)
+                    checked = owner is not None
+                    last_now = last_seq.pop(source, 0)
+                elif not taken:
+                    continue
                 if seq <= last_now:
+                    continue
+                if seq - last_now > MAX_SEQ_JUMP and last_now and not checked:
+                    self._refuse(conn, "jump", source)  # (it would silence that source)
                     continue
                 last_now = seq
                 dest = pkg.dest_id
@@ -612,14 +643,35 @@ class Context:
                 if batch is not None:
                     batch.append(pkg)
         finally:
-            if source_now is not None:
+            if taken:
                 last_seq[source_now] = last_now
+            if len(last_seq) > MAX_SOURCES:
+                self._forget_sources()
         self._recv_seq = recv_seq
         for channel, batch in batches.items():
             try:
                 channel._receive_many(batch, conn)
             except Exception:
                 log.exception("yoton: channel %r failed to take packages", channel)
+
+    def _forget_sources(self) -> None:
+        """Keep the de-duplication map bounded: forget the sources seen least
+        recently (loop side). A source forgotten and seen again starts afresh."""
+        last_seq = self._last_seq
+        for source in list(islice(last_seq, len(last_seq) - MAX_SOURCES * 7 // 8)):
+            del last_seq[source]
+
+    def _refuse(self, conn, why: str, source: int) -> None:
+        """Count a package refused by the routing rules; log once per connection and reason."""
+        self._refused += 1
+        key = (id(conn), why)
+        if key not in self._refusals_logged:
+            self._refusals_logged.add(key)
+            what = ("claims to come from %016x, a peer connected on another link" if why == "spoof"
+                    else "jumps implausibly far ahead in the sequence of %016x")
+            log.warning("yoton: connection %r sent a package that " + what + ": refused "
+                        "(further ones are counted in statistics()['refused'], not logged)",
+                        conn.name, source)
 
     def _forward(self, conn, pkg) -> None:
         """Queue a package from ``conn`` on every other live connection (loop side)."""
@@ -642,8 +694,7 @@ class Context:
                     except Exception:
                         log.exception("yoton: %r failed to re-send its state", channel)
         elif text == _CLOSE_CONNECTION:
-            for other in self._live:
-                if other.id2 == pkg.source_id:
-                    other._begin_close("Closed on request of the other context.")
+            if conn.id2 == pkg.source_id:  # (only the peer itself may ask)
+                conn._begin_close("Closed on request of the other context.")
         else:
             log.debug("yoton: ignored unknown context message %r", text[:80])

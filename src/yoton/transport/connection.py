@@ -57,6 +57,9 @@ TIMEOUT_MIN = 0.5
 HEARTBEAT_INTERVAL = TIMEOUT_MIN / 2
 HANDSHAKE_DEADLINE = 3.0  #: seconds a client gets to say hello to a bind
 MAX_PENDING_HANDSHAKES = 16
+#: Connection requests the kernel queues for a bind (serial connects beyond
+#: a short backlog would wait for SYN retransmits, a second or more).
+LISTEN_BACKLOG = 128
 CLOSE_FLUSH_TIME = 1.0
 
 REASON_COMMAND = "Closed on command."
@@ -334,7 +337,7 @@ class TcpConnection(Connection):
                 if os.name == "posix":
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))
-                sock.listen(8)
+                sock.listen(LISTEN_BACKLOG)
                 break
             except OSError as exc:
                 sock.close()
