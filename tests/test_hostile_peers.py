@@ -173,3 +173,20 @@ def test_a_burst_of_serial_connects_is_not_held_up_by_a_short_backlog(ctx):
     for s in socks:
         s.close()
     assert elapsed < 0.9, f"100 connects took {elapsed:.2f} s"
+
+
+def test_made_up_full_subscribers_do_not_grow_a_publishers_map(ctx, attacker):
+    from yoton.channels.pubsub import MAX_BLOCKERS
+    from yoton.wire.naming import slot_hash
+
+    victim = ctx()
+    conn = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    pub = yoton.PubChannel(victim, "news")
+    slot = slot_hash("news.txt.sub-pub")  # where subscribers say 'full' / 'ok'
+
+    probe = yoton.SubChannel(victim, "probe")
+    evil.send(b"".join(package(slot, (i << 20) | 0xF00, 1, b"full") for i in range(1, 100_001)))
+    evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
+    assert probe.recv(10.0) == "done"
+    assert len(pub._blockers) == MAX_BLOCKERS

@@ -41,6 +41,9 @@ FULL_MARK = 32
 OK_MARK = 16
 REPEAT_STATUS = 4.0
 BLOCK_EXPIRY = 10.0
+#: A PubChannel waits for at most this many full subscribers; more 'full's
+#: are ignored (a peer inventing subscribers cannot grow the map for ever).
+MAX_BLOCKERS = 1024
 
 
 def _deadline(block):
@@ -120,7 +123,9 @@ class PubChannel(BaseChannel):
         conn = self._delivering
         with self._unblocked:
             if status == b"full" and conn is not None:
-                self._blockers[pkg.source_id] = (conn, time.monotonic())
+                blockers = self._blockers
+                if len(blockers) < MAX_BLOCKERS or pkg.source_id in blockers:
+                    blockers[pkg.source_id] = (conn, time.monotonic())
             elif status == b"ok":
                 self._blockers.pop(pkg.source_id, None)
                 if not self._blockers:
