@@ -94,6 +94,16 @@ def _per_stack(ours: dict, orig: dict, zmq: dict) -> dict:
     return {"ours": ours, "orig": orig, "zmq": zmq}
 
 
+def _lossless(count: int, max_queue_bytes: int, size: int) -> dict:
+    """Our big-message runs: a sync-mode subscriber and bounded queues, sending
+    at least twice ``max_queue_bytes`` (so flow control, not room, keeps it
+    lossless); every message must arrive."""
+    min_count = -(-2 * max_queue_bytes // size)
+    assert count >= min_count, (count, min_count)
+    return {"count": count, "duration": 2.0, "min_count": min_count, "sync": True,
+            "queue": [10000, "old"], "max_queue_bytes": max_queue_bytes}
+
+
 THROUGHPUT = [Metric("msgs_per_s", "", "msgs/s", True)]
 BANDWIDTH = [Metric("MB_per_s", "", "MB/s", True)]
 LATENCY = [Metric("median_us", "median", "us", False), Metric("p99_us", "p99", "us", False)]
@@ -114,21 +124,23 @@ MEASUREMENTS = [
     Measurement(
         "oneway_1MiB", "one-way 1 MiB", "oneway", MiB, BANDWIDTH,
         {
-            "full": _per_stack({"count": 1500, "duration": 2.0}, {"count": 600, "duration": 2.0},
+            "full": _per_stack(_lossless(1500, 64 * MiB, MiB), {"count": 600, "duration": 2.0},
                                {"count": 3000, "duration": 2.0, "hwm": 16}),
-            "quick": _per_stack({"count": 20, "duration": 0.5}, {"count": 10, "duration": 0.5},
+            "quick": _per_stack(_lossless(20, 8 * MiB, MiB), {"count": 10, "duration": 0.5},
                                 {"count": 50, "duration": 0.5, "hwm": 16}),
         },
-        note="pyzmq SNDHWM/RCVHWM 16 to bound memory"),
+        note="ours: sync-mode subscriber, sending at least twice max_queue_bytes; "
+             "pyzmq SNDHWM/RCVHWM 16 to bound memory"),
     Measurement(
         "oneway_16MiB", "one-way 16 MiB", "oneway", 16 * MiB, BANDWIDTH,
         {
-            "full": _per_stack({"count": 100, "duration": 2.0}, {"count": 30, "duration": 2.0},
+            "full": _per_stack(_lossless(100, 64 * MiB, 16 * MiB), {"count": 30, "duration": 2.0},
                                {"count": 200, "duration": 2.0, "hwm": 4}),
-            "quick": _per_stack({"count": 3, "duration": 0.5}, {"count": 2, "duration": 0.5},
+            "quick": _per_stack(_lossless(3, 8 * MiB, 16 * MiB), {"count": 2, "duration": 0.5},
                                 {"count": 4, "duration": 0.5, "hwm": 4}),
         },
-        note="pyzmq SNDHWM/RCVHWM 4 to bound memory"),
+        note="ours: sync-mode subscriber, sending at least twice max_queue_bytes; "
+             "pyzmq SNDHWM/RCVHWM 4 to bound memory"),
     Measurement(
         "reqrep_100B", "req/rep 100 B", "reqrep", 100, LATENCY,
         {
@@ -336,6 +348,8 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
     server_role, client_role = ROLES[m.kind]
     port = free_port()
     common = dict(params, size=m.size, port=port, deadline=params.get("deadline", 240.0))
+    if stack == "ours" and params.get("max_queue_bytes"):
+        common["max_queue_bytes"] = params["max_queue_bytes"]
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
         # Throughput, not dropping: room for every message, so a loss is a bug.
         common["queue"] = [max(10000, params["count"] + 16), "old"]
@@ -460,6 +474,9 @@ def summarize(m: Measurement, params: dict, runs: list) -> dict:
     for metric in m.metrics:
         values = [r[metric.key] for r in good if r.get(metric.key) is not None]
         summary[metric.key] = statistics.median(values) if values else None
+        if m.kind == "oneway" and not summary["ok"]:
+            summary[metric.key] = None  # received != sent: an error, never a figure
+            summary["mismatch"] = True
     if m.kind in ("oneway", "flood"):
         summary["sent"] = [r["sent"] for r in good]
         summary["received"] = [r["received"] for r in good]
@@ -478,7 +495,9 @@ def _median(values):
 # -- the table --------------------------------------------------------------------------------
 
 
-def _fmt_number(metric: Metric, v) -> str:
+def _fmt_number(metric: Metric, v, mismatch: bool = False) -> str:
+    if mismatch:
+        return "MISMATCH"
     if v is None:
         return "ERR"
     if metric.unit == "msgs/s":
@@ -513,7 +532,8 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
             name = m.title + (f" {metric.label}" if metric.label else "")
             row = [name, metric.unit]
             for s in stacks:
-                row.append(_fmt_number(metric, res["stacks"].get(s, {}).get(metric.key)))
+                st = res["stacks"].get(s, {})
+                row.append(_fmt_number(metric, st.get(metric.key), st.get("mismatch", False)))
             for other, _ in ratio_cols:
                 r = res["ratios"].get(f"{metric.key}:ours/{other}")
                 row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))

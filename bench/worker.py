@@ -240,6 +240,8 @@ def role_recv(stack: str, p: dict) -> dict:
         ctx = yoton_context(p)
         ctx.bind(f"localhost:{port}")
         sub = yoton.SubChannel(ctx, "bench", yoton.BINARY)
+        if p.get("sync"):
+            sub.set_sync_mode(True)  # lossless: the sender is held back instead
 
         def recv_first():
             message = sub.recv(idle)
@@ -312,10 +314,11 @@ def role_send(stack: str, p: dict) -> dict:
     t0 = time.perf_counter()
     deadline = t0 + duration
     sent = 0
+    min_count = p.get("min_count", 0)  # sent even after the duration
     while sent < count:
         send(payload)
         sent += 1
-        if sent % check_every == 0 and time.perf_counter() >= deadline:
+        if sent % check_every == 0 and sent >= min_count and time.perf_counter() >= deadline:
             break
     send(_end_message(sent))
     t_sent = time.perf_counter()

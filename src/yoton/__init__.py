@@ -39,6 +39,7 @@ __path__.append(_os.path.join(_os.path.dirname(__file__), "_compat22"))  # noqa:
 from .errors import (  # noqa: E402
     CancelledError,
     ChannelClosedError,
+    WouldBlock,
     RemoteError,
     TimeoutError,
     ConnectError,
@@ -77,7 +78,7 @@ __version__ = "3.0.0.dev0"
 
 __all__ = [
     "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "AuthenticationError", "TLSError", "BindError",
-    "ChannelClosedError", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
+    "ChannelClosedError", "WouldBlock", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
     "Signal", "Timer", "call_later", "process_events", "start_event_loop",
     "stop_event_loop", "embed_event_loop", "app", "YotonApplication",
     "MessageType", "TEXT", "BINARY", "OBJECT", "Package", "UID",

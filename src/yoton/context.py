@@ -16,18 +16,27 @@ Routing rules (yoton 2.2, PROTOCOL.md section 6):
   channel registered for its slot, or, for slot 2, handles the context
   message (``NEW_CONNECTION``: state channels re-send their state).
 
-Limits: a package body larger than ``max_package_size`` is refused on send
-(``ValueError``) and closes the connection it arrives on. Every send queue
-(one per connection, and the startup queue) holds at most
-``max_queue_bytes`` (header + body bytes; one package is always accepted
-into an empty queue). Over the cap the discard mode of ``queue_params``
-applies: ``'new'`` drops the package being queued, ``'old'`` drops the
-oldest packages not yet taken by the writer, as many as it takes to make
-room (if the writer holds more than the cap, the new package still goes in:
-a queue never holds more than the cap plus one package). What the writer
-has taken, partly written or not, is never dropped, nor is the close signal
-or a heartbeat. Each drop counts once per package and connection in
-``statistics()['discarded_outgoing']``.
+Limits and flow control (the README's "Flow control" section has the table):
+
+* A package body larger than ``max_package_size`` is refused on send
+  (``ValueError``) and closes the connection it arrives on.
+* Each connection's send queue holds at most ``max_queue_bytes`` (header +
+  body; one package is always accepted into an empty queue). It applies
+  backpressure: a sender waits for room (or, with ``block=False``, gets
+  :class:`~yoton.errors.WouldBlock`) while the peer keeps taking data. A
+  connection whose queue is full and whose peer has taken nothing for its
+  ``timeout`` is *stalled*: senders no longer wait for it and its queue
+  discards by the discard mode of ``queue_params`` (counted in
+  ``statistics()['discarded_outgoing']``, logged once per episode) until
+  the peer takes data again. The loop side never waits (it is what drains
+  the queues): what it sends itself (protocol messages, forwarded packages)
+  overshoots a full queue instead.
+* The startup queue (no connection yet) is bounded the same way but has no
+  peer to wait for: when full it discards by the discard mode (counted and
+  logged), so a context whose peer never comes cannot hang its senders.
+* A relay never drops for speed: forwarding into a full send queue stops
+  reading from the connection the packages came from until it has room, so
+  TCP's own flow control reaches the original sender.
 
 Sending appends to one stage (a deque: atomic, in order, no lock); numbering
 and queueing what is staged (the pump) happen under one lock, so packages
@@ -43,8 +52,10 @@ import threading
 import time
 import weakref
 from collections import deque
+from itertools import islice
 
-from .errors import FlushTimeout
+from .errors import ChannelClosedError, FlushTimeout, WouldBlock
+from .queues import BoundedQueue, Policy
 from .transport.connection import DIRECT_GAP, REASON_CONTEXT, ConnectionCollection, TcpConnection
 from .transport.ioloop import IOLoop, MainSending, default_spin
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
@@ -56,6 +67,13 @@ __all__ = ["Context", "DEFAULT_MAX_QUEUE_BYTES"]
 
 DEFAULT_QUEUE_PARAMS = (10000, "old")
 DEFAULT_MAX_QUEUE_BYTES = 256 << 20  #: 256 MiB per queue
+#: The de-duplication map remembers this many sources (the least recently
+#: seen are forgotten first): a peer inventing ids cannot grow it for ever.
+MAX_SOURCES = 65536
+#: A package from a known source (not a direct peer) more than this far ahead
+#: of the last one seen is refused: accepting it would drop that source's
+#: next packages as duplicates. (Real gaps come from discards: far fewer.)
+MAX_SEQ_JUMP = 1 << 32
 _NEW_CONNECTION = b"NEW_CONNECTION"
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
 
@@ -105,7 +123,8 @@ _MAIN_THREAD = threading.main_thread()
 #: Bodies up to this size may wait on the stage (larger ones are pumped at once).
 _STAGE_BODY = 4096
 #: The sender pumps itself when this many packages are staged (so the stage
-#: holds at most 4 MiB of bodies, whatever max_queue_bytes says).
+#: holds at most 4 MiB of bodies), or fewer: the stage holds at most a
+#: quarter of max_queue_bytes.
 _STAGE_ITEMS = 1024
 
 
@@ -153,7 +172,6 @@ class Context:
                  auth_key=None, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, spin: float | None = None):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
-        self._discard_old = self._queue_params[1] == "old"
         self._max_package_size = _check_byte_limit("max_package_size", max_package_size)
         self._max_queue_bytes = _check_byte_limit("max_queue_bytes", max_queue_bytes)
         if isinstance(auth_key, str):
@@ -166,17 +184,26 @@ class Context:
         self._lock = threading.RLock()
         self._seq = 0
         self._connections: list = []
-        self._live: tuple = ()
-        self._startup: deque = deque()
-        self._startup_bytes = 0  # under _lock
+        self._live: tuple = ()  # the CONNECTED connections: where packages go
+        self._startup = BoundedQueue(max_bytes=self._max_queue_bytes,
+                                     policy=Policy.for_discard_mode(self._queue_params[1]),
+                                     name="the startup queue (no connection yet)")
         self._stage: deque = deque()  # (slot, body, dest_id, dest_seq) sent, not yet numbered
+        self._stage_items = max(1, min(_STAGE_ITEMS, self._max_queue_bytes // (4 * _STAGE_BODY)))
         self._pump_scheduled = False  # a _pump_on_loop is queued on the loop
         self._pump_after = 0.0  # (monotonic) until then, small sends are pumped on the loop
-        # Send-queue discards, as two counters with one writer each (no lock
-        # on the I/O thread's side): senders under _lock, the I/O thread alone.
-        self._discarded_send = 0
-        self._discarded_io = 0
-        self._last_seq: dict = {}
+        # Backpressure: _pressure is set when a send queue fills up; senders
+        # then look for room under _room (see _wait_room). Read without a
+        # lock on the fast path: a stale False lets one more package by.
+        self._pressure = False
+        self._room = threading.Condition(threading.Lock())
+        self._room_waiters = 0
+        self._closing = False  # in close(): senders waiting for room give up
+        self._discarded_closed = 0  # send-queue discards of connections gone since
+        self._last_seq: dict = {}  # source id -> last source_seq seen (least recently seen first)
+        self._direct: dict = {}  # peer id -> its connected connection (what only it may speak for)
+        self._refused = 0  # packages refused by the routing rules
+        self._refusals_logged: set = set()
         self._recv_seq = 0
         self._send_slots: dict = {}
         self._recv_slots: dict = {}
@@ -229,15 +256,21 @@ class Context:
         """Counters of the send side.
 
         ``queued_bytes``: bytes accepted for sending and not yet written to
-        the network (all connections and the startup queue; a snapshot, exact
-        to within a package). ``discarded_outgoing``: packages dropped
-        because a send queue was full, counted once per connection.
+        the network (all connections and the startup queue; a snapshot).
+        ``discarded_outgoing``: packages dropped, counted once per
+        connection: by a stalled connection's queue, by the startup queue
+        when full, and those still queued when a connection broke.
+        ``refused``: packages from peers refused by the routing rules (one
+        claiming the id of a peer connected on another link, or jumping
+        implausibly far ahead in its source's numbering).
         """
         self._pump_now()  # (staged packages are queued, or discarded, first)
-        queued = self._startup_bytes
+        startup = self._startup
+        queued, discarded = startup.bytes, startup.discarded + self._discarded_closed
         for conn in list(self._connections):
-            queued += max(0, conn._qbytes_user - conn._qbytes_io)
-        return {"queued_bytes": queued, "discarded_outgoing": self._discarded_send + self._discarded_io}
+            queued += conn._sendq.bytes + sum(map(len, list(conn._wbufs)))
+            discarded += conn._sendq.discarded
+        return {"queued_bytes": queued, "discarded_outgoing": discarded, "refused": self._refused}
 
     # -- connecting ---------------------------------------------------------
 
@@ -284,13 +317,16 @@ class Context:
         Raises :class:`~yoton.errors.FlushTimeout` (a ``TimeoutError``) if that
         takes longer than ``timeout`` seconds.
         """
-        self._wait_flushed(list(self._connections), timeout)
+        self._wait_flushed(list(self._connections), timeout, startup=True)
 
     def close(self) -> None:
         """Close all connections (telling the peers) and all channels.
 
-        The context can be bound or connected again afterwards.
+        The context can be bound or connected again afterwards. Senders
+        waiting for room in a send queue get ``ChannelClosedError``.
         """
+        self._closing = True
+        self._room_changed()
         self._pump_now()  # (what was sent goes out before the close signal)
         loop = self._loop
         conns = list(self._connections)
@@ -306,12 +342,12 @@ class Context:
         with self._lock:
             self._loop = None
             self._stage.clear()
-            self._startup.clear()
-            self._startup_bytes = 0
+            self._startup.discard_all()  # (no peer ever took them: counted)
         _open_contexts.discard(self)
         if loop is not None:
             loop.stop()
         self._pump_scheduled = False  # (a pump queued on that loop may never have run)
+        self._closing = False
 
     def close_channels(self) -> None:
         """Close every channel attached to this context; connections stay."""
@@ -332,38 +368,89 @@ class Context:
         loop = self._ensure_loop()
         conn._loop = loop
         with MainSending(), self._lock:
-            self._pump()  # (what is staged goes first, with the startup queue)
-            while self._startup:
-                conn._outq.append(self._startup.popleft())
-            conn._qbytes_user += self._startup_bytes
-            self._startup_bytes = 0
             self._connections.append(conn)
-            self._update_live()
+            if conn.is_connected:
+                self._go_live(conn)
         if conn.is_connected:
             loop.call_soon(conn._start_io, loop)
         return loop
 
+    def _go_live(self, conn) -> None:
+        """``conn`` is connected: packages go to it from now on; the first one
+        takes the startup queue (under _lock)."""
+        self._pump()  # (what is staged goes first, into the startup queue if no one is live)
+        if self._startup:
+            items = self._startup.take()
+            sizes = [HEADER_SIZE + len(body) for _, body in items]
+            conn._enqueue_many(items, sizes, sum(sizes))
+        self._update_live()
+
     def _connection_established(self, conn) -> None:
         log.log(logging.INFO if self._verbose else logging.DEBUG,
                 "yoton: %016x accepted %016x on port %d", self._id, conn.id2, conn.port1)
-        self._update_live()
+        with self._lock:
+            self._go_live(conn)
 
     def _detach_connection(self, conn) -> None:
         with self._lock:
             if conn in self._connections:
                 self._connections.remove(conn)
+                self._discarded_closed += conn._sendq.discarded
             self._update_live()
 
     def _update_live(self) -> None:
         with self._lock:
-            self._live = tuple(c for c in self._connections if c.is_alive)
+            self._live = live = tuple(c for c in self._connections if c.is_connected)
+            self._direct = {c.id2: c for c in live}
+        self._room_changed()  # (senders waiting for a connection that left look again)
+
+    def _room_changed(self) -> None:
+        """A send queue drained, stalled or left (any thread): wake waiting senders."""
+        if self._room_waiters:
+            with self._room:
+                self._room.notify_all()
+
+    def _wait_room(self, size: int, block) -> None:
+        """Wait until every live connection has room for ``size`` more bytes or
+        is stalled (a sending thread; see the module docstring). ``block``:
+        True waits as long as it takes, False not at all, a number at most
+        that many seconds; then :class:`WouldBlock` is raised."""
+        loop = self._loop
+        if loop is not None and loop.in_io_thread():
+            return  # (the loop side drains the queues: it must never wait for them)
+        deadline = None
+        if block is not True:
+            if isinstance(block, bool) or not isinstance(block, (int, float)):
+                if block is not False:
+                    raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
+            else:
+                deadline = time.monotonic() + block
+        with self._room:
+            self._room_waiters += 1
+            try:
+                while True:
+                    if self._closing:
+                        raise ChannelClosedError("the context is closing: the message was not sent")
+                    full = [c for c in self._live if not c._has_room(size)]
+                    if not full:
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if block is False or (remaining is not None and remaining <= 0):
+                        names = ", ".join(repr(c.name) for c in full)
+                        raise WouldBlock(f"the send queue of connection {names} is full "
+                                         f"(the peer is slower than the sender)"
+                                         + ("" if block is False else f"; waited {block} s"))
+                    self._room.wait(remaining)
+            finally:
+                self._room_waiters -= 1
+            self._pressure = any(c._sendq.full and not c._stalled for c in self._live)
 
     def _notify_flushed(self) -> None:
         if self._flush_waiters:
             with self._flush_cond:
                 self._flush_cond.notify_all()
 
-    def _wait_flushed(self, conns: list, timeout: float) -> None:
+    def _wait_flushed(self, conns: list, timeout: float, startup: bool = False) -> None:
         self._pump_now()  # (what is staged counts as sent: it goes to the queues first)
         loop = self._loop
         if loop is None or loop.in_io_thread():
@@ -374,6 +461,8 @@ class Context:
             try:
                 while True:
                     left = [c for c in conns if c._unflushed()]
+                    if startup and self._startup and self._connections:
+                        left.append("the startup queue")  # (a waiting bind's peer would take it)
                     if not left:
                         return
                     remaining = deadline - time.monotonic()
@@ -407,10 +496,14 @@ class Context:
                         del table[slot]
             self._channels.discard(channel)
 
-    def _send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0) -> None:
+    def _send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0, block=True,
+              force: bool = False) -> None:
         """Number a package and queue it on every live connection (any thread).
 
-        Raises ``ValueError`` for a body over ``max_package_size``.
+        Raises ``ValueError`` for a body over ``max_package_size``. While a
+        send queue is full, waits for room as ``block`` says (see
+        :meth:`_wait_room`; :class:`WouldBlock` when it cannot); ``force``
+        (protocol messages) never waits and is never refused.
 
         The package goes on the stage first (one atomic append, no lock);
         :meth:`_pump` numbers and queues what is staged, in order. The
@@ -423,9 +516,11 @@ class Context:
         if size > self._max_package_size:
             raise ValueError(f"message too large to send: {size} bytes encoded, "
                              f"but max_package_size is {self._max_package_size}")
+        if self._pressure and not force:
+            self._wait_room(HEADER_SIZE + size, block)
         stage = self._stage
         stage.append((slot, body, dest_id, dest_seq))
-        if size <= _STAGE_BODY and len(stage) < _STAGE_ITEMS:
+        if size <= _STAGE_BODY and len(stage) < self._stage_items:
             loop = self._loop
             running = loop is not None and loop._running
             if self._pump_scheduled and running:
@@ -468,94 +563,24 @@ class Context:
         if not count:
             return
         pop, pack, my_id, seq = stage.popleft, HEADER.pack, self._id, self._seq
-        items, total = [], 0
+        items, sizes, total = [], [], 0
         for _ in range(count):
             slot, body, dest_id, dest_seq = pop()
             seq += 1
             size = len(body)
             items.append((pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, size), body))
+            sizes.append(HEADER_SIZE + size)
             total += size
         self._seq = seq
         total += HEADER_SIZE * count
         live = self._live
         if not live:
-            for item in items:
-                self._queue_startup(item, HEADER_SIZE + len(item[1]))
+            self._startup.put_many(items, sizes, total)  # (discards by the mode when full)
             return
-        cap = self._max_queue_bytes
         for conn in live:
-            # Bytes waiting on conn, from two counters that each have one
-            # writer (pumps, serialized by _lock; and the I/O thread), so
-            # neither needs a lock nor can lose an update. Reading both is a
-            # snapshot that may be off by what the I/O thread does meanwhile;
-            # it re-syncs them whenever the queue runs empty
-            # (TcpConnection._write_now), so the figure cannot drift: it errs
-            # by at most what one pump queues.
-            user = conn._qbytes_user
-            if user - conn._qbytes_io + total <= cap:
-                conn._qbytes_user = user + total  # before the I/O thread can see the packages
-                conn._enqueue_many(items)
-                continue
-            for item in items:  # over the cap: package by package, by the discard mode
-                size = HEADER_SIZE + len(item[1])
-                user = conn._qbytes_user
-                queued = user - conn._qbytes_io
-                if queued + size > cap and queued > 0:
-                    if not self._discard_old:
-                        self._discarded_send += 1
-                        continue
-                    self._drop_oldest(conn, size, False)
-                    user = conn._qbytes_user
-                conn._qbytes_user = user + size
-                conn._enqueue_many((item,))
-
-    def _drop_oldest(self, conn, size: int, io_thread: bool) -> None:
-        """Make room for ``size`` bytes on ``conn``'s send queue by dropping its
-        oldest packages (mode 'old'; senders under _lock, or the I/O thread).
-
-        Only whole packages still in ``_outq``: what the writer has taken may
-        be partly written. Connection signals (1-tuples: heartbeat, close)
-        stay. Each side books what it frees on its own counter, before the
-        packages leave the queue: the writer re-syncs the counters when it
-        finds the queue empty, and must not see it empty with them unbooked.
-        """
-        outq = conn._outq
-        excess = conn._qbytes_user - conn._qbytes_io + size - self._max_queue_bytes
-        freed = count = 0
-        with conn._outq_lock:  # the writer also takes from the left
-            try:
-                while freed < excess:
-                    item = outq[count]  # appends only go right: stable while we hold the lock
-                    if len(item) != 2:
-                        break
-                    freed += len(item[0]) + len(item[1])
-                    count += 1
-            except IndexError:
-                pass
-            if io_thread:
-                conn._qbytes_io += freed
-                self._discarded_io += count
-            else:
-                conn._qbytes_user -= freed
-                self._discarded_send += count
-            try:
-                for _ in range(count):
-                    outq.popleft()
-            except IndexError:  # torn down meanwhile (cleared without the lock)
-                pass
-
-    def _queue_startup(self, item: tuple, size: int) -> None:
-        """Keep a package for the first connection, within the cap (under _lock)."""
-        startup, cap = self._startup, self._max_queue_bytes
-        if startup and self._startup_bytes + size > cap:
-            if not self._discard_old:
-                self._discarded_send += 1
-                return
-            while startup and self._startup_bytes + size > cap:
-                self._startup_bytes -= sum(map(len, startup.popleft()))
-                self._discarded_send += 1
-        startup.append(item)
-        self._startup_bytes += size
+            conn._enqueue_many(items, sizes, total)
+            if not self._pressure and conn._sendq.full and not conn._stalled:
+                self._pressure = True
 
     # -- routing (loop side: the I/O thread, or a thread in IOLoop.run_until) --
 
@@ -565,22 +590,38 @@ class Context:
         Each package follows the rules at the top of this module; the
         packages for one channel are handed to it in one call, in order.
         """
-        last_seq, my_id, slots = self._last_seq, self._id, self._recv_slots
+        last_seq, my_id, slots, direct = self._last_seq, self._id, self._recv_slots, self._direct
         forward = len(self._live) > 1
         recv_seq = self._recv_seq
         batches: dict = {}  # channel -> its packages
         slot_now = batch = None  # (runs of packages for one slot skip the lookups)
-        source_now = last_now = None  # (runs of packages from one source skip the map)
+        # Runs of packages from one source look the source up once. Its entry
+        # leaves the map during the run and goes back in at the end: the map
+        # is kept in least-recently-seen order for _forget_sources.
+        source_now = last_now = None
+        taken = False  # whether packages of the current source are taken at all
+        checked = False  # whether the current source is a direct peer (on this connection)
         try:
             for pkg in packages:
                 source, seq = pkg.source_id, pkg.source_seq
                 if source != source_now:
-                    if source_now is not None:
+                    if taken:
                         last_seq[source_now] = last_now
-                    if source == my_id:
+                    source_now = source
+                    owner = direct.get(source)
+                    taken = source != my_id and (owner is None or owner is conn)
+                    if not taken:
+                        if source != my_id:
+                            self._refuse(conn, "spoof", source)
                         continue
-                    source_now, last_now = source, last_seq.get(source, 0)
+                    checked = owner is not None
+                    last_now = last_seq.pop(source, 0)
+                elif not taken:
+                    continue
                 if seq <= last_now:
+                    continue
+                if seq - last_now > MAX_SEQ_JUMP and last_now and not checked:
+                    self._refuse(conn, "jump", source)  # (it would silence that source)
                     continue
                 last_now = seq
                 dest = pkg.dest_id
@@ -602,30 +643,45 @@ class Context:
                 if batch is not None:
                     batch.append(pkg)
         finally:
-            if source_now is not None:
+            if taken:
                 last_seq[source_now] = last_now
+            if len(last_seq) > MAX_SOURCES:
+                self._forget_sources()
         self._recv_seq = recv_seq
         for channel, batch in batches.items():
             try:
-                channel._receive_many(batch)
+                channel._receive_many(batch, conn)
             except Exception:
                 log.exception("yoton: channel %r failed to take packages", channel)
+
+    def _forget_sources(self) -> None:
+        """Keep the de-duplication map bounded: forget the sources seen least
+        recently (loop side). A source forgotten and seen again starts afresh."""
+        last_seq = self._last_seq
+        for source in list(islice(last_seq, len(last_seq) - MAX_SOURCES * 7 // 8)):
+            del last_seq[source]
+
+    def _refuse(self, conn, why: str, source: int) -> None:
+        """Count a package refused by the routing rules; log once per connection and reason."""
+        self._refused += 1
+        key = (id(conn), why)
+        if key not in self._refusals_logged:
+            self._refusals_logged.add(key)
+            what = ("claims to come from %016x, a peer connected on another link" if why == "spoof"
+                    else "jumps implausibly far ahead in the sequence of %016x")
+            log.warning("yoton: connection %r sent a package that " + what + ": refused "
+                        "(further ones are counted in statistics()['refused'], not logged)",
+                        conn.name, source)
 
     def _forward(self, conn, pkg) -> None:
         """Queue a package from ``conn`` on every other live connection (loop side)."""
         item = (pkg.header(), pkg.data)
         size = HEADER_SIZE + len(pkg.data)
-        cap = self._max_queue_bytes
         for other in self._live:
             if other is not conn:
-                queued = other._qbytes_user - other._qbytes_io
-                if queued + size > cap and queued > 0:
-                    if not self._discard_old:
-                        self._discarded_io += 1
-                        continue
-                    self._drop_oldest(other, size, True)
-                other._qbytes_io -= size  # queued by this thread: its counter
-                other._enqueue(item)
+                other._enqueue_many((item,), (size,), size)
+                if other._sendq.full and not other._stalled:
+                    other._hold_upstream(conn)  # (TCP then slows the sender down)
 
     def _context_message(self, conn, pkg) -> None:
         text = bytes(pkg.data)
@@ -638,8 +694,7 @@ class Context:
                     except Exception:
                         log.exception("yoton: %r failed to re-send its state", channel)
         elif text == _CLOSE_CONNECTION:
-            for other in self._live:
-                if other.id2 == pkg.source_id:
-                    other._begin_close("Closed on request of the other context.")
+            if conn.id2 == pkg.source_id:  # (only the peer itself may ask)
+                conn._begin_close("Closed on request of the other context.")
         else:
             log.debug("yoton: ignored unknown context message %r", text[:80])

@@ -16,6 +16,7 @@ __all__ = [
     "AuthenticationError",
     "TLSError",
     "ChannelClosedError",
+    "WouldBlock",
     "FlushTimeout",
     "RemoteError",
     "TimeoutError",
@@ -63,6 +64,16 @@ class TLSError(ConnectError):
 
 class ChannelClosedError(YotonError, OSError):
     """You sent on a channel that was closed (by you, or by closing its context)."""
+
+
+class WouldBlock(YotonError, BlockingIOError):
+    """A send asked not to wait (``block=False``, or a number of seconds that
+    ran out) found no room: a send queue is full (the peer is slower than the
+    sender), or a subscriber in sync mode said it is full.
+
+    Nothing was sent, to anyone; try again later. Also a ``BlockingIOError``
+    (an ``OSError``), which is what a non-blocking socket raises.
+    """
 
 
 class FlushTimeout(YotonError, TimeoutError):

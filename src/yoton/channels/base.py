@@ -9,18 +9,16 @@ channel per slot.
 Packages arrive on the context's loop side ("the I/O thread" below: the I/O
 thread itself, or the one thread waiting in ``recv`` that serves the loop
 meanwhile, see :mod:`yoton.transport.ioloop`) and are kept, still encoded, in a
-deque bounded in count (the context's ``queue_params``) and in bytes (its
-``max_queue_bytes``, counting message bodies); when either bound is reached
-the discard mode of ``queue_params`` applies and ``statistics()`` counts the
-discards. One package is always accepted into an empty queue, however large
-(``max_package_size`` bounds it). Messages are decoded in the thread that
-calls ``recv``. A thread blocked in ``recv`` is woken through a condition
-that is touched only when someone waits.
-
-The byte count needs no lock although the I/O thread appends and readers
-pop: only the I/O thread writes it. It keeps the total of bytes ever queued
-and stamps each package with the total before it (``Package.queue_mark``), so
-the bytes pending are that total minus the head's mark, whoever popped what.
+:class:`~yoton.queues.BoundedQueue` bounded in count (the context's
+``queue_params``) and in bytes (its ``max_queue_bytes``, counting message
+bodies). When either bound is reached, the discard mode of ``queue_params``
+applies and ``statistics()`` counts the discards -- except in a SubChannel's
+sync mode, which never discards: the channel then stops reading from the
+connections its packages come on until it has room again (TCP slows the
+senders down). One package is always accepted into an empty queue, however
+large (``max_package_size`` bounds it). Messages are decoded in the thread
+that calls ``recv``. A thread blocked in ``recv`` is woken through a
+condition that is touched only when someone waits.
 """
 
 from __future__ import annotations
@@ -29,11 +27,11 @@ import logging
 import threading
 import time
 import weakref
-from collections import deque
 
 from ..errors import ChannelClosedError
 from ..events import Signal, post_event
 from ..messages import as_message_type
+from ..queues import BLOCK, BoundedQueue, Policy
 from ..wire.naming import slot_hash
 
 log = logging.getLogger("yoton")
@@ -84,15 +82,13 @@ class BaseChannel:
         self._closed = False
         self._received_signal = Signal()
         self._emit_pending = False
-        self._queue: deque = deque()
-        self._queue_size, self._discard_new = context.queue_params[0], context.queue_params[1] == "new"
-        self._discarded = 0
-        self._max_bytes = context.max_queue_bytes
-        self._bytes_in = 0  # bytes ever queued here (I/O thread only)
-        # _bytes_in may grow to this before the queue can be over its byte cap:
-        # the head's queue_mark when the I/O thread last looked (the real head is
-        # never behind it) plus the cap. Errs on the safe side; I/O thread only.
-        self._bytes_limit = self._max_bytes
+        size, mode = context.queue_params
+        self._queue_size = size
+        self._queue = BoundedQueue(size, context.max_queue_bytes, Policy.for_discard_mode(mode),
+                                   name=f"the receive queue of {type(self).__name__} {self._slot_in_name!r}",
+                                   log_level=logging.INFO, on_room=self._on_room)
+        self._holding: set = set()  # connections whose reading we hold (loop side)
+        self._delivering = None  # the connection of the packages being taken (loop side)
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
@@ -162,12 +158,8 @@ class BaseChannel:
         """Counters: ``pending`` messages, their size in ``pending_bytes`` (message
         bodies), and messages ``discarded`` because the queue was full (in
         count or in bytes)."""
-        total = self._bytes_in
-        try:
-            pending_bytes = total - self._queue[0].queue_mark
-        except IndexError:
-            pending_bytes = 0
-        return {"pending": len(self._queue), "pending_bytes": pending_bytes, "discarded": self._discarded}
+        queue = self._queue
+        return {"pending": len(queue), "pending_bytes": queue.bytes, "discarded": queue.discarded}
 
     def close(self) -> None:
         """Detach from the context: sending raises, nothing new arrives.
@@ -181,55 +173,51 @@ class BaseChannel:
         with self._cond:
             self._cond.notify_all()
         loop = self._context._loop
-        if loop is not None and self._reader is not None:
-            loop.wake()  # (the reader checks _closed when it wakes)
+        if loop is not None:
+            if self._holding:
+                loop.call_soon(self._release)  # (nothing more comes here: read on)
+            if self._reader is not None:
+                loop.wake()  # (the reader checks _closed when it wakes)
 
     # -- sending ----------------------------------------------------------------
 
-    def _send(self, message, dest_id: int = 0, dest_seq: int = 0) -> None:
+    def _send(self, message, dest_id: int = 0, dest_seq: int = 0, block=True) -> None:
         if self._closed:
             raise ChannelClosedError(f"cannot send on closed {type(self).__name__} {self._slot_out_name!r}")
         body = self._message_type.message_to_bytes(message)
         if body:  # empty messages are not sent (yoton 2.2 rule)
-            self._context._send(self._slot_out, body, dest_id, dest_seq)
+            self._context._send(self._slot_out, body, dest_id, dest_seq, block)
 
     # -- receiving --------------------------------------------------------------
 
-    def _receive_many(self, pkgs) -> None:
-        """Take packages from the context, in order (loop side)."""
-        for pkg in pkgs:
-            try:
-                self._receive(pkg)
-            except Exception:
-                log.exception("yoton: channel %r failed to take a package", self)
+    def _receive_many(self, pkgs, conn=None) -> None:
+        """Take packages that arrived on ``conn`` from the context, in order (loop side)."""
+        self._delivering = conn
+        try:
+            for pkg in pkgs:
+                try:
+                    self._receive(pkg)
+                except Exception:
+                    log.exception("yoton: channel %r failed to take a package", self)
+        finally:
+            self._delivering = None
 
     def _receive(self, pkg) -> None:
         """Take a package from the context (loop side)."""
         self._queue_many((pkg,))
 
-    def _queue_many(self, pkgs) -> None:
-        """Queue packages for readers, discarding by the mode when full (loop side)."""
+    def _queue_many(self, pkgs, conn=None) -> None:
+        """Queue packages for readers by the queue's policy (loop side).
+
+        A full BLOCK queue (sync mode) takes them anyway and holds reading
+        from ``conn`` (default: the connection being delivered) until it has
+        room again.
+        """
         queue = self._queue
-        mark, limit, size = self._bytes_in, self._bytes_limit, self._queue_size
-        if len(queue) + len(pkgs) <= size:  # (the usual case: all fit by count; by bytes?)
-            end = mark
-            for pkg in pkgs:
-                pkg.queue_mark = end
-                end += len(pkg.data)
-            if end <= limit:
-                queue.extend(pkgs)
-                mark = end
-                pkgs = ()
-        for pkg in pkgs:  # package by package, making room by the discard mode
-            pkg.queue_mark = mark
-            end = mark + len(pkg.data)
-            if end > limit or len(queue) >= size:
-                if not self._make_room(mark, end):
-                    continue
-                limit = self._bytes_limit
-            queue.append(pkg)
-            mark = end
-        self._bytes_in = mark
+        sizes = [len(pkg.data) for pkg in pkgs]
+        queue.put_many(pkgs, sizes, sum(sizes))
+        if queue.policy is BLOCK and queue.full:
+            self._hold(conn or self._delivering)
         # Wake one thread waiting on the condition; one that finds more passes
         # the wake-up on (see _wait_package).
         if self._waiters and queue:
@@ -237,27 +225,26 @@ class BaseChannel:
                 self._cond.notify()
         self._announce()
 
-    def _make_room(self, mark: int, end: int) -> bool:
-        """The queue looks full for a package spanning bytes ``mark``..``end``
-        (I/O thread): discard by the mode; return False if that package goes."""
-        queue = self._queue
-        while True:
-            try:
-                head_mark = queue[0].queue_mark
-            except IndexError:  # empty (maybe a reader just took the rest): always room
-                self._bytes_limit = mark + self._max_bytes
-                return True
-            self._bytes_limit = head_mark + self._max_bytes
-            if len(queue) < self._queue_size and end <= self._bytes_limit:
-                return True
-            if self._discard_new:
-                self._discarded += 1
-                return False
-            try:
-                queue.popleft()
-            except IndexError:
-                continue
-            self._discarded += 1
+    def _hold(self, conn) -> None:
+        """Hold reading from ``conn`` until our queue has room (loop side)."""
+        if conn is not None and conn not in self._holding:
+            self._holding.add(conn)
+            conn._hold_reading(("channel", self))
+
+    def _release(self) -> None:
+        """Let the connections we hold read again (loop side)."""
+        holding, self._holding = self._holding, set()
+        for conn in holding:
+            conn._release_reading(("channel", self))
+
+    def _on_room(self) -> None:
+        """The queue drained to its resume mark or ran empty (any thread)."""
+        if self._holding:
+            loop = self._context._loop
+            if loop is None or loop.in_io_thread():
+                self._release()
+            else:
+                loop.call_soon(self._release)
 
     def _announce(self) -> None:
         """Emit ``received`` through the event queue, at most one pending at a time.

@@ -3,14 +3,26 @@
 A PubChannel broadcasts on ``base.type.pub-sub``; every SubChannel on that
 slot, in every context of the network, queues the message.
 
-Sync mode (backpressure): a SubChannel in sync mode sends ``full`` on
-``base.type.sub-pub`` when more than :data:`FULL_MARK` messages are waiting
-and ``ok`` when it has been read down below :data:`OK_MARK`; it repeats its
-status every :data:`REPEAT_STATUS` seconds. A PubChannel that has heard
-``full`` from any subscriber waits (up to a second per message) before each
-send until all say ``ok``; a ``full`` not repeated for
-:data:`BLOCK_EXPIRY` seconds is forgotten, so a vanished subscriber cannot
-block a publisher for ever.
+Flow control:
+
+* A subscriber that is not in sync mode keeps at most the context's
+  ``queue_params`` count of messages (and ``max_queue_bytes``); beyond that
+  it discards by the discard mode, counted in ``statistics()['discarded']``.
+  Its publishers are not slowed down.
+* Sync mode makes the slot lossless end to end. A SubChannel in sync mode
+  sends ``full`` on ``base.type.sub-pub`` when more than :data:`FULL_MARK`
+  messages are waiting and ``ok`` when it has been read down below
+  :data:`OK_MARK`, and repeats its status every :data:`REPEAT_STATUS`
+  seconds (yoton 2.2's wire messages). A PubChannel that has heard ``full``
+  waits before each send until every such subscriber says ``ok`` -- for as
+  long as the connection the ``full`` came on is connected and not timed
+  out, and the status keeps being repeated (a ``full`` not repeated for
+  :data:`BLOCK_EXPIRY` seconds is forgotten). So a subscriber that
+  disappears releases its publishers within its connection's timeout.
+* What is already on its way when the subscriber says ``full`` still
+  arrives; a sync-mode subscriber never discards it. When its queue reaches
+  its bounds it stops reading from the connection until it has room, and
+  TCP slows the senders down (other channels on that connection wait too).
 """
 
 from __future__ import annotations
@@ -18,7 +30,9 @@ from __future__ import annotations
 import threading
 import time
 
+from ..errors import WouldBlock
 from ..messages import BinaryMessageType
+from ..queues import BLOCK, Policy
 from .base import BaseChannel
 
 __all__ = ["PubChannel", "SubChannel", "select_sub_channel"]
@@ -27,7 +41,18 @@ FULL_MARK = 32
 OK_MARK = 16
 REPEAT_STATUS = 4.0
 BLOCK_EXPIRY = 10.0
-MAX_BLOCK_PER_SEND = 1.0
+#: A PubChannel waits for at most this many full subscribers; more 'full's
+#: are ignored (a peer inventing subscribers cannot grow the map for ever).
+MAX_BLOCKERS = 1024
+
+
+def _deadline(block):
+    """The monotonic deadline for a ``block`` argument (None: no limit or no wait)."""
+    if block is True or block is False:
+        return None
+    if isinstance(block, bool) or not isinstance(block, (int, float)):
+        raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
+    return time.monotonic() + block
 
 
 class PubChannel(BaseChannel):
@@ -38,41 +63,69 @@ class PubChannel(BaseChannel):
 
     def __init__(self, context, slot_base: str, message_type=None):
         super().__init__(context, slot_base, message_type)
-        self._blockers: dict = {}  # source id -> time of its last 'full'
+        # source id -> (connection its 'full' came on, when it last said so)
+        self._blockers: dict = {}
         self._unblocked = threading.Condition(threading.Lock())
 
-    def send(self, message) -> None:
-        """Publish ``message`` to all subscribers (queued; returns at once).
+    def send(self, message, block=True) -> None:
+        """Publish ``message`` to all subscribers.
+
+        Returns once the message is queued for every connection. ``block``
+        says how long to wait when the way is not free -- a send queue is
+        full (the peer is slower than this sender), or a subscriber in sync
+        mode says it is full: True (default) as long as it takes, False not
+        at all, a number at most that many seconds; then
+        :class:`~yoton.errors.WouldBlock` is raised and nothing is sent. A
+        peer that has taken nothing for its connection's ``timeout`` does
+        not hold the sender (see the README's "Flow control").
 
         Raises ``ValueError`` for a message the channel's type cannot encode
         or one larger than the context's ``max_package_size``, and
-        :class:`~yoton.errors.ChannelClosedError` (an ``OSError``) when
-        the channel is closed. Blocks (at most a second) while a subscriber
-        in sync mode reports that it is full; otherwise a network or peer too
-        slow to keep up does not block it: the context's send queues are
-        bounded by ``max_queue_bytes`` and discard (counted) when full.
+        :class:`~yoton.errors.ChannelClosedError` (an ``OSError``) when the
+        channel is closed.
         """
+        deadline = _deadline(block)
         if self._blockers:
-            self._wait_unblocked()
-        self._send(message)
+            self._wait_unblocked(block, deadline)
+            if deadline is not None:
+                block = max(0.0, deadline - time.monotonic())
+        self._send(message, block=block)
 
-    def _wait_unblocked(self) -> None:
-        deadline = time.monotonic() + MAX_BLOCK_PER_SEND
+    def _wait_unblocked(self, block, deadline) -> None:
         with self._unblocked:
-            while self._blockers and not self._closed:
+            while not self._closed:
                 now = time.monotonic()
-                for source, since in list(self._blockers.items()):
-                    if now - since > BLOCK_EXPIRY:
-                        del self._blockers[source]
-                if not self._blockers or now >= deadline:
+                wait = self._blocked_for(now)
+                if wait is None:
                     return
-                self._unblocked.wait(deadline - now)
+                if block is False or (deadline is not None and now >= deadline):
+                    raise WouldBlock(f"a subscriber in sync mode on {self._slot_out_name!r} is full"
+                                     + ("" if block is False else f"; waited {block} s"))
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                self._unblocked.wait(wait)
+
+    def _blocked_for(self, now: float):
+        """Forget blockers that no longer count; return how long to wait before
+        looking again (None: not blocked). Under _unblocked."""
+        wait = None
+        for source, (conn, since) in list(self._blockers.items()):
+            if now - since > BLOCK_EXPIRY or not conn.is_connected or conn.is_timedout:
+                del self._blockers[source]
+                continue
+            # (a timeout or close shows up within half the connection's timeout)
+            left = min(since + BLOCK_EXPIRY - now, conn.timeout / 2)
+            wait = left if wait is None else min(wait, left)
+        return wait
 
     def _receive(self, pkg) -> None:
         status = bytes(pkg.data)
+        conn = self._delivering
         with self._unblocked:
-            if status == b"full":
-                self._blockers[pkg.source_id] = time.monotonic()
+            if status == b"full" and conn is not None:
+                blockers = self._blockers
+                if len(blockers) < MAX_BLOCKERS or pkg.source_id in blockers:
+                    blockers[pkg.source_id] = (conn, time.monotonic())
             elif status == b"ok":
                 self._blockers.pop(pkg.source_id, None)
                 if not self._blockers:
@@ -117,34 +170,29 @@ class SubChannel(BaseChannel):
 
     def recv_all(self) -> list:
         """Return all pending messages (possibly an empty list)."""
-        queue, out = self._queue, []
-        while queue:
-            try:
-                out.append(queue.popleft())
-            except IndexError:
-                break
-        if self._said_full:
-            self._check_ok()
-        kind = type(self._message_type)
-        if kind is BinaryMessageType:  # (its decoding inline: no call per message)
-            return [pkg.data if type(pkg.data) is bytes else bytes(pkg.data) for pkg in out]
-        decode = self._message_type.message_from_bytes
-        return [decode(pkg.data) for pkg in out]
+        return self._decode_all(self._queue.take())
 
     def recv_selected(self) -> list:
         """Return the pending messages older than any pending in the other channels
         passed to the last :func:`select_sub_channel` call that chose this one."""
-        limit = min((ch._queue[0].recv_seq for ch in self._select_group if ch._queue), default=None)
-        queue, out = self._queue, []
-        while queue and (limit is None or queue[0].recv_seq < limit):
-            out.append(queue.popleft())
+        limit = None
+        for channel in self._select_group:
+            try:
+                seq = channel._queue.peek().recv_seq
+            except IndexError:
+                continue
+            limit = seq if limit is None else min(limit, seq)
+        if limit is None:
+            return self._decode_all(self._queue.take())
+        return self._decode_all(self._queue.take_while(lambda pkg: pkg.recv_seq < limit))
+
+    def _decode_all(self, pkgs: list) -> list:
         if self._said_full:
             self._check_ok()
-        kind = type(self._message_type)
-        if kind is BinaryMessageType:  # (its decoding inline: no call per message)
-            return [pkg.data if type(pkg.data) is bytes else bytes(pkg.data) for pkg in out]
+        if type(self._message_type) is BinaryMessageType:  # (its decoding inline: no call per message)
+            return [pkg.data if type(pkg.data) is bytes else bytes(pkg.data) for pkg in pkgs]
         decode = self._message_type.message_from_bytes
-        return [decode(pkg.data) for pkg in out]
+        return [decode(pkg.data) for pkg in pkgs]
 
     def __iter__(self):
         return self
@@ -159,22 +207,31 @@ class SubChannel(BaseChannel):
         return self.__next__()
 
     def set_sync_mode(self, value: bool) -> None:
-        """Turn sync mode (backpressure on the publishers) on or off.
+        """Turn sync mode (lossless: backpressure on the publishers) on or off.
 
-        In sync mode, publishers of this slot are slowed down while more than
-        32 messages wait here. It works without the yoton event loop.
+        In sync mode, publishers of this slot wait while more than 32
+        messages wait here, and nothing is discarded: when the queue reaches
+        the context's ``queue_params`` size or ``max_queue_bytes``, reading
+        from the connection stops until it has room. It works without the
+        yoton event loop. Turning it off lets the queue discard again by
+        the discard mode.
         """
         value = bool(value)
         if value == self._sync:
             return
         self._sync = value
+        loop = self._context._ensure_loop()
         if value:
-            self._repeat = self._context._ensure_loop().call_later(REPEAT_STATUS, self._repeat_status)
+            self._queue.policy = BLOCK
+            self._repeat = loop.call_later(REPEAT_STATUS, self._repeat_status)
             if len(self._queue) > FULL_MARK:
                 self._say(True)
         else:
+            self._queue.policy = Policy.for_discard_mode(self._context.queue_params[1])
+            if self._holding:
+                loop.call_soon(self._release)
             if self._repeat is not None:
-                self._context._ensure_loop().cancel(self._repeat)
+                loop.cancel(self._repeat)
                 self._repeat = None
             if self._said_full:
                 self._say(False)
@@ -197,27 +254,35 @@ class SubChannel(BaseChannel):
         self._queue_many((pkg,))
         self._check_full()
 
-    def _receive_many(self, pkgs) -> None:
+    def _receive_many(self, pkgs, conn=None) -> None:
         if self._per_package:  # a subclass hooks _receive: one call per package
-            super()._receive_many(pkgs)
+            super()._receive_many(pkgs, conn)
+            self._check_full()
             return
-        self._queue_many(pkgs)
+        self._queue_many(pkgs, conn)
         self._check_full()
 
     def _check_full(self) -> None:
         if self._sync and not self._said_full and len(self._queue) > FULL_MARK:
             self._say(True)
 
-    def _send(self, message, dest_id: int = 0, dest_seq: int = 0) -> None:
-        # Status messages are text on the wire, whatever this channel's type.
+    def _send(self, message, dest_id: int = 0, dest_seq: int = 0, block=True) -> None:
+        # Status messages are text on the wire, whatever this channel's type;
+        # they never wait (recv sends them, and so does the loop side).
         if self._closed:
             return
-        self._context._send(self._slot_out, message.encode("ascii"), dest_id, dest_seq)
+        self._context._send(self._slot_out, message.encode("ascii"), dest_id, dest_seq, force=True)
 
     def close(self) -> None:
-        """Close the channel; pending messages can still be received."""
+        """Close the channel; pending messages can still be received.
+
+        A channel in sync mode that said it is full says ``ok`` first, so
+        its publishers need not wait for the status to expire.
+        """
         if self._repeat is not None and self._context._loop is not None:
             self._context._loop.cancel(self._repeat)
+        if self._sync and self._said_full:
+            self._say(False)
         self._sync = False
         super().close()
 
@@ -233,11 +298,12 @@ def select_sub_channel(*channels):
     for channel in channels:
         if not isinstance(channel, SubChannel):
             raise ValueError(f"select_sub_channel takes SubChannels, not {type(channel).__name__}")
-        queue = channel._queue
-        if queue:
-            seq = queue[0].recv_seq
-            if best_seq is None or seq < best_seq:
-                best, best_seq = channel, seq
+        try:
+            seq = channel._queue.peek().recv_seq
+        except IndexError:
+            continue
+        if best_seq is None or seq < best_seq:
+            best, best_seq = channel, seq
     if best is not None:
         best._select_group = tuple(ch for ch in channels if ch is not best)
     return best

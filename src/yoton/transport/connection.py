@@ -12,9 +12,16 @@ Life of a connection::
   accepted; that is how the startup queue reaches the first peer.
 * All socket work and every state change after the handshake happens on the
   context's loop side (the I/O thread, or the thread serving the loop while it
-  waits for a package: one at a time, see :mod:`.ioloop`). User threads append
-  to ``_outq`` (a deque of tuples of buffers) and ask the loop to write, or
-  write an idle queue themselves (``_write_direct``).
+  waits for a package: one at a time, see :mod:`.ioloop`). User threads put
+  packages (``(header, body)`` pairs) on the send queue (a
+  :class:`~yoton.queues.BoundedQueue`) and ask the loop to write, or write an
+  idle queue themselves (``_write_direct``).
+* The send queue applies backpressure: it is bounded by the context's
+  ``max_queue_bytes``, and senders wait for room (:meth:`Context._send`)
+  while the peer keeps taking data. Once it is full and the peer has taken
+  nothing for ``timeout`` seconds, the connection is *stalled*: its queue
+  discards by the context's discard mode (counted, logged once) until the
+  peer takes data again. The close signal and heartbeats bypass the queue.
 * ``closed(conn, reason)`` is emitted once, when the state becomes CLOSED.
 * ``timedout(conn, True)`` when nothing arrived for ``timeout`` seconds,
   ``timedout(conn, False)`` when data arrives again. A side that has sent
@@ -30,11 +37,11 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from itertools import chain, islice, repeat
 
 from ..errors import AuthenticationError, ConnectError, FlushTimeout, HandshakeError, TLSError, YotonError
 from ..events import Signal
+from ..queues import BLOCK, BoundedQueue, Policy
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
 from ..wire.protocol import AUTH_FAILED, CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
@@ -50,6 +57,9 @@ TIMEOUT_MIN = 0.5
 HEARTBEAT_INTERVAL = TIMEOUT_MIN / 2
 HANDSHAKE_DEADLINE = 3.0  #: seconds a client gets to say hello to a bind
 MAX_PENDING_HANDSHAKES = 16
+#: Connection requests the kernel queues for a bind (serial connects beyond
+#: a short backlog would wait for SYN retransmits, a second or more).
+LISTEN_BACKLOG = 128
 CLOSE_FLUSH_TIME = 1.0
 
 REASON_COMMAND = "Closed on command."
@@ -65,6 +75,9 @@ DIRECT_GAP = 50e-6
 #: Buffers queued for one write are joined into one when they add up to at
 #: most this many bytes (see TcpConnection._send_plain).
 _JOIN_LIMIT = 128 * 1024
+#: A writer takes at most this many bytes of packages from the send queue at
+#: a time (at least one package): what it holds is outside the queue's bound.
+_TAKE_BYTES = 256 * 1024
 _CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
 _TLS_REQUIRED = b"ERROR: TLS required.\r\n"
 
@@ -147,6 +160,7 @@ class Connection:
         self._closed_signal = Signal()
         self._timedout_signal = Signal()
         self._timeout = TIMEOUT_MIN
+        self._is_timedout = False
         self._close_reason: str | None = None
         self._done = threading.Event()
         self._id2 = 0
@@ -201,6 +215,12 @@ class Connection:
     def is_connected(self) -> bool:
         """True while connected to another context."""
         return self._state == CONNECTED
+
+    @property
+    def is_timedout(self) -> bool:
+        """True while nothing has arrived from the peer for ``timeout`` seconds
+        (between the ``timedout`` signal's True and False emissions)."""
+        return self._is_timedout
 
     @property
     def is_waiting(self) -> bool:
@@ -286,23 +306,25 @@ class TcpConnection(Connection):
         self._sock: socket.socket | None = None
         self._protocol: Protocol | None = None
         self._listener: _Listener | None = None
-        self._outq: deque = deque()
+        self._sendq = BoundedQueue(max_bytes=context.max_queue_bytes, policy=BLOCK,
+                                   name=f"send queue of connection {self._name!r}",
+                                   log_level=logging.DEBUG,  # (the stall is logged here instead)
+                                   on_room=self._on_room)
+        self._stalled = False  # full, and the peer took nothing for `timeout` s
+        self._sent_total = 0  # bytes written (writers)
+        self._stall_mark = 0  # _sent_total when the stall began
+        self._close_sent = False  # CLOSING: the close signal is in _wbufs
         self._wbufs: list = []
         self._write_scheduled = False
         self._want_write = False
+        # Why reading is paused (loop side): a relay whose downstream queue is
+        # full, a sync-mode channel whose queue is full. Empty: reading.
+        self._read_holds: set = set()
+        self._held: set = set()  # upstream connections paused until our send queue has room
         self._last_send = self._last_recv = time.monotonic()
         self._is_timedout = False
         self._close_deadline = 0.0
         self._write_shut = False
-        # Bytes queued for writing, without a lock (Context._send explains):
-        # pending = _qbytes_user - _qbytes_io. _qbytes_user is written only under
-        # the context's lock (senders); _qbytes_io only by the I/O thread (bytes
-        # written or dropped, minus bytes it queued itself).
-        self._qbytes_user = 0
-        self._qbytes_io = 0
-        # Held by whoever takes from the left of _outq: the writer (once per
-        # batch) and Context._drop_oldest. Appending needs no lock.
-        self._outq_lock = threading.Lock()
         self._tls: TlsPipe | None = None
         # One writer at a time: the loop side or a direct send. Reentrant: a
         # writer that finds the socket broken tears the connection down, and
@@ -330,7 +352,7 @@ class TcpConnection(Connection):
                 if os.name == "posix":
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))
-                sock.listen(8)
+                sock.listen(LISTEN_BACKLOG)
                 break
             except OSError as exc:
                 sock.close()
@@ -565,6 +587,39 @@ class TcpConnection(Connection):
     def _on_writable(self) -> None:
         self._write_now()
 
+    def _update_interest(self) -> None:
+        if self._sock is not None:
+            self._loop.set_interest(self._sock, self, not self._read_holds, self._want_write)
+
+    def _hold_reading(self, key) -> None:
+        """Stop reading from the peer until :meth:`_release_reading` with the
+        same ``key`` (loop side). TCP then slows the peer down."""
+        if not self._read_holds:
+            self._read_holds.add(key)
+            self._update_interest()
+        else:
+            self._read_holds.add(key)
+
+    def _release_reading(self, key) -> None:
+        """Drop one reason to hold reading; read again when none is left (loop side)."""
+        if key in self._read_holds:
+            self._read_holds.discard(key)
+            if not self._read_holds:
+                self._last_recv = time.monotonic()  # (its silence meanwhile was ours)
+                self._update_interest()
+
+    def _hold_upstream(self, upstream) -> None:
+        """A relay: packages forwarded from ``upstream`` filled our send queue;
+        hold its reading until we have room (loop side)."""
+        if upstream not in self._held:
+            self._held.add(upstream)
+            upstream._hold_reading(("relay", self))
+
+    def _release_upstream(self) -> None:
+        held, self._held = self._held, set()
+        for upstream in held:
+            upstream._release_reading(("relay", self))
+
     def _write_now(self) -> None:
         with self._wlock:
             self._write_locked()
@@ -573,14 +628,17 @@ class TcpConnection(Connection):
         self._write_scheduled = False
         if self._sock is None or self._state not in (CONNECTED, CLOSING):
             return
-        bufs, outq = self._wbufs, self._outq
+        bufs, sendq = self._wbufs, self._sendq
         while True:
             # While the kernel is full (_want_write), leftovers go first: topping
             # them up at every send would let _wbufs grow past max_queue_bytes.
-            if outq and len(bufs) < _IOV_MAX and not (bufs and self._want_write):
+            if sendq and len(bufs) < _IOV_MAX and not (bufs and self._want_write):
                 self._take()
             if not bufs and not self._backlog:
-                break
+                if self._state != CLOSING or self._close_sent:
+                    break
+                self._close_sent = True  # all queued packages went: the close signal last
+                bufs.append(CLOSE_BYTES)
             try:
                 sent = self._send(bufs)
             except (BlockingIOError, InterruptedError):
@@ -589,8 +647,7 @@ class TcpConnection(Connection):
                 self._teardown(f"Connection broken: {exc}.")
                 return
             if sent:
-                self._last_send = time.monotonic()
-                self._qbytes_io += sent
+                self._progress(sent)
             if sent == sum(map(len, bufs)):
                 bufs.clear()
             else:
@@ -598,15 +655,11 @@ class TcpConnection(Connection):
             if bufs or self._backlog:  # the kernel is full: wait until writable
                 if not self._want_write:
                     self._want_write = True
-                    self._loop.want_write(self._sock, self, True)
+                    self._update_interest()
                 return
         if self._want_write:
             self._want_write = False
-            self._loop.want_write(self._sock, self, False)
-        # All written: nothing is pending, whatever the counters say (heartbeats
-        # are not counted in; a sender may be half-way through queueing, which
-        # errs by that one package until the next time the queue runs empty).
-        self._qbytes_io = self._qbytes_user
+            self._update_interest()
         self._context._notify_flushed()
         if self._state == CLOSING and not self._write_shut:
             # All sent, close signal last. Half-close and wait for the peer's
@@ -627,10 +680,14 @@ class TcpConnection(Connection):
             return
         if self._state != CONNECTED:
             return
-        if now - self._last_send >= HEARTBEAT_INTERVAL and not self._outq and not self._wbufs:
-            self._outq.append((HEARTBEAT_BYTES,))
-            self._write_now()
-        if not self._is_timedout and now - self._last_recv > self._timeout:
+        if now - self._last_send >= HEARTBEAT_INTERVAL and not self._sendq and not self._wbufs:
+            with self._wlock:
+                if not self._wbufs:
+                    self._wbufs.append(HEARTBEAT_BYTES)
+                self._write_locked()
+        if not self._stalled and self._sendq.stalled(self._timeout, now):
+            self._stall()
+        if not self._is_timedout and not self._read_holds and now - self._last_recv > self._timeout:
             self._is_timedout = True
             self._timedout_signal.emit(self, True)
 
@@ -643,8 +700,7 @@ class TcpConnection(Connection):
             self._context._update_live()
             self._close_reason = reason
             self._close_deadline = time.monotonic() + CLOSE_FLUSH_TIME
-            self._outq.append((CLOSE_BYTES,))
-            self._write_now()
+            self._write_now()  # (queued packages first, then the close signal)
 
     def _teardown(self, reason: str | None) -> None:
         """Close the socket and announce the end (I/O thread, or before I/O starts)."""
@@ -664,9 +720,9 @@ class TcpConnection(Connection):
             self._sock = None
         # (Under the writer's locks: a direct send in another thread may be
         # half-way through these buffers.)
+        self._release_upstream()
         with self._wlock:
-            with self._outq_lock:
-                self._outq.clear()
+            self._sendq.discard_all()  # (never written: counted as discarded)
             self._wbufs.clear()
             self._backlog = b""
         log.debug("yoton: connection %r closed: %s", self._name, reason)
@@ -717,40 +773,80 @@ class TcpConnection(Connection):
         self._context._wait_flushed([self], timeout)
 
     def _unflushed(self) -> bool:
-        return bool(self._outq or self._wbufs or self._backlog) and self._state in (WAITING, CONNECTED, CLOSING)
+        return bool(self._sendq or self._wbufs or self._backlog) and self._state in (WAITING, CONNECTED, CLOSING)
 
-    def _enqueue(self, item: tuple) -> None:
-        """Queue one package (tuple of buffers) for writing (any thread)."""
-        self._enqueue_many((item,))
-
-    def _enqueue_many(self, items) -> None:
-        """Queue packages (tuples of buffers) for writing, in order (any thread)."""
-        self._outq.extend(items)
+    def _enqueue_many(self, items, sizes, total: int) -> int:
+        """Queue packages (``(header, body)`` pairs; their sizes and total) for
+        writing, in order (any thread). Never waits: a sender waits for room
+        first (see :meth:`has_room`). Returns how many packages the queue
+        discarded (only while stalled)."""
+        dropped = self._sendq.put_many(items, sizes, total)
         if self._write_scheduled or self._state != CONNECTED:
-            return
+            return dropped
         now = time.monotonic()
         if now >= self._direct_after and self._tls is None and self._wlock.acquire(False):
             self._direct_after = now + DIRECT_GAP
             try:
                 if self._write_direct(now):
-                    return
+                    return dropped
             finally:
                 self._wlock.release()
         self._write_scheduled = True
         self._loop.schedule_write(self)
+        return dropped
+
+    def _has_room(self, size: int) -> bool:
+        """Whether a sender may queue ``size`` more bytes without waiting: the
+        send queue has room, or the connection is stalled (its queue discards)."""
+        return self._stalled or self._sendq.has_room(size)
 
     def _take(self) -> None:
         """Move queued packages into the write buffers, up to about _IOV_MAX
         buffers (a writer, holding _wlock)."""
-        bufs, outq = self._wbufs, self._outq
-        with self._outq_lock:
-            count = min(len(outq), max(1, (_IOV_MAX - len(bufs)) // 2))
-            # Copy before pop: flush() must never see both empty. (One C-level
-            # extend: no other thread runs meanwhile, so appends cannot disturb it.)
-            bufs.extend(chain.from_iterable(islice(outq, count)))
-            popleft = outq.popleft
-            for _ in repeat(None, count):
-                popleft()
+        bufs = self._wbufs
+        # Into the buffers before they leave the queue (under its lock):
+        # flush() must never see both empty while packages are on their way.
+        self._sendq.take(max(1, (_IOV_MAX - len(bufs)) // 2), lambda items: bufs.extend(chain.from_iterable(items)),
+                         _TAKE_BYTES)
+
+    def _progress(self, sent: int) -> None:
+        """``sent`` bytes left for the network (a writer)."""
+        self._last_send = time.monotonic()
+        self._sent_total += sent
+        self._sendq.note_progress()
+        # Stalled, the peer takes data again once it has taken a quarter of the
+        # queue's bound (a stopped process's kernel may still take a trickle).
+        if self._stalled and self._sent_total - self._stall_mark >= self._sendq.max_bytes // 4:
+            self._unstall()
+
+    def _stall(self) -> None:
+        """The send queue is full and the peer took nothing for ``timeout`` s
+        (loop side): discard by the discard mode until it takes data again."""
+        self._stalled = True
+        self._stall_mark = self._sent_total
+        self._sendq.policy = Policy.for_discard_mode(self._context.queue_params[1])
+        log.warning("yoton: connection %r: the peer has taken nothing for %.1f s and the send "
+                    "queue is full (%d bytes): discarding the %s packages until it takes data again",
+                    self._name, self._timeout, self._sendq.bytes,
+                    "oldest" if self._sendq.policy is Policy.DROP_OLD else "newest")
+        self._release_upstream()  # (a relay does not hold its other links for a dead peer)
+        self._context._room_changed()
+
+    def _unstall(self) -> None:
+        self._stalled = False
+        self._sendq.policy = BLOCK
+        log.info("yoton: connection %r: the peer takes data again (%d packages discarded so far)",
+                 self._name, self._sendq.discarded)
+
+    def _on_room(self) -> None:
+        """The send queue drained (any writer thread): waiting senders may look again."""
+        if self._held:
+            loop = self._loop
+            if loop.in_io_thread():
+                self._release_upstream()
+            else:
+                loop.call_soon(self._release_upstream)
+        self._context._room_changed()
 
     def _write_direct(self, now: float) -> bool:
         """Write the idle queue from the sending thread; True if all of it went.
@@ -758,7 +854,7 @@ class TcpConnection(Connection):
         Anything else (a partial write, a full kernel buffer, an error) is
         left for the I/O thread, which also owns every state change.
         """
-        bufs, outq = self._wbufs, self._outq
+        bufs, sendq = self._wbufs, self._sendq
         if bufs or self._want_write or self._state != CONNECTED or self._loop.in_io_thread():
             return False
         self._take()
@@ -767,16 +863,12 @@ class TcpConnection(Connection):
         except OSError:  # would block, or broken: the I/O thread finds out
             return False
         self._last_send = now
-        if sent == sum(map(len, bufs)) and not outq:
+        self._sent_total += sent
+        sendq.note_progress()
+        if sent == sum(map(len, bufs)) and not sendq:
             bufs.clear()
-            # All written, as at the end of _write_locked. (This thread holds the
-            # context lock; the I/O thread may adjust _qbytes_io for a package it
-            # forwards meanwhile: the figure is re-synced when the queue next
-            # runs empty, so it errs by one package at most until then.)
-            self._qbytes_io = self._qbytes_user
             self._context._notify_flushed()
             return True
-        self._qbytes_io += sent
         _consume(bufs, sent)
         return False
 

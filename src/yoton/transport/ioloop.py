@@ -162,15 +162,27 @@ class _SelectorSet:
 
     def __init__(self):
         self._sel = selectors.DefaultSelector()
+        self._parked: dict = {}  # sock -> handler, watched for nothing for now (mask 0)
 
     def register(self, sock, mask: int, handler) -> None:
-        self._sel.register(sock, mask, handler)
+        if mask:
+            self._sel.register(sock, mask, handler)
+        else:
+            self._parked[sock] = handler
 
     def modify(self, sock, mask: int, handler) -> None:
-        self._sel.modify(sock, mask, handler)
+        if sock in self._parked:
+            del self._parked[sock]
+            self.register(sock, mask, handler)
+        elif mask:
+            self._sel.modify(sock, mask, handler)
+        else:
+            self._sel.unregister(sock)
+            self._parked[sock] = handler
 
     def unregister(self, sock) -> None:
-        self._sel.unregister(sock)
+        if self._parked.pop(sock, None) is None:
+            self._sel.unregister(sock)
 
     def wait(self, timeout: float | None) -> list:
         return self._sel.select(timeout)
@@ -471,9 +483,13 @@ class IOLoop:
         self._set.register(sock, _READ | (_WRITE if write else 0), handler)
 
     def want_write(self, sock, handler, flag: bool) -> None:
-        """Turn interest in writability of ``sock`` on or off."""
+        """Turn interest in writability of ``sock`` on or off (reading stays on)."""
+        self.set_interest(sock, handler, True, flag)
+
+    def set_interest(self, sock, handler, read: bool, write: bool) -> None:
+        """Watch ``sock`` for reading and/or writing, or neither (paused)."""
         try:
-            self._set.modify(sock, _READ | (_WRITE if flag else 0), handler)
+            self._set.modify(sock, (_READ if read else 0) | (_WRITE if write else 0), handler)
         except (KeyError, ValueError, OSError):
             pass
 

@@ -1,0 +1,192 @@
+"""Hostile peers, round two: one peer must not silence, impersonate or bloat another.
+
+The attacker is a raw socket that speaks the wire format (tests/transport's
+RawClient); the victim is a context with real peers around it. Each test
+measures what the attack would have broken: the victim's memory, and that
+its real peers are still heard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import pytest
+
+import yoton
+from helpers import link, wait_until
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "transport"))
+from transport_util import RawClient, package, pubsub_slot  # noqa: E402
+
+from yoton.context import MAX_SEQ_JUMP, MAX_SOURCES  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+SLOT_CONTEXT = 2
+
+
+def _hand_id() -> int:
+    return int.from_bytes(os.urandom(8), "little") | 1
+
+
+@pytest.fixture
+def attacker():
+    made = []
+
+    def connect(conn):
+        """A raw client that completes the handshake with the bind ``conn``."""
+        client = RawClient(conn.port1)
+        client.id = _hand_id()
+        assert client.handshake(client.id).startswith(b"YOTON!")
+        wait_until(lambda: conn.is_connected, 5.0, "the attacker's connection")
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        client.close()
+
+
+def _heard(sender_ctx, receiver_ctx, slot: str, timeout: float = 3.0) -> bool:
+    """Whether a message published by ``sender_ctx`` reaches ``receiver_ctx``."""
+    sub = yoton.SubChannel(receiver_ctx, slot)
+    pub = yoton.PubChannel(sender_ctx, slot)
+    try:
+        pub.send("can you hear me")
+        return sub.recv(timeout) == "can you hear me"
+    finally:
+        pub.close()
+        sub.close()
+
+
+def _settle(a, b):
+    """Wait until b has seen a package from a (so a's id is in b's de-duplication map)."""
+    assert _heard(a, b, "settle")
+
+
+def test_made_up_source_ids_do_not_grow_the_deduplication_map_for_ever(ctx, attacker):
+    victim = ctx()
+    conn = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    n = MAX_SOURCES + 50_000
+    slot = pubsub_slot("nobody-listens")
+    evil.send(b"".join(package(slot, (i << 20) | 0xBAD, 1, b"x") for i in range(1, n + 1)))
+    probe = yoton.SubChannel(victim, "probe")
+    evil.send(package(pubsub_slot("probe"), evil.id, 1, b"last"))
+    assert probe.recv(20.0) == "last"  # (all of the flood has been routed)
+    assert len(victim._last_seq) <= MAX_SOURCES
+    real = ctx()
+    link(victim, real)  # a real peer is still served
+    assert _heard(real, victim, "after-flood") and _heard(victim, real, "after-flood")
+
+
+def test_nothing_is_forwarded_into_a_bind_that_has_no_peer_yet(ctx, attacker):
+    victim = ctx()
+    conn = victim.bind("127.0.0.1:0")
+    waiting = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    junk = b"j" * 1000
+    slot = pubsub_slot("junk")
+    probe = yoton.SubChannel(victim, "junk")
+    evil.send(b"".join(package(slot, evil.id, i, junk) for i in range(1, 5001)))  # broadcasts
+    evil.send(b"".join(package(slot, evil.id, i, junk, dest_id=0x1234) for i in range(5001, 10001)))
+    evil.send(package(slot, evil.id, 10001, b"last"))
+    wait_until(lambda: probe.pending == 5001, 10.0, "the flood to be routed")
+    assert victim.statistics()["queued_bytes"] == 0  # nothing kept for the future peer
+    late = ctx()
+    sub = yoton.SubChannel(late, "junk")
+    late.connect(f"127.0.0.1:{waiting.port1}", timeout=3.0)
+    wait_until(lambda: waiting.is_connected, 3.0, "the late peer")
+    assert _heard(victim, late, "hello-late")
+    assert sub.recv_all() == []  # it got none of the junk sent before it came
+
+
+def test_a_peer_cannot_silence_a_direct_peer_by_forging_its_id(ctx, attacker, caplog):
+    victim, real = ctx(), ctx()
+    link(victim, real)
+    _settle(real, victim)
+    conn = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    probe = yoton.SubChannel(victim, "probe")
+    with caplog.at_level(logging.WARNING, logger="yoton"):
+        # One 57-byte package in the real peer's name with the last sequence number.
+        evil.send(package(pubsub_slot("x"), real.id, 2**64 - 1, b"x"))
+        evil.send(package(pubsub_slot("x"), real.id, 2**64 - 2, b"y"))
+        evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
+        assert probe.recv(5.0) == "done"
+    assert victim.statistics()["refused"] == 2
+    assert len([r for r in caplog.records if "another link" in r.message]) == 1  # once per connection
+    assert _heard(real, victim, "still-heard")
+    assert real.connections[0].is_connected
+
+
+def test_a_peer_cannot_silence_a_distant_context_with_a_sequence_jump(ctx, attacker):
+    """victim - relay - far: far's id is not checked on a link (it is not a
+    direct peer), but a jump past its numbering that would silence it is refused."""
+    victim, relay, far = ctx(), ctx(), ctx()
+    link(victim, relay)
+    link(relay, far)
+    _settle(far, victim)
+    conn = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    probe = yoton.SubChannel(victim, "probe")
+    evil.send(package(pubsub_slot("x"), far.id, 2**64 - 1, b"x"))
+    evil.send(package(pubsub_slot("x"), far.id, far._seq + MAX_SEQ_JUMP + 10, b"x"))
+    evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
+    assert probe.recv(5.0) == "done"
+    assert victim.statistics()["refused"] == 2
+    assert _heard(far, victim, "still-heard-far")
+
+
+def test_close_connection_in_another_peers_name_is_refused(ctx, attacker):
+    victim, real = ctx(), ctx()
+    link(victim, real)
+    _settle(real, victim)
+    conn = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    probe = yoton.SubChannel(victim, "probe")
+    evil.send(package(SLOT_CONTEXT, real.id, 10**6, b"CLOSE_CONNECTION"))
+    evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
+    assert probe.recv(5.0) == "done"
+    assert victim.connection_count == 2 and real.connections[0].is_connected
+    assert _heard(real, victim, "still-linked")
+    # In its own name it may ask (and its own link is what closes).
+    evil.send(package(SLOT_CONTEXT, evil.id, 2, b"CLOSE_CONNECTION"))
+    wait_until(lambda: not conn.is_alive, 5.0, "the attacker's own link to close")
+    assert victim.connection_count == 1
+
+
+def test_a_burst_of_serial_connects_is_not_held_up_by_a_short_backlog(ctx):
+    """Binds listen with a backlog of 128: 100 connects made at once all
+    complete without the kernel dropping SYNs (a backlog of 8 made some wait
+    a 1 s retransmit)."""
+    import socket
+    import time
+
+    victim = ctx()
+    conn = victim.bind("127.0.0.1:0")
+    t0 = time.monotonic()
+    socks = [socket.create_connection(("127.0.0.1", conn.port1), timeout=5.0) for _ in range(100)]
+    elapsed = time.monotonic() - t0
+    for s in socks:
+        s.close()
+    assert elapsed < 0.9, f"100 connects took {elapsed:.2f} s"
+
+
+def test_made_up_full_subscribers_do_not_grow_a_publishers_map(ctx, attacker):
+    from yoton.channels.pubsub import MAX_BLOCKERS
+    from yoton.wire.naming import slot_hash
+
+    victim = ctx()
+    conn = victim.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    pub = yoton.PubChannel(victim, "news")
+    slot = slot_hash("news.txt.sub-pub")  # where subscribers say 'full' / 'ok'
+
+    probe = yoton.SubChannel(victim, "probe")
+    evil.send(b"".join(package(slot, (i << 20) | 0xF00, 1, b"full") for i in range(1, 100_001)))
+    evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
+    assert probe.recv(10.0) == "done"
+    assert len(pub._blockers) == MAX_BLOCKERS
