@@ -10,8 +10,8 @@ and ``CancelledError``; and 2.2's submodules ``channels_base``,
 
 import os as _os
 
-from ..errors import CancelledError, TimeoutError
-from ..messages import BINARY, OBJECT, TEXT, MessageType
+from ..errors import CancelledError, TimeoutError  # noqa: F401 - (re-exported here, as in yoton 2.2)
+from ..messages import BINARY, OBJECT, TEXT, MessageType  # noqa: F401 - (idem)
 from .base import BaseChannel
 from .pubsub import PubChannel, SubChannel, select_sub_channel
 from .reqrep import Future, RepChannel, ReqChannel
