@@ -611,12 +611,17 @@ class Context:
                     owner = direct.get(source)
                     taken = source != my_id and (owner is None or owner is conn)
                     if not taken:
-                        if source != my_id:
+                        # Ours coming back, or a direct peer's package relayed by another
+                        # (only its own link counts: in a mesh, that is a duplicate).
+                        last_now = None if source == my_id else last_seq.get(source, 0)
+                        if last_now is not None and seq > last_now:
                             self._refuse(conn, "spoof", source)
                         continue
                     checked = owner is not None
                     last_now = last_seq.pop(source, 0)
                 elif not taken:
+                    if last_now is not None and seq > last_now:
+                        self._refuse(conn, "spoof", source)
                     continue
                 if seq <= last_now:
                     continue
@@ -662,16 +667,24 @@ class Context:
             del last_seq[source]
 
     def _refuse(self, conn, why: str, source: int) -> None:
-        """Count a package refused by the routing rules; log once per connection and reason."""
+        """Count a package refused by the routing rules; log once per connection and reason.
+
+        A direct peer's package that another link delivers ahead of its own
+        link is refused (its own link brings it) and logged at DEBUG only: in
+        a mesh that happens when the direct link is the slower path. A jump
+        of 2**32 in a source's numbering never happens by itself: WARNING.
+        """
         self._refused += 1
         key = (id(conn), why)
         if key not in self._refusals_logged:
             self._refusals_logged.add(key)
-            what = ("claims to come from %016x, a peer connected on another link" if why == "spoof"
-                    else "jumps implausibly far ahead in the sequence of %016x")
-            log.warning("yoton: connection %r sent a package that " + what + ": refused "
-                        "(further ones are counted in statistics()['refused'], not logged)",
-                        conn.name, source)
+            if why == "spoof":
+                log.debug("yoton: connection %r delivered a package of %016x ahead of that peer's "
+                          "own link: refused (counted in statistics()['refused'])", conn.name, source)
+            else:
+                log.warning("yoton: connection %r sent a package that jumps implausibly far ahead in "
+                            "the numbering of %016x: refused (further ones are counted in "
+                            "statistics()['refused'], not logged)", conn.name, source)
 
     def _forward(self, conn, pkg) -> None:
         """Queue a package from ``conn`` on every other live connection (loop side)."""
