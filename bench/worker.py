@@ -80,6 +80,15 @@ def rss_now_kib() -> int | None:
 
 
 def rss_peak_kib() -> int | None:
+    """Peak RSS of this process: VmHWM on Linux. (getrusage's ru_maxrss survives
+    exec, so a worker's would start at the driver's size when it was forked.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
     try:
         import resource
     except ImportError:

@@ -208,3 +208,150 @@ def test_made_up_full_subscribers_do_not_grow_a_publishers_map(ctx, attacker):
     evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
     assert probe.recv(10.0) == "done"
     assert len(pub._blockers) == MAX_BLOCKERS
+
+
+# -- request/reply ------------------------------------------------------------------
+
+REF = 2**63
+
+
+def _reqrep_slots(base: str):
+    from yoton.wire.naming import slot_hash
+
+    return slot_hash(f"{base}.obj.req-rep"), slot_hash(f"{base}.obj.rep-req")
+
+
+class Slow(yoton.RepChannel):
+    def ping(self, x, delay=0.0):
+        import time
+
+        time.sleep(delay)
+        return ("pong", x)
+
+
+def test_a_forged_reply_does_not_complete_a_request(ctx, attacker):
+    from yoton.wire.codec import encode_object
+
+    requester, replier = ctx(), ctx()
+    link(requester, replier)
+    Slow(replier, "svc").set_mode("thread")
+    conn = requester.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req = yoton.ReqChannel(requester, "svc")
+    _, rep_slot = _reqrep_slots("svc")
+    future = req.ping(1, 0.3)  # request number 1: the replier takes 0.3 s
+    forged = encode_object(("forged", 1))
+    for source in (evil.id, _hand_id()):  # in its own name and in an invented one
+        evil.send(package(rep_slot, source, 10 + (source & 0xFF), forged, dest_id=requester.id, dest_seq=1))
+    evil.send(package(rep_slot, evil.id, 1000, forged, dest_id=0, dest_seq=1))  # (broadcast)
+    assert future.result(5.0) == ("pong", 1)
+
+
+def test_a_stream_of_announcements_never_followed_by_requests_does_not_starve_real_requesters(ctx, attacker):
+    import threading
+    import time
+
+    replier, requester = ctx(), ctx()
+    link(replier, requester)
+    svc = Slow(replier, "svc")
+    svc.set_mode("thread")
+    conn = replier.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req_slot, _ = _reqrep_slots("svc")
+    stop = threading.Event()
+
+    def announce():  # ~5,000 announcements a second, none ever followed by its request
+        n = 0
+        while not stop.is_set():
+            evil.send_tolerant(b"".join(package(req_slot, evil.id, n + i + 1, b"req?", dest_seq=REF + n + i + 1)
+                                        for i in range(50)))
+            n += 50
+            stop.wait(0.01)
+
+    flood = threading.Thread(target=announce)
+    flood.start()
+    try:
+        req = yoton.ReqChannel(requester, "svc")
+        for i in range(4):
+            t0 = time.monotonic()
+            assert req.ping(i).result(4.0) == ("pong", i)  # (yoton 2.2 and before: cancelled after 10 s)
+            assert time.monotonic() - t0 < 2.5
+        assert svc.statistics()["offers"] <= 256  # its announcements are kept within the bound
+    finally:
+        stop.set()
+        flood.join()
+
+
+@pytest.mark.parametrize("mode", ["thread", "event"])
+def test_request_bodies_that_were_not_acknowledged_are_not_queued(ctx, attacker, mode):
+    from yoton.wire.codec import encode_object
+
+    replier, requester = ctx(), ctx()
+    link(replier, requester)
+    svc = Slow(replier, "svc")
+    svc.set_mode(mode)
+    conn = replier.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req_slot, _ = _reqrep_slots("svc")
+    body = encode_object(("ping", ("x" * 300,), {}))
+    n = 50_000
+    evil.send(b"".join(package(req_slot, evil.id, i, body, dest_id=replier.id, dest_seq=i)
+                       for i in range(1, n + 1)))
+    wait_until(lambda: svc.statistics()["refused"] == n, 20.0, "the bodies to be refused")
+    assert len(svc._work) == 0
+    assert yoton.events._loop.pending() < 100  # (event mode, no loop running: no events piled up)
+    req = yoton.ReqChannel(requester, "svc")
+    future = req.ping(1)
+    wait_until(lambda: future.done(), 5.0, "the real request", pump=True)
+    assert future.result(0) == ("pong", 1)
+    assert svc.statistics()["served"] == 1
+
+
+def test_a_request_that_comes_too_late_is_answered_with_an_error(ctx, attacker):
+    """A requester that sends its request more than ACK_TIMEOUT after the
+    acknowledgement does not wait for ever: the replier answers with an error."""
+    import time
+
+    from yoton.channels.reqrep import ACK_TIMEOUT
+    from yoton.wire.codec import decode_object, encode_object
+
+    replier = ctx()
+    Slow(replier, "svc").set_mode("thread")
+    conn = replier.bind("127.0.0.1:0")
+    slow = attacker(conn)  # a requester by hand, slow to follow up
+    req_slot, rep_slot = _reqrep_slots("svc")
+    slow.send(package(req_slot, slow.id, 1, b"req?", dest_seq=REF + 7))
+    fields, body = slow.read_package(5.0)
+    assert (fields[1], fields[4], fields[5], body) == (rep_slot, slow.id, REF + 7, b"req!")
+    time.sleep(ACK_TIMEOUT + 0.3)  # (the scenario: later than the replier waits)
+    slow.send(package(req_slot, slow.id, 2, encode_object(("ping", (1,), {})), dest_id=replier.id, dest_seq=7))
+    fields, body = slow.read_package(5.0)
+    tag, text = decode_object(body)
+    assert (fields[4], fields[5], tag) == (slow.id, 7, "yoton_ERROR_HANDLING_REQUEST")
+    assert "stopped waiting" in text
+
+
+def test_a_reply_is_decoded_by_the_thread_that_asks_for_it(ctx, monkeypatch):
+    import threading
+
+    import yoton.channels.reqrep as reqrep
+
+    a, b = ctx(), ctx()
+    link(a, b)
+    Slow(a, "svc").set_mode("thread")
+    seen = []
+    real = reqrep.decode_object
+
+    def spy(data, *args, **kwargs):
+        seen.append(threading.current_thread())
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(reqrep, "decode_object", spy)
+    req = yoton.ReqChannel(b, "svc")
+    future = req.ping(list(range(1000)))
+    wait_until(future.done, 5.0, "the reply")
+    caller = threading.current_thread()
+    requester_side = [t for t in seen if t is caller or t.name.startswith(f"yoton-io-{b.id:016x}")]
+    assert requester_side == []  # not decoded on arrival, on the loop side
+    assert future.result(0) == ("pong", list(range(1000)))
+    assert seen[-1] is caller

@@ -24,7 +24,26 @@ configured no logging).
 Futures are completed on the context's loop side; ``result()`` works from any
 thread without the yoton event loop: it waits in the context's sockets itself
 (IOLoop.run_until) or, when another thread does already, on a condition.
-Done callbacks run through the yoton event queue (like signals).
+Done callbacks run through the yoton event queue (like signals). A reply is
+decoded in the thread that asks for it (``result()``, ``exception()``), never
+on the loop side, where a large or hostile body would stall every link.
+
+Against peers that do not follow the exchange:
+
+* a requester takes a reply only from the replier that acknowledged the
+  request, addressed to it, and an acknowledgement only when addressed to it;
+* a replier keeps the announced requests per requester (at most
+  :data:`MAX_OFFERS` each, from at most :data:`MAX_REQUESTERS` requesters)
+  and acknowledges them in turn, requester by requester, so one requester
+  cannot starve the others;
+* an acknowledged request whose body does not come within
+  :data:`ACK_TIMEOUT` seconds frees the replier (and that requester's other
+  announcements are forgotten: a real requester announces again); a body
+  that comes later is answered with an error, so its requester does not
+  wait for ever;
+* a replier serves only the request it acknowledged: request bodies it did
+  not ask for are dropped and counted (``statistics()['refused']``), so its
+  work queue (and the event queue, in 'event' mode) holds one request.
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ import logging
 import threading
 import time
 from collections import deque
+from enum import Enum
 
 from ..errors import CancelledError, ChannelClosedError, RemoteError, TimeoutError
 from ..events import post_event
@@ -50,7 +70,11 @@ ACKNOWLEDGE = b"req!"
 WITHDRAW = b"req-"
 ERROR_TAG = "yoton_ERROR_HANDLING_REQUEST"
 ANNOUNCE_INTERVAL = 0.5
-ACK_TIMEOUT = 10.0
+#: Seconds a replier waits for the body of a request it acknowledged.
+ACK_TIMEOUT = 1.0
+#: Announced requests a replier keeps per requester, and requesters it keeps.
+MAX_OFFERS = 256
+MAX_REQUESTERS = 1024
 
 PENDING, RUNNING, CANCELLED, FINISHED = "PENDING", "RUNNING", "CANCELLED", "FINISHED"
 
@@ -89,6 +113,8 @@ class Future:
         self._state = PENDING
         self._result = None
         self._exception = None
+        self._raw = None  # the reply body, until result()/exception() decodes it
+        self._replier = 0  # id of the replier that acknowledged the request
         self._callbacks: list = []
         self._cond = threading.Condition(threading.Lock())
         self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
@@ -173,10 +199,11 @@ class Future:
         """Wait (at most ``timeout`` s; None: no limit) and return the reply.
 
         Raises the request's exception (:class:`~yoton.errors.RemoteError` for
-        a remote failure), :class:`~yoton.errors.CancelledError` or
-        :class:`~yoton.errors.TimeoutError`.
+        a remote failure or a reply that does not decode),
+        :class:`~yoton.errors.CancelledError` or :class:`~yoton.errors.TimeoutError`.
         """
         self._wait(timeout)
+        self._decode()
         if self._exception is not None:
             raise self._exception
         return self._result
@@ -184,7 +211,30 @@ class Future:
     def exception(self, timeout=None):
         """Wait like :meth:`result`; return the exception of the request, or None."""
         self._wait(timeout)
+        self._decode()
         return self._exception
+
+    def _decode(self) -> None:
+        """Decode the reply body, once, in the calling thread."""
+        if self._raw is None:
+            return
+        with self._cond:
+            raw, self._raw = self._raw, None
+            if raw is None:
+                return
+            try:
+                value = decode_object(raw)
+            except ValueError as exc:
+                self._exception = RemoteError(f"the reply could not be decoded: {exc}")
+                return
+            if isinstance(value, tuple) and len(value) == 2 and value[0] == ERROR_TAG:
+                self._exception = RemoteError(str(value[1]))
+            else:
+                self._result = value
+
+    def _set_reply(self, body) -> None:
+        """Complete the future with a reply body, decoded later (loop side)."""
+        self._finish(None, None, body)
 
     def result_or_cancel(self, timeout=1.0):
         """Return the result if it comes within ``timeout`` s; else cancel and return None."""
@@ -231,11 +281,11 @@ class Future:
             raise ValueError(f"set_exception() needs an exception, not {exception!r}")
         self._finish(None, exception)
 
-    def _finish(self, result, exception) -> None:
+    def _finish(self, result, exception, raw=None) -> None:
         with self._cond:
             if self.done():
                 return
-            self._result, self._exception = result, exception
+            self._result, self._exception, self._raw = result, exception, raw
             self._state = FINISHED
             self._cond.notify_all()
         self._wake_reader()
@@ -318,12 +368,12 @@ class ReqChannel(BaseChannel):
 
     def _announce(self, future: Future) -> None:
         future._announced = time.monotonic()
-        self._context._send(self._slot_out, PRE_REQUEST, 0, REF + future._request_id)
+        self._context._send(self._slot_out, PRE_REQUEST, 0, REF + future._request_id, force=True)
 
     def _forget(self, future: Future, withdraw: bool) -> None:
         self._futures.pop(future._request_id, None)
         if withdraw and not self._closed:
-            self._context._send(self._slot_out, WITHDRAW, 0, REF + future._request_id)
+            self._context._send(self._slot_out, WITHDRAW, 0, REF + future._request_id, force=True)
 
     def _tick(self) -> None:
         """Re-announce waiting requests, auto-cancel stale ones (I/O thread)."""
@@ -341,6 +391,8 @@ class ReqChannel(BaseChannel):
             self._context._ensure_loop().call_later(ANNOUNCE_INTERVAL / 2, self._tick)
 
     def _receive(self, pkg) -> None:
+        if pkg.dest_id != self._context.id:
+            return  # (acknowledgements and replies are addressed to the requester)
         seq = pkg.dest_seq
         if seq >= REF:
             if bytes(pkg.data) != ACKNOWLEDGE:
@@ -348,22 +400,14 @@ class ReqChannel(BaseChannel):
             future = self._futures.get(seq - REF)
             if future is None or future._state != PENDING or not future.set_running_or_notify_cancel():
                 return  # unknown, cancelled, or already taken by another replier
+            future._replier = pkg.source_id
             n = future._request_id
-            self._context._send(self._slot_out, future._request, pkg.source_id, n)
-            self._context._send(self._slot_out, WITHDRAW, 0, REF + n)
+            self._context._send(self._slot_out, future._request, pkg.source_id, n, force=True)
+            self._context._send(self._slot_out, WITHDRAW, 0, REF + n, force=True)
             return
         future = self._futures.get(seq)
-        if future is None:
-            return
-        try:
-            value = decode_object(pkg.data)
-        except ValueError as exc:
-            future.set_exception(RemoteError(f"the reply could not be decoded: {exc}"))
-            return
-        if isinstance(value, tuple) and len(value) == 2 and value[0] == ERROR_TAG:
-            future.set_exception(RemoteError(str(value[1])))
-        else:
-            future.set_result(value)
+        if future is not None and pkg.source_id == future._replier:  # (only the replier that took it)
+            future._set_reply(pkg.data)
 
     def close(self) -> None:
         """Close the channel; requests not yet answered are cancelled."""
@@ -386,6 +430,14 @@ def _mode_number(mode):
         return None
 
 
+class _Rep(Enum):
+    """What a replier is doing (see RepChannel._set_state)."""
+
+    IDLE = "idle"  #: free to acknowledge the next announced request
+    ACKNOWLEDGED = "acknowledged"  #: waiting for the body of the request it acknowledged
+    SERVING = "serving"  #: has the body; serving it
+
+
 class RepChannel(BaseChannel):
     """The replying end: subclass it and add methods; requesters call them by name.
 
@@ -403,18 +455,39 @@ class RepChannel(BaseChannel):
     _pattern_out = "rep-req"
     _pattern_in = "req-rep"
 
+    # IDLE --ack--> ACKNOWLEDGED --body--> SERVING --reply--> IDLE;
+    # ACKNOWLEDGED --withdrawn, or no body within ACK_TIMEOUT--> IDLE.
+    _TRANSITIONS = {
+        _Rep.IDLE: (_Rep.ACKNOWLEDGED,),
+        _Rep.ACKNOWLEDGED: (_Rep.SERVING, _Rep.IDLE),
+        _Rep.SERVING: (_Rep.IDLE,),
+    }
+
     def __init__(self, context, slot_base: str):
         super().__init__(context, slot_base, OBJECT)
         self._mode = 0
         self._lock = threading.Lock()
-        self._offers: deque = deque()  # (requester id, n) announced, not yet acknowledged
-        self._current = None  # (requester id, n) acknowledged and not yet served
+        # Announced, not yet acknowledged: requester id -> {request number: None}
+        # (an ordered set), and the requesters in the order they get their turn.
+        self._offers: dict = {}
+        self._turns: deque = deque()
+        self._state = _Rep.IDLE
+        self._current = None  # (requester id, n) acknowledged or being served
         self._acked_at = 0.0
+        self._expired: deque = deque(maxlen=64)  # acknowledged, body never came in time
         self._work: deque = deque()
         self._work_cond = threading.Condition(threading.Lock())
         self._worker: threading.Thread | None = None
         self._served = 0
+        self._refused = 0
         self._ticking = False  # one _tick chain at most, however often set_mode is called
+
+    def _set_state(self, new: _Rep, current=None) -> None:
+        """Move to ``new`` (under _lock); the only place the state changes."""
+        if new not in self._TRANSITIONS[self._state]:
+            raise RuntimeError(f"RepChannel cannot go from {self._state.value} to {new.value}")
+        self._state = new
+        self._current = current if new is not _Rep.IDLE else None
 
     @property
     def _run_mode(self) -> int:
@@ -442,16 +515,19 @@ class RepChannel(BaseChannel):
         with self._lock:
             if self._mode == 0:
                 self._offers.clear()
+                self._turns.clear()
                 return
             if self._ticking:
                 return
             self._ticking = True
-        self._context._ensure_loop().call_later(1.0, self._tick)
+        self._context._ensure_loop().call_later(ACK_TIMEOUT / 2, self._tick)
 
     def statistics(self) -> dict:
-        """Counters: ``served`` requests and ``offers`` waiting for acknowledgement."""
+        """Counters: ``served`` requests, ``offers`` waiting for acknowledgement,
+        and request bodies ``refused`` because this replier had not acknowledged them."""
         stats = super().statistics()
-        stats.update(served=self._served, offers=len(self._offers))
+        stats.update(served=self._served, offers=sum(map(len, list(self._offers.values()))),
+                     refused=self._refused)
         return stats
 
     def echo(self, arg1, sleep=0.0):
@@ -466,25 +542,28 @@ class RepChannel(BaseChannel):
         # Also when off: a replier served by _process_events_local needs the offers.
         seq = pkg.dest_seq
         if seq >= REF:
-            key = (pkg.source_id, seq - REF)
+            requester, n = pkg.source_id, seq - REF
             signal = bytes(pkg.data)
             with self._lock:
                 if signal == PRE_REQUEST:
-                    if key != self._current and key not in self._offers:
-                        if len(self._offers) < self._queue_size:
-                            self._offers.append(key)
+                    self._add_offer(requester, n)
                 elif signal == WITHDRAW:
-                    try:
-                        self._offers.remove(key)
-                    except ValueError:
-                        pass
-                    if key == self._current:
-                        self._current = None
+                    offers = self._offers.get(requester)
+                    if offers is not None:
+                        offers.pop(n, None)
+                    if self._state is _Rep.ACKNOWLEDGED and self._current == (requester, n):
+                        self._set_state(_Rep.IDLE)
             self._offer_next()
         elif pkg.dest_id == self._context.id:
+            key = (pkg.source_id, seq)
             with self._lock:
-                if (pkg.source_id, seq) == self._current:
-                    self._current = (pkg.source_id, seq, "serving")
+                self._forget_stale_ack()  # (too late is too late, whenever the next tick is)
+                taken = self._state is _Rep.ACKNOWLEDGED and self._current == key
+                if taken:
+                    self._set_state(_Rep.SERVING, key)
+            if not taken:
+                self._refuse_body(pkg, key)
+                return
             mode = self._mode
             if mode == 1:
                 post_event(self._serve, pkg)
@@ -494,14 +573,54 @@ class RepChannel(BaseChannel):
                     if mode:
                         self._work_cond.notify()
 
-    def _offer_next(self, local: bool = False) -> None:
-        """Acknowledge the next announced request if we are free (and on, or ``local``)."""
-        with self._lock:
-            if self._current is not None or not self._offers or not (self._mode or local):
+    def _add_offer(self, requester: int, n: int) -> None:
+        """(with _lock) Keep an announced request, within the bounds."""
+        if self._current == (requester, n):
+            return
+        offers = self._offers.get(requester)
+        if offers is None:
+            if len(self._offers) >= MAX_REQUESTERS:
                 return
-            requester, n = self._current = self._offers.popleft()
+            offers = self._offers[requester] = {}
+            self._turns.append(requester)
+        if len(offers) < MAX_OFFERS:
+            offers[n] = None
+
+    def _refuse_body(self, pkg, key) -> None:
+        """A request body this replier did not acknowledge (or no longer waits for)."""
+        self._refused += 1
+        if key in self._expired:  # (it came too late: tell its requester, who waits)
+            text = (f"the replier stopped waiting for this request: it came more than "
+                    f"{ACK_TIMEOUT:g} s after the acknowledgement\n")
+            if not self._closed:
+                self._context._send(self._slot_out, encode_object((ERROR_TAG, text)), pkg.source_id,
+                                    pkg.dest_seq, force=True)
+
+    def _offer_next(self, local: bool = False) -> None:
+        """Acknowledge the next announced request if we are free (and on, or
+        ``local``); requesters take turns."""
+        with self._lock:
+            if self._state is not _Rep.IDLE or not (self._mode or local):
+                return
+            turns, offers = self._turns, self._offers
+            while turns:
+                requester = turns.popleft()
+                pending = offers.get(requester)
+                if not pending:
+                    offers.pop(requester, None)
+                    continue
+                n = next(iter(pending))
+                del pending[n]
+                if pending:
+                    turns.append(requester)  # (its next one after everyone else's)
+                else:
+                    del offers[requester]
+                break
+            else:
+                return
+            self._set_state(_Rep.ACKNOWLEDGED, (requester, n))
             self._acked_at = time.monotonic()
-        self._context._send(self._slot_out, ACKNOWLEDGE, requester, REF + n)
+        self._context._send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
     def _tick(self) -> None:
         with self._lock:
@@ -510,13 +629,17 @@ class RepChannel(BaseChannel):
                 return
             self._forget_stale_ack()
         self._offer_next()
-        self._context._ensure_loop().call_later(1.0, self._tick)
+        self._context._ensure_loop().call_later(ACK_TIMEOUT / 2, self._tick)
 
     def _forget_stale_ack(self) -> None:
-        """(with _lock) Free us if the requester never sent the request we acknowledged."""
-        current = self._current
-        if current is not None and len(current) == 2 and time.monotonic() - self._acked_at > ACK_TIMEOUT:
-            self._current = None
+        """(with _lock) Free us if the requester did not send the request we
+        acknowledged in time; forget its other announcements too (a real
+        requester announces again)."""
+        if self._state is _Rep.ACKNOWLEDGED and time.monotonic() - self._acked_at > ACK_TIMEOUT:
+            requester, _ = key = self._current
+            self._expired.append(key)
+            self._offers.pop(requester, None)
+            self._set_state(_Rep.IDLE)
 
     # -- serving in the application's thread (yoton 2.2's mode-0 interface) -------
 
@@ -557,8 +680,8 @@ class RepChannel(BaseChannel):
             self._context._send(self._slot_out, body, pkg.source_id, pkg.dest_seq)
         self._served += 1
         with self._lock:
-            if self._current is not None and self._current[:2] == (pkg.source_id, pkg.dest_seq):
-                self._current = None
+            if self._state is _Rep.SERVING and self._current == (pkg.source_id, pkg.dest_seq):
+                self._set_state(_Rep.IDLE)
         self._offer_next()
 
     def _call(self, data) -> bytes:
