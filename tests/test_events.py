@@ -819,3 +819,29 @@ def test_embed_callback_exception_logged(errors):
 def test_embed_requires_callable_or_none():
     with pytest.raises(ValueError):
         embed_event_loop(3)
+
+
+def test_the_event_queue_is_bounded_and_counts_what_it_discards(monkeypatch, caplog):
+    import logging
+
+    import yoton
+    from yoton import events
+
+    monkeypatch.setattr(events, "MAX_EVENTS", 1000)
+    yoton.process_events(False)  # (whatever earlier tests left)
+    before = events._loop.discarded
+    seen = []
+    signal = yoton.Signal()
+    signal.bind(seen.append)
+    with caplog.at_level(logging.WARNING, logger="yoton"):
+        for i in range(1500):  # nothing processes events meanwhile
+            signal.emit(i)
+        yoton.call_later(seen.append, 0, "late")
+    assert events.statistics()["pending"] == 1000
+    assert events.statistics()["discarded"] - before == 501
+    assert len([r for r in caplog.records if "event queue is full" in r.message]) == 1
+    yoton.process_events(False)
+    assert seen == list(range(1000))  # the oldest kept, in order
+    signal.emit("after")
+    yoton.process_events(False)
+    assert seen[-1] == "after"

@@ -63,6 +63,8 @@ __all__ = [
     "embed_event_loop",
     "post_event",
     "is_idle",
+    "statistics",
+    "MAX_EVENTS",
     "EventLoop",
     "Event",
     "YotonApplication",
@@ -87,17 +89,29 @@ def _describe(func) -> str:
 # ---------------------------------------------------------------------------
 
 
+#: Events the queue holds at most; more are discarded (counted, logged once
+#: until the queue is processed). yoton itself keeps its own events few (one
+#: pending ``received`` per channel, one pending expiry per timer, one
+#: request per replier in 'event' mode); what piles up is signals emitted by
+#: the application, or by connections, while nothing processes events.
+MAX_EVENTS = 100_000
+
+
 class EventLoop:
     """The process-wide queue of pending events (internal).
 
     Each event is a ``(func, args, kwargs)`` triple. Any thread may post;
     whichever thread calls :meth:`process_events` runs the events. Use the
     module-level functions rather than this class; there is one instance.
+    It holds at most :data:`MAX_EVENTS`; beyond that, new events are
+    discarded and counted in :attr:`discarded`.
     """
 
     def __init__(self) -> None:
         self._init_sync()
         self._queue: deque = deque()
+        self.discarded = 0  # events discarded because the queue was full
+        self._dropping = False
         self._callback = None
         # True once the embedding callback was told about the current batch.
         self._callback_told = False
@@ -115,6 +129,9 @@ class EventLoop:
         """Queue ``func(*args, **kwargs)``; at the front if *front* is true."""
         item = (func, args, kwargs or {})
         with self._cond:
+            if len(self._queue) >= MAX_EVENTS:
+                self._discard(1)
+                return
             if front:
                 self._queue.appendleft(item)
             else:
@@ -126,10 +143,22 @@ class EventLoop:
     def post_many(self, items) -> None:
         """Queue several ``(func, args, kwargs)`` triples in order, at the back."""
         with self._cond:
+            room = MAX_EVENTS - len(self._queue)
+            if len(items) > room:
+                self._discard(len(items) - max(0, room))
+                items = items[:max(0, room)]
             self._queue.extend(items)
             callback = self._note_posted()
         if callback is not None:
             self._call_callback(callback)
+
+    def _discard(self, count: int) -> None:
+        # (with the lock) Count; log once until the queue is processed.
+        self.discarded += count
+        if not self._dropping:
+            self._dropping = True
+            log.warning("yoton: the event queue is full (%d events: nothing processes them?); "
+                        "discarding new events until it is processed", len(self._queue))
 
     def _note_posted(self):
         """Wake a waiter; return the embedding callback if it must be called.
@@ -186,6 +215,7 @@ class EventLoop:
             batch = self._queue
             self._queue = deque()
             self._callback_told = False
+            self._dropping = False
             self._busy += 1
         try:
             popleft = batch.popleft
@@ -250,6 +280,12 @@ def post_event(func, *args, front: bool = False, **kwargs) -> None:
     queued. (``front`` is consumed here and cannot be passed on to *func*.)
     """
     _loop.post(func, args, kwargs, front)
+
+
+def statistics() -> dict:
+    """Counters of the event queue: ``pending`` events, and events
+    ``discarded`` because it held :data:`MAX_EVENTS` already."""
+    return {"pending": _loop.pending(), "discarded": _loop.discarded}
 
 
 def is_idle() -> bool:
