@@ -355,3 +355,29 @@ def test_a_reply_is_decoded_by_the_thread_that_asks_for_it(ctx, monkeypatch):
     assert requester_side == []  # not decoded on arrival, on the loop side
     assert future.result(0) == ("pong", list(range(1000)))
     assert seen[-1] is caller
+
+
+# -- the request server --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("async_val", [False, True])
+def test_silent_clients_hold_up_neither_the_request_server_nor_its_threads(async_val):
+    import socket
+    import threading
+    import time
+
+    server = yoton.RequestServer("127.0.0.1:0", async_val=async_val, client_timeout=10.0, max_clients=64)
+    server.start()
+    try:
+        host, port = server.address
+        threads_before = threading.active_count()
+        silent = [socket.create_connection((host, port), timeout=5.0) for _ in range(200)]
+        t0 = time.monotonic()
+        assert yoton.do_request(f"{host}:{port}", "hello", 5.0) == "Requested: hello\r\n"
+        assert time.monotonic() - t0 < 1.0  # (was: after every silent client's 10 s)
+        assert threading.active_count() <= threads_before + 2  # no thread per client
+        assert len(server._clients) <= 64
+        for sock in silent:
+            sock.close()
+    finally:
+        server.stop(join=True)

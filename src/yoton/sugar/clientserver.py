@@ -4,9 +4,15 @@ Per connection: the client sends UTF-8 text ending in CRLF (or closes its
 sending side), the server calls :meth:`RequestServer.handle_request` with
 that text (the CRLF included, as in yoton 2.2) and answers with the reply
 plus a CRLF if it has none, then closes. :func:`do_request` returns the
-reply as it came, CRLF included. Requests longer than ``max_request_size``
-bytes, and clients that take longer than ``client_timeout`` seconds, are
-cut off without disturbing the server.
+reply as it came, CRLF included.
+
+Against clients that misbehave: the server reads all its clients at once
+(one thread, a selector), so a silent or slow client holds up no other;
+each has ``client_timeout`` seconds to send its request and take its reply,
+and at most ``max_request_size`` bytes. At most ``max_clients`` connections
+are open at a time (the oldest one still sending is dropped for a new one),
+and with ``async_val`` at most ``max_threads`` requests are handled at once
+(complete requests beyond that wait their turn).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import selectors
 import socket
 import threading
 import time
+
+from collections import deque
 
 from ..errors import YotonError
 from ..wire.naming import parse_address
@@ -28,7 +36,7 @@ _CRLF = b"\r\n"
 
 #: After stop(), a RequestServer still answers what arrives within this many
 #: seconds (yoton 2.2 noticed a stop only every 0.25 s; pyzo relies on that).
-STOP_GRACE = 0.25
+STOP_GRACE = 1.0
 
 
 class NoServerError(YotonError, ConnectionError, RuntimeError):
@@ -39,23 +47,33 @@ class RequestServer(threading.Thread):
     """Serve text requests on ``address``; override :meth:`handle_request`.
 
     ``start()`` serves in a thread of its own, ``run()`` in the calling
-    thread, ``stop()`` ends serving. With ``async_val`` True each connection
-    is handled in a thread of its own; otherwise one at a time.
+    thread, ``stop()`` ends serving. With ``async_val`` True each request is
+    handled in a thread of its own (at most ``max_threads`` at once);
+    otherwise one at a time. Clients are read all at once, each within
+    ``client_timeout`` seconds and ``max_request_size`` bytes, at most
+    ``max_clients`` of them (see the module docstring).
     """
 
     def __init__(self, address, async_val=False, verbose=0, *,
-                 max_request_size: int = 1 << 20, client_timeout: float = 10.0):
+                 max_request_size: int = 1 << 20, client_timeout: float = 10.0,
+                 max_clients: int = 64, max_threads: int = 16):
         super().__init__(daemon=True, name=f"yoton-requestserver-{address}")
         _, host, port = parse_address(address)
         self._async = bool(async_val)
         self._verbose = verbose
         self.max_request_size = int(max_request_size)
         self.client_timeout = float(client_timeout)
+        self.max_clients = max(1, int(max_clients))
+        self.max_threads = max(1, int(max_threads))
+        self._clients: dict = {}  # socket -> _Client still sending its request (server thread)
+        self._ready: deque = deque()  # complete requests waiting for a handler thread (async)
+        self._handlers = 0  # handler threads running (async)
+        self._done_lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((host, port))
-            self._sock.listen(16)
+            self._sock.listen(128)
         except OSError:
             self._sock.close()
             raise
@@ -98,22 +116,33 @@ class RequestServer(threading.Thread):
     def run(self) -> None:
         """Serve until :meth:`stop` is called (in the calling thread)."""
         with selectors.DefaultSelector() as sel:
+            self._sel = sel
             sel.register(self._sock, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             try:
+                served_after_stop = False
                 while True:
+                    now = time.monotonic()
                     stop_at = self._stop_at
-                    timeout = None if stop_at is None else stop_at - time.monotonic()
-                    if timeout is not None and timeout <= 0:
+                    if stop_at is not None and (now >= stop_at or served_after_stop):
                         return
+                    timeout = None if stop_at is None else stop_at - now
+                    if self._clients:
+                        first = min(c.deadline for c in self._clients.values())
+                        timeout = max(0.0, first - now) if timeout is None else min(timeout, max(0.0, first - now))
                     for key, _ in sel.select(timeout):
                         if key.fileobj is self._sock:
-                            served = self._accept()
-                            if served and stop_at is not None:
-                                return  # the last request after stop(), answered
-                        else:
+                            self._accept()
+                        elif key.fileobj is self._wake_r:
                             self._drain_wake()
+                        else:
+                            served = self._on_client(key.data)
+                            served_after_stop = served_after_stop or (served and self._stop_at is not None)
+                    self._drop_late(time.monotonic())
             finally:
+                for client in list(self._clients.values()):
+                    client.sock.close()
+                self._clients.clear()
                 self._sock.close()
                 self._wake_r.close()
                 self._wake_w.close()
@@ -125,24 +154,78 @@ class RequestServer(threading.Thread):
         except OSError:  # (BlockingIOError: drained)
             pass
 
-    def _accept(self) -> bool:
+    def _accept(self) -> None:
         try:
             conn, addr = self._sock.accept()
         except OSError:
+            return
+        if len(self._clients) >= self.max_clients:
+            oldest = min(self._clients.values(), key=lambda c: c.deadline)
+            self._drop(oldest, f"too many clients (at most {self.max_clients} at once)")
+        conn.setblocking(False)
+        client = _Client(conn, addr, time.monotonic() + self.client_timeout)
+        self._clients[conn] = client
+        self._sel.register(conn, selectors.EVENT_READ, client)
+
+    def _drop(self, client, why: str) -> None:
+        log.info("yoton: RequestServer dropped client %s: %s", client.addr, why)
+        self._forget(client)
+        client.sock.close()
+
+    def _forget(self, client) -> None:
+        if self._clients.pop(client.sock, None) is not None:
+            self._sel.unregister(client.sock)
+
+    def _drop_late(self, now: float) -> None:
+        for client in [c for c in self._clients.values() if now >= c.deadline]:
+            self._drop(client, f"no complete request within {self.client_timeout:g} s")
+
+    def _on_client(self, client) -> bool:
+        """Read what a client sent; handle its request once complete. Returns
+        whether a request was taken to be answered."""
+        try:
+            chunk = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
             return False
-        if self._async:
-            threading.Thread(target=self._serve, args=(conn, addr), daemon=True).start()
+        except OSError as exc:
+            self._drop(client, str(exc))
+            return False
+        data = client.data
+        data += chunk
+        end = data.find(_CRLF)
+        limit = self.max_request_size
+        if end > limit or (end < 0 and len(data) - data.endswith(b"\r") > limit):
+            self._drop(client, f"request over {limit} bytes")
+            return False
+        if end < 0 and chunk:
+            return False  # (more to come)
+        request = bytes(data[:end + 2]) if end >= 0 else bytes(data)
+        self._forget(client)
+        client.sock.setblocking(True)
+        if not self._async:
+            self._serve(client.sock, client.addr, request, client.deadline)
         else:
-            self._serve(conn, addr)
+            self._ready.append((client.sock, client.addr, request, client.deadline))
+            self._start_handlers()
         return True
 
-    def _serve(self, conn: socket.socket, addr) -> None:
+    def _start_handlers(self) -> None:
+        with self._done_lock:
+            while self._ready and self._handlers < self.max_threads:
+                self._handlers += 1
+                threading.Thread(target=self._handler_thread, args=(self._ready.popleft(),),
+                                 daemon=True, name="yoton-requestserver-handler").start()
+
+    def _handler_thread(self, job) -> None:
+        while job is not None:
+            self._serve(*job)
+            with self._done_lock:  # (take the next waiting request, if any)
+                job = self._ready.popleft() if self._ready else None
+                if job is None:
+                    self._handlers -= 1
+
+    def _serve(self, conn: socket.socket, addr, request: bytes, deadline: float) -> None:
         with conn:
-            try:
-                request = _read_until_crlf(conn, self.max_request_size, time.monotonic() + self.client_timeout)
-            except (OSError, ValueError) as exc:
-                log.info("yoton: RequestServer dropped client %s: %s", addr, exc)
-                return
             try:
                 reply = self.handle_request(request.decode("utf-8", "replace"))
                 if not isinstance(reply, str):
@@ -154,11 +237,20 @@ class RequestServer(threading.Thread):
             if not data.endswith(_CRLF):
                 data += _CRLF
             try:
-                conn.settimeout(self.client_timeout)
+                conn.settimeout(max(0.1, deadline - time.monotonic()))
                 conn.sendall(data)
                 conn.shutdown(socket.SHUT_WR)
             except OSError as exc:
                 log.info("yoton: RequestServer could not answer %s: %s", addr, exc)
+
+
+class _Client:
+    """A client of a RequestServer still sending its request."""
+
+    __slots__ = ("sock", "addr", "deadline", "data")
+
+    def __init__(self, sock, addr, deadline: float):
+        self.sock, self.addr, self.deadline, self.data = sock, addr, deadline, bytearray()
 
 
 def _read_until_crlf(sock: socket.socket, limit: int, deadline: float | None, partial: bool = False) -> bytes:
