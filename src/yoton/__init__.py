@@ -37,17 +37,20 @@ import os as _os  # noqa: E402
 __path__.append(_os.path.join(_os.path.dirname(__file__), "_compat22"))  # noqa: F821
 
 from .errors import (  # noqa: E402
+    AuthenticationError,
+    BindError,
     CancelledError,
     ChannelClosedError,
-    WouldBlock,
-    RemoteError,
-    TimeoutError,
     ConnectError,
+    ConnectHandshakeError,
     FlushTimeout,
     HandshakeError,
-    AuthenticationError,
-    TLSError,
+    NoServerError,
     ProtocolError,
+    RemoteError,
+    TimeoutError,
+    TLSError,
+    WouldBlock,
     YotonError,
 )
 from .events import (  # noqa: E402
@@ -64,20 +67,21 @@ from .events import (  # noqa: E402
 from .messages import BINARY, OBJECT, TEXT, MessageType  # noqa: E402
 from .wire.frames import Package  # noqa: E402
 from .wire.naming import UID  # noqa: E402
-from .transport.connection import BindError, Connection, ConnectionCollection, TcpConnection  # noqa: E402
+from .transport.connection import Connection, ConnectionCollection, TcpConnection  # noqa: E402
 from .context import Context  # noqa: E402
 from .channels import (  # noqa: E402
     BaseChannel, Future, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel, select_sub_channel,
 )
 
-from .sugar.clientserver import NoServerError, RequestServer, do_request  # noqa: E402
+from .sugar.clientserver import RequestServer, do_request  # noqa: E402
 from .sugar.filewrapper import FileWrapper  # noqa: E402
 from .sugar.simplesocket import SimpleSocket  # noqa: E402
 
 __version__ = "3.0.0.dev0"
 
 __all__ = [
-    "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "AuthenticationError", "TLSError", "BindError",
+    "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "ConnectHandshakeError",
+    "AuthenticationError", "TLSError", "BindError",
     "ChannelClosedError", "WouldBlock", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
     "Signal", "Timer", "call_later", "process_events", "start_event_loop",
     "stop_event_loop", "embed_event_loop", "app", "YotonApplication",

@@ -1,20 +1,44 @@
-"""Exceptions raised by yoton.
+"""Exceptions raised by yoton, all in one place.
 
 Every exception yoton raises on purpose derives from :class:`YotonError`. Each
 one also derives from the standard-library exception that yoton 2.2 raised in
-the same situation, so ``except OSError`` or ``except ValueError`` written for
-yoton 2.2 keeps working.
+the same situation (or that Python code expects), so ``except OSError`` or
+``except ValueError`` written for yoton 2.2 keeps working. Names say what
+happened: closed by you (:class:`ChannelClosedError`), broken or refused by
+the peer (:class:`ConnectError` and its kind), busy (:class:`WouldBlock`)::
+
+    YotonError
+    +-- ProtocolError (ValueError)            a peer's bytes break the wire protocol
+    |   +-- HandshakeError                    the yoton handshake failed
+    |       +-- ConnectHandshakeError (+ConnectError)   ... when connecting
+    |           +-- AuthenticationError       ... because the auth_key proofs failed
+    +-- ConnectError (OSError)                connect() could not reach a yoton peer
+    |   +-- ConnectHandshakeError             (see above)
+    |   +-- TLSError                          the TLS handshake failed
+    +-- BindError (OSError)                   bind() found no free port
+    +-- NoServerError (ConnectionError, RuntimeError)   do_request() found no server
+    +-- ChannelClosedError (OSError)          you sent on a closed channel
+    +-- WouldBlock (BlockingIOError)          a send that must not wait found no room
+    +-- FlushTimeout (TimeoutError)           flush() gave up
+    +-- RemoteError (RuntimeError)            a replier could not serve the request
+    +-- TimeoutError (concurrent.futures.TimeoutError)   Future.result() waited too long
+    +-- CancelledError (concurrent.futures.CancelledError)   the request was cancelled
 """
 
 from __future__ import annotations
+
+import concurrent.futures as _cf
 
 __all__ = [
     "YotonError",
     "ProtocolError",
     "HandshakeError",
     "ConnectError",
+    "ConnectHandshakeError",
     "AuthenticationError",
     "TLSError",
+    "BindError",
+    "NoServerError",
     "ChannelClosedError",
     "WouldBlock",
     "FlushTimeout",
@@ -45,7 +69,15 @@ class ConnectError(YotonError, OSError):
     """``Context.connect`` could not reach a yoton peer before its timeout."""
 
 
-class AuthenticationError(HandshakeError, ConnectError):
+class ConnectHandshakeError(HandshakeError, ConnectError):
+    """``connect`` reached a peer but the yoton handshake failed.
+
+    A :class:`HandshakeError` and also a :class:`ConnectError` (an ``OSError``):
+    yoton 2.2 raised ``IOError`` here, so ``except IOError`` keeps working.
+    """
+
+
+class AuthenticationError(ConnectHandshakeError):
     """The peer did not prove that it knows the context's ``auth_key``.
 
     Raised by ``Context.connect`` when the keys differ, the peer has no key
@@ -60,6 +92,14 @@ class TLSError(ConnectError):
     The message says why: e.g. the server's certificate is not trusted or does
     not name the host, or the other end does not speak TLS.
     """
+
+
+class BindError(YotonError, OSError):
+    """``Context.bind`` found no free port among those it was allowed to try."""
+
+
+class NoServerError(YotonError, ConnectionError, RuntimeError):
+    """:func:`yoton.do_request` found no server at the address (yoton 2.2 raised RuntimeError)."""
 
 
 class ChannelClosedError(YotonError, OSError):
@@ -78,9 +118,6 @@ class WouldBlock(YotonError, BlockingIOError):
 
 class FlushTimeout(YotonError, TimeoutError):
     """``flush()`` gave up: queued packages were not all written before the timeout."""
-
-
-import concurrent.futures as _cf  # noqa: E402
 
 
 class RemoteError(YotonError, RuntimeError):

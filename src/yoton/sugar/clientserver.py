@@ -25,7 +25,7 @@ import time
 
 from collections import deque
 
-from ..errors import YotonError
+from ..errors import NoServerError
 from ..wire.naming import parse_address
 
 log = logging.getLogger("yoton")
@@ -37,10 +37,6 @@ _CRLF = b"\r\n"
 #: After stop(), a RequestServer still answers what arrives within this many
 #: seconds (yoton 2.2 noticed a stop only every 0.25 s; pyzo relies on that).
 STOP_GRACE = 1.0
-
-
-class NoServerError(YotonError, ConnectionError, RuntimeError):
-    """:func:`do_request` found no server at the address (yoton 2.2 raised RuntimeError)."""
 
 
 class RequestServer(threading.Thread):

@@ -39,7 +39,7 @@ import threading
 import time
 from itertools import chain, islice, repeat
 
-from ..errors import AuthenticationError, ConnectError, FlushTimeout, HandshakeError, TLSError, YotonError
+from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandshakeError, TLSError
 from ..events import Signal
 from ..queues import BLOCK, BoundedQueue, Policy
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
@@ -110,18 +110,6 @@ def _hostname(address: str) -> str:
     """The host as written in the address (what a TLS certificate names)."""
     return address.partition("://")[2].partition(":")[0].strip() if "://" in address \
         else address.partition(":")[0].strip()
-
-
-class BindError(YotonError, OSError):
-    """``Context.bind`` found no free port among those it was allowed to try."""
-
-
-class _ConnectHandshakeError(HandshakeError, ConnectError):
-    """``connect`` reached a peer but the yoton handshake failed.
-
-    A :class:`HandshakeError` and also a :class:`ConnectError` (an ``OSError``):
-    yoton 2.2 raised ``IOError`` here, so ``except IOError`` keeps working.
-    """
 
 
 class ConnectionCollection(list):
@@ -469,9 +457,9 @@ class TcpConnection(Connection):
             return None
         if not protocol.handshake_done:  # (done but CLOSED: the I/O thread delivers, then closes)
             reason = protocol.close_reason
-            if reason.startswith(AUTH_FAILED):
+            if protocol.auth_failed:
                 raise AuthenticationError(f"Could not connect: {reason}.")
-            raise _ConnectHandshakeError(f"Could not connect: {reason}")
+            raise ConnectHandshakeError(f"Could not connect: {reason}")
         return protocol
 
     def _adopt(self, sock: socket.socket, protocol: Protocol, peer: tuple | None = None,
@@ -909,7 +897,7 @@ class _Listener:
     def _housekeeping(self, now: float) -> None:
         for hs in list(self.pending.values()):
             if now >= hs.deadline:
-                if hs.protocol._hello_done:
+                if hs.protocol.awaiting_proof:
                     hs.drop("%s (no proof within %.0f s)" % (AUTH_FAILED, HANDSHAKE_DEADLINE))
                 else:
                     hs.drop("no handshake within %.0f s" % HANDSHAKE_DEADLINE)

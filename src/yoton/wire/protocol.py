@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import hmac
 import os
+from enum import Enum
 
 from ..errors import HandshakeError
 from .frames import DEFAULT_MAX_PACKAGE_SIZE, FrameDecoder
 
 __all__ = [
+    "State",
     "HANDSHAKE",
     "OPEN",
     "CLOSED",
@@ -62,7 +64,16 @@ __all__ = [
     "Protocol",
 ]
 
-HANDSHAKE, OPEN, CLOSED = "HANDSHAKE", "OPEN", "CLOSED"
+class State(Enum):
+    """Where a :class:`Protocol` is (see the rules at the top of the module)."""
+
+    HANDSHAKE = "HANDSHAKE"  #: hello lines (and the auth exchange) in progress
+    OPEN = "OPEN"  #: the package stream flows
+    CLOSED = "CLOSED"  #: over; input is ignored, close_reason says why
+
+
+HANDSHAKE, OPEN, CLOSED = State.HANDSHAKE, State.OPEN, State.CLOSED
+_TRANSITIONS = {HANDSHAKE: (OPEN, CLOSED), OPEN: (CLOSED,), CLOSED: ()}
 
 #: Events besides :class:`~yoton.wire.frames.Package` objects.
 HANDSHAKE_DONE = "HANDSHAKE_DONE"
@@ -149,12 +160,24 @@ class Protocol:
         self._hello_done = False
         self._first = b""
         self.close_reason: str | None = None
+        self.auth_failed = False  # closed because the auth_key proofs failed (or were refused)
         self.peer_closed = False  # True when the peer ended it (signal or EOF)
         self.decoder = FrameDecoder(max_package_size)
         self._line = bytearray()
         self._events: list = []
         self.decoder.packages = self._events
         self._out = format_hello(local_id, local_pid) + self._nonce_line() if side == "connect" else b""
+
+    @property
+    def awaiting_proof(self) -> bool:
+        """Hellos exchanged, auth_key proofs not yet (a handshake still in progress)."""
+        return self._hello_done and self.state is HANDSHAKE
+
+    def _set_state(self, new: State) -> None:
+        """The only place the state changes; refuses a move the rules do not allow."""
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"protocol cannot go from {self.state.value} to {new.value}")
+        self.state = new
 
     def _nonce_line(self) -> bytes:
         return _AUTH_NONCE + self._nonce.hex().encode() + b"\r\n" if self.auth_key else b""
@@ -170,36 +193,36 @@ class Protocol:
 
     def buffer_updated(self, nbytes: int) -> None:
         """Account for ``nbytes`` received into the last :meth:`get_buffer` memory."""
-        if self.state == OPEN:
+        if self.state is OPEN:
             if self._sniff:
                 self._check_first_bytes(self._last_buf[:nbytes])
-                if self.state != OPEN:
+                if self.state is not OPEN:
                     return
             self.decoder.buffer_updated(nbytes)
             self._collect()
 
     def receive_data(self, data) -> None:
         """Feed received bytes (any amount, any split)."""
-        if self.state == HANDSHAKE:
+        if self.state is HANDSHAKE:
             data = self._receive_lines(bytes(data))
-            if self.state != OPEN or not data:
+            if self.state is not OPEN or not data:
                 return
-        if self.state == OPEN:
+        if self.state is OPEN:
             if self._sniff:
                 self._check_first_bytes(data)
-                if self.state != OPEN:
+                if self.state is not OPEN:
                     return
             self.decoder.receive_data(data)
             self._collect()
 
     def receive_eof(self) -> None:
         """The peer closed its sending side."""
-        if self.state == HANDSHAKE:
+        if self.state is HANDSHAKE:
             if self._hello_done:
                 self._auth_fail("the other end closed the connection")
             else:
                 self._fail("Handshake failed: the other end closed the connection.")
-        elif self.state == OPEN:
+        elif self.state is OPEN:
             self.peer_closed = True
             self._close(REASON_EOF)
 
@@ -222,7 +245,7 @@ class Protocol:
     def _receive_lines(self, data: bytes) -> bytes:
         """Take handshake lines; return the bytes after the last one once OPEN."""
         self._line += data
-        while self.state == HANDSHAKE:
+        while self.state is HANDSHAKE:
             end = self._line.find(b"\n")
             if end > self.max_line or (end < 0 and len(self._line) > self.max_line):
                 if self._hello_done:
@@ -239,7 +262,7 @@ class Protocol:
             else:
                 self._hello_line(line)
         rest, self._line = bytes(self._line), bytearray()
-        return rest if self.state == OPEN else b""
+        return rest if self.state is OPEN else b""
 
     def _hello_line(self, line: bytes) -> None:
         try:
@@ -293,7 +316,7 @@ class Protocol:
 
     def _open(self) -> None:
         self.handshake_done = True
-        self.state = OPEN
+        self._set_state(OPEN)
         self._events.append(HANDSHAKE_DONE)
         self.decoder.packages = self._events
 
@@ -304,6 +327,7 @@ class Protocol:
             self._sniff = False
             self._last_buf = None
             if self._first == _AUTH_NONCE:
+                self.auth_failed = True
                 self._close(f"{AUTH_FAILED} (the other end requires an auth key)")
         elif not _AUTH_NONCE.startswith(self._first):
             self._sniff = False
@@ -311,6 +335,7 @@ class Protocol:
 
     def _auth_fail(self, detail: str) -> None:
         self._out += _AUTH_FAILED
+        self.auth_failed = True
         self._close(f"{AUTH_FAILED} ({detail})")
 
     def _fail(self, reason: str, answer: bytes = b"") -> None:
@@ -319,8 +344,8 @@ class Protocol:
         self._close(reason)
 
     def _close(self, reason: str) -> None:
-        if self.state != CLOSED:
-            self.state = CLOSED
+        if self.state is not CLOSED:
+            self._set_state(CLOSED)
             self.close_reason = reason
             self._events.append(CONNECTION_CLOSED)
 
