@@ -190,7 +190,7 @@ def yoton_context(p: dict):
         kwargs["spin"] = p["spin"]
     global _spin_used
     ctx = yoton.Context(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
-    _spin_used = getattr(ctx, "_spin", None)  # (the original yoton has no such thing)
+    _spin_used = getattr(ctx, "spin", None)  # (the original yoton has no such thing)
     return ctx
 
 

@@ -136,7 +136,7 @@ def test_flush_returns_when_written(pair, wait_for):
     for _ in range(n):
         pub.send(blob)
     a.flush(5.0)
-    assert not any(c._unflushed() for c in a.connections_all)
+    assert all(c.statistics()["queued_bytes"] == 0 for c in a.connections_all)
     got = []
     assert wait_for(lambda: got.extend(sub.recv_all()) or len(got) >= n, 5.0, events=False)
     assert len(got) == n and got[0] == blob
@@ -185,7 +185,7 @@ def test_a_pump_left_queued_on_a_stopped_loop_holds_no_send_back(ctx, bind_free,
         if attempt == 0:
             # The loop stops (as close() in another thread would stop it)
             # between the sender's check and its call_soon.
-            loop = a._loop
+            loop = a.router.loop
             real_call_soon = loop.call_soon
 
             def stopping_call_soon(func, *args):
@@ -194,15 +194,15 @@ def test_a_pump_left_queued_on_a_stopped_loop_holds_no_send_back(ctx, bind_free,
                 real_call_soon(func, *args)
 
             loop.call_soon = stopping_call_soon
-            a._pump_after = time.monotonic() + 60  # (as in a stream: pump on the loop)
-            a.connections[0]._direct_after = 0.0  # (the sender may write by itself)
+            a.router._pump_after = time.monotonic() + 60  # (as in a stream: pump on the loop)
+            a.connections[0]._link._direct_after = 0.0  # (the sender may write by itself)
             pub.send("racing the stop")
             assert not loop.running
-            assert not a._stage and not a._pump_scheduled, "the sender must pump itself then"
+            assert not a.router._stage and not a.router._pump_scheduled, "the sender must pump itself then"
             assert sub.recv(3.0) == "racing the stop"
         else:
             # A flag left set by such a race on the old loop: the new loop starts clean.
-            assert not a._pump_scheduled
+            assert not a.router._pump_scheduled
             for i in range(3):
                 a._pump_after = 0.0  # (sparse sends)
                 pub.send(f"after reconnect {i}")
@@ -413,9 +413,9 @@ def test_spin_must_be_seconds_from_0_to_1(bad):
 def test_spin_reaches_the_io_loop(ctx):
     from yoton.transport import ioloop
 
-    assert ctx(spin=0.001)._ensure_loop().spin == 0.001
-    assert ctx(spin=0)._ensure_loop().spin == 0.0
-    assert ctx()._ensure_loop().spin == ioloop.default_spin()
+    assert ctx(spin=0.001).router.io_loop().spin == 0.001
+    assert ctx(spin=0).router.io_loop().spin == 0.0
+    assert ctx().router.io_loop().spin == ioloop.default_spin()
 
 
 # ---------------------------------------------------------------------------
@@ -675,7 +675,7 @@ def test_a_burst_of_small_and_large_sends_arrives_in_order_without_flush(pair, w
     got = []
     assert wait_for(lambda: got.extend(sub.recv_all()) or len(got) >= len(sent), 5.0, events=False), len(got)
     assert got == sent
-    assert not a._stage and a.statistics()["queued_bytes"] == 0
+    assert not a.router._stage and a.statistics()["queued_bytes"] == 0
 
 
 
@@ -812,13 +812,13 @@ def test_one_read_of_interleaved_packages_is_routed_in_order(ctx):
         Package(b"y2 again", sy, src, 6), Package(b"x3 again", sx, other, 1),
         Package(b"y3", sy, src, 7), Package(b"mine too", sy, c.id, 10), Package(b"x4", sx, other, 2),
     ]
-    c._route(object(), batch)
+    c.router.packages_arrived(object(), batch)
     # and across reads
-    c._route(object(), [Package(b"x4 again", sx, other, 2), Package(b"y3 again", sy, src, 7),
+    c.router.packages_arrived(object(), [Package(b"x4 again", sx, other, 2), Package(b"y3 again", sy, src, 7),
                          Package(b"y4", sy, src, 8)])
     assert [bytes(p.data) for p in x._queue] == [b"x1", b"x2", b"x3", b"x4"]
     assert [bytes(p.data) for p in y._queue] == [b"y1", b"y2", b"y3", b"y4"]
-    assert c._last_seq == {src: 8, other: 2}
+    assert c.router._last_seq == {src: 8, other: 2}
     order = []
     while (chosen := yoton.select_sub_channel(x, y)) is not None:
         order += chosen.recv_selected()

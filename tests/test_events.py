@@ -126,7 +126,7 @@ def test_emit_queues_one_event_per_handler():
     for rec in recs:
         sig.bind(rec)
     sig.emit(7)
-    assert events._loop.pending() == 3
+    assert events._events.pending() == 3
     process_events()
     assert [rec.calls for rec in recs] == [[((7,), {})]] * 3
 
@@ -829,7 +829,7 @@ def test_the_event_queue_is_bounded_and_counts_what_it_discards(monkeypatch, cap
 
     monkeypatch.setattr(events, "MAX_EVENTS", 1000)
     yoton.process_events(False)  # (whatever earlier tests left)
-    before = events._loop.discarded
+    before = events._events.discarded
     seen = []
     signal = yoton.Signal()
     signal.bind(seen.append)

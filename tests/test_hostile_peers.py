@@ -76,7 +76,7 @@ def test_made_up_source_ids_do_not_grow_the_deduplication_map_for_ever(ctx, atta
     probe = yoton.SubChannel(victim, "probe")
     evil.send(package(pubsub_slot("probe"), evil.id, 1, b"last"))
     assert probe.recv(20.0) == "last"  # (all of the flood has been routed)
-    assert len(victim._last_seq) <= MAX_SOURCES
+    assert len(victim.router._last_seq) <= MAX_SOURCES
     real = ctx()
     link(victim, real)  # a real peer is still served
     assert _heard(real, victim, "after-flood") and _heard(victim, real, "after-flood")
@@ -132,7 +132,7 @@ def test_a_peer_cannot_silence_a_distant_context_with_a_sequence_jump(ctx, attac
     evil = attacker(conn)
     probe = yoton.SubChannel(victim, "probe")
     evil.send(package(pubsub_slot("x"), far.id, 2**64 - 1, b"x"))
-    evil.send(package(pubsub_slot("x"), far.id, far._seq + MAX_SEQ_JUMP + 10, b"x"))
+    evil.send(package(pubsub_slot("x"), far.id, far.router._seq + MAX_SEQ_JUMP + 10, b"x"))
     evil.send(package(pubsub_slot("probe"), evil.id, 1, b"done"))
     assert probe.recv(5.0) == "done"
     assert victim.statistics()["refused"] == 2
@@ -299,7 +299,7 @@ def test_request_bodies_that_were_not_acknowledged_are_not_queued(ctx, attacker,
                        for i in range(1, n + 1)))
     wait_until(lambda: svc.statistics()["refused"] == n, 20.0, "the bodies to be refused")
     assert len(svc._work) == 0
-    assert yoton.events._loop.pending() < 100  # (event mode, no loop running: no events piled up)
+    assert yoton.events._events.pending() < 100  # (event mode, no loop running: no events piled up)
     req = yoton.ReqChannel(requester, "svc")
     future = req.ping(1)
     wait_until(lambda: future.done(), 5.0, "the real request", pump=True)

@@ -1,20 +1,35 @@
 """The context: a node of the network that routes packages between its
 connections and its channels.
 
-Routing rules (yoton 2.2, PROTOCOL.md section 6):
+Two objects: the :class:`Context` is what the user holds (bind, connect,
+channels, close); its :class:`Router` does the routing and is what the
+layers around it talk to -- the links below report to it (it is their
+:class:`~yoton.transport.link.LinkOwner`) and the channels above send,
+register and wait through it (never through the context's internals).
+
+Routing rules (yoton 2.2's; docs/protocol.md section 6):
 
 * Sending: number the package (``source_seq``), stamp it with our id, and
-  queue it on every live connection; with none, keep it in the startup queue,
-  which the next connection made (bind or connect) takes over.
+  queue it on every live (connected) link; with none, keep it in the startup
+  queue, which the next link to connect takes over. A bind still waiting
+  for its peer holds nothing.
 * Receiving from connection C: a package whose ``source_seq`` is not above
   the last one seen from its source is a duplicate and is dropped (this is
   what stops floods in meshes), as are our own packages coming back.
-  Otherwise: broadcast (``dest_id == 0``) goes to every other live connection
-  and is delivered here; addressed to us is only delivered here; addressed to
+  Otherwise: broadcast (``dest_id == 0``) goes to every other live link and
+  is delivered here; addressed to us is only delivered here; addressed to
   someone else is only forwarded.
+* What one peer may not say in another's name: a package whose source is a
+  peer connected on another link (only that link speaks for it); one that
+  jumps more than :data:`MAX_SEQ_JUMP` ahead of its source's numbering
+  (accepting it would silence that source); ``CLOSE_CONNECTION`` from
+  anyone but the peer of that link. Refused packages are counted.
+  The de-duplication map keeps the :data:`MAX_SOURCES` sources seen most
+  recently.
 * Delivery numbers the package locally (``recv_seq``) and hands it to the
   channel registered for its slot, or, for slot 2, handles the context
-  message (``NEW_CONNECTION``: state channels re-send their state).
+  message (``NEW_CONNECTION``: channels that asked to hear of new peers --
+  state channels -- re-send their state).
 
 Limits and flow control (the README's "Flow control" section has the table):
 
@@ -56,14 +71,18 @@ from itertools import islice
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
-from .transport.connection import DIRECT_GAP, REASON_CONTEXT, ConnectionCollection, TcpConnection
-from .transport.ioloop import IOLoop, MainSending, default_spin
+from .transport import connection as _links
+from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
+from .transport.ioloop import IOLoop, default_spin
+from .transport.link import LinkConfig
+from .transport.sigint import MAIN_THREAD, MainSending
+from .transport.stream import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
 from .wire.naming import new_id
 
 log = logging.getLogger("yoton")
 
-__all__ = ["Context", "DEFAULT_MAX_QUEUE_BYTES"]
+__all__ = ["Context", "Router", "DEFAULT_MAX_QUEUE_BYTES", "MAX_SOURCES", "MAX_SEQ_JUMP"]
 
 DEFAULT_QUEUE_PARAMS = (10000, "old")
 DEFAULT_MAX_QUEUE_BYTES = 256 << 20  #: 256 MiB per queue
@@ -76,6 +95,13 @@ MAX_SOURCES = 65536
 MAX_SEQ_JUMP = 1 << 32
 _NEW_CONNECTION = b"NEW_CONNECTION"
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
+
+#: Bodies up to this size may wait on the stage (larger ones are pumped at once).
+_STAGE_BODY = 4096
+#: The sender pumps itself when this many packages are staged (so the stage
+#: holds at most 4 MiB of bodies), or fewer: the stage holds at most a
+#: quarter of max_queue_bytes.
+_STAGE_ITEMS = 1024
 
 
 _open_contexts: "weakref.WeakSet" = weakref.WeakSet()
@@ -118,16 +144,6 @@ def _check_spin(value) -> float:
     return float(value)
 
 
-_MAIN_THREAD = threading.main_thread()
-
-#: Bodies up to this size may wait on the stage (larger ones are pumped at once).
-_STAGE_BODY = 4096
-#: The sender pumps itself when this many packages are staged (so the stage
-#: holds at most 4 MiB of bodies), or fewer: the stage holds at most a
-#: quarter of max_queue_bytes.
-_STAGE_ITEMS = 1024
-
-
 class Context:
     """A node in a yoton network.
 
@@ -137,19 +153,17 @@ class Context:
     connection made.
 
     ``queue_params`` is ``(size, 'old'|'new')``: how many messages a receiving
-    channel keeps, and whether the oldest or the newest is discarded when a
-    queue is full (default ``(10000, 'old')``). ``max_queue_bytes`` (default
-    256 MiB) caps the bytes waiting in each queue: a receiving channel's
-    queue (message bodies) and each send queue (one per connection, and the
-    startup queue; header + body). A full queue discards by the same mode;
-    channels count their discards in ``statistics()['discarded']``, the
-    context counts those of its send queues in
-    ``statistics()['discarded_outgoing']``. The cap counts message bytes,
-    not Python's overhead (some 150-250 bytes per queued package).
-    ``max_package_size`` (bytes, default 1 GiB) is the largest message body
-    this context sends (a larger one raises ``ValueError``) or accepts from
-    a peer (a larger one closes that connection with a reason).
-    Bad limits raise ``ValueError``.
+    channel keeps, and whether the oldest or the newest is discarded when it
+    is full (default ``(10000, 'old')``; a SubChannel in sync mode never
+    discards). ``max_queue_bytes`` (default 256 MiB) bounds the bytes
+    waiting in each queue: a receiving channel's queue (message bodies),
+    each connection's send queue and the startup queue (header + body). A
+    full send queue holds senders back while its peer takes data (see the
+    README's "Flow control"); the cap counts message bytes, not Python's
+    overhead (some 150-250 bytes per queued package). ``max_package_size``
+    (bytes, default 1 GiB) is the largest message body this context sends
+    (a larger one raises ``ValueError``) or accepts from a peer (a larger
+    one closes that connection with a reason). Bad limits raise ``ValueError``.
 
     ``auth_key`` (bytes or str; default None) makes every connection of this
     context prove, right after the yoton handshake, that both ends know the
@@ -166,76 +180,58 @@ class Context:
     the thread being put to sleep and woken, which on a loopback costs more
     than the answer itself: a round trip takes about half as long. The price
     is up to ``spin`` seconds of CPU per wait. 0 turns polling off.
+
+    ``poller`` ("epoll" or "select"; default: epoll where the platform has
+    it, or the environment variable ``YOTON_POLLER``) chooses how the
+    context waits for its sockets: with epoll a thread waiting for a message
+    serves its sockets itself; with select (the portable path) the I/O
+    thread alone does.
     """
 
     def __init__(self, verbose=0, queue_params=None, *, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
-                 auth_key=None, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, spin: float | None = None):
+                 auth_key=None, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, spin: float | None = None,
+                 poller: str | None = None):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
-        self._max_package_size = _check_byte_limit("max_package_size", max_package_size)
-        self._max_queue_bytes = _check_byte_limit("max_queue_bytes", max_queue_bytes)
+        max_package_size = _check_byte_limit("max_package_size", max_package_size)
+        max_queue_bytes = _check_byte_limit("max_queue_bytes", max_queue_bytes)
         if isinstance(auth_key, str):
             auth_key = auth_key.encode("utf-8")
         if auth_key is not None and not (isinstance(auth_key, bytes) and auth_key):
             raise ValueError(f"auth_key must be non-empty bytes or str, not {type(auth_key).__name__}")
-        self._auth_key = auth_key
-        self._spin = default_spin() if spin is None else _check_spin(spin)
-        self._id = new_id()
-        self._lock = threading.RLock()
-        self._seq = 0
-        self._connections: list = []
-        self._live: tuple = ()  # the CONNECTED connections: where packages go
-        self._startup = BoundedQueue(max_bytes=self._max_queue_bytes,
-                                     policy=Policy.for_discard_mode(self._queue_params[1]),
-                                     name="the startup queue (no connection yet)")
-        self._stage: deque = deque()  # (slot, body, dest_id, dest_seq) sent, not yet numbered
-        self._stage_items = max(1, min(_STAGE_ITEMS, self._max_queue_bytes // (4 * _STAGE_BODY)))
-        self._pump_scheduled = False  # a _pump_on_loop is queued on the loop
-        self._pump_after = 0.0  # (monotonic) until then, small sends are pumped on the loop
-        # Backpressure: _pressure is set when a send queue fills up; senders
-        # then look for room under _room (see _wait_room). Read without a
-        # lock on the fast path: a stale False lets one more package by.
-        self._pressure = False
-        self._room = threading.Condition(threading.Lock())
-        self._room_waiters = 0
-        self._closing = False  # in close(): senders waiting for room give up
-        self._discarded_closed = 0  # send-queue discards of connections gone since
-        self._last_seq: dict = {}  # source id -> last source_seq seen (least recently seen first)
-        self._direct: dict = {}  # peer id -> its connected connection (what only it may speak for)
-        self._refused = 0  # packages refused by the routing rules
-        self._refusals_logged: set = set()
-        self._recv_seq = 0
-        self._send_slots: dict = {}
-        self._recv_slots: dict = {}
-        self._channels: "weakref.WeakSet" = weakref.WeakSet()
-        self._loop: IOLoop | None = None
-        self._flush_cond = threading.Condition()
-        self._flush_waiters = 0
+        spin = default_spin() if spin is None else _check_spin(spin)
+        if poller is not None and poller not in ("epoll", "select"):
+            raise ValueError(f"poller must be 'epoll' or 'select', not {poller!r}")
+        config = LinkConfig(local_id=new_id(), max_package_size=max_package_size,
+                            max_queue_bytes=max_queue_bytes, discard_mode=self._queue_params[1],
+                            auth_key=auth_key)
+        #: The routing engine: what channels and links talk to (see :class:`Router`).
+        self.router = Router(self, config, self._queue_params, spin, poller)
 
     def __repr__(self):
-        return f"<yoton.Context {self._id:016x} with {self.connection_count} connection(s)>"
+        return f"<yoton.Context {self.id:016x} with {self.connection_count} connection(s)>"
 
     # -- properties ---------------------------------------------------------
 
     @property
     def id(self) -> int:
         """The 64-bit id of this context (unique in the network)."""
-        return self._id
+        return self.router.id
 
     @property
     def connections(self) -> ConnectionCollection:
         """The connected connections (indexable by position or name)."""
-        return ConnectionCollection(c for c in self._connections if c.is_connected)
+        return ConnectionCollection(link.handle for link in self.router.links if link.is_connected)
 
     @property
     def connections_all(self) -> ConnectionCollection:
         """All connections, including binds still waiting for a peer."""
-        return ConnectionCollection(self._connections)
+        return ConnectionCollection(link.handle for link in self.router.links)
 
     @property
     def connection_count(self) -> int:
         """The number of connected contexts (use as a bool: 'am I connected?')."""
-        return sum(1 for c in self._connections if c.is_connected)
+        return sum(1 for link in self.router.links if link.is_connected)
 
     @property
     def queue_params(self) -> tuple:
@@ -245,12 +241,17 @@ class Context:
     @property
     def max_package_size(self) -> int:
         """Largest message body (bytes) this context sends or accepts from a peer."""
-        return self._max_package_size
+        return self.router.config.max_package_size
 
     @property
     def max_queue_bytes(self) -> int:
         """Most bytes waiting in any one queue (a channel's receive queue, a send queue)."""
-        return self._max_queue_bytes
+        return self.router.config.max_queue_bytes
+
+    @property
+    def spin(self) -> float:
+        """Seconds a thread waiting for a message polls before it sleeps (see the class docstring)."""
+        return self.router.spin
 
     def statistics(self) -> dict:
         """Counters of the send side.
@@ -263,14 +264,9 @@ class Context:
         ``refused``: packages from peers refused by the routing rules (one
         claiming the id of a peer connected on another link, or jumping
         implausibly far ahead in its source's numbering).
+        Each connection has figures of its own: ``Connection.statistics()``.
         """
-        self._pump_now()  # (staged packages are queued, or discarded, first)
-        startup = self._startup
-        queued, discarded = startup.bytes, startup.discarded + self._discarded_closed
-        for conn in list(self._connections):
-            queued += conn._sendq.bytes + sum(map(len, list(conn._wbufs)))
-            discarded += conn._sendq.discarded
-        return {"queued_bytes": queued, "discarded_outgoing": discarded, "refused": self._refused}
+        return self.router.statistics()
 
     # -- connecting ---------------------------------------------------------
 
@@ -280,8 +276,9 @@ class Context:
         Returns at once with a waiting connection; the I/O thread accepts the
         first client that completes the yoton handshake and refuses others
         (non-yoton clients get an error line). With ``max_tries`` > 1, other
-        ports after ``port`` are tried when it is taken; ``port1`` of the
-        returned connection tells which one was bound.
+        ports after ``port`` are tried when it is taken; ``port1`` (or
+        ``port``) of the returned connection tells which one was bound.
+        Raises :class:`~yoton.errors.BindError` when none is free.
 
         A ``tls://host:port`` address needs ``ssl_context``, an
         :class:`ssl.SSLContext` for the server side with a certificate
@@ -289,7 +286,7 @@ class Context:
         Clients that do not speak TLS are refused.
         """
         conn = TcpConnection(self, name)
-        conn._bind(address, max_tries, ssl_context)
+        _links.bind(self.router, conn, address, max_tries, ssl_context)
         return conn
 
     def connect(self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None) -> TcpConnection:
@@ -298,8 +295,8 @@ class Context:
         Retries until ``timeout`` seconds have passed, then raises
         :class:`~yoton.errors.ConnectError` (an ``OSError``). A peer that
         answers but is not yoton raises
-        :class:`~yoton.errors.HandshakeError`; one that fails the auth_key
-        check raises :class:`~yoton.errors.AuthenticationError`.
+        :class:`~yoton.errors.ConnectHandshakeError`; one that fails the
+        auth_key check raises :class:`~yoton.errors.AuthenticationError`.
 
         A ``tls://host:port`` address connects with TLS, verifying the
         server's certificate for ``host`` with ``ssl_context`` (default:
@@ -307,8 +304,8 @@ class Context:
         TLS handshake raises :class:`~yoton.errors.TLSError` (a ``ConnectError``).
         """
         conn = TcpConnection(self, name)
-        conn._connect(address, timeout, ssl_context)
-        self._send(SLOT_CONTEXT, _NEW_CONNECTION)
+        _links.connect(self.router, conn, address, timeout, ssl_context)
+        self.router.send(SLOT_CONTEXT, _NEW_CONNECTION)
         return conn
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -317,7 +314,8 @@ class Context:
         Raises :class:`~yoton.errors.FlushTimeout` (a ``TimeoutError``) if that
         takes longer than ``timeout`` seconds.
         """
-        self._wait_flushed(list(self._connections), timeout, startup=True)
+        router = self.router
+        router.wait_flushed(list(router.links), timeout, startup=True)
 
     def close(self) -> None:
         """Close all connections (telling the peers) and all channels.
@@ -325,143 +323,202 @@ class Context:
         The context can be bound or connected again afterwards. Senders
         waiting for room in a send queue get ``ChannelClosedError``.
         """
-        self._closing = True
-        self._room_changed()
-        self._pump_now()  # (what was sent goes out before the close signal)
-        loop = self._loop
-        conns = list(self._connections)
+        router = self.router
+        router.begin_shutdown()
+        loop = router.loop
+        links = list(router.links)
         if loop is not None and loop.running:
-            for conn in conns:
-                loop.call_soon(conn._begin_close, REASON_CONTEXT)
-            if not loop.in_io_thread():
-                for conn in conns:  # each flushes for as long as its peer keeps reading
-                    conn._wait_done()
-        for conn in conns:
-            conn._teardown(REASON_CONTEXT)  # no-op for those already closed
+            for link in links:
+                loop.call_soon(link.begin_close, REASON_CONTEXT)
+            if not loop.on_loop_side():
+                for link in links:  # each flushes for as long as its peer keeps reading
+                    link.wait_done()
+        for link in links:
+            link.teardown(REASON_CONTEXT)  # no-op for those already closed
         self.close_channels()
-        with self._lock:
-            self._loop = None
-            self._stage.clear()
-            self._startup.discard_all()  # (no peer ever took them: counted)
+        router.end_shutdown()
         _open_contexts.discard(self)
-        if loop is not None:
-            loop.stop()
-        self._pump_scheduled = False  # (a pump queued on that loop may never have run)
-        self._closing = False
 
     def close_channels(self) -> None:
         """Close every channel attached to this context; connections stay."""
-        for channel in list(self._channels):
+        for channel in self.router.channels():
             channel.close()
 
-    # -- connection bookkeeping (transport calls these) -----------------------
 
-    def _ensure_loop(self) -> IOLoop:
+class Router:
+    """The routing engine of one context (see the module docstring).
+
+    Its public methods are the contracts with the layers around it; users
+    need none of them. For the transport below it is the
+    :class:`~yoton.transport.link.LinkOwner` links report to
+    (``config``, ``io_loop``, ``link_*``, ``packages_arrived``,
+    ``room_changed``, ``flushed``, ``wait_flushed``). For channels above it
+    offers sending (:meth:`send`), slots (:meth:`register`), waiting and
+    scheduling on the context's loop (:meth:`wait_until`, :meth:`wake`,
+    :meth:`call_soon`, :meth:`call_later`, :meth:`cancel`), and flow
+    control on the links their packages come on (:meth:`hold_reading`,
+    :meth:`release_reading`, :meth:`link_listens`).
+    """
+
+    def __init__(self, context: Context, config: LinkConfig, queue_params: tuple, spin: float,
+                 poller: str | None):
+        self._context_ref = weakref.ref(context)
+        self.config = config
+        self.id = config.local_id
+        self.queue_params = queue_params
+        self.max_queue_bytes = config.max_queue_bytes
+        self.max_package_size = config.max_package_size
+        self.spin = spin
+        self._poller = poller
+        self._verbose = context._verbose
+        self._lock = threading.RLock()
+        self._seq = 0
+        self.links: list = []  # every link: waiting, connected, closing
+        self._live: tuple = ()  # the CONNECTED links: where packages go
+        self._startup = BoundedQueue(max_bytes=config.max_queue_bytes,
+                                     policy=Policy.for_discard_mode(config.discard_mode),
+                                     name="the startup queue (no connection yet)")
+        self._stage: deque = deque()  # (slot, body, dest_id, dest_seq) sent, not yet numbered
+        self._stage_items = max(1, min(_STAGE_ITEMS, config.max_queue_bytes // (4 * _STAGE_BODY)))
+        self._pump_scheduled = False  # a _pump_on_loop is queued on the loop
+        self._pump_after = 0.0  # (monotonic) until then, small sends are pumped on the loop
+        # Backpressure: _pressure is set when a send queue fills up; senders
+        # then look for room under _room (see _wait_room). Read without a
+        # lock on the fast path: a stale False lets one more package by.
+        self._pressure = False
+        self._room = threading.Condition(threading.Lock())
+        self._room_waiters = 0
+        self._closing = False  # in Context.close(): senders waiting for room give up
+        self._discarded_closed = 0  # send-queue discards of links gone since
+        self._last_seq: dict = {}  # source id -> last source_seq seen (least recently seen first)
+        self._direct: dict = {}  # peer id -> its connected link (what only it may speak for)
+        self._refused = 0  # packages refused by the routing rules
+        self._refusals_logged: set = set()
+        self._recv_seq = 0
+        self._send_slots: dict = {}  # slot -> channel
+        self._recv_slots: dict = {}  # slot -> channel
+        self._deliver: dict = {}  # slot -> the channel's deliver(packages, link)
+        self._peer_hooks: dict = {}  # channel -> WeakMethod of its peer_joined() (NEW_CONNECTION)
+        self._channels: "weakref.WeakSet" = weakref.WeakSet()
+        self.loop: IOLoop | None = None
+        self._flush_cond = threading.Condition()
+        self._flush_waiters = 0
+
+    # -- the loop -----------------------------------------------------------
+
+    def io_loop(self) -> IOLoop:
+        """The loop serving this context's links (started on demand)."""
         with self._lock:
-            if self._loop is None or not self._loop.running:
-                self._loop = IOLoop(name=f"yoton-io-{self._id:016x}", spin=self._spin)
+            if self.loop is None or not self.loop.running:
+                self.loop = IOLoop(name=f"yoton-io-{self.id:016x}", spin=self.spin, poller=self._poller)
                 self._pump_scheduled = False  # (one queued on an old loop may never have run)
-                _open_contexts.add(self)
-            return self._loop
+                context = self._context_ref()
+                if context is not None:
+                    _open_contexts.add(context)
+            return self.loop
 
-    def _attach_connection(self, conn) -> IOLoop:
-        loop = self._ensure_loop()
-        conn._loop = loop
+    def wait_until(self, done, deadline: float | None) -> bool:
+        """Wait in this thread for ``done()``, serving the loop meanwhile (see
+        :meth:`IOLoop.run_until <yoton.transport.ioloop.IOLoop.run_until>`);
+        False at once if this thread cannot (then wait your own way)."""
+        loop = self.loop
+        return loop is not None and loop.run_until(done, deadline)
+
+    def wake(self) -> None:
+        """Make a thread waiting in :meth:`wait_until` look at its condition."""
+        loop = self.loop
+        if loop is not None:
+            loop.wake()
+
+    def on_loop_side(self) -> bool:
+        """Whether the calling thread is serving the loop right now."""
+        loop = self.loop
+        return loop is not None and loop.on_loop_side()
+
+    def call_soon(self, func, *args) -> None:
+        """Run ``func(*args)`` on the loop side (soon; at once if this thread is on it)."""
+        loop = self.loop
+        if loop is None:
+            return
+        if loop.on_loop_side():
+            func(*args)
+        else:
+            loop.call_soon(func, *args)
+
+    def call_later(self, func, delay: float, *args):
+        """Run ``func(*args)`` on the loop side after ``delay`` s; returns a handle for :meth:`cancel`."""
+        return self.io_loop().call_later(func, delay, *args)
+
+    @staticmethod
+    def cancel(handle) -> None:
+        """Cancel a call made with :meth:`call_later` (harmless if it ran)."""
+        IOLoop.cancel(handle)
+
+    # -- links (the transport calls these) ------------------------------------------
+
+    def link_attached(self, link) -> None:
+        """A link was made (bind: waiting; connect: connected, its I/O about to start)."""
+        with self._lock:
+            self.links.append(link)
+
+    def link_established(self, link) -> None:
+        """``link`` is connected: packages go to it from now on; the first one
+        takes the startup queue (any thread; a ``connect()`` calls it before
+        it returns)."""
+        if self._verbose:
+            log.info("yoton: %016x connected to %016x (%r)", self.id, link.peer_id, link.handle.name)
         with MainSending(), self._lock:
-            self._connections.append(conn)
-            if conn.is_connected:
-                self._go_live(conn)
-        if conn.is_connected:
-            loop.call_soon(conn._start_io, loop)
-        return loop
+            self._pump()  # (what is staged goes first, into the startup queue if no one is live)
+            if self._startup:
+                items = self._startup.take()
+                sizes = [HEADER_SIZE + len(body) for _, body in items]
+                link.enqueue(items, sizes, sum(sizes))
+            self._update_live()
 
-    def _go_live(self, conn) -> None:
-        """``conn`` is connected: packages go to it from now on; the first one
-        takes the startup queue (under _lock)."""
-        self._pump()  # (what is staged goes first, into the startup queue if no one is live)
-        if self._startup:
-            items = self._startup.take()
-            sizes = [HEADER_SIZE + len(body) for _, body in items]
-            conn._enqueue_many(items, sizes, sum(sizes))
+    def link_closing(self, link) -> None:
+        """``link`` is closing: nothing more goes to it."""
         self._update_live()
 
-    def _connection_established(self, conn) -> None:
-        log.log(logging.INFO if self._verbose else logging.DEBUG,
-                "yoton: %016x accepted %016x on port %d", self._id, conn.id2, conn.port1)
+    def link_closed(self, link) -> None:
+        """``link`` is closed: forget it."""
         with self._lock:
-            self._go_live(conn)
-
-    def _detach_connection(self, conn) -> None:
-        with self._lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-                self._discarded_closed += conn._sendq.discarded
+            if link in self.links:
+                self.links.remove(link)
+                self._discarded_closed += link.sendq.discarded
             self._update_live()
 
     def _update_live(self) -> None:
         with self._lock:
-            self._live = live = tuple(c for c in self._connections if c.is_connected)
-            self._direct = {c.id2: c for c in live}
-        self._room_changed()  # (senders waiting for a connection that left look again)
+            self._live = live = tuple(link for link in self.links if link.is_connected)
+            self._direct = {link.peer_id: link for link in live}
+        self.room_changed()  # (senders waiting for a link that left look again)
 
-    def _room_changed(self) -> None:
+    def room_changed(self) -> None:
         """A send queue drained, stalled or left (any thread): wake waiting senders."""
         if self._room_waiters:
             with self._room:
                 self._room.notify_all()
 
-    def _wait_room(self, size: int, block) -> None:
-        """Wait until every live connection has room for ``size`` more bytes or
-        is stalled (a sending thread; see the module docstring). ``block``:
-        True waits as long as it takes, False not at all, a number at most
-        that many seconds; then :class:`WouldBlock` is raised."""
-        loop = self._loop
-        if loop is not None and loop.in_io_thread():
-            return  # (the loop side drains the queues: it must never wait for them)
-        deadline = None
-        if block is not True:
-            if isinstance(block, bool) or not isinstance(block, (int, float)):
-                if block is not False:
-                    raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
-            else:
-                deadline = time.monotonic() + block
-        with self._room:
-            self._room_waiters += 1
-            try:
-                while True:
-                    if self._closing:
-                        raise ChannelClosedError("the context is closing: the message was not sent")
-                    full = [c for c in self._live if not c._has_room(size)]
-                    if not full:
-                        break
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if block is False or (remaining is not None and remaining <= 0):
-                        names = ", ".join(repr(c.name) for c in full)
-                        raise WouldBlock(f"the send queue of connection {names} is full "
-                                         f"(the peer is slower than the sender)"
-                                         + ("" if block is False else f"; waited {block} s"))
-                    self._room.wait(remaining)
-            finally:
-                self._room_waiters -= 1
-            self._pressure = any(c._sendq.full and not c._stalled for c in self._live)
-
-    def _notify_flushed(self) -> None:
+    def flushed(self) -> None:
+        """A link wrote everything it had (any writer thread)."""
         if self._flush_waiters:
             with self._flush_cond:
                 self._flush_cond.notify_all()
 
-    def _wait_flushed(self, conns: list, timeout: float, startup: bool = False) -> None:
-        self._pump_now()  # (what is staged counts as sent: it goes to the queues first)
-        loop = self._loop
-        if loop is None or loop.in_io_thread():
+    def wait_flushed(self, links: list, timeout: float, startup: bool = False) -> None:
+        """Wait until ``links`` wrote everything (and, with ``startup``, the
+        startup queue is empty while some link may take it); FlushTimeout."""
+        self.pump_now()  # (what is staged counts as sent: it goes to the queues first)
+        loop = self.loop
+        if loop is None or loop.on_loop_side():
             return
         deadline = time.monotonic() + float(timeout)
         with self._flush_cond:
             self._flush_waiters += 1
             try:
                 while True:
-                    left = [c for c in conns if c._unflushed()]
-                    if startup and self._startup and self._connections:
+                    left = [link for link in links if link.unflushed()]
+                    if startup and self._startup and self.links:
                         left.append("the startup queue")  # (a waiting bind's peer would take it)
                     if not left:
                         return
@@ -474,9 +531,45 @@ class Context:
             finally:
                 self._flush_waiters -= 1
 
+    def statistics(self) -> dict:
+        """The context's send-side counters (see :meth:`Context.statistics`)."""
+        self.pump_now()  # (staged packages are queued, or discarded, first)
+        startup = self._startup
+        queued, discarded = startup.bytes, startup.discarded + self._discarded_closed
+        for link in list(self.links):
+            queued += link.sendq.bytes + link.unwritten()
+            discarded += link.sendq.discarded
+        return {"queued_bytes": queued, "discarded_outgoing": discarded, "refused": self._refused}
+
+    # -- shutting down (Context.close) --------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Senders give up (ChannelClosedError), waiting or not; what is staged goes out first."""
+        self._closing = True
+        self._pressure = True  # (so every send looks: see _wait_room)
+        self.room_changed()
+        self.pump_now()
+
+    def end_shutdown(self) -> None:
+        """Forget the loop and what never went out (counted); stop the loop."""
+        with self._lock:
+            loop, self.loop = self.loop, None
+            self._stage.clear()
+            self._startup.discard_all()  # (no peer ever took them: counted)
+        if loop is not None:
+            loop.stop()
+        self._pump_scheduled = False  # (a pump queued on that loop may never have run)
+        self._closing = False
+        self._pressure = False
+
     # -- channels (the channel layer calls these) ----------------------------
 
-    def _register_channel(self, channel, slot_out: int | None, slot_in: int | None) -> None:
+    def register(self, channel, slot_out: int | None, slot_in: int | None, deliver=None,
+                 peer_joined=None) -> None:
+        """Attach ``channel``: it sends on ``slot_out`` and takes what arrives on
+        ``slot_in`` through ``deliver(packages, link)`` (loop side, in order).
+        ``peer_joined()`` is called when a context joins the network
+        (``NEW_CONNECTION``). ValueError if a slot is taken."""
         with self._lock:
             if slot_out is not None and slot_out in self._send_slots:
                 raise ValueError(f"Slot not free: {channel.slot_outgoing} already has a sending channel here")
@@ -486,19 +579,44 @@ class Context:
                 self._send_slots[slot_out] = channel
             if slot_in is not None:
                 self._recv_slots[slot_in] = channel
+                self._deliver[slot_in] = deliver
+            if peer_joined is not None:
+                self._peer_hooks[channel] = weakref.WeakMethod(peer_joined)
             self._channels.add(channel)
 
-    def _unregister_channel(self, channel) -> None:
+    def unregister(self, channel) -> None:
+        """Detach ``channel`` from its slots."""
         with self._lock:
             for table in (self._send_slots, self._recv_slots):
                 for slot, ch in list(table.items()):
                     if ch is channel:
                         del table[slot]
+            for slot in [slot for slot in self._deliver if slot not in self._recv_slots]:
+                del self._deliver[slot]
+            self._peer_hooks.pop(channel, None)
             self._channels.discard(channel)
 
-    def _send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0, block=True,
-              force: bool = False) -> None:
-        """Number a package and queue it on every live connection (any thread).
+    def channels(self) -> list:
+        """The channels attached now."""
+        return list(self._channels)
+
+    def hold_reading(self, link, key) -> None:
+        """Stop reading from ``link`` until :meth:`release_reading` with ``key`` (loop side)."""
+        link.hold_reading(key)
+
+    def release_reading(self, link, key) -> None:
+        """Let ``link`` read again as far as ``key`` is concerned (any thread)."""
+        self.call_soon(link.release_reading, key)
+
+    @staticmethod
+    def link_listens(link) -> tuple:
+        """``(listening, timeout)``: whether the peer on ``link`` can still be
+        heard from (connected, not timed out), and the link's timeout."""
+        return link.is_connected and not link.is_timedout, link.timeout
+
+    def send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0, block=True,
+             force: bool = False) -> None:
+        """Number a package and queue it on every live link (any thread).
 
         Raises ``ValueError`` for a body over ``max_package_size``. While a
         send queue is full, waits for room as ``block`` says (see
@@ -513,34 +631,34 @@ class Context:
         side, one lock and one write for many packages.
         """
         size = len(body)
-        if size > self._max_package_size:
+        if size > self.max_package_size:
             raise ValueError(f"message too large to send: {size} bytes encoded, "
-                             f"but max_package_size is {self._max_package_size}")
+                             f"but max_package_size is {self.max_package_size}")
         if self._pressure and not force:
             self._wait_room(HEADER_SIZE + size, block)
         stage = self._stage
         stage.append((slot, body, dest_id, dest_seq))
         if size <= _STAGE_BODY and len(stage) < self._stage_items:
-            loop = self._loop
-            running = loop is not None and loop._running
+            loop = self.loop
+            running = loop is not None and loop.running
             if self._pump_scheduled and running:
                 return  # (it is cleared before the pump takes the stage: ours is in)
             now = time.monotonic()
             if now < self._pump_after:
                 if not running:
-                    return  # no connection yet: the next one made pumps (see _attach_connection)
+                    return  # no link yet: the first one to connect pumps (see link_established)
                 self._pump_scheduled = True
                 loop.call_soon(self._pump_on_loop)
-                if loop._running:
+                if loop.running:
                     return
                 self._pump_scheduled = False  # (it stopped meanwhile: that call may never run)
             self._pump_after = now + DIRECT_GAP
-        self._pump_now()
+        self.pump_now()
 
-    def _pump_now(self) -> None:
-        """Pump in this thread (any thread; in the main thread, a Ctrl-C waits
-        for the end: it must not cut a write in half)."""
-        if threading.current_thread() is _MAIN_THREAD:
+    def pump_now(self) -> None:
+        """Number and queue what is staged, in this thread (any thread; in the
+        main thread, a Ctrl-C waits for the end: it must not cut a write in half)."""
+        if threading.current_thread() is MAIN_THREAD:
             with MainSending(), self._lock:
                 self._pump()
         else:
@@ -548,7 +666,7 @@ class Context:
                 self._pump()
 
     def _pump_on_loop(self) -> None:
-        self._pump_scheduled = False  # (before the stage is taken; see _send)
+        self._pump_scheduled = False  # (before the stage is taken; see send)
         # A stream goes on being pumped here: a send right after this one
         # does not write by itself, so the sender makes no system call (each
         # would let this thread take the GIL from it, and back, per call).
@@ -557,12 +675,12 @@ class Context:
             self._pump()
 
     def _pump(self) -> None:
-        """Number what is staged and queue it on every live connection (under _lock)."""
+        """Number what is staged and queue it on every live link (under _lock)."""
         stage = self._stage
         count = len(stage)
         if not count:
             return
-        pop, pack, my_id, seq = stage.popleft, HEADER.pack, self._id, self._seq
+        pop, pack, my_id, seq = stage.popleft, HEADER.pack, self.id, self._seq
         items, sizes, total = [], [], 0
         for _ in range(count):
             slot, body, dest_id, dest_seq = pop()
@@ -577,23 +695,60 @@ class Context:
         if not live:
             self._startup.put_many(items, sizes, total)  # (discards by the mode when full)
             return
-        for conn in live:
-            conn._enqueue_many(items, sizes, total)
-            if not self._pressure and conn._sendq.full and not conn._stalled:
+        for link in live:
+            link.enqueue(items, sizes, total)
+            if not self._pressure and link.queue_full():
                 self._pressure = True
+
+    def _wait_room(self, size: int, block) -> None:
+        """Wait until every live link has room for ``size`` more bytes or is
+        stalled (a sending thread; see the module docstring). ``block``:
+        True waits as long as it takes, False not at all, a number at most
+        that many seconds; then :class:`WouldBlock` is raised."""
+        if self._closing:
+            raise ChannelClosedError("the context is closing: the message was not sent")
+        loop = self.loop
+        if loop is not None and loop.on_loop_side():
+            return  # (the loop side drains the queues: it must never wait for them)
+        deadline = None
+        if block is not True:
+            if isinstance(block, bool) or not isinstance(block, (int, float)):
+                if block is not False:
+                    raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
+            else:
+                deadline = time.monotonic() + block
+        with self._room:
+            self._room_waiters += 1
+            try:
+                while True:
+                    if self._closing:
+                        raise ChannelClosedError("the context is closing: the message was not sent")
+                    full = [link for link in self._live if not link.has_room(size)]
+                    if not full:
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if block is False or (remaining is not None and remaining <= 0):
+                        names = ", ".join(repr(link.handle.name) for link in full)
+                        raise WouldBlock(f"the send queue of connection {names} is full "
+                                         f"(the peer is slower than the sender)"
+                                         + ("" if block is False else f"; waited {block} s"))
+                    self._room.wait(remaining)
+            finally:
+                self._room_waiters -= 1
+            self._pressure = any(link.queue_full() for link in self._live)
 
     # -- routing (loop side: the I/O thread, or a thread in IOLoop.run_until) --
 
-    def _route(self, conn, packages: list) -> None:
-        """Route the packages that arrived on ``conn``, in order (loop side).
+    def packages_arrived(self, link, packages: list) -> None:
+        """Route the packages that arrived on ``link``, in order (loop side).
 
         Each package follows the rules at the top of this module; the
         packages for one channel are handed to it in one call, in order.
         """
-        last_seq, my_id, slots, direct = self._last_seq, self._id, self._recv_slots, self._direct
+        last_seq, my_id, slots, direct = self._last_seq, self.id, self._deliver, self._direct
         forward = len(self._live) > 1
         recv_seq = self._recv_seq
-        batches: dict = {}  # channel -> its packages
+        batches: dict = {}  # the deliver function of a channel -> its packages
         slot_now = batch = None  # (runs of packages for one slot skip the lookups)
         # Runs of packages from one source look the source up once. Its entry
         # leaves the map during the run and goes back in at the end: the map
@@ -609,30 +764,30 @@ class Context:
                         last_seq[source_now] = last_now
                     source_now = source
                     owner = direct.get(source)
-                    taken = source != my_id and (owner is None or owner is conn)
+                    taken = source != my_id and (owner is None or owner is link)
                     if not taken:
                         # Ours coming back, or a direct peer's package relayed by another
                         # (only its own link counts: in a mesh, that is a duplicate).
                         last_now = None if source == my_id else last_seq.get(source, 0)
                         if last_now is not None and seq > last_now:
-                            self._refuse(conn, "spoof", source)
+                            self._refuse(link, "spoof", source)
                         continue
                     checked = owner is not None
                     last_now = last_seq.pop(source, 0)
                 elif not taken:
                     if last_now is not None and seq > last_now:
-                        self._refuse(conn, "spoof", source)
+                        self._refuse(link, "spoof", source)
                     continue
                 if seq <= last_now:
                     continue
                 if seq - last_now > MAX_SEQ_JUMP and last_now and not checked:
-                    self._refuse(conn, "jump", source)  # (it would silence that source)
+                    self._refuse(link, "jump", source)  # (it would silence that source)
                     continue
                 last_now = seq
                 dest = pkg.dest_id
                 if dest != my_id:
                     if forward:
-                        self._forward(conn, pkg)
+                        self._forward(link, pkg)
                     if dest:
                         continue
                 recv_seq += 1
@@ -641,10 +796,10 @@ class Context:
                 if slot != slot_now:
                     if slot == SLOT_CONTEXT:
                         self._recv_seq = recv_seq
-                        self._context_message(conn, pkg)
+                        self._context_message(link, pkg)
                         continue
-                    slot_now, channel = slot, slots.get(slot)
-                    batch = None if channel is None else batches.setdefault(channel, [])
+                    slot_now, deliver = slot, slots.get(slot)
+                    batch = None if deliver is None else batches.setdefault(deliver, [])
                 if batch is not None:
                     batch.append(pkg)
         finally:
@@ -653,11 +808,11 @@ class Context:
             if len(last_seq) > MAX_SOURCES:
                 self._forget_sources()
         self._recv_seq = recv_seq
-        for channel, batch in batches.items():
+        for deliver, batch in batches.items():
             try:
-                channel._receive_many(batch, conn)
+                deliver(batch, link)
             except Exception:
-                log.exception("yoton: channel %r failed to take packages", channel)
+                log.exception("yoton: channel %r failed to take packages", getattr(deliver, "__self__", deliver))
 
     def _forget_sources(self) -> None:
         """Keep the de-duplication map bounded: forget the sources seen least
@@ -666,7 +821,7 @@ class Context:
         for source in list(islice(last_seq, len(last_seq) - MAX_SOURCES * 7 // 8)):
             del last_seq[source]
 
-    def _refuse(self, conn, why: str, source: int) -> None:
+    def _refuse(self, link, why: str, source: int) -> None:
         """Count a package refused by the routing rules; log once per connection and reason.
 
         A direct peer's package that another link delivers ahead of its own
@@ -675,39 +830,39 @@ class Context:
         of 2**32 in a source's numbering never happens by itself: WARNING.
         """
         self._refused += 1
-        key = (id(conn), why)
+        key = (id(link), why)
         if key not in self._refusals_logged:
             self._refusals_logged.add(key)
             if why == "spoof":
                 log.debug("yoton: connection %r delivered a package of %016x ahead of that peer's "
-                          "own link: refused (counted in statistics()['refused'])", conn.name, source)
+                          "own link: refused (counted in statistics()['refused'])", link.handle.name, source)
             else:
                 log.warning("yoton: connection %r sent a package that jumps implausibly far ahead in "
                             "the numbering of %016x: refused (further ones are counted in "
-                            "statistics()['refused'], not logged)", conn.name, source)
+                            "statistics()['refused'], not logged)", link.handle.name, source)
 
-    def _forward(self, conn, pkg) -> None:
-        """Queue a package from ``conn`` on every other live connection (loop side)."""
+    def _forward(self, link, pkg) -> None:
+        """Queue a package from ``link`` on every other live link (loop side)."""
         item = (pkg.header(), pkg.data)
         size = HEADER_SIZE + len(pkg.data)
         for other in self._live:
-            if other is not conn:
-                other._enqueue_many((item,), (size,), size)
-                if other._sendq.full and not other._stalled:
-                    other._hold_upstream(conn)  # (TCP then slows the sender down)
+            if other is not link:
+                other.enqueue((item,), (size,), size)
+                if other.queue_full():
+                    other.hold_upstream(link)  # (TCP then slows the sender down)
 
-    def _context_message(self, conn, pkg) -> None:
+    def _context_message(self, link, pkg) -> None:
         text = bytes(pkg.data)
         if text == _NEW_CONNECTION:
-            for channel in list(self._channels):
-                hook = getattr(channel, "_on_new_connection", None)
-                if hook is not None:
+            for hook in list(self._peer_hooks.values()):
+                peer_joined = hook()
+                if peer_joined is not None:
                     try:
-                        hook()
+                        peer_joined()
                     except Exception:
-                        log.exception("yoton: %r failed to re-send its state", channel)
+                        log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
         elif text == _CLOSE_CONNECTION:
-            if conn.id2 == pkg.source_id:  # (only the peer itself may ask)
-                conn._begin_close("Closed on request of the other context.")
+            if link.peer_id == pkg.source_id:  # (only the peer itself may ask)
+                link.begin_close("Closed on request of the other context.")
         else:
             log.debug("yoton: ignored unknown context message %r", text[:80])

@@ -65,7 +65,9 @@ __all__ = [
     "is_idle",
     "statistics",
     "MAX_EVENTS",
+    "EventQueue",
     "EventLoop",
+    "deferred_callbacks",
     "Event",
     "YotonApplication",
     "app",
@@ -97,7 +99,7 @@ def _describe(func) -> str:
 MAX_EVENTS = 100_000
 
 
-class EventLoop:
+class EventQueue:
     """The process-wide queue of pending events (internal).
 
     Each event is a ``(func, args, kwargs)`` triple. Any thread may post;
@@ -175,6 +177,13 @@ class EventLoop:
 
     @staticmethod
     def _call_callback(callback) -> None:
+        if _deferring.active:  # (see deferred_callbacks)
+            _deferring.pending.append(callback)
+            return
+        EventQueue._run_callback(callback)
+
+    @staticmethod
+    def _run_callback(callback) -> None:
         try:
             callback()
         except Exception:
@@ -270,7 +279,49 @@ class EventLoop:
         return len(self._queue)
 
 
-_loop = EventLoop()
+_events = EventQueue()
+EventLoop = EventQueue  # (the name it had)
+
+
+class _Deferring(threading.local):
+    active = False
+
+    def __init__(self):
+        self.pending: list = []
+
+
+_deferring = _Deferring()
+
+
+class deferred_callbacks:  # noqa: N801 (used like a function)
+    """``with deferred_callbacks():`` -- the embedding callback (see
+    :func:`embed_event_loop`) is not called from inside the block, in this
+    thread, but once at its end.
+
+    yoton's I/O loop serves each pass inside one: events it posts then never
+    call a GUI's callback while it holds the loop's lock (a callback that did
+    yoton I/O itself could deadlock).
+    """
+
+    __slots__ = ("_outer",)
+
+    def __enter__(self):
+        self._outer = _deferring.active
+        _deferring.active = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._outer:
+            return False
+        _deferring.active = False
+        pending = _deferring.pending
+        if pending:
+            seen: set = set()
+            callbacks = [c for c in pending if id(c) not in seen and not seen.add(id(c))]  # (each once)
+            pending.clear()
+            for callback in callbacks:
+                EventQueue._run_callback(callback)
+        return False
 
 
 def post_event(func, *args, front: bool = False, **kwargs) -> None:
@@ -279,18 +330,18 @@ def post_event(func, *args, front: bool = False, **kwargs) -> None:
     Thread-safe. With ``front=True`` the call goes before everything already
     queued. (``front`` is consumed here and cannot be passed on to *func*.)
     """
-    _loop.post(func, args, kwargs, front)
+    _events.post(func, args, kwargs, front)
 
 
 def statistics() -> dict:
     """Counters of the event queue: ``pending`` events, and events
     ``discarded`` because it held :data:`MAX_EVENTS` already."""
-    return {"pending": _loop.pending(), "discarded": _loop.discarded}
+    return {"pending": _events.pending(), "discarded": _events.discarded}
 
 
 def is_idle() -> bool:
     """Return True if the event queue is empty and no event is being run (internal hook)."""
-    return _loop.is_idle()
+    return _events.is_idle()
 
 
 def process_events(block=False) -> None:
@@ -303,7 +354,7 @@ def process_events(block=False) -> None:
     A blocked call also returns when :func:`stop_event_loop` is called.
     Exceptions raised by handlers are logged, never raised.
     """
-    _loop.process_events(block)
+    _events.process_events(block)
 
 
 def start_event_loop() -> None:
@@ -313,7 +364,7 @@ def start_event_loop() -> None:
     queued. Returns shortly after the stop request (once the batch running
     at that moment is done).
     """
-    _loop.run()
+    _events.run()
 
 
 def stop_event_loop() -> None:
@@ -322,7 +373,7 @@ def stop_event_loop() -> None:
     May be called from any thread, including from an event handler. It has
     no effect on loops started after the call.
     """
-    _loop.stop()
+    _events.stop()
 
 
 def embed_event_loop(callback) -> None:
@@ -335,7 +386,7 @@ def embed_event_loop(callback) -> None:
     and must therefore be thread-safe. ``None`` removes the callback.
     Exceptions from the callback are logged.
     """
-    _loop.embed(callback)
+    _events.embed(callback)
 
 
 # ---------------------------------------------------------------------------
@@ -449,7 +500,7 @@ _scheduler = _Scheduler()
 def _after_fork_in_child() -> None:
     # Locks may have been held by threads that do not exist in the child,
     # and the timer thread itself is gone.
-    _loop._init_sync()
+    _events._init_sync()
     _scheduler._after_fork_in_child()
 
 
@@ -469,9 +520,9 @@ def call_later(func, timeout=0.0, *args, **kwargs) -> None:
         raise ValueError("call_later() needs a callable.")
     timeout = float(timeout)
     if timeout > 0:
-        _scheduler.schedule(_monotonic() + timeout, _loop.post, func, args, kwargs)
+        _scheduler.schedule(_monotonic() + timeout, _events.post, func, args, kwargs)
     else:
-        _loop.post(func, args, kwargs, timeout < 0)
+        _events.post(func, args, kwargs, timeout < 0)
 
 
 # ---------------------------------------------------------------------------
@@ -610,7 +661,7 @@ class Signal:
         """
         handlers = self._live_handlers()
         if handlers:
-            _loop.post_many([(handler, args, kwargs) for handler in handlers])
+            _events.post_many([(handler, args, kwargs) for handler in handlers])
 
     def emit_now(self, *args, **kwargs) -> None:
         """Call every bound handler with the given arguments right away.
@@ -707,7 +758,7 @@ class Timer(Signal):
 
     def _arm(self, deadline: float) -> None:
         token = object()
-        entry = _scheduler.schedule(deadline, _loop.post, self._expired, (token, deadline))
+        entry = _scheduler.schedule(deadline, _events.post, self._expired, (token, deadline))
         self._armed = (token, entry)
 
     def _disarm(self) -> None:
@@ -784,34 +835,34 @@ class YotonApplication:
 
     def post_event(self, event) -> None:
         """Queue ``event`` (dispatched by the thread processing events)."""
-        _loop.post(_as_call(event))
+        _events.post(_as_call(event))
 
     def post_event_asap(self, event) -> None:
         """Queue ``event`` in front of everything already queued."""
-        _loop.post(_as_call(event), front=True)
+        _events.post(_as_call(event), front=True)
 
     def post_event_later(self, event, delay) -> None:
         """Queue ``event`` after ``delay`` seconds."""
-        _scheduler.schedule(_monotonic() + float(delay), _loop.post, _as_call(event))
+        _scheduler.schedule(_monotonic() + float(delay), _events.post, _as_call(event))
 
     def process_events(self, block=False) -> None:
         """Same as :func:`yoton.process_events`."""
-        _loop.process_events(block)
+        _events.process_events(block)
 
     def start_event_loop(self) -> None:
         """Same as :func:`yoton.start_event_loop`."""
-        _loop.run()
+        _events.run()
 
     def stop_event_loop(self) -> None:
         """Same as :func:`yoton.stop_event_loop`."""
-        _loop.stop()
+        _events.stop()
 
     def embed_event_loop(self, callback) -> None:
         """Same as :func:`yoton.embed_event_loop`."""
-        _loop.embed(callback)
+        _events.embed(callback)
 
     def __repr__(self) -> str:
-        return f"<yoton.YotonApplication, {_loop.pending()} event(s) queued>"
+        return f"<yoton.YotonApplication, {_events.pending()} event(s) queued>"
 
 
 app = YotonApplication()

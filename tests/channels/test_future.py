@@ -54,7 +54,7 @@ def start_waiter(target):
 
 def blocked_waiters(future) -> int:
     """How many threads wait on the future's condition (CPython's Condition._waiters)."""
-    return len(future._cond._waiters)
+    return len(future._waiter._cond._waiters)
 
 
 # -- construction and states -------------------------------------------------------

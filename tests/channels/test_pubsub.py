@@ -343,7 +343,7 @@ def test_received_is_one_pending_emission_per_channel(pair, wait_for):
     for i in range(50):
         pub.send(str(i))
     assert wait_for(lambda: sub.pending == 50, events=False)
-    queued = [args for _, args, _ in list(yoton.events._loop._queue) if args and args[0] == weakref.ref(sub)]
+    queued = [args for _, args, _ in list(yoton.events._events._queue) if args and args[0] == weakref.ref(sub)]
     assert len(queued) == 1  # one emission queued (no handler yet), however many arrived
 
 

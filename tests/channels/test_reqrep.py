@@ -266,7 +266,7 @@ def test_set_mode_repeatedly_keeps_one_housekeeping_timer(ctx):
     hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="ticks")
     for mode in ["event", "thread"] * 5 + ["off", "thread"]:
         rep.set_mode(mode)
-    loop = rep._context._loop
+    loop = rep.context.router.loop
     barrier = threading.Event()
     loop.call_soon(barrier.set)  # calls run in order: earlier call_later()s are in place after it
     assert barrier.wait(5)

@@ -162,7 +162,7 @@ def _partial_body(conn) -> int:
     A look at the decoder's state: the only way to know, rather than hope,
     that the kill lands in the middle of the message.
     """
-    decoder = conn._protocol.decoder
+    decoder = conn._link.protocol.decoder
     return decoder._body_fill if decoder._body is not None else 0
 
 

@@ -83,7 +83,7 @@ def test_ioloop_survives_raising_handlers_calls_timers_and_housekeepers(caplog):
 
         loop.call_soon(loop.register, a, Handler())
         loop.call_soon(bad_call)
-        loop.call_later(0.01, bad_timer)
+        loop.call_later(bad_timer, 0.01)
         keeper = Housekeeper()
         loop.call_soon(loop.housekeepers.add, keeper)
         b.send(b"bad")
@@ -93,7 +93,7 @@ def test_ioloop_survives_raising_handlers_calls_timers_and_housekeepers(caplog):
         assert wait_for(lambda: Housekeeper.calls >= 2, 2.0)  # kept being called after raising
         assert loop.running
         later = threading.Event()
-        loop.call_later(0.01, later.set)
+        loop.call_later(later.set, 0.01)
         assert later.wait(2.0)
         messages = {str(r.exc_info[1]) for r in _yoton_errors(caplog)}
         assert {"handler", "call_soon", "call_later", "housekeeping"} <= messages

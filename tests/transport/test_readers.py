@@ -26,19 +26,20 @@ from yoton.errors import CancelledError
 from yoton.transport import ioloop
 from helpers import link, wait_until
 
-needs_epoll = pytest.mark.skipif(not ioloop._EPOLL, reason="readers share the loop only with epoll (Linux)")
+needs_epoll = pytest.mark.skipif(not ioloop._HAVE_EPOLL, reason="readers share the loop only with epoll (Linux)")
 
 
 def _count_readers(conn) -> Counter:
     """Count, by thread name, who serves ``conn``'s socket from now on."""
     served: Counter = Counter()
-    original = conn._on_readable
+    link = conn._link
+    original = link._on_readable
 
     def counting():
         served[threading.current_thread().name] += 1
         original()
 
-    conn._on_readable = counting
+    link._on_readable = counting
     return served
 
 
@@ -119,7 +120,7 @@ def test_a_reader_polls_for_spin_seconds_before_it_sleeps(make_ctx, spin):
     try:
         pub.send(b"warm-up")
         assert sub.recv(5.0) == b"warm-up"
-        waits = _count_waits(b._loop)
+        waits = _count_waits(b.router.loop)
         for i in range(100):
             pub.send(b"%d" % i)
             assert sub.recv(5.0) == b"%d" % i
@@ -144,15 +145,15 @@ def test_a_reader_polls_for_spin_seconds_before_it_sleeps(make_ctx, spin):
 def test_after_a_long_wait_the_io_thread_sleeps_until_told_and_serves_again(make_ctx):
     a, b = make_ctx(), make_ctx()
     link(a, b)
-    loop = b._loop
+    loop = b.router.loop
     quiet = yoton.SubChannel(b, "quiet")
     got = []
     reader = threading.Thread(target=lambda: got.append(quiet.recv(ioloop.DEEP_AFTER * 6)), daemon=True)
     reader.start()
     # While one reader stays in, the I/O thread stops looking every LINGER s
     # and sleeps until the reader tells it that it left.
-    wait_until(lambda: loop._io_out == ioloop._DEEP, what="the I/O thread to sleep until told")
-    assert loop._reader is reader
+    wait_until(lambda: loop._seat.out is ioloop._Out.DEEP, what="the I/O thread to sleep until told")
+    assert loop._seat.reader is reader
     reader.join(5.0)
     assert got == [""]
     served = _count_readers(b.connections[0])
@@ -170,7 +171,7 @@ def test_a_second_waiter_is_woken_while_another_thread_is_the_reader(make_ctx):
     got_x = []
     reader = threading.Thread(target=lambda: got_x.append(sub_x.recv(10.0)), daemon=True)
     reader.start()
-    wait_until(lambda: b._loop._reader is not None or not ioloop._EPOLL, what="the reader")
+    wait_until(lambda: b.router.loop._seat.reader is not None or not ioloop._HAVE_EPOLL, what="the reader")
     pub_y.send("for the second waiter")
     t0 = time.monotonic()
     assert sub_y.recv(5.0) == "for the second waiter"
@@ -187,7 +188,7 @@ def test_closing_a_channel_wakes_its_reader(make_ctx):
     got = []
     reader = threading.Thread(target=lambda: got.append(sub.recv(10.0)), daemon=True)
     reader.start()
-    wait_until(lambda: b._loop._reader is not None or not ioloop._EPOLL, what="the reader")
+    wait_until(lambda: b.router.loop._seat.reader is not None or not ioloop._HAVE_EPOLL, what="the reader")
     t0 = time.monotonic()
     sub.close()
     reader.join(5.0)
@@ -214,7 +215,7 @@ def test_heartbeats_and_timers_keep_going_while_a_reader_waits(make_ctx):
     for conn in (conn_a, conn_b):
         conn.timedout.bind(lambda c, value: timeouts.append(value))
     fired = []
-    b._loop.call_later(0.3, lambda: fired.append(time.monotonic()))
+    b.router.loop.call_later(lambda: fired.append(time.monotonic()), 0.3)
     sub = yoton.SubChannel(b, "silence")
     t0 = time.monotonic()
     assert sub.recv(1.5) == ""  # the main thread is the reader all along
@@ -236,18 +237,18 @@ def test_replier_worker_thread_serves_requests(make_ctx):
     req = yoton.ReqChannel(b, "calc")
     assert [req.add(i, 1).result(5.0) for i in range(200)] == list(range(1, 201))
     server.close()  # the worker, maybe the reader now, must leave
-    wait_until(lambda: server._worker is None and a._loop._reader is None, what="the worker to leave")
+    wait_until(lambda: server._worker is None and a.router.loop._seat.reader is None, what="the worker to leave")
 
 
 def test_closing_the_context_ends_a_reader_and_the_io_thread(make_ctx):
     a, b = make_ctx(), make_ctx()
     link(a, b)
     sub = yoton.SubChannel(b, "quiet")
-    loop = b._loop
+    loop = b.router.loop
     got = []
     reader = threading.Thread(target=lambda: got.append(sub.recv(10.0)), daemon=True)
     reader.start()
-    wait_until(lambda: loop._reader is not None or not ioloop._EPOLL, what="the reader")
+    wait_until(lambda: loop._seat.reader is not None or not ioloop._HAVE_EPOLL, what="the reader")
     t0 = time.monotonic()
     b.close()
     reader.join(5.0)
@@ -316,8 +317,8 @@ def test_ctrl_c_in_a_main_thread_reading_loses_nothing():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["interrupts"] > 10, result
     assert result["ok"], result
-    if ioloop._EPOLL:
-        assert result["handler"] == "_sigint_handler"
+    if ioloop._HAVE_EPOLL:
+        assert result["handler"] == "sigint_handler"
 
 
 _CTRL_C_IN_THE_EXIT_CHILD = textwrap.dedent("""
@@ -328,13 +329,13 @@ _CTRL_C_IN_THE_EXIT_CHILD = textwrap.dedent("""
     a, b = yoton.Context(), yoton.Context()
     conn = a.bind("127.0.0.1:0")
     b.connect("127.0.0.1:%d" % conn.port1, timeout=5)
-    loop, sub = b._loop, yoton.SubChannel(b, "quiet")
+    loop, sub = b.router.loop, yoton.SubChannel(b, "quiet")
     armed, real = [True], time
     def monotonic():
         # Ctrl-C while the main thread, leaving run_until(), holds the lock
         # guarding the reader role (the I/O thread sleeping until told).
         if (armed[0] and threading.current_thread() is threading.main_thread()
-                and loop._reader is None and loop._reader_gone_lock.locked()):
+                and loop._seat.reader is None and loop._seat.lock.locked()):
             armed[0] = False
             signal.raise_signal(signal.SIGINT)
         return real.monotonic()
@@ -370,14 +371,15 @@ _CTRL_C_IN_A_SEND_CHILD = textwrap.dedent("""
     pub = yoton.PubChannel(a, "words")
     pub.send("first")
     assert sub.recv(5.0) == "first"
-    real = conn._wlock
+    link = conn._link
+    real = link._wlock
 
     class Interrupting:
         # The connection's write lock, but Ctrl-C comes right after a send takes it.
         armed = False
         def acquire(self, *args):
             got = real.acquire(*args)
-            if got and Interrupting.armed and sys._getframe(1).f_code.co_name == "_enqueue_many":
+            if got and Interrupting.armed and sys._getframe(1).f_code.co_name == "kick_writer":
                 Interrupting.armed = False
                 signal.raise_signal(signal.SIGINT)
             return got
@@ -390,11 +392,11 @@ _CTRL_C_IN_A_SEND_CHILD = textwrap.dedent("""
         def __exit__(self, *exc):
             return real.__exit__(*exc)
 
-    conn._wlock = Interrupting()
+    link._wlock = Interrupting()
     interrupted, fired, sent = False, False, []
     for attempt in range(50):  # (until a send writes by itself: not while the I/O thread writes)
         time.sleep(0.01)
-        a._pump_after = conn._direct_after = 0.0
+        a.router._pump_after = link._direct_after = 0.0
         Interrupting.armed = True
         sent.append("second %d" % attempt)
         try:
@@ -429,11 +431,10 @@ def test_ctrl_c_while_the_main_thread_writes_is_raised_after_the_write():
     assert not result["held"] and result["ok"], result
 
 
-def test_without_epoll_the_io_thread_alone_serves(make_ctx, monkeypatch):
-    monkeypatch.setattr(ioloop, "_EPOLL", False)
-    a, b = make_ctx(), make_ctx()
+def test_without_epoll_the_io_thread_alone_serves(make_ctx):
+    a, b = make_ctx(poller="select"), make_ctx(poller="select")
     link(a, b)
-    assert isinstance(b._loop._set, ioloop._SelectorSet)
+    assert isinstance(b.router.loop._set, ioloop._SelectorSet)
 
     class Server(yoton.RepChannel):
         def double(self, x):
@@ -446,4 +447,4 @@ def test_without_epoll_the_io_thread_alone_serves(make_ctx, monkeypatch):
     pub, sub = yoton.PubChannel(a, "news"), yoton.SubChannel(b, "news")
     pub.send("hello")
     assert sub.recv(5.0) == "hello"
-    assert b._loop._reader is None
+    assert b.router.loop._seat.reader is None

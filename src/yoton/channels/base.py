@@ -17,8 +17,13 @@ sync mode, which never discards: the channel then stops reading from the
 connections its packages come on until it has room again (TCP slows the
 senders down). One package is always accepted into an empty queue, however
 large (``max_package_size`` bounds it). Messages are decoded in the thread
-that calls ``recv``. A thread blocked in ``recv`` is woken through a
-condition that is touched only when someone waits.
+that calls ``recv``.
+
+Channels reach their context only through its
+:class:`~yoton.context.Router` (``context.router``): to send, to take their
+slots, and to wait and schedule on the context's loop. Threads that wait for
+what a channel receives (``recv``, a future's ``result``, a replier's
+worker) do so through a :class:`Waiter`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,72 @@ from ..wire.naming import slot_hash
 
 log = logging.getLogger("yoton")
 
-__all__ = ["BaseChannel"]
+__all__ = ["BaseChannel", "Waiter"]
+
+
+class Waiter:
+    """Threads waiting for something that arrives on the context's loop side.
+
+    The first thread to wait lends a hand to the loop meanwhile
+    (:meth:`Router.wait_until <yoton.context.Router.wait_until>`: on Linux it
+    waits in the sockets itself and serves the package it waits for); the
+    others wait on a condition. :meth:`notify` wakes both kinds: call it
+    after making what they wait for true (from any thread, the loop side
+    included). The condition is touched only when someone waits on it.
+    Without a router (a future made by hand) only the condition is used.
+    """
+
+    __slots__ = ("_router", "_cond", "_waiters", "_reader")
+
+    def __init__(self, router):
+        self._router = router
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0  # threads waiting on the condition
+        self._reader: threading.Thread | None = None  # the one lending the loop a hand
+
+    def wait(self, ready, deadline: float | None) -> bool:
+        """Wait until ``ready()`` or the monotonic ``deadline`` (None: none);
+        return ``ready()``."""
+        if ready():
+            return True
+        if self._reader is None and self._router is not None:
+            self._reader = threading.current_thread()
+            try:
+                self._router.wait_until(ready, deadline)
+            finally:
+                self._reader = None
+            if ready():
+                return True
+        with self._cond:
+            self._waiters += 1
+            try:
+                while not ready():
+                    if deadline is None:
+                        self._cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                return ready()
+            finally:
+                self._waiters -= 1
+
+    def notify(self, everyone: bool = False) -> None:
+        """Something they wait for happened: wake one waiter (or all)."""
+        if self._waiters:
+            with self._cond:
+                if everyone:
+                    self._cond.notify_all()
+                else:
+                    self._cond.notify()
+        if self._reader is not None and self._router is not None and not self._router.on_loop_side():
+            self._router.wake()  # (a pass on the loop side wakes the reader by itself)
+
+    @property
+    def others(self) -> int:
+        """How many threads wait on the condition (not counting the reader)."""
+        return self._waiters
 
 
 def _emit_received_of(channel_ref) -> None:
@@ -72,6 +142,7 @@ class BaseChannel:
         if not isinstance(slot_base, str):
             raise ValueError(f"slot_base must be a str, not {type(slot_base).__name__}")
         self._context = context
+        self._router = router = context.router
         self._message_type = mt = as_message_type(message_type)
         type_name = mt.message_type_name()
         pattern_out, pattern_in = self._messaging_patterns()
@@ -87,12 +158,11 @@ class BaseChannel:
         self._queue = BoundedQueue(size, context.max_queue_bytes, Policy.for_discard_mode(mode),
                                    name=f"the receive queue of {type(self).__name__} {self._slot_in_name!r}",
                                    log_level=logging.INFO, on_room=self._on_room)
-        self._holding: set = set()  # connections whose reading we hold (loop side)
-        self._delivering = None  # the connection of the packages being taken (loop side)
-        self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0
-        self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
-        context._register_channel(self, self._slot_out, self._slot_in)
+        self._holding: set = set()  # links whose reading we hold (loop side)
+        self._delivering = None  # the link of the packages being taken (loop side)
+        self._waiter = Waiter(router)
+        peer_joined = getattr(self, "_peer_joined", None)
+        router.register(self, self._slot_out, self._slot_in, self._receive_many, peer_joined)
 
     def _messaging_patterns(self) -> tuple:
         """Return the patterns ``(outgoing, incoming)`` of the slot names ('' for none).
@@ -150,6 +220,11 @@ class BaseChannel:
         return self._slot_in_name
 
     @property
+    def context(self):
+        """The :class:`~yoton.Context` this channel belongs to."""
+        return self._context
+
+    @property
     def message_type(self):
         """The :class:`~yoton.MessageType` of this channel."""
         return self._message_type
@@ -169,15 +244,10 @@ class BaseChannel:
         if self._closed:
             return
         self._closed = True
-        self._context._unregister_channel(self)
-        with self._cond:
-            self._cond.notify_all()
-        loop = self._context._loop
-        if loop is not None:
-            if self._holding:
-                loop.call_soon(self._release)  # (nothing more comes here: read on)
-            if self._reader is not None:
-                loop.wake()  # (the reader checks _closed when it wakes)
+        self._router.unregister(self)
+        if self._holding:
+            self._router.call_soon(self._release)  # (nothing more comes here: read on)
+        self._waiter.notify(everyone=True)
 
     # -- sending ----------------------------------------------------------------
 
@@ -186,13 +256,13 @@ class BaseChannel:
             raise ChannelClosedError(f"cannot send on closed {type(self).__name__} {self._slot_out_name!r}")
         body = self._message_type.message_to_bytes(message)
         if body:  # empty messages are not sent (yoton 2.2 rule)
-            self._context._send(self._slot_out, body, dest_id, dest_seq, block)
+            self._router.send(self._slot_out, body, dest_id, dest_seq, block)
 
     # -- receiving --------------------------------------------------------------
 
-    def _receive_many(self, pkgs, conn=None) -> None:
-        """Take packages that arrived on ``conn`` from the context, in order (loop side)."""
-        self._delivering = conn
+    def _receive_many(self, pkgs, link=None) -> None:
+        """Take packages that arrived on ``link`` from the router, in order (loop side)."""
+        self._delivering = link
         try:
             for pkg in pkgs:
                 try:
@@ -206,45 +276,40 @@ class BaseChannel:
         """Take a package from the context (loop side)."""
         self._queue_many((pkg,))
 
-    def _queue_many(self, pkgs, conn=None) -> None:
+    def _queue_many(self, pkgs, link=None) -> None:
         """Queue packages for readers by the queue's policy (loop side).
 
         A full BLOCK queue (sync mode) takes them anyway and holds reading
-        from ``conn`` (default: the connection being delivered) until it has
-        room again.
+        from ``link`` (default: the link being delivered) until it has room
+        again.
         """
         queue = self._queue
         sizes = [len(pkg.data) for pkg in pkgs]
         queue.put_many(pkgs, sizes, sum(sizes))
         if queue.policy is BLOCK and queue.full:
-            self._hold(conn or self._delivering)
+            self._hold(link or self._delivering)
         # Wake one thread waiting on the condition; one that finds more passes
         # the wake-up on (see _wait_package).
-        if self._waiters and queue:
-            with self._cond:
-                self._cond.notify()
+        if self._waiter.others and queue:
+            self._waiter.notify()
         self._announce()
 
-    def _hold(self, conn) -> None:
-        """Hold reading from ``conn`` until our queue has room (loop side)."""
-        if conn is not None and conn not in self._holding:
-            self._holding.add(conn)
-            conn._hold_reading(("channel", self))
+    def _hold(self, link) -> None:
+        """Hold reading from ``link`` until our queue has room (loop side)."""
+        if link is not None and link not in self._holding:
+            self._holding.add(link)
+            self._router.hold_reading(link, ("channel", self))
 
     def _release(self) -> None:
-        """Let the connections we hold read again (loop side)."""
+        """Let the links we hold read again (loop side)."""
         holding, self._holding = self._holding, set()
-        for conn in holding:
-            conn._release_reading(("channel", self))
+        for link in holding:
+            self._router.release_reading(link, ("channel", self))
 
     def _on_room(self) -> None:
         """The queue drained to its resume mark or ran empty (any thread)."""
         if self._holding:
-            loop = self._context._loop
-            if loop is None or loop.in_io_thread():
-                self._release()
-            else:
-                loop.call_soon(self._release)
+            self._router.call_soon(self._release)
 
     def _announce(self) -> None:
         """Emit ``received`` through the event queue, at most one pending at a time.
@@ -276,39 +341,14 @@ class BaseChannel:
             deadline = time.monotonic() + block
         else:
             raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
-        loop = self._context._loop
-        if loop is not None and self._reader is None:
-            # Wait for the package in the sockets ourselves rather than be
-            # handed it by the I/O thread (IOLoop.run_until); if another
-            # thread is the loop's reader already, wait to be woken below.
-            try:
-                self._reader = threading.current_thread()
-                loop.run_until(lambda: queue or self._closed, deadline)
-            finally:
-                self._reader = None
-            try:
-                return queue.popleft()
-            except IndexError:
-                pass
-        with self._cond:
-            self._waiters += 1
-            try:
-                while not queue and not self._closed:
-                    if deadline is None:
-                        self._cond.wait()
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-                try:
-                    pkg = queue.popleft()
-                except IndexError:
-                    pkg = None
-                if queue and self._waiters > 1:
-                    self._cond.notify()
-            finally:
-                self._waiters -= 1
+        closed = lambda: self._closed  # noqa: E731
+        self._waiter.wait(lambda: queue or closed(), deadline)
+        try:
+            pkg = queue.popleft()
+        except IndexError:
+            return None
+        if queue and self._waiter.others:
+            self._waiter.notify()  # (pass the wake-up on: there is more)
         return pkg
 
     def _decode(self, pkg):

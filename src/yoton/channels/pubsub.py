@@ -109,23 +109,25 @@ class PubChannel(BaseChannel):
         """Forget blockers that no longer count; return how long to wait before
         looking again (None: not blocked). Under _unblocked."""
         wait = None
-        for source, (conn, since) in list(self._blockers.items()):
-            if now - since > BLOCK_EXPIRY or not conn.is_connected or conn.is_timedout:
+        listens = self._router.link_listens
+        for source, (link, since) in list(self._blockers.items()):
+            listening, timeout = listens(link)
+            if now - since > BLOCK_EXPIRY or not listening:
                 del self._blockers[source]
                 continue
             # (a timeout or close shows up within half the connection's timeout)
-            left = min(since + BLOCK_EXPIRY - now, conn.timeout / 2)
+            left = min(since + BLOCK_EXPIRY - now, timeout / 2)
             wait = left if wait is None else min(wait, left)
         return wait
 
     def _receive(self, pkg) -> None:
         status = bytes(pkg.data)
-        conn = self._delivering
+        link = self._delivering
         with self._unblocked:
-            if status == b"full" and conn is not None:
+            if status == b"full" and link is not None:
                 blockers = self._blockers
                 if len(blockers) < MAX_BLOCKERS or pkg.source_id in blockers:
-                    blockers[pkg.source_id] = (conn, time.monotonic())
+                    blockers[pkg.source_id] = (link, time.monotonic())
             elif status == b"ok":
                 self._blockers.pop(pkg.source_id, None)
                 if not self._blockers:
@@ -220,18 +222,18 @@ class SubChannel(BaseChannel):
         if value == self._sync:
             return
         self._sync = value
-        loop = self._context._ensure_loop()
+        router = self._router
         if value:
             self._queue.policy = BLOCK
-            self._repeat = loop.call_later(REPEAT_STATUS, self._repeat_status)
+            self._repeat = router.call_later(self._repeat_status, REPEAT_STATUS)
             if len(self._queue) > FULL_MARK:
                 self._say(True)
         else:
-            self._queue.policy = Policy.for_discard_mode(self._context.queue_params[1])
+            self._queue.policy = Policy.for_discard_mode(router.queue_params[1])
             if self._holding:
-                loop.call_soon(self._release)
+                router.call_soon(self._release)
             if self._repeat is not None:
-                loop.cancel(self._repeat)
+                router.cancel(self._repeat)
                 self._repeat = None
             if self._said_full:
                 self._say(False)
@@ -248,18 +250,18 @@ class SubChannel(BaseChannel):
     def _repeat_status(self) -> None:
         if self._sync and not self._closed:
             self._say(self._said_full)
-            self._repeat = self._context._ensure_loop().call_later(REPEAT_STATUS, self._repeat_status)
+            self._repeat = self._router.call_later(self._repeat_status, REPEAT_STATUS)
 
     def _receive(self, pkg) -> None:
         self._queue_many((pkg,))
         self._check_full()
 
-    def _receive_many(self, pkgs, conn=None) -> None:
+    def _receive_many(self, pkgs, link=None) -> None:
         if self._per_package:  # a subclass hooks _receive: one call per package
-            super()._receive_many(pkgs, conn)
+            super()._receive_many(pkgs, link)
             self._check_full()
             return
-        self._queue_many(pkgs, conn)
+        self._queue_many(pkgs, link)
         self._check_full()
 
     def _check_full(self) -> None:
@@ -271,7 +273,7 @@ class SubChannel(BaseChannel):
         # they never wait (recv sends them, and so does the loop side).
         if self._closed:
             return
-        self._context._send(self._slot_out, message.encode("ascii"), dest_id, dest_seq, force=True)
+        self._router.send(self._slot_out, message.encode("ascii"), dest_id, dest_seq, force=True)
 
     def close(self) -> None:
         """Close the channel; pending messages can still be received.
@@ -279,8 +281,8 @@ class SubChannel(BaseChannel):
         A channel in sync mode that said it is full says ``ok`` first, so
         its publishers need not wait for the status to expire.
         """
-        if self._repeat is not None and self._context._loop is not None:
-            self._context._loop.cancel(self._repeat)
+        if self._repeat is not None:
+            self._router.cancel(self._repeat)
         if self._sync and self._said_full:
             self._say(False)
         self._sync = False

@@ -23,7 +23,8 @@ configured no logging).
 
 Futures are completed on the context's loop side; ``result()`` works from any
 thread without the yoton event loop: it waits in the context's sockets itself
-(IOLoop.run_until) or, when another thread does already, on a condition.
+(through a :class:`~yoton.channels.base.Waiter`) or, when another thread does
+already, on a condition.
 Done callbacks run through the yoton event queue (like signals). A reply is
 decoded in the thread that asks for it (``result()``, ``exception()``), never
 on the loop side, where a large or hostile body would stall every link.
@@ -58,11 +59,11 @@ from ..errors import CancelledError, ChannelClosedError, RemoteError, TimeoutErr
 from ..events import post_event
 from ..messages import OBJECT
 from ..wire.codec import decode_object, encode_object
-from .base import BaseChannel
+from .base import BaseChannel, Waiter
 
 log = logging.getLogger("yoton")
 
-__all__ = ["ReqChannel", "RepChannel", "Future", "error_text"]
+__all__ = ["ReqChannel", "RepChannel", "Future", "FutureState", "error_text"]
 
 REF = 2**63
 PRE_REQUEST = b"req?"
@@ -76,7 +77,19 @@ ACK_TIMEOUT = 1.0
 MAX_OFFERS = 256
 MAX_REQUESTERS = 1024
 
-PENDING, RUNNING, CANCELLED, FINISHED = "PENDING", "RUNNING", "CANCELLED", "FINISHED"
+class FutureState(Enum):
+    """Where a :class:`Future` is: PENDING until a replier takes the request,
+    RUNNING while it serves it, then FINISHED -- or CANCELLED before it ran."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    CANCELLED = "CANCELLED"
+    FINISHED = "FINISHED"
+
+
+PENDING, RUNNING, CANCELLED, FINISHED = (FutureState.PENDING, FutureState.RUNNING, FutureState.CANCELLED,
+                                         FutureState.FINISHED)
+_FUTURE_MOVES = {PENDING: (RUNNING, CANCELLED, FINISHED), RUNNING: (FINISHED,), CANCELLED: (), FINISHED: ()}
 
 # No "line N of FILE." for these (yoton 2.2's rule: the text says it all).
 _NO_LOCATION = (OverflowError, SyntaxError, ValueError)
@@ -116,13 +129,21 @@ class Future:
         self._raw = None  # the reply body, until result()/exception() decodes it
         self._replier = 0  # id of the replier that acknowledged the request
         self._callbacks: list = []
-        self._cond = threading.Condition(threading.Lock())
-        self._reader: threading.Thread | None = None  # a thread waiting in IOLoop.run_until for us
+        self._lock = threading.Lock()  # guards the state and the result
+        self._waiter = Waiter(req_channel._router if req_channel is not None else None)
         self._announced = 0.0
         self._set_cancel_at(timeout)
 
     def __repr__(self):
-        return f"<yoton.Future #{self._request_id} {self._state}>"
+        return f"<yoton.Future #{self._request_id} {self._state.value}>"
+
+    def _move(self, new: FutureState) -> bool:
+        """(with _lock) The only place the state changes; False if ``new`` is
+        not a move the rules allow from here (the future stays as it is)."""
+        if new not in _FUTURE_MOVES[self._state]:
+            return False
+        self._state = new
+        return True
 
     def set_auto_cancel_timeout(self, timeout) -> None:
         """Cancel the request if no replier has taken it ``timeout`` seconds from now.
@@ -139,14 +160,12 @@ class Future:
 
     def cancel(self) -> bool:
         """Cancel a request that no replier has taken yet; return whether it is cancelled."""
-        with self._cond:
-            if self._state in (RUNNING, FINISHED):
-                return False
-            if self._state == CANCELLED:
+        with self._lock:
+            if self._state is CANCELLED:
                 return True
-            self._state = CANCELLED
-            self._cond.notify_all()
-        self._wake_reader()
+            if not self._move(CANCELLED):
+                return False
+        self._notify()
         if self._channel is not None:
             self._channel._forget(self, withdraw=True)
         self._schedule_callbacks()
@@ -154,45 +173,26 @@ class Future:
 
     def cancelled(self) -> bool:
         """Whether the future was cancelled."""
-        return self._state == CANCELLED
+        return self._state is CANCELLED
 
     def running(self) -> bool:
         """Whether a replier is working on the request."""
-        return self._state == RUNNING
+        return self._state is RUNNING
 
     def done(self) -> bool:
         """Whether the future has a result or exception, or was cancelled."""
         return self._state in (CANCELLED, FINISHED)
 
-    def _loop(self):
-        channel = self._channel
-        return channel._context._loop if channel is not None else None
-
-    def _wake_reader(self) -> None:
-        """A thread waiting in IOLoop.run_until checks done() once per pass: wake it."""
-        if self._reader is not None:
-            loop = self._loop()
-            if loop is not None and not loop.in_io_thread():
-                loop.wake()
+    def _notify(self) -> None:
+        """The future is done: wake the threads waiting for it."""
+        self._waiter.notify(everyone=True)
 
     def _wait(self, timeout) -> None:
-        given = timeout
-        if not self.done() and self._reader is None:
-            loop = self._loop()
-            if loop is not None:
-                # Wait for the reply in the sockets ourselves (IOLoop.run_until).
-                deadline = None if timeout is None else time.monotonic() + timeout
-                try:
-                    self._reader = threading.current_thread()
-                    loop.run_until(self.done, deadline)
-                finally:
-                    self._reader = None
-                if deadline is not None:
-                    timeout = max(0.0, deadline - time.monotonic())
-        with self._cond:
-            if not self._cond.wait_for(self.done, timeout):
-                raise TimeoutError(f"no reply to request #{self._request_id} within {given:g} s")
-        if self._state == CANCELLED:
+        if not self.done():
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if not self._waiter.wait(self.done, deadline):
+                raise TimeoutError(f"no reply to request #{self._request_id} within {timeout:g} s")
+        if self._state is CANCELLED:
             raise CancelledError(f"request #{self._request_id} was cancelled")
 
     def result(self, timeout=None):
@@ -218,7 +218,7 @@ class Future:
         """Decode the reply body, once, in the calling thread."""
         if self._raw is None:
             return
-        with self._cond:
+        with self._lock:
             raw, self._raw = self._raw, None
             if raw is None:
                 return
@@ -252,7 +252,7 @@ class Future:
         """
         if not callable(fn):
             raise ValueError(f"add_done_callback() needs a callable, not {fn!r}")
-        with self._cond:
+        with self._lock:
             if not self.done():
                 self._callbacks.append(fn)
                 return
@@ -260,12 +260,11 @@ class Future:
 
     def set_running_or_notify_cancel(self) -> bool:
         """Mark the future running; return False if it was cancelled instead."""
-        with self._cond:
-            if self._state == CANCELLED:
+        with self._lock:
+            if self._state is CANCELLED:
                 return False
-            if self._state != PENDING:
-                raise RuntimeError(f"future is {self._state}, not PENDING")
-            self._state = RUNNING
+            if not self._move(RUNNING):
+                raise RuntimeError(f"future is {self._state.value}, not PENDING")
             return True
 
     def set_result(self, result) -> None:
@@ -282,13 +281,11 @@ class Future:
         self._finish(None, exception)
 
     def _finish(self, result, exception, raw=None) -> None:
-        with self._cond:
-            if self.done():
-                return
+        with self._lock:
+            if not self._move(FINISHED):
+                return  # (done already)
             self._result, self._exception, self._raw = result, exception, raw
-            self._state = FINISHED
-            self._cond.notify_all()
-        self._wake_reader()
+        self._notify()
         if self._channel is not None:
             self._channel._forget(self, withdraw=False)
         self._schedule_callbacks()
@@ -349,9 +346,9 @@ class ReqChannel(BaseChannel):
             with self._req_lock:
                 self._counter += 1
                 future = Future(None, body, self._counter, None)
-            future._state = CANCELLED
+            future._move(CANCELLED)
             return future
-        limit = self._context.max_package_size
+        limit = self._router.max_package_size
         if len(body) > limit:  # refused here: the I/O thread sends the body later
             raise ValueError(f"request too large to send: {len(body)} bytes encoded, "
                              f"but max_package_size is {limit}")
@@ -363,23 +360,23 @@ class ReqChannel(BaseChannel):
             self._ticking = True
         self._announce(future)
         if start_ticking:
-            self._context._ensure_loop().call_later(ANNOUNCE_INTERVAL, self._tick)
+            self._router.call_later(self._tick, ANNOUNCE_INTERVAL)
         return future
 
     def _announce(self, future: Future) -> None:
         future._announced = time.monotonic()
-        self._context._send(self._slot_out, PRE_REQUEST, 0, REF + future._request_id, force=True)
+        self._router.send(self._slot_out, PRE_REQUEST, 0, REF + future._request_id, force=True)
 
     def _forget(self, future: Future, withdraw: bool) -> None:
         self._futures.pop(future._request_id, None)
         if withdraw and not self._closed:
-            self._context._send(self._slot_out, WITHDRAW, 0, REF + future._request_id, force=True)
+            self._router.send(self._slot_out, WITHDRAW, 0, REF + future._request_id, force=True)
 
     def _tick(self) -> None:
         """Re-announce waiting requests, auto-cancel stale ones (I/O thread)."""
         now = time.monotonic()
         for future in list(self._futures.values()):
-            if future._state != PENDING:
+            if future._state is not PENDING:
                 continue
             if future._cancel_at is not None and now >= future._cancel_at:
                 future.cancel()
@@ -388,22 +385,22 @@ class ReqChannel(BaseChannel):
         with self._req_lock:
             self._ticking = bool(self._futures) and not self._closed
         if self._ticking:
-            self._context._ensure_loop().call_later(ANNOUNCE_INTERVAL / 2, self._tick)
+            self._router.call_later(self._tick, ANNOUNCE_INTERVAL / 2)
 
     def _receive(self, pkg) -> None:
-        if pkg.dest_id != self._context.id:
+        if pkg.dest_id != self._router.id:
             return  # (acknowledgements and replies are addressed to the requester)
         seq = pkg.dest_seq
         if seq >= REF:
             if bytes(pkg.data) != ACKNOWLEDGE:
                 return
             future = self._futures.get(seq - REF)
-            if future is None or future._state != PENDING or not future.set_running_or_notify_cancel():
+            if future is None or future._state is not PENDING or not future.set_running_or_notify_cancel():
                 return  # unknown, cancelled, or already taken by another replier
             future._replier = pkg.source_id
             n = future._request_id
-            self._context._send(self._slot_out, future._request, pkg.source_id, n, force=True)
-            self._context._send(self._slot_out, WITHDRAW, 0, REF + n, force=True)
+            self._router.send(self._slot_out, future._request, pkg.source_id, n, force=True)
+            self._router.send(self._slot_out, WITHDRAW, 0, REF + n, force=True)
             return
         future = self._futures.get(seq)
         if future is not None and pkg.source_id == future._replier:  # (only the replier that took it)
@@ -476,7 +473,7 @@ class RepChannel(BaseChannel):
         self._acked_at = 0.0
         self._expired: deque = deque(maxlen=64)  # acknowledged, body never came in time
         self._work: deque = deque()
-        self._work_cond = threading.Condition(threading.Lock())
+        self._work_waiter = Waiter(self._router)  # the worker thread waits here for work
         self._worker: threading.Thread | None = None
         self._served = 0
         self._refused = 0
@@ -520,7 +517,7 @@ class RepChannel(BaseChannel):
             if self._ticking:
                 return
             self._ticking = True
-        self._context._ensure_loop().call_later(ACK_TIMEOUT / 2, self._tick)
+        self._router.call_later(self._tick, ACK_TIMEOUT / 2)
 
     def statistics(self) -> dict:
         """Counters: ``served`` requests, ``offers`` waiting for acknowledgement,
@@ -534,7 +531,7 @@ class RepChannel(BaseChannel):
         """Return ``(arg1, hex(context id))`` after sleeping ``sleep`` seconds."""
         if sleep:
             time.sleep(sleep)
-        return (arg1, hex(self._context.id))
+        return (arg1, hex(self._router.id))
 
     # -- I/O thread -------------------------------------------------------------
 
@@ -554,7 +551,7 @@ class RepChannel(BaseChannel):
                     if self._state is _Rep.ACKNOWLEDGED and self._current == (requester, n):
                         self._set_state(_Rep.IDLE)
             self._offer_next()
-        elif pkg.dest_id == self._context.id:
+        elif pkg.dest_id == self._router.id:
             key = (pkg.source_id, seq)
             with self._lock:
                 self._forget_stale_ack()  # (too late is too late, whenever the next tick is)
@@ -568,10 +565,9 @@ class RepChannel(BaseChannel):
             if mode == 1:
                 post_event(self._serve, pkg)
             else:  # the worker thread's, or (off) _process_events_local's
-                with self._work_cond:
-                    self._work.append(pkg)
-                    if mode:
-                        self._work_cond.notify()
+                self._work.append(pkg)
+                if mode:
+                    self._work_waiter.notify()
 
     def _add_offer(self, requester: int, n: int) -> None:
         """(with _lock) Keep an announced request, within the bounds."""
@@ -593,7 +589,7 @@ class RepChannel(BaseChannel):
             text = (f"the replier stopped waiting for this request: it came more than "
                     f"{ACK_TIMEOUT:g} s after the acknowledgement\n")
             if not self._closed:
-                self._context._send(self._slot_out, encode_object((ERROR_TAG, text)), pkg.source_id,
+                self._router.send(self._slot_out, encode_object((ERROR_TAG, text)), pkg.source_id,
                                     pkg.dest_seq, force=True)
 
     def _offer_next(self, local: bool = False) -> None:
@@ -620,7 +616,7 @@ class RepChannel(BaseChannel):
                 return
             self._set_state(_Rep.ACKNOWLEDGED, (requester, n))
             self._acked_at = time.monotonic()
-        self._context._send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
+        self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
     def _tick(self) -> None:
         with self._lock:
@@ -629,7 +625,7 @@ class RepChannel(BaseChannel):
                 return
             self._forget_stale_ack()
         self._offer_next()
-        self._context._ensure_loop().call_later(ACK_TIMEOUT / 2, self._tick)
+        self._router.call_later(self._tick, ACK_TIMEOUT / 2)
 
     def _forget_stale_ack(self) -> None:
         """(with _lock) Free us if the requester did not send the request we
@@ -657,19 +653,20 @@ class RepChannel(BaseChannel):
         with self._lock:
             self._forget_stale_ack()
         while True:
-            with self._work_cond:
-                if not self._work:
-                    break
+            try:
                 pkg = self._work.popleft()
+            except IndexError:
+                break
             self._serve(pkg)
         self._offer_next(local=True)
 
     def _post_local_work(self) -> None:
         """Requests taken while off go to the event loop when the mode becomes 1."""
-        with self._work_cond:
-            work = list(self._work)
-            self._work.clear()  # (in place: a worker thread holds this deque)
-        for pkg in work:
+        while True:
+            try:
+                pkg = self._work.popleft()  # (one by one: a worker thread may take some too)
+            except IndexError:
+                return
             post_event(self._serve, pkg)
 
     # -- serving (event loop or worker thread) ------------------------------------
@@ -677,7 +674,7 @@ class RepChannel(BaseChannel):
     def _serve(self, pkg) -> None:
         body = self._call(pkg.data)
         if not self._closed:
-            self._context._send(self._slot_out, body, pkg.source_id, pkg.dest_seq)
+            self._router.send(self._slot_out, body, pkg.source_id, pkg.dest_seq)
         self._served += 1
         with self._lock:
             if self._state is _Rep.SERVING and self._current == (pkg.source_id, pkg.dest_seq):
@@ -702,7 +699,7 @@ class RepChannel(BaseChannel):
             result = method(*args, **kwargs)
             called = False
             reply = encode_object(result)
-            limit = self._context.max_package_size
+            limit = self._router.max_package_size
             if len(reply) > limit:
                 raise ValueError(f"reply too large to send: {len(reply)} bytes encoded, "
                                  f"but max_package_size is {limit}")
@@ -718,29 +715,23 @@ class RepChannel(BaseChannel):
         me = threading.current_thread()
         work = self._work
         while True:
-            loop = self._context._loop
-            if loop is not None and not work:
-                # Idle: wait for requests in the sockets ourselves, so one is
-                # served without a thread switch (see IOLoop.run_until).
-                loop.run_until(lambda: work or self._worker is not me, None)
-            with self._work_cond:
-                while not self._work and self._worker is me:
-                    self._work_cond.wait()
-                if self._worker is not me:
-                    return
-                pkg = self._work.popleft()
+            # Idle: the Waiter lets us wait for requests in the sockets
+            # ourselves, so one is served without a thread switch.
+            self._work_waiter.wait(lambda: work or self._worker is not me, None)
+            if self._worker is not me:
+                return
+            try:
+                pkg = work.popleft()
+            except IndexError:
+                continue
             try:
                 self._serve(pkg)
             except Exception:
                 log.exception("yoton: RepChannel worker failed")
 
     def _stop_worker(self) -> None:
-        with self._work_cond:
-            self._worker = None
-            self._work_cond.notify_all()
-        loop = self._context._loop
-        if loop is not None:
-            loop.wake()  # the worker may be running the loop: it checks _worker once per pass
+        self._worker = None
+        self._work_waiter.notify(everyone=True)  # (the worker checks _worker when woken)
 
     def close(self) -> None:
         """Stop serving and detach from the context."""

@@ -36,7 +36,7 @@ class StateChannel(BaseChannel):
             self._send(message)  # raises ChannelClosedError
         body = self._message_type.message_to_bytes(message)
         if body and body != self._state:
-            self._context._send(self._slot_out, body)  # raises before anything changes
+            self._router.send(self._slot_out, body)  # raises before anything changes
             self._state = body
 
     def recv(self, block=False):
@@ -47,13 +47,13 @@ class StateChannel(BaseChannel):
     def send_last(self) -> None:
         """Broadcast the current state again (nothing if there is none)."""
         if self._state and not self._closed:
-            self._context._send(self._slot_out, self._state)
+            self._router.send(self._slot_out, self._state)
 
     def _receive(self, pkg) -> None:
         self._state = bytes(pkg.data)
         self._announce()
 
-    def _on_new_connection(self) -> None:
+    def _peer_joined(self) -> None:
         self.send_last()
 
     @property

@@ -139,7 +139,7 @@ class FileWrapper:
             if real is not None:
                 real.flush()
             return
-        self._channel._context.flush(timeout)
+        self._channel.context.flush(timeout)
 
     # -- reading ----------------------------------------------------------------
 

@@ -6,56 +6,55 @@ through two lock-free queues and a wake-up socketpair:
 
 * :meth:`IOLoop.call_soon` queues a callable to run in the loop;
 * :meth:`IOLoop.schedule_write` queues a connection that has new outgoing
-  data, so the loop writes it with as few system calls as it can.
+  data, so the loop writes it with as few system calls as it can;
+* :meth:`IOLoop.call_later` runs a callable after a delay (a timer heap).
 
 A wake-up byte is written only when the loop is not already due to wake, so
 a burst of sends costs one wake-up. Time-based work (heartbeats, handshake
-deadlines, channel re-announcements) runs from a timer heap and a
+deadlines, channel re-announcements) runs from the timer heap and a
 housekeeping pass at most every :data:`TICK` seconds; nothing on the message
 path sleeps or polls.
 
-Rules for who runs the loop's work (the "loop side"):
+Who serves (the "loop side"):
 
 * Waiting for sockets needs no lock; *serving* what a wait returned (socket
   handlers, queued calls and writes, timers, housekeeping) happens under
   ``_lock``, so exactly one thread at a time is on the loop side.
-  :meth:`in_io_thread` is true for that thread.
-* On Linux the sockets sit in one epoll set with ``EPOLLONESHOT``: an event
-  is reported to one waiting thread only, and the fd is re-armed after it
-  has been served. Of several threads waiting, the kernel wakes the one that
-  started waiting last.
+  :meth:`on_loop_side` is true for that thread.
+* With the ``epoll`` poller (Linux) the sockets sit in one epoll set with
+  ``EPOLLONESHOT``: an event is reported to one waiting thread only, and the
+  fd is re-armed after it has been served. Of several threads waiting, the
+  kernel wakes the one that started waiting last.
 * That is what :meth:`run_until` uses: a thread about to sleep until a
   package arrives for it (``recv``, ``Future.result``, a replier's worker)
-  waits in the epoll set itself. When the package comes, it is the thread
-  woken, it serves the socket and finds its package -- one thread switch
-  fewer per message than being handed the package by the I/O thread. One
-  such reader at a time; others wait on their channel's condition.
-* A reader first polls the set without sleeping, for ``spin`` seconds
-  (:data:`SPIN`) after it comes and after each pass with events, and only
-  then sleeps in it: on a loopback the answer to what it just sent often
-  comes sooner than a sleeping thread can be woken.
-* While a reader is there, the I/O thread stays out of the epoll set (it
-  waits on ``_reader_gone``): had it gone back in, the kernel would hand it
-  the events the reader polls or waits for. It also stays out until no
-  reader has been in for :data:`LINGER` seconds, since a thread that leaves
-  ``run_until`` usually comes back soon (its next ``recv``, its next
-  request). It looks by itself every LINGER seconds, so a reader leaving
-  costs no thread wake-up; once readers have been in for
-  :data:`DEEP_AFTER` seconds it sleeps until the reader that leaves tells
-  it, and then looks every LINGER seconds again for DEEP_AFTER seconds. So
-  a thread blocked in a long wait costs it no wake-ups, and steady traffic
-  at most one per LINGER. A :meth:`wake` with no reader in brings it back
-  at once. The reader serves everything meanwhile, timers and housekeeping
-  included. (The I/O thread may still be in the set from before the reader
-  came; it then wakes at most at its next timeout, serves, and steps out.)
+  waits in the epoll set itself (it takes the *reader seat*, see
+  :class:`_ReaderSeat`). When the package comes, it is the thread woken, it
+  serves the socket and finds its package -- one thread switch fewer per
+  message than being handed the package by the I/O thread. One reader at a
+  time; others wait on their own conditions.
+* A reader first polls the set without sleeping, for ``spin`` seconds after
+  it comes and after each pass with events, and only then sleeps in it: on a
+  loopback the answer to what it just sent often comes sooner than a
+  sleeping thread can be woken.
+* While a reader is in, the I/O thread stays out of the epoll set (it would
+  take the reader's events): see :class:`_ReaderSeat` for how long and how
+  it comes back.
 * A reader must hear about a package it did not serve itself: a thread that
   serves a pass while a reader waits wakes the loop at the end of the pass,
   so the reader checks again. Whoever meets a reader's condition off the
   loop side (closing a channel, cancelling a future) wakes the loop too.
 * The main thread serves only under yoton's SIGINT handler (see
-  :func:`_sigint_handler`), so Ctrl-C never lands half-way through a pass.
-* Elsewhere (no epoll) the I/O thread alone serves; :meth:`run_until`
+  :mod:`.sigint`), so Ctrl-C never lands half-way through a pass.
+* With the portable ``select`` poller (macOS, Windows; or forced with
+  ``IOLoop(poller="select")`` or the environment variable
+  ``YOTON_POLLER=select``) the I/O thread alone serves; :meth:`run_until`
   returns False and callers wait on their condition.
+
+Lock order (outer first): a channel's or future's condition is never held
+while taking the loop lock; the loop lock may be held while taking a
+connection's write lock, a queue's lock, the event queue's lock or the
+reader seat's lock. Callbacks of an embedded GUI loop are never called with
+the loop lock held (see :func:`yoton.events.deferred_callbacks`).
 """
 
 from __future__ import annotations
@@ -66,30 +65,49 @@ import logging
 import os
 import select
 import selectors
-import signal
 import socket
 import threading
 import time
 from collections import deque
+from enum import Enum
+
+from ..events import deferred_callbacks
+from . import sigint
 
 log = logging.getLogger("yoton")
 
-__all__ = ["IOLoop", "MainSending", "TICK", "SPIN", "default_spin"]
+__all__ = ["IOLoop", "TICK", "SPIN", "LINGER", "DEEP_AFTER", "default_spin", "default_poller", "POLLERS"]
 
 TICK = 0.1  #: seconds between housekeeping passes while connections exist
 SPIN = 0.0002  #: seconds a thread in :meth:`IOLoop.run_until` polls before it sleeps
 LINGER = 0.001  #: seconds the I/O thread waits for a reader to come back before it serves again
 DEEP_AFTER = 0.05  #: seconds of readers coming and going before the I/O thread sleeps until told
-_LIGHT, _DEEP = "light", "deep"
+
+#: The pollers an IOLoop can use: "epoll" lets waiting threads serve (Linux),
+#: "select" is the portable one (the I/O thread alone serves).
+POLLERS = ("epoll", "select")
+_HAVE_EPOLL = hasattr(select, "epoll") and hasattr(select, "EPOLLONESHOT")
 
 
 def default_spin() -> float:
     """:data:`SPIN`, or 0 on a single CPU (polling there only delays the peer)."""
     return SPIN if (os.cpu_count() or 1) > 1 else 0.0
 
+
+def default_poller() -> str:
+    """``$YOTON_POLLER`` if set ("epoll" or "select"), else "epoll" where it exists."""
+    forced = os.environ.get("YOTON_POLLER", "").strip().lower()
+    if forced:
+        if forced not in POLLERS:
+            raise ValueError(f"YOTON_POLLER must be one of {POLLERS}, not {forced!r}")
+        if forced == "epoll" and not _HAVE_EPOLL:
+            raise ValueError("YOTON_POLLER=epoll, but this platform has no epoll")
+        return forced
+    return "epoll" if _HAVE_EPOLL else "select"
+
+
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
-_EPOLL = hasattr(select, "epoll") and hasattr(select, "EPOLLONESHOT")
 
 
 class _EpollSet:
@@ -220,77 +238,92 @@ class _Waker:
         self.loop._woken = False
 
 
-# Ctrl-C and a main thread in run_until(). A KeyboardInterrupt raised between
-# two bytecodes of the loop would leave a package half-parsed or half-routed,
-# or drop events epoll has already reported (one-shot: never reported again).
-# So the main thread waits and serves only under yoton's SIGINT handler,
-# installed in place of Python's default the first time the main thread comes
-# to run_until(): it raises KeyboardInterrupt like the default, except while
-# the main thread is in run_until(), which it then wakes and leaves at the end
-# of the pass, raising it there. If the program has a SIGINT handler of its
-# own, the main thread does not serve (it waits to be woken, as elsewhere).
-# The same handler holds KeyboardInterrupt back while the main thread sends
-# (see MainSending): it could otherwise leave a connection's write lock held,
-# or a write half booked, which corrupts the stream.
-_MAIN = threading.main_thread()
-_main_loop: "IOLoop | None" = None  # the loop the main thread is in run_until() of
-_main_sending = 0  # > 0 while the main thread is inside MainSending
-_sigint_pending: tuple | None = None
+class _Out(Enum):
+    """Where the I/O thread is while a reader has the seat (see _ReaderSeat)."""
+
+    IN = "in"  #: in the poller set, serving (no reader around)
+    LIGHT = "light"  #: out of the set, looking by itself every LINGER seconds
+    DEEP = "deep"  #: out of the set, asleep until the leaving reader tells it
 
 
-def _sigint_handler(signum, frame):
-    """yoton's SIGINT handler: KeyboardInterrupt, as Python's default, but
-    raised only once the main thread has finished a yoton I/O pass or send."""
-    global _sigint_pending
-    loop = _main_loop
-    if loop is None and not _main_sending:
-        signal.default_int_handler(signum, frame)
-    _sigint_pending = (signum, frame)
-    if loop is not None:
-        loop._wake_set()  # (takes no lock: we may have interrupted the main thread holding one)
+class _ReaderSeat:
+    """The reader seat: which thread (if any) waits in the epoll set besides
+    the I/O thread, and how the I/O thread steps aside for it.
 
+    Rules:
 
-class MainSending:
-    """``with MainSending():`` around a send's locks and writes, in any thread:
-    in the main thread, Ctrl-C waits for the end of the block (it raises
-    KeyboardInterrupt there), as it does for an I/O pass."""
+    * One reader at a time (:meth:`take` fails while another has it).
+    * While a reader is in, the I/O thread stays out of the set: had it gone
+      back in, the kernel would hand it the events the reader polls or waits
+      for. It also stays out until no reader has been in for
+      :data:`LINGER` seconds, since a thread that leaves ``run_until``
+      usually comes back soon (its next ``recv``, its next request).
+    * It looks by itself every LINGER seconds (:attr:`_Out.LIGHT`), so a
+      reader leaving costs no thread wake-up; once readers have been in for
+      :data:`DEEP_AFTER` seconds it sleeps until the reader that leaves tells
+      it (:attr:`_Out.DEEP`), and then looks every LINGER seconds again. So
+      a thread blocked in a long wait costs it no wake-ups, and steady
+      traffic at most one per LINGER.
+    * A wake-up with no reader in brings it back at once.
 
-    __slots__ = ("_on",)
+    State is guarded by the seat's condition; the I/O thread waits on it.
+    """
 
-    def __enter__(self):
-        global _main_sending
-        self._on = threading.current_thread() is _MAIN and (_main_sending or _main_may_serve())
-        if self._on:
-            _main_sending += 1
-        return self
+    def __init__(self):
+        self.lock = threading.Lock()  # (entered with C-level `with` where we only notify)
+        self.cond = threading.Condition(self.lock)
+        self.reader: threading.Thread | None = None
+        self.out = _Out.IN
+        self.since = 0.0  # (monotonic) when readers started to come while the I/O thread stayed out
+        self.left = 0.0  # (monotonic) when the last reader left
 
-    def __exit__(self, *exc):
-        global _main_sending, _sigint_pending
-        if self._on:
-            _main_sending -= 1
-            if not _main_sending and _main_loop is None and _sigint_pending is not None:
-                pending, _sigint_pending = _sigint_pending, None
-                signal.default_int_handler(*pending)
-        return False
-
-
-try:  # signal.getsignal() converts to an enum first: ~5 us, once per wait
-    from _signal import getsignal as _getsignal
-except ImportError:  # pragma: no cover (not CPython)
-    _getsignal = signal.getsignal
-
-
-def _main_may_serve() -> bool:
-    """Install :func:`_sigint_handler` if SIGINT has Python's default handler;
-    return whether the main thread may serve (main thread only)."""
-    try:
-        handler = _getsignal(signal.SIGINT)
-        if handler is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _sigint_handler)
+    def take(self, me: threading.Thread) -> bool:
+        """Become the reader; False if another thread is."""
+        with self.lock:
+            if self.reader is not None:
+                return False
+            self.reader = me
+            if self.out is _Out.IN:
+                self.since = time.monotonic()
             return True
-    except (ValueError, OSError):  # not the main interpreter
-        return False
-    return handler is _sigint_handler
+
+    def leave(self) -> float:
+        """Give the seat up; return the time (monotonic)."""
+        with self.lock:
+            self.reader = None
+            self.left = now = time.monotonic()
+            if self.out is _Out.DEEP:
+                self.cond.notify()  # (else the I/O thread looks by itself soon)
+        return now
+
+    def nudge(self) -> None:
+        """A wake-up: an I/O thread staying out with no reader in comes back."""
+        if self.out is not _Out.IN and self.reader is None:
+            with self.lock:
+                self.cond.notify()
+
+    def stay_out(self, loop: "IOLoop") -> None:
+        """The I/O thread's side: wait outside the set while it should (see the class rules)."""
+        cond = self.cond
+        with cond:
+            try:
+                while loop._running:
+                    now = time.monotonic()
+                    if self.reader is None:
+                        left = self.left + LINGER - now
+                        if left <= 0 or loop._woken:
+                            return
+                        self.out = _Out.LIGHT
+                        cond.wait(left)
+                    elif now - self.since < DEEP_AFTER:
+                        self.out = _Out.LIGHT
+                        cond.wait(LINGER)
+                    else:
+                        self.out = _Out.DEEP
+                        cond.wait()
+                        self.since = time.monotonic()
+            finally:
+                self.out = _Out.IN
 
 
 class IOLoop:
@@ -300,11 +333,17 @@ class IOLoop:
     and/or ``_on_writable()``; objects in :attr:`housekeepers` provide
     ``_housekeeping(now)``. All of those run on the loop side only: in the
     I/O thread, or in a thread inside :meth:`run_until`, one at a time.
+    ``poller`` is "epoll" or "select" (default: :func:`default_poller`).
     """
 
-    def __init__(self, name: str = "yoton-io", spin: float | None = None):
-        self._set = _EpollSet() if _EPOLL else _SelectorSet()
-        self._shared = _EPOLL  # whether other threads may wait in the set too
+    def __init__(self, name: str = "yoton-io", spin: float | None = None, poller: str | None = None):
+        poller = default_poller() if poller is None else poller
+        if poller not in POLLERS or (poller == "epoll" and not _HAVE_EPOLL):
+            choices = "'epoll' or 'select'" if _HAVE_EPOLL else "'select' (no epoll here)"
+            raise ValueError(f"poller must be {choices}, not {poller!r}")
+        self.poller = poller
+        self._set = _EpollSet() if poller == "epoll" else _SelectorSet()
+        self._shared = poller == "epoll"  # whether other threads may wait in the set too
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -319,14 +358,8 @@ class IOLoop:
         self._last_housekeeping = 0.0
         self._lock = threading.Lock()  # held while serving (the loop side)
         self._leader: threading.Thread | None = None  # the thread holding _lock
-        self._reader: threading.Thread | None = None  # the thread in run_until()
-        # Guards _reader changes; the I/O thread waits here while a reader is in.
-        self._reader_gone_lock = threading.Lock()  # (entered with C-level `with` where we only notify)
-        self._reader_gone = threading.Condition(self._reader_gone_lock)
+        self._seat = _ReaderSeat()
         self._io_wake_at = 0.0  # when the I/O thread's current wait ends at the latest
-        self._io_out = None  # _LIGHT / _DEEP while the I/O thread stays out of the set for a reader
-        self._reader_since = 0.0  # (monotonic) when readers started to come while it stayed out
-        self._reader_left = 0.0  # (monotonic) when the last reader left
         self.spin = default_spin() if spin is None else spin  # seconds a reader polls before it sleeps
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -338,19 +371,23 @@ class IOLoop:
         """Whether the loop is still serving."""
         return self._running
 
-    def in_io_thread(self) -> bool:
-        """Whether the caller is on the loop side (serving the loop's work now)."""
+    @property
+    def shared(self) -> bool:
+        """Whether threads waiting in :meth:`run_until` serve the loop (epoll)."""
+        return self._shared
+
+    def on_loop_side(self) -> bool:
+        """Whether the calling thread is serving the loop's work right now
+        (the I/O thread in a pass, or a reader in run_until in a pass)."""
         return threading.current_thread() is self._leader
 
     def wake(self) -> None:
         """Make a thread waiting for the loop look at its queues soon (cheap if already due)."""
-        self._wake_set()
-        if self._io_out is not None and self._reader is None:
-            with self._reader_gone_lock:  # the I/O thread waits for a reader to come back: not now
-                self._reader_gone.notify()
+        self.wake_from_signal()
+        self._seat.nudge()
 
-    def _wake_set(self) -> None:
-        # The wake-up byte alone (also from the SIGINT handler: no lock here).
+    def wake_from_signal(self) -> None:
+        """The wake-up byte alone: takes no lock (the SIGINT handler calls it)."""
         if not self._woken:
             self._woken = True
             try:
@@ -365,14 +402,15 @@ class IOLoop:
             self.wake()
 
     def schedule_write(self, conn) -> None:
-        """Have the loop write what ``conn`` has queued."""
+        """Have the loop write what ``conn`` has queued (it provides ``_write_now()``)."""
         self._dirty.append(conn)
         if threading.current_thread() is not self._leader:
             self.wake()
 
-    def call_later(self, delay: float, func, *args) -> list:
+    def call_later(self, func, delay: float, *args) -> list:
         """Run ``func(*args)`` on the loop side after ``delay`` seconds.
 
+        The order of the arguments is that of :func:`yoton.call_later`.
         Returns a handle; :meth:`cancel` it to drop the call.
         """
         entry = [time.monotonic() + delay, next(self._timer_seq), func, args]
@@ -385,7 +423,7 @@ class IOLoop:
         handle[2] = None
 
     def stop(self, timeout: float = 2.0) -> None:
-        """End the I/O thread and release the epoll set and wake-up sockets."""
+        """End the I/O thread and release the poller and wake-up sockets."""
         if self._running:
             self.call_soon(self._stop_now)
         if threading.current_thread() is not self._thread:
@@ -398,36 +436,28 @@ class IOLoop:
 
         ``done`` is checked before every wait and after every pass served by
         another thread; whoever makes it true off the loop side must
-        :meth:`wake` the loop. Returns False at once,
-        without waiting, if the caller cannot be the reader (another thread
-        is, the loop has stopped, the caller is on the loop side, or the
-        platform has no epoll); the caller then waits its usual way.
+        :meth:`wake` the loop. Returns False at once, without waiting, if the
+        caller cannot take the reader seat (another thread has it, the loop
+        has stopped, the caller is on the loop side, or the poller is not
+        epoll); the caller then waits its usual way.
         """
         me = threading.current_thread()
         if not self._shared or not self._running or me is self._leader or me is self._thread:
             return False
-        main = me is _MAIN
-        if main and not _main_may_serve():
+        main = me is sigint.MAIN_THREAD
+        if main and not sigint.main_may_serve():
             return False
-        global _main_loop, _sigint_pending
+        seat = self._seat
         if main:
-            _main_loop = self  # from here on, Ctrl-C waits for the end of the pass
+            guard = sigint.MainServing(self)
+            guard.__enter__()
         try:
-            cond, lock = self._reader_gone, self._reader_gone_lock
-            with lock:
-                if self._reader is not None:
-                    return False
-                self._reader = me
-                if self._io_out is None:
-                    self._reader_since = time.monotonic()
+            if not seat.take(me):
+                return False
             try:
                 self._read(done, deadline, me, main)
             finally:
-                with lock:
-                    self._reader = None
-                    self._reader_left = now = time.monotonic()
-                    if self._io_out is _DEEP:
-                        cond.notify()  # (else the I/O thread looks by itself soon)
+                now = seat.leave()
                 # The I/O thread may be sleeping in the set past a timer (or
                 # the first housekeeping pass) that came while we served.
                 timeout = self._timeout(now)
@@ -436,10 +466,7 @@ class IOLoop:
             return True
         finally:
             if main:
-                _main_loop = None
-                if _sigint_pending is not None:
-                    pending, _sigint_pending = _sigint_pending, None
-                    signal.default_int_handler(*pending)
+                guard.__exit__(None, None, None)
 
     def _read(self, done, deadline: float | None, me: threading.Thread, main: bool) -> None:
         # The reader's loop (see run_until). It polls without sleeping for
@@ -447,6 +474,7 @@ class IOLoop:
         # an answer due within tens of microseconds is then taken without
         # being put to sleep and woken again, which costs more than that.
         wait, serve, clock, monotonic = self._set.wait, self._serve, time.perf_counter, time.monotonic
+        interrupted = sigint.interrupted
         spin = self.spin
         spin_end = clock() + spin if spin > 0 else 0.0
         while self._running and not done():
@@ -473,7 +501,7 @@ class IOLoop:
             serve(events, me)
             if events and spin > 0:
                 spin_end = clock() + spin
-            if main and _sigint_pending is not None:
+            if main and interrupted():
                 return
 
     # -- loop side ----------------------------------------------------------
@@ -481,10 +509,6 @@ class IOLoop:
     def register(self, sock, handler, write: bool = False) -> None:
         """Watch ``sock`` for reading (and writing) on behalf of ``handler``."""
         self._set.register(sock, _READ | (_WRITE if write else 0), handler)
-
-    def want_write(self, sock, handler, flag: bool) -> None:
-        """Turn interest in writability of ``sock`` on or off (reading stays on)."""
-        self.set_interest(sock, handler, True, flag)
 
     def set_interest(self, sock, handler, read: bool, write: bool) -> None:
         """Watch ``sock`` for reading and/or writing, or neither (paused)."""
@@ -503,8 +527,8 @@ class IOLoop:
     def _stop_now(self) -> None:
         self._running = False
         self.wake()  # (for a reader in the set)
-        with self._reader_gone:
-            self._reader_gone.notify()  # (for the I/O thread, if a reader ran this)
+        with self._seat.cond:
+            self._seat.cond.notify()  # (for the I/O thread, if a reader ran this)
 
     def _timeout(self, now: float) -> float | None:
         timeout = None
@@ -516,15 +540,15 @@ class IOLoop:
         return timeout
 
     def _run(self) -> None:
-        me, wait, serve = self._thread, self._set.wait, self._serve
+        me, wait, serve, seat = self._thread, self._set.wait, self._serve, self._seat
         try:
             while self._running:
-                if self._reader is not None:
+                if seat.reader is not None:
                     # A reader waits in the set and serves everything meanwhile
                     # (timers too). Stay out of the set: the kernel would hand
                     # events to us whenever we went back in after it.
                     self._io_wake_at = float("-inf")  # (we recompute when it leaves)
-                    self._stay_out()
+                    seat.stay_out(self)
                     continue
                 timeout = self._timeout(time.monotonic())
                 self._io_wake_at = float("inf") if timeout is None else time.monotonic() + timeout
@@ -538,46 +562,16 @@ class IOLoop:
             # A reader leaves at its next pass; wake it, and close the set
             # only after it has (a thread in epoll_wait does not notice a close).
             self.wake()
-            with self._reader_gone:
-                self._reader_gone.wait_for(lambda: self._reader is None, 2.0)
+            with seat.cond:
+                seat.cond.wait_for(lambda: seat.reader is None, 2.0)
             self._set.close()
             self._wake_r.close()
             self._wake_w.close()
 
-    def _stay_out(self) -> None:
-        # Stay out of the set while a reader is in, and until none has been
-        # in for LINGER seconds: a thread that leaves run_until() usually
-        # comes back soon (its next recv, its next request), and had we gone
-        # into the set meanwhile, the kernel would hand us the package that
-        # thread is about to poll for. We look by ourselves every LINGER
-        # seconds, so a reader leaving costs no wake-up of this thread, and
-        # sleep until notified (_DEEP) only once a reader has stayed in for
-        # DEEP_AFTER seconds.
-        cond = self._reader_gone
-        with cond:
-            try:
-                while self._running:
-                    now = time.monotonic()
-                    if self._reader is None:
-                        left = self._reader_left + LINGER - now
-                        if left <= 0 or self._woken:
-                            return
-                        self._io_out = _LIGHT
-                        cond.wait(left)
-                    elif now - self._reader_since < DEEP_AFTER:
-                        self._io_out = _LIGHT
-                        cond.wait(LINGER)
-                    else:
-                        self._io_out = _DEEP
-                        cond.wait()
-                        self._reader_since = time.monotonic()
-            finally:
-                self._io_out = None
-
     def _serve(self, events: list, me: threading.Thread) -> None:
         """Serve what a wait returned, then queued work and due timers (loop side)."""
         calls, dirty = self._calls, self._dirty
-        with self._lock:
+        with deferred_callbacks(), self._lock:
             self._leader = me
             try:
                 if events:
@@ -601,7 +595,7 @@ class IOLoop:
                 # it wakes: whatever we served may have met it. (Waking it from
                 # inside the pass could be undone: the wake-up byte is drained
                 # by whoever serves the waker, which may be us.)
-                reader = self._reader
+                reader = self._seat.reader
                 if reader is not None and reader is not me:
                     self.wake()
 
