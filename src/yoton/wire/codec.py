@@ -1,6 +1,6 @@
 """The OBJECT codec: yoton 2.2's tagged binary format for plain Python values.
 
-Format (PROTOCOL.md section 7). Every value is one tag byte and a payload:
+Every value is one tag byte and a payload:
 
 ====  =====  ==========================================================
 tag   value  payload
@@ -26,16 +26,24 @@ keys, nesting deeper than ``max_depth``) raises :class:`ValueError` and
 nothing else. Encoding refuses unsupported types, integers outside signed
 64 bits and nesting deeper than ``max_depth`` (which catches cycles too)
 with :class:`ValueError`.
+
+Nesting: yoton 2.2 recurses, so Python's default recursion limit stops it
+at about 996 levels when encoding and about 498 (lists, tuples) or 995
+(dicts) when decoding; both directions here are iterative and reach
+``max_depth`` (default :data:`MAX_DEPTH`, 1000) whatever the recursion limit.
 """
 
 from __future__ import annotations
 
 import struct
+from itertools import chain
 
 __all__ = ["MAX_DEPTH", "encode_object", "decode_object"]
 
-MAX_DEPTH = 64
-"""Default limit on how many containers may be nested inside each other."""
+MAX_DEPTH = 1000
+"""Default limit on how many containers may be nested inside each other (yoton 2.2 reaches ~996)."""
+
+_CYCLE_CHECK_DEPTH = 1024  # encoding deeper than this looks for cycles
 
 _TAG_NONE, _TAG_BOOL, _TAG_INT, _TAG_FLOAT = 0x6E, 0x62, 0x69, 0x66
 _TAG_STR, _TAG_LIST, _TAG_TUPLE, _TAG_DICT = 0x73, 0x6C, 0x74, 0x64
@@ -47,6 +55,7 @@ _pack_long_head = struct.Struct("<BBQ").pack
 _unpack_int = struct.Struct("<q").unpack_from
 _unpack_float = struct.Struct("<d").unpack_from
 _unpack_count = struct.Struct("<Q").unpack_from
+_flatten = chain.from_iterable
 
 
 def _short_heads(tag: int) -> tuple[bytes, ...]:
@@ -71,61 +80,100 @@ def encode_object(value, *, max_depth: int = MAX_DEPTH) -> bytes:
 
     Raises ValueError for unsupported types, ints outside signed 64 bits,
     strings that cannot be UTF-8 encoded, and containers nested deeper than
-    ``max_depth`` (cyclic structures included).
+    ``max_depth`` (cyclic structures included). Iterative: any depth up to
+    ``max_depth`` works whatever the recursion limit.
     """
     parts: list[bytes] = []
-    try:
-        _encode(value, parts.append, max_depth)
-    except RecursionError:
-        raise ValueError("object nests too deeply to encode") from None
-    return b"".join(parts)
+    out = parts.append
+    stack = []  # iterators over the enclosing containers' remaining items
+    deep = []  # the enclosing containers nested deeper than _CYCLE_CHECK_DEPTH
+    check_cycles_at = _CYCLE_CHECK_DEPTH  # look for a cycle among them at this many (then doubled)
+    it = iter((value,))
+    while True:
+        for v in it:
+            t = type(v)
+            if t is str:
+                try:
+                    b = v.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"string cannot be encoded as UTF-8: {e}") from None
+                n = len(b)
+                out(_STR_HEADS[n] if n < _LONG else _pack_long_head(_TAG_STR, _LONG, n))
+                out(b)
+            elif t is int:
+                try:
+                    out(_pack_int(_TAG_INT, v))
+                except struct.error:
+                    raise ValueError(_int_range_message(v)) from None
+            elif v is None:
+                out(_NONE)
+            elif t is float:
+                out(_pack_float(_TAG_FLOAT, v))
+            elif t is bool:
+                out(_TRUE if v else _FALSE)
+            else:
+                if t is not list and t is not tuple and t is not dict:
+                    v = _as_base_type(v)
+                    t = type(v)
+                    if t is not list and t is not tuple and t is not dict:
+                        out(_encode_leaf(v))
+                        continue
+                depth = len(stack)
+                if depth >= max_depth:
+                    raise ValueError("object nests deeper than the depth limit (or is cyclic)")
+                n = len(v)
+                if t is dict:
+                    out(_DICT_HEADS[n] if n < _LONG else _pack_long_head(_TAG_DICT, _LONG, n))
+                    if not n:
+                        continue
+                    stack.append(it)
+                    it = _flatten(v.items())  # key, value, key, value, ...
+                else:
+                    if n < _LONG:
+                        out((_LIST_HEADS if t is list else _TUPLE_HEADS)[n])
+                    else:
+                        out(_pack_long_head(_TAG_LIST if t is list else _TAG_TUPLE, _LONG, n))
+                    if not n:
+                        continue
+                    stack.append(it)
+                    it = iter(v)
+                if depth >= _CYCLE_CHECK_DEPTH:
+                    # Only a cycle can nest this deep with a huge max_depth: look for one
+                    # now and then (each time the deep part doubles; linear overall).
+                    deep.append(v)
+                    if len(deep) >= check_cycles_at:
+                        if len(set(map(id, deep))) < len(deep):
+                            raise ValueError("object is cyclic (a container contains itself)")
+                        check_cycles_at *= 2
+                break  # go down into v
+        else:  # `it` is used up: back up to the enclosing container
+            if not stack:
+                return b"".join(parts)
+            if deep:
+                deep.pop()
+            it = stack.pop()
 
 
-def _encode(v, out, depth):
-    """Append the encoding of ``v`` to the parts via ``out``."""
-    t = type(v)
-    if t is str:
+def _encode_leaf(v) -> bytes:
+    """Encode a str, int or float that was converted from a subclass instance."""
+    if type(v) is str:
         try:
             b = v.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ValueError(f"string cannot be encoded as UTF-8: {e}") from None
         n = len(b)
-        out(_STR_HEADS[n] if n < _LONG else _pack_long_head(_TAG_STR, _LONG, n))
-        out(b)
-    elif t is int:
+        return (_STR_HEADS[n] if n < _LONG else _pack_long_head(_TAG_STR, _LONG, n)) + b
+    if type(v) is int:
         try:
-            out(_pack_int(_TAG_INT, v))
+            return _pack_int(_TAG_INT, v)
         except struct.error:
-            shown = v if v.bit_length() < 128 else f"of {v.bit_length()} bits"
-            raise ValueError(f"int {shown} does not fit in signed 64 bits") from None
-    elif v is None:
-        out(_NONE)
-    elif t is float:
-        out(_pack_float(_TAG_FLOAT, v))
-    elif t is bool:
-        out(_TRUE if v else _FALSE)
-    elif t is list or t is tuple:
-        if depth <= 0:
-            raise ValueError("object nests deeper than the depth limit (or is cyclic)")
-        n = len(v)
-        if n < _LONG:
-            out((_LIST_HEADS if t is list else _TUPLE_HEADS)[n])
-        else:
-            out(_pack_long_head(_TAG_LIST if t is list else _TAG_TUPLE, _LONG, n))
-        depth -= 1
-        for item in v:
-            _encode(item, out, depth)
-    elif t is dict:
-        if depth <= 0:
-            raise ValueError("object nests deeper than the depth limit (or is cyclic)")
-        n = len(v)
-        out(_DICT_HEADS[n] if n < _LONG else _pack_long_head(_TAG_DICT, _LONG, n))
-        depth -= 1
-        for key, item in v.items():
-            _encode(key, out, depth)
-            _encode(item, out, depth)
-    else:
-        _encode(_as_base_type(v), out, depth)
+            raise ValueError(_int_range_message(v)) from None
+    return _pack_float(_TAG_FLOAT, v)
+
+
+def _int_range_message(v: int) -> str:
+    shown = v if v.bit_length() < 128 else f"of {v.bit_length()} bits"
+    return f"int {shown} does not fit in signed 64 bits"
 
 
 def _as_base_type(v):
