@@ -20,30 +20,82 @@ unsigned 64-bit little-endian count. bool is checked before int. Subclasses
 of the supported types are encoded as their base type. An empty body decodes
 to None.
 
-Decoding treats its input as untrusted: anything malformed (unknown tag,
+Limits
+------
+Decoding treats its input as untrusted. Anything malformed (unknown tag,
 truncation, counts beyond the data, trailing bytes, bad UTF-8, unhashable
-keys, nesting deeper than ``max_depth``) raises :class:`ValueError` and
-nothing else. Encoding refuses unsupported types, integers outside signed
-64 bits and nesting deeper than ``max_depth`` (which catches cycles too)
-with :class:`ValueError`.
+keys) raises :class:`ValueError` and nothing else, and so does data that is
+well formed but built to cost far more to decode than data of its size
+normally does:
 
-Nesting: yoton 2.2 recurses, so Python's default recursion limit stops it
-at about 996 levels when encoding and about 498 (lists, tuples) or 995
-(dicts) when decoding; both directions here are iterative and reach
-``max_depth`` (default :data:`MAX_DEPTH`, 1000) whatever the recursion limit.
+* **Nesting** deeper than ``max_depth`` (default :data:`MAX_DEPTH`, 1000).
+  yoton 2.2 recurses, so Python's default recursion limit stops it at about
+  996 levels when encoding and about 498 (lists, tuples) or 995 (dicts) when
+  decoding; both directions here are iterative and reach the limit itself.
+* **Memory**: the decoder keeps an estimate of the memory of the objects it
+  has made (CPython's 64-bit sizes: a string of 2 or more UTF-8 bytes 56
+  plus its length; a list 56 when empty, 88 up to 4 items, 104 plus 9 per
+  item above that, as appending leaves room for an eighth more; a tuple 40
+  plus 8 per item; a dict 64 when empty, 232 up to 5 items, 360 up to 10, 64
+  plus 60 per item above that; None, bools, ``()``, ``""`` and one-character
+  ASCII strings are shared objects and cost nothing). The estimate grows
+  when a string is decoded and when a container is complete, and each time
+  it must stay within ``memory_ratio - 4`` bytes per input byte read so far
+  plus ``memory_allowance`` (defaults :data:`MEMORY_RATIO` = 30 and
+  :data:`MEMORY_ALLOWANCE` = 1 MiB); else the data is refused there. The 4
+  are for numbers, which are not counted one by one (an int or float takes
+  32 bytes, 40 beyond 2**60, for its 9 input bytes). On top of the estimate,
+  decoding holds the item lists of containers not yet complete (up to 9
+  bytes per item) and about 150 bytes per level of nesting.
+
+  Realistic data stays inside the bound by itself: lists of floats take 4-6
+  bytes of memory per input byte, lists of names or docstrings 1-7, records
+  (small dicts with short keys) 9-13, dicts keyed by ints, floats or tuples
+  5-11, and the costliest realistic shapes found 15-22: lists of one- or
+  two-character strings, of one-item dicts, and of one-item lists of short
+  strings (what ``tolist()`` makes of a column of codes). Floods of empty or
+  one-item containers, and chains of containers each holding the next, cost
+  28-60 bytes per byte (yoton 2.2 decodes them into 32-58 times their size):
+  they are refused as soon as their excess over the ratio has used up the
+  allowance: within their first 520 KB, holding at most 17 MB (empty lists,
+  the cheapest; the others sooner). Up to about 17 KB, any shape decodes
+  (the allowance covers it).
+* **Garbage collection**: making hundreds of thousands of containers sets
+  off Python's cyclic garbage collector over and over, which made decoding
+  container-heavy data up to 6 times slower; while a body of 64 KiB or more
+  is decoded, automatic collection is paused (turned back on after, unless
+  it was off to begin with).
+
+So the memory and time decoding takes are linear in the size of the data,
+within a small factor of what realistic data of that size takes.
+
+Encoding refuses unsupported types, integers outside signed 64 bits,
+strings that cannot be UTF-8 encoded, and nesting deeper than ``max_depth``
+(cycles included) with :class:`ValueError`.
 """
 
 from __future__ import annotations
 
+import gc
 import struct
+import sys
+import threading
 from itertools import chain
 
-__all__ = ["MAX_DEPTH", "encode_object", "decode_object"]
+__all__ = ["MAX_DEPTH", "MEMORY_RATIO", "MEMORY_ALLOWANCE", "encode_object", "decode_object"]
 
 MAX_DEPTH = 1000
 """Default limit on how many containers may be nested inside each other (yoton 2.2 reaches ~996)."""
 
+MEMORY_RATIO = 30
+"""Default for ``decode_object(memory_ratio=...)``: bytes of decoded objects allowed per input byte read."""
+
+MEMORY_ALLOWANCE = 1 << 20
+"""Default for ``decode_object(memory_allowance=...)``: bytes allowed on top of the ratio, whatever the size."""
+
 _CYCLE_CHECK_DEPTH = 1024  # encoding deeper than this looks for cycles
+_NUMBER_RESERVE = 4  # bytes per input byte kept back from the ratio for the uncounted numbers
+_GC_PAUSE_MIN = 1 << 16  # bodies at least this large are decoded with automatic GC paused
 
 _TAG_NONE, _TAG_BOOL, _TAG_INT, _TAG_FLOAT = 0x6E, 0x62, 0x69, 0x66
 _TAG_STR, _TAG_LIST, _TAG_TUPLE, _TAG_DICT = 0x73, 0x6C, 0x74, 0x64
@@ -55,6 +107,7 @@ _pack_long_head = struct.Struct("<BBQ").pack
 _unpack_int = struct.Struct("<q").unpack_from
 _unpack_float = struct.Struct("<d").unpack_from
 _unpack_count = struct.Struct("<Q").unpack_from
+_unpack = struct.unpack
 _flatten = chain.from_iterable
 
 
@@ -68,6 +121,7 @@ _LIST_HEADS = _short_heads(_TAG_LIST)
 _TUPLE_HEADS = _short_heads(_TAG_TUPLE)
 _DICT_HEADS = _short_heads(_TAG_DICT)
 _NONE = b"n"
+_ASCII = tuple(chr(b) if b < 0x80 else None for b in range(256))  # one-byte strings
 _TRUE = b"b\x01"
 _FALSE = b"b\x00"
 
@@ -200,10 +254,18 @@ class _Malformed(Exception):
     """Internal: carries a decode error message up to decode_object."""
 
 
-def decode_object(data, *, max_depth: int = MAX_DEPTH):
+class _Refused(Exception):
+    """Internal: well-formed data refused because of what decoding it would cost."""
+
+
+def decode_object(data, *, max_depth: int = MAX_DEPTH, memory_ratio: int = MEMORY_RATIO,
+                  memory_allowance: int = MEMORY_ALLOWANCE):
     """Decode one value from ``data`` (bytes, bytearray or memoryview).
 
-    Empty data decodes to None. Any malformed input raises ValueError.
+    Empty data decodes to None. Raises ValueError for malformed data, for
+    nesting deeper than ``max_depth``, for data whose objects would take
+    more memory than ``memory_ratio`` bytes per input byte plus
+    ``memory_allowance`` (by the estimate and rules in the module docstring).
     """
     if type(data) is not bytes:
         try:
@@ -216,59 +278,101 @@ def decode_object(data, *, max_depth: int = MAX_DEPTH):
     if not end:
         return None
     try:
-        value, pos = _decode(data, 0, end, max_depth)
+        if end < _GC_PAUSE_MIN:
+            value, pos = _decode(data, end, max_depth, memory_ratio - _NUMBER_RESERVE, memory_allowance)
+        else:
+            value, pos = _decode_gc_paused(data, end, max_depth, memory_ratio - _NUMBER_RESERVE,
+                                           memory_allowance)
     except (IndexError, struct.error):
         raise ValueError("malformed OBJECT data: truncated") from None
     except _Malformed as e:
         raise ValueError(f"malformed OBJECT data: {e}") from None
+    except _Refused as e:
+        raise ValueError(f"OBJECT data refused: {e}") from None
     if pos != end:
         raise ValueError(f"malformed OBJECT data: {end - pos} trailing bytes after the value")
     return value
 
 
-def _decode(buf, pos, end, max_depth):
-    """Decode the value starting at ``buf[pos]``; return ``(value, next_pos)``.
+def _decode_gc_paused(*args):
+    """_decode with automatic garbage collection paused (see the module docstring)."""
+    if not _pause_gc():
+        return _decode(*args)
+    try:
+        return _decode(*args)
+    finally:
+        _resume_gc()
+
+
+def _decode(buf, end, max_depth, ratio, allowance):
+    """Decode the value at the start of ``buf``; return ``(value, next_pos)``.
 
     Iterative, so deep input cannot exhaust the Python stack. Running off
     the end shows up as IndexError or struct.error, which decode_object
     reports as truncation.
+
+    ``spent`` is the estimated memory of the objects completed so far (see
+    the module docstring): a string when decoded, a container when its last
+    item is in. Each time it grows it is checked against ``ratio`` bytes per
+    byte read so far plus ``allowance`` (``limit`` caches that bound as of an
+    earlier offset; it only grows, so the exact bound is worked out only when
+    ``spent`` passes the cached one).
     """
+    pos = 0
+    spent = 0
+    limit = allowance
     stack = []  # the enclosing containers' (items, remaining, tag)
-    items = None  # items collected so far for the innermost open container
-    remaining = 0  # items it still needs (dicts count keys and values)
-    ctag = 0  # its tag
+    # The innermost open container: the items collected so far, how many it
+    # still needs (dicts count keys and values) and its tag. The outermost is a
+    # stand-in (tag 0) that takes the one top-level value.
+    items = []
+    remaining = 1
+    ctag = 0
     while True:
         tag = buf[pos]
         pos += 1
-        if tag == 0x69:  # int
-            value = _unpack_int(buf, pos)[0]
-            pos += 8
-        elif tag == 0x73:  # str
+        if tag == 0x73:  # str
             n = buf[pos]
             pos += 1
-            if n == _LONG:
-                n = _unpack_count(buf, pos)[0]
-                pos += 8
-            stop = pos + n
-            if stop > end:
-                raise _Malformed(f"string of {n} bytes at offset {pos} runs past the end")
-            try:
-                value = buf[pos:stop].decode()
-            except UnicodeDecodeError as e:
-                raise _Malformed(f"invalid UTF-8 in string at offset {pos}: {e.reason}") from None
-            pos = stop
-        elif tag == 0x6E:  # None
-            value = None
+            if n > 1:
+                if n == _LONG:
+                    n = _unpack_count(buf, pos)[0]
+                    pos += 8
+                stop = pos + n
+                if stop > end:
+                    raise _Malformed(f"string of {n} bytes at offset {pos} runs past the end")
+                try:
+                    value = buf[pos:stop].decode()
+                except UnicodeDecodeError as e:
+                    raise _Malformed(f"invalid UTF-8 in string at offset {pos}: {e.reason}") from None
+                pos = stop
+                spent += 56 + n
+                if spent > limit:
+                    limit = ratio * pos + allowance
+                    if spent > limit:
+                        raise _Refused(_over_budget(ratio, allowance, pos))
+            elif n:  # one ASCII character: a shared object
+                value = _ASCII[buf[pos]]
+                if value is None:
+                    raise _Malformed(f"invalid UTF-8 in string at offset {pos}: invalid start byte")
+                pos += 1
+            else:
+                value = ""
+        elif tag == 0x69:  # int
+            value = _unpack_int(buf, pos)[0]
+            pos += 8
         elif tag == 0x66:  # float
             value = _unpack_float(buf, pos)[0]
             pos += 8
+        elif tag == 0x6E:  # None
+            value = None
         elif tag == 0x62:  # bool
             b = buf[pos]
             if b > 1:
                 raise _Malformed(f"bool byte {b} at offset {pos} is not 0 or 1")
             value = b == 1
             pos += 1
-        elif tag == 0x6C or tag == 0x74 or tag == 0x64:  # list, tuple, dict
+        elif tag == 0x6C or tag == 0x74:  # list, tuple
             if len(stack) >= max_depth:
                 raise _Malformed(f"containers nest deeper than {max_depth} at offset {pos - 1}")
             n = buf[pos]
@@ -276,34 +380,170 @@ def _decode(buf, pos, end, max_depth):
             if n == _LONG:
                 n = _unpack_count(buf, pos)[0]
                 pos += 8
-            if tag == 0x64:
-                n *= 2
             if n > end - pos:  # every item takes at least one byte
                 raise _Malformed(f"container at offset {pos} claims more items than the data holds")
-            if n:
+            if not n:
+                if tag == 0x6C:
+                    value = []
+                    spent += 56
+                    if spent > limit:
+                        limit = ratio * pos + allowance
+                        if spent > limit:
+                            raise _Refused(_over_budget(ratio, allowance, pos))
+                else:
+                    value = ()  # a shared object
+            else:
+                first = buf[pos]
+                if first == 0x73:  # strings first: take them in one go
+                    run = []
+                    k = 0
+                    while True:
+                        pos += 1
+                        m = buf[pos]
+                        pos += 1
+                        if m > 1:
+                            if m == _LONG:
+                                m = _unpack_count(buf, pos)[0]
+                                pos += 8
+                            stop = pos + m
+                            if stop > end:
+                                raise _Malformed(f"string of {m} bytes at offset {pos} runs past the end")
+                            try:
+                                run.append(buf[pos:stop].decode())
+                            except UnicodeDecodeError as e:
+                                raise _Malformed(f"invalid UTF-8 in string at offset {pos}: {e.reason}") from None
+                            pos = stop
+                            spent += 56 + m
+                            if spent > limit:
+                                limit = ratio * pos + allowance
+                                if spent > limit:
+                                    raise _Refused(_over_budget(ratio, allowance, pos))
+                        elif m:
+                            value = _ASCII[buf[pos]]
+                            if value is None:
+                                raise _Malformed(f"invalid UTF-8 in string at offset {pos}: invalid start byte")
+                            run.append(value)
+                            pos += 1
+                        else:
+                            run.append("")
+                        k += 1
+                        if k == n or buf[pos] != 0x73:
+                            break
+                    if k < n:  # something else follows: go on item by item
+                        stack.append((items, remaining, ctag))
+                        items, remaining, ctag = run, n - k, tag
+                        continue
+                    value = run if tag == 0x6C else tuple(run)
+                elif n >= 8 and (first == 0x66 or first == 0x69) and buf[pos:pos + 9 * n:9].count(first) == n:
+                    # All numbers of one kind: unpack them in one go.
+                    stop = pos + 9 * n
+                    if stop > end:
+                        raise _Malformed(f"container at offset {pos} runs past the end")
+                    raw = bytearray(buf[pos:stop])
+                    del raw[::9]  # drop the tag bytes
+                    value = _unpack(("<%dd" if first == 0x66 else "<%dq") % n, raw)
+                    if tag == 0x6C:
+                        value = list(value)
+                    pos = stop
+                else:
+                    stack.append((items, remaining, ctag))
+                    items, remaining, ctag = [], n, tag
+                    continue
+                # A container completed in one go: count it.
+                spent += (104 + 9 * n if n > 4 else 88) if tag == 0x6C else 40 + 8 * n
+                if spent > limit:
+                    limit = ratio * pos + allowance
+                    if spent > limit:
+                        raise _Refused(_over_budget(ratio, allowance, pos))
+        elif tag == 0x64:  # dict
+            if len(stack) >= max_depth:
+                raise _Malformed(f"containers nest deeper than {max_depth} at offset {pos - 1}")
+            n = buf[pos]
+            pos += 1
+            if n == _LONG:
+                n = _unpack_count(buf, pos)[0]
+                pos += 8
+            if n + n > end - pos:  # every key and value takes at least one byte
+                raise _Malformed(f"container at offset {pos} claims more items than the data holds")
+            if not n:
+                value = {}
+                spent += 64
+                if spent > limit:
+                    limit = ratio * pos + allowance
+                    if spent > limit:
+                        raise _Refused(_over_budget(ratio, allowance, pos))
+            else:
                 stack.append((items, remaining, ctag))
-                items, remaining, ctag = [], n, tag
+                items, remaining, ctag = [], n + n, 0x64
                 continue
-            value = [] if tag == 0x6C else () if tag == 0x74 else {}
         else:
             raise _Malformed(f"unknown tag byte 0x{tag:02x} at offset {pos - 1}")
 
-        # Hand the value to the innermost container, closing those that fill up.
+        # Hand the value to the innermost container, closing (and counting) those that fill up.
+        items.append(value)
+        remaining -= 1
+        if remaining:
+            continue
         while True:
-            if not stack:
-                return value, pos
-            items.append(value)
-            remaining -= 1
-            if remaining:
-                break
             if ctag == 0x6C:
                 value = items
+                n = len(items)  # built by appending: room for up to n + n/8 + 6 items
+                spent += 104 + 9 * n if n > 4 else 88
             elif ctag == 0x74:
                 value = tuple(items)
-            else:
+                spent += 40 + 8 * len(value)
+            elif ctag == 0x64:
                 pairs = iter(items)
                 try:
                     value = dict(zip(pairs, pairs))
                 except TypeError:
                     raise _Malformed("dict key is unhashable") from None
+                n = len(items)  # twice the items
+                spent += 232 if n <= 10 else 360 if n <= 20 else 64 + 30 * n
+            else:
+                return items[0], pos
+            if spent > limit:
+                limit = ratio * pos + allowance
+                if spent > limit:
+                    raise _Refused(_over_budget(ratio, allowance, pos))
             items, remaining, ctag = stack.pop()
+            items.append(value)
+            remaining -= 1
+            if remaining:
+                break
+
+
+def _over_budget(ratio: int, allowance: int, pos: int) -> str:
+    return (f"the objects decoded from the first {pos} bytes would take more than "
+            f"{(ratio + _NUMBER_RESERVE) * pos + allowance} bytes of memory (memory_ratio = "
+            f"{ratio + _NUMBER_RESERVE} bytes per byte read plus memory_allowance = {allowance}); "
+            f"floods of empty or one-item containers cost that much")
+
+
+# -- garbage collection -------------------------------------------------------
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # decodes running with automatic collection paused
+
+
+def _pause_gc() -> bool:
+    """Pause automatic garbage collection for a large decode; return True if this call counts."""
+    global _gc_pausers
+    with _gc_lock:
+        if _gc_pausers:
+            _gc_pausers += 1
+            return True
+        if not gc.isenabled():
+            return False  # off already (by the application): leave it alone
+        gc.disable()
+        _gc_pausers = 1
+        return True
+
+
+def _resume_gc() -> None:
+    """End one pause; the last one to end turns automatic collection back on."""
+    global _gc_pausers
+    with _gc_lock:
+        _gc_pausers -= 1
+        if not _gc_pausers:
+            gc.enable()
