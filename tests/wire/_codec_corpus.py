@@ -9,8 +9,9 @@ ints, floats and tuples). The "worst" ones are the shapes that cost the
 most memory per input byte (lists of one- or two-character strings, lists
 of one-item dicts). Deterministic (fixed seeds), a few hundred KB in all.
 
-The hostile builders make the bodies of issue 19 row 8: floods of empty or
-one-item containers and chains of nested containers.
+The hostile builders make the bodies of issue 19 rows 8 and 9: floods of
+empty or one-item containers, chains of nested containers, and dict keys
+whose hashes are chosen to make Python's hash table degrade.
 """
 
 from __future__ import annotations
@@ -117,6 +118,97 @@ FLOODS = {
     "dicts of one-item lists": b"d\x01s\x00l\x01n",
 }
 """Items whose floods cost 30-60 bytes of memory per input byte (issue 19 row 8)."""
+
+_M64 = (1 << 64) - 1
+_P1, _P2, _P5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+_P = (1 << 61) - 1  # the modulus of int and float hashes
+
+
+def _rotl31(x: int) -> int:
+    return ((x << 31) | (x >> 33)) & _M64
+
+
+def colliding_pairs(count: int, target: int = 0x1234_5678_9ABC_DEF0) -> list:
+    """``count`` distinct tuples ``(a, b)`` of ints that all have hash ``target`` (issue 19 row 9).
+
+    CPython (3.8+) hashes a tuple with an xxHash-like mix of its items'
+    hashes, and an int's hash is the int itself (below 2**61 - 1), so for
+    any ``a`` the ``b`` giving a chosen hash can be solved for; about one
+    ``a`` in four gives a ``b`` that fits in 64 bits.
+    """
+    inv_p1, inv_p2 = pow(_P1, -1, 1 << 64), pow(_P2, -1, 1 << 64)
+    want = (target - (2 ^ (_P5 ^ 3527539))) & _M64  # before the length is mixed in
+    undo = (want * inv_p1) & _M64
+    undo = ((undo >> 31) | (undo << 33)) & _M64  # rotate right 31
+    out = []
+    a = 0
+    while len(out) < count:
+        a += 1
+        acc = (_rotl31((_P5 + a * _P2) & _M64) * _P1) & _M64
+        lane = ((undo - acc) * inv_p2) & _M64
+        b = lane if lane < _P else lane - (1 << 64)
+        if -_P < b < _P and b != -1:
+            out.append((a, b))
+    return out
+
+
+def walking_keys(table_bits: int = 12, seed: int = 7) -> list:
+    """Distinct ints (distinct hashes too) that make ``dict(zip(keys, ...))`` quadratic.
+
+    In a table of ``2**table_bits`` slots, a key whose hash is below
+    ``2**(table_bits + 3)`` tries at most three slots chosen by its hash bits
+    before CPython's probing falls back to one fixed cycle through the table
+    (``i = 5*i + 1``). The first keys fill a stretch of that cycle; each
+    later key is picked so that its three tries land on taken slots and the
+    last one inside the stretch, so it walks to the stretch's end and makes it
+    one longer: the walks add up to n**2/4 steps. No two keys share a hash,
+    so counting keys per hash value does not see this.
+    """
+    rng = random.Random(seed)
+    size = 1 << table_bits
+    mask = size - 1
+    usable = (size << 1) // 3
+    n = usable  # fill the table as far as CPython lets it before growing
+    cycle = [0]
+    for _ in range(size - 1):
+        cycle.append((cycle[-1] * 5 + 1) & mask)
+    where = {slot: t for t, slot in enumerate(cycle)}
+    taken = bytearray(size)
+    keys = []
+    start = rng.randrange(size)
+    end = start  # the stretch is cycle[start:end] (indices mod size)
+    for _ in range(n // 5):  # the stretch to begin with: keys placed straight on the cycle
+        slot = cycle[end % size]
+        keys.append(slot)
+        taken[slot] = 1
+        end += 1
+    # Hashes below 2**(table_bits + 3) (and 2**15) try three slots, then walk the cycle from the third.
+    assert table_bits + 3 <= 15
+    by_third = [[] for _ in range(size)]  # cycle position of the third try -> [(hash, 1st, 2nd)]
+    for h in range(size, 1 << (table_bits + 3)):
+        i0 = h & mask
+        i1 = (5 * i0 + (h >> 5) + 1) & mask
+        i2 = (5 * i1 + (h >> 10) + 1) & mask
+        by_third[where[i2]].append((h, i0, i1))
+    while len(keys) < n:
+        pick = None
+        for t in range(start, end):  # a third try early in the stretch: the longest walk
+            for entry in by_third[t % size]:
+                if taken[entry[1]] and taken[entry[2]]:
+                    pick = entry
+                    break
+            if pick:
+                by_third[t % size].remove(pick)
+                break
+        slot = cycle[end % size]  # where the key ends up: the first free slot after the stretch
+        keys.append(pick[0] if pick else slot)  # (nothing walks yet: lengthen the stretch directly)
+        taken[slot] = 1
+        end += 1
+        while taken[cycle[end % size]]:
+            end += 1
+    assert len(set(map(hash, keys))) == len(keys)
+    return keys
+
 
 if __name__ == "__main__":  # print the sizes and the memory each value takes per input byte
     import tracemalloc

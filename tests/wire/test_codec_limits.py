@@ -1,17 +1,21 @@
-"""The OBJECT decoder's budget: hostile bodies (issue 19 row 8) are refused cheaply,
+"""The OBJECT decoder's budget: hostile bodies (issue 19 rows 8 and 9) are refused cheaply,
 realistic data still decodes, and large bodies decode without the cyclic GC running."""
 
 from __future__ import annotations
 
 import gc
+import random
 import re
 import threading
+import timeit
 import tracemalloc
 
 import pytest
 
 import _codec_corpus as corpus
-from yoton.wire.codec import MEMORY_ALLOWANCE, MEMORY_RATIO, decode_object, encode_object
+from yoton.wire.codec import (
+    HASH_CHECK_MIN, MEMORY_ALLOWANCE, MEMORY_RATIO, decode_object, encode_object,
+)
 
 MiB = 1 << 20
 REALISTIC = corpus.realistic()
@@ -175,3 +179,53 @@ def test_gc_back_on_after_concurrent_decodes_and_errors():
         t.join(30)
     assert len(errors) == 10
     assert gc.isenabled()
+
+
+# -- issue 19 row 9: dict keys that flood the hash table -------------------------------------
+
+
+def test_keys_sharing_one_hash_are_refused():
+    """5,000 tuple keys with one hash: 0.1 s of GIL-holding dict() here (13 s for 1.2 MB in the report)."""
+    pairs = corpus.colliding_pairs(5000)
+    assert len({hash(p) for p in pairs}) == 1 and len(set(pairs)) == 5000  # the attack works on this Python
+    data = encode_object(dict.fromkeys(pairs))
+    with pytest.raises(ValueError, match="refused: a dict has more than 8 keys with one hash value"):
+        decode_object(data)
+    # Just above the size where keys are looked at, and as the keys of a dict inside a list.
+    data = encode_object([{}, dict.fromkeys(pairs[:HASH_CHECK_MIN])])
+    with pytest.raises(ValueError, match="one hash value"):
+        decode_object(data)
+    assert len(decode_object(encode_object(dict.fromkeys(pairs[:HASH_CHECK_MIN - 1])))) == HASH_CHECK_MIN - 1
+
+
+def test_keys_that_walk_one_long_run_are_refused():
+    """Distinct hashes, chosen so that every key probes through all the keys before it."""
+    keys = corpus.walking_keys()
+    assert len({hash(k) for k in keys}) == len(keys) > 2000
+    # The attack is real: CPython's own dict takes many times as long as for as many ordinary keys.
+    rng = random.Random(1)
+    plain = [rng.randrange(2**60) for _ in keys]
+    slow = min(timeit.repeat(lambda: dict.fromkeys(keys), number=1, repeat=5))
+    fast = min(timeit.repeat(lambda: dict.fromkeys(plain), number=1, repeat=5))
+    assert slow > 5 * fast, (slow, fast)
+    with pytest.raises(ValueError, match="refused: a dict of 2730 keys whose hashes are chosen to collide"):
+        decode_object(encode_object(dict.fromkeys(keys)))
+
+
+@pytest.mark.parametrize("keys", [
+    pytest.param(list(range(5000)), id="consecutive ints"),
+    pytest.param([-i for i in range(5000)], id="negative ints"),
+    pytest.param([i << 20 for i in range(3000)], id="ints 2**20 apart"),
+    pytest.param([i << 40 for i in range(3000)], id="ints 2**40 apart"),
+    pytest.param([1_700_000_000_000_000_000 + i * 10**9 for i in range(3000)], id="timestamps in ns"),
+    pytest.param(sorted({random.Random(i).randrange(-2**63, 2**63) for i in range(3000)}), id="random 64-bit ints"),
+    pytest.param([random.Random(3).random() for _ in range(3000)], id="floats in [0, 1)"),
+    pytest.param([i / 4 for i in range(3000)], id="quarters"),
+    pytest.param([(i, j) for i in range(60) for j in range(60)], id="int pairs"),
+    pytest.param([(random.Random(i).random(), "x") for i in range(3000)], id="float-str pairs"),
+    pytest.param([i if i % 2 else str(i) for i in range(3000)], id="ints and strings"),
+    pytest.param([None, True, 0.5] + list(range(2, 2000)), id="None, bools and ints"),
+])
+def test_ordinary_keys_pass_the_check(keys):
+    value = dict.fromkeys(keys, 1)
+    assert decode_object(encode_object(value)) == value

@@ -60,6 +60,23 @@ normally does:
   allowance: within their first 520 KB, holding at most 17 MB (empty lists,
   the cheapest; the others sooner). Up to about 17 KB, any shape decodes
   (the allowance covers it).
+* **Hash flooding**: the hashes of ints, floats, None, bools and tuples of
+  them are not randomized, so a peer can pick dict keys that make Python's
+  hash table degrade to a search through all earlier keys per key (5,000
+  tuple keys with one hash held the GIL for 0.1 s, a 1.2 MB dict for 13 s).
+  CPython puts a key in slot ``hash & mask``; if that is taken it tries
+  further slots mixing in 5 more bits of the hash each time, and once the
+  bits are used up (after at most 12 tries) it walks one fixed cycle
+  through the table. For a dict of :data:`HASH_CHECK_MIN` (128) or more
+  items whose keys are not all strings (string hashes are secret, unless
+  ``PYTHONHASHSEED`` turned randomization off), the decoder refuses more
+  than 8 keys with one hash value (each new one is compared with all the
+  others); from 1024 keys it also replays how CPython will place them and
+  refuses keys that walk the cycle more than ``n + 256`` steps in all.
+  Ordinary keys (ints in steps of 1 to 2**40, timestamps, floats, tuples)
+  walk under 0.2 steps per key; keys chosen to follow each other along the
+  cycle walk ``n**2 / 4``. Smaller dicts cost at most ``n**2 / 2`` cheap
+  steps (under 1 ms).
 * **Garbage collection**: making hundreds of thousands of containers sets
   off Python's cyclic garbage collector over and over, which made decoding
   container-heavy data up to 6 times slower; while a body of 64 KiB or more
@@ -81,8 +98,9 @@ import struct
 import sys
 import threading
 from itertools import chain
+from operator import eq as _eq
 
-__all__ = ["MAX_DEPTH", "MEMORY_RATIO", "MEMORY_ALLOWANCE", "encode_object", "decode_object"]
+__all__ = ["MAX_DEPTH", "MEMORY_RATIO", "MEMORY_ALLOWANCE", "HASH_CHECK_MIN", "encode_object", "decode_object"]
 
 MAX_DEPTH = 1000
 """Default limit on how many containers may be nested inside each other (yoton 2.2 reaches ~996)."""
@@ -92,6 +110,9 @@ MEMORY_RATIO = 30
 
 MEMORY_ALLOWANCE = 1 << 20
 """Default for ``decode_object(memory_allowance=...)``: bytes allowed on top of the ratio, whatever the size."""
+
+HASH_CHECK_MIN = 128
+"""Dicts with at least this many items and keys that are not all strings have their keys' hashes checked."""
 
 _CYCLE_CHECK_DEPTH = 1024  # encoding deeper than this looks for cycles
 _NUMBER_RESERVE = 4  # bytes per input byte kept back from the ratio for the uncounted numbers
@@ -265,7 +286,8 @@ def decode_object(data, *, max_depth: int = MAX_DEPTH, memory_ratio: int = MEMOR
     Empty data decodes to None. Raises ValueError for malformed data, for
     nesting deeper than ``max_depth``, for data whose objects would take
     more memory than ``memory_ratio`` bytes per input byte plus
-    ``memory_allowance`` (by the estimate and rules in the module docstring).
+    ``memory_allowance`` (by the estimate and rules in the module docstring),
+    and for dicts whose keys would flood Python's hash table.
     """
     if type(data) is not bytes:
         try:
@@ -302,6 +324,9 @@ def _decode_gc_paused(*args):
         return _decode(*args)
     finally:
         _resume_gc()
+
+
+# Internal tag 0x44: a dict big enough to have its keys checked before it is built.
 
 
 def _decode(buf, end, max_depth, ratio, allowance):
@@ -474,7 +499,7 @@ def _decode(buf, end, max_depth, ratio, allowance):
                         raise _Refused(_over_budget(ratio, allowance, pos))
             else:
                 stack.append((items, remaining, ctag))
-                items, remaining, ctag = [], n + n, 0x64
+                items, remaining, ctag = [], n + n, 0x44 if n >= HASH_CHECK_MIN else 0x64
                 continue
         else:
             raise _Malformed(f"unknown tag byte 0x{tag:02x} at offset {pos - 1}")
@@ -500,6 +525,11 @@ def _decode(buf, end, max_depth, ratio, allowance):
                     raise _Malformed("dict key is unhashable") from None
                 n = len(items)  # twice the items
                 spent += 232 if n <= 10 else 360 if n <= 20 else 64 + 30 * n
+            elif ctag == 0x44:
+                _check_keys(items)
+                pairs = iter(items)
+                value = dict(zip(pairs, pairs))
+                spent += 64 + 30 * len(items)
             else:
                 return items[0], pos
             if spent > limit:
@@ -518,6 +548,102 @@ def _over_budget(ratio: int, allowance: int, pos: int) -> str:
             f"{(ratio + _NUMBER_RESERVE) * pos + allowance} bytes of memory (memory_ratio = "
             f"{ratio + _NUMBER_RESERVE} bytes per byte read plus memory_allowance = {allowance}); "
             f"floods of empty or one-item containers cost that much")
+
+
+# -- hash flooding ------------------------------------------------------------
+
+_STR_HASH_RANDOM = bool(sys.flags.hash_randomization)
+_HASH_MASK = (1 << sys.hash_info.width) - 1  # a hash as the unsigned number dict probing uses
+_SAME_HASH_MAX = 8  # keys sharing one hash value: each is compared with the others on insertion
+_REPLAY_MIN = 1024  # from this many keys, CPython's placement of them is replayed
+_WALK_PER_KEY, _WALK_BASE = 1, 256  # cycle-walk probes allowed (ordinary keys make almost none)
+
+
+def _check_keys(items: list) -> None:
+    """Refuse the dict made of these alternating keys and values if its keys would flood a hash table.
+
+    Two ways make building a dict quadratic (see the module docstring):
+    many keys with one hash value, each compared with all the others on
+    insertion, and keys whose tries all land on taken slots so that each
+    walks the table's fallback cycle through a long run of earlier keys. The
+    first is counted directly; for the second, dicts of :data:`_REPLAY_MIN`
+    keys or more are placed the way CPython will place them. Smaller dicts
+    cost at most ``n**2 / 2`` cheap steps whatever their keys.
+    """
+    keys = items[0::2]
+    if _STR_HASH_RANDOM:
+        try:
+            "".join(keys)
+        except TypeError:
+            pass
+        else:
+            return  # all strings: their hashes are secret
+    try:
+        hashes = list(map(hash, keys))
+    except TypeError:
+        raise _Malformed("dict key is unhashable") from None
+    ordered = sorted(hashes)
+    if any(map(_eq, ordered, ordered[_SAME_HASH_MAX:])):
+        raise _Refused(f"a dict has more than {_SAME_HASH_MAX} keys with one hash value "
+                       f"(building it would compare each with all the others)")
+    n = len(keys)
+    if n >= _REPLAY_MIN:
+        limit = _WALK_PER_KEY * n + _WALK_BASE
+        distinct = not any(map(_eq, ordered, ordered[1:]))
+        if _walk_steps(keys, hashes, distinct, limit) > limit:
+            raise _Refused(f"a dict of {n} keys whose hashes are chosen to collide (placing them "
+                           f"in a hash table would take more than {limit} extra steps)")
+
+
+def _walk_steps(keys: list, hashes: list, distinct: bool, limit: int) -> int:
+    """Replay how CPython builds ``dict(zip(keys, ...))``; return its cycle-walk steps.
+
+    The table starts with 8 slots and doubles when a new key finds it
+    two-thirds full; each time, the keys so far are placed again, in order.
+    A key equal to one already placed takes no slot. Stops once past
+    ``limit``. ``distinct``: all hashes differ (then a table that the first
+    keys' hashes span less than cannot see a collision, and is skipped).
+    """
+    n = len(keys)
+    steps = 0
+    size = 8
+    while True:
+        mask = size - 1
+        usable = (size << 1) // 3
+        head = n if n < usable else usable
+        if distinct and max(hashes[:head]) - min(hashes[:head]) < size:
+            if head == n:
+                return steps
+            size <<= 1
+            continue
+        slots = [-1] * size
+        placed = 0
+        for j, i in enumerate(map(mask.__and__, hashes)):
+            ix = slots[i]
+            if ix >= 0:
+                h = hashes[j]
+                perturb = h & _HASH_MASK
+                while True:
+                    if hashes[ix] == h and (keys[ix] is keys[j] or keys[ix] == keys[j]):
+                        break  # the same key again: it takes no new slot
+                    perturb >>= 5
+                    if not perturb:
+                        steps += 1
+                    i = (i * 5 + perturb + 1) & mask
+                    ix = slots[i]
+                    if ix < 0:
+                        break
+                if steps > limit:
+                    return steps
+                if ix >= 0:
+                    continue
+            if placed == usable:
+                break  # full: CPython grows the table and places everything again
+            slots[i] = j
+            placed += 1
+        else:
+            return steps
+        size <<= 1
 
 
 # -- garbage collection -------------------------------------------------------
