@@ -34,24 +34,29 @@ normally does:
   decoding; both directions here are iterative and reach the limit itself.
 * **Memory**: the decoder keeps an estimate of the memory of the objects it
   has made (CPython's 64-bit sizes: a string of 2 or more UTF-8 bytes 56
-  plus its length; a list 56 when empty, 88 up to 4 items, 104 plus 9 per
-  item above that, as appending leaves room for an eighth more; a tuple 40
-  plus 8 per item; a dict 64 when empty, 232 up to 5 items, 360 up to 10, 64
-  plus 60 per item above that; None, bools, ``()``, ``""`` and one-character
-  ASCII strings are shared objects and cost nothing). The estimate grows
-  when a string is decoded and when a container is complete, and each time
-  it must stay within ``memory_ratio - 4`` bytes per input byte read so far
-  plus ``memory_allowance`` (defaults :data:`MEMORY_RATIO` = 30 and
-  :data:`MEMORY_ALLOWANCE` = 1 MiB); else the data is refused there. The 4
-  are for numbers, which are not counted one by one (an int or float takes
-  32 bytes, 40 beyond 2**60, for its 9 input bytes). On top of the estimate,
-  decoding holds the item lists of containers not yet complete (up to 9
-  bytes per item) and about 150 bytes per level of nesting.
+  plus its length; a list 56 when empty, 88 up to 4 items, 120 up to 8, 184
+  up to 16, 104 plus 9 per item above that, as appending leaves room for an
+  eighth more; a tuple 40 plus 8 per item; a dict 64 when empty, 232 up to 5
+  items, 360 up to 8, 64 plus 60 per item above that; None, bools, ``()``,
+  ``""`` and one-character ASCII strings are shared objects and cost
+  nothing). A string counts when decoded, a container of up to 16 items (8
+  pairs) when it opens, a larger one when it is complete (so that its items'
+  bytes are read first). Whenever a container counts, and at the end, the
+  estimate must be within ``memory_ratio - 4`` bytes per input byte read so
+  far plus ``memory_allowance`` (defaults :data:`MEMORY_RATIO` = 30 and
+  :data:`MEMORY_ALLOWANCE` = 1 MiB), else the data is refused there. (A
+  string takes at most 14.5 bytes per byte, so between those checks it
+  cannot break the default bound.) The 4 are for numbers, which are not
+  counted one by one (an int or float takes 32 bytes, 40 beyond 2**60, for
+  its 9 input bytes). On top of the estimate, decoding holds the item lists
+  of large containers not yet complete (up to 9 bytes per item) and about
+  150 bytes per level of nesting.
 
-  Realistic data stays inside the bound by itself: lists of floats take 4-6
-  bytes of memory per input byte, lists of names or docstrings 1-7, records
-  (small dicts with short keys) 9-13, dicts keyed by ints, floats or tuples
-  5-11, and the costliest realistic shapes found 15-22: lists of one- or
+  Realistic data stays inside the bound by itself (but for a few KB while
+  the small containers at its start open): lists of floats take 4-6 bytes
+  of memory per input byte, lists of names or docstrings 1-7, records (small
+  dicts with short keys) 9-13, dicts keyed by ints, floats or tuples 5-11,
+  and the costliest realistic shapes found 15-22: lists of one- or
   two-character strings, of one-item dicts, and of one-item lists of short
   strings (what ``tolist()`` makes of a column of codes). Floods of empty or
   one-item containers, and chains of containers each holding the next, cost
@@ -326,7 +331,8 @@ def _decode_gc_paused(*args):
         _resume_gc()
 
 
-# Internal tag 0x44: a dict big enough to have its keys checked before it is built.
+# Internal tags of containers with more than 16 items (8 pairs), counted when complete.
+_BIG_LIST, _BIG_TUPLE, _BIG_DICT, _HUGE_DICT = 0x4C, 0x54, 0x45, 0x44  # (huge: keys checked first)
 
 
 def _decode(buf, end, max_depth, ratio, allowance):
@@ -336,12 +342,15 @@ def _decode(buf, end, max_depth, ratio, allowance):
     the end shows up as IndexError or struct.error, which decode_object
     reports as truncation.
 
-    ``spent`` is the estimated memory of the objects completed so far (see
-    the module docstring): a string when decoded, a container when its last
-    item is in. Each time it grows it is checked against ``ratio`` bytes per
-    byte read so far plus ``allowance`` (``limit`` caches that bound as of an
-    earlier offset; it only grows, so the exact bound is worked out only when
-    ``spent`` passes the cached one).
+    ``spent`` is the estimated memory of the objects made so far (see the
+    module docstring). A string counts when decoded; a container of up to
+    16 items (8 pairs) when it opens, a larger one when it is complete, so a
+    large container is backed by its items' bytes before it counts. Whenever
+    a container counts, and at the end, ``spent`` must be within ``ratio``
+    bytes per byte read so far plus ``allowance``. (``limit`` caches that
+    bound as of an earlier offset: it only grows, so the exact bound is
+    worked out only when ``spent`` passes the cached one. Strings need no
+    check of their own while ``ratio`` is above their 14.5 bytes per byte.)
     """
     pos = 0
     spent = 0
@@ -372,10 +381,6 @@ def _decode(buf, end, max_depth, ratio, allowance):
                     raise _Malformed(f"invalid UTF-8 in string at offset {pos}: {e.reason}") from None
                 pos = stop
                 spent += 56 + n
-                if spent > limit:
-                    limit = ratio * pos + allowance
-                    if spent > limit:
-                        raise _Refused(_over_budget(ratio, allowance, pos))
             elif n:  # one ASCII character: a shared object
                 value = _ASCII[buf[pos]]
                 if value is None:
@@ -407,16 +412,16 @@ def _decode(buf, end, max_depth, ratio, allowance):
                 pos += 8
             if n > end - pos:  # every item takes at least one byte
                 raise _Malformed(f"container at offset {pos} claims more items than the data holds")
-            if not n:
-                if tag == 0x6C:
-                    value = []
-                    spent += 56
+            if n <= 16:
+                # A list is built by appending: room for 4, 8 or 16 items.
+                spent += (56 if not n else 88 if n <= 4 else 120 if n <= 8 else 184) if tag == 0x6C \
+                    else 40 + 8 * n if n else 0
+                if spent > limit:
+                    limit = ratio * pos + allowance
                     if spent > limit:
-                        limit = ratio * pos + allowance
-                        if spent > limit:
-                            raise _Refused(_over_budget(ratio, allowance, pos))
-                else:
-                    value = ()  # a shared object
+                        raise _Refused(_over_budget(ratio, allowance, pos))
+            if not n:
+                value = [] if tag == 0x6C else ()
             else:
                 first = buf[pos]
                 if first == 0x73:  # strings first: take them in one go
@@ -439,10 +444,6 @@ def _decode(buf, end, max_depth, ratio, allowance):
                                 raise _Malformed(f"invalid UTF-8 in string at offset {pos}: {e.reason}") from None
                             pos = stop
                             spent += 56 + m
-                            if spent > limit:
-                                limit = ratio * pos + allowance
-                                if spent > limit:
-                                    raise _Refused(_over_budget(ratio, allowance, pos))
                         elif m:
                             value = _ASCII[buf[pos]]
                             if value is None:
@@ -456,7 +457,8 @@ def _decode(buf, end, max_depth, ratio, allowance):
                             break
                     if k < n:  # something else follows: go on item by item
                         stack.append((items, remaining, ctag))
-                        items, remaining, ctag = run, n - k, tag
+                        items, remaining = run, n - k
+                        ctag = tag if n <= 16 else _BIG_LIST if tag == 0x6C else _BIG_TUPLE
                         continue
                     value = run if tag == 0x6C else tuple(run)
                 elif n >= 8 and (first == 0x66 or first == 0x69) and buf[pos:pos + 9 * n:9].count(first) == n:
@@ -472,14 +474,15 @@ def _decode(buf, end, max_depth, ratio, allowance):
                     pos = stop
                 else:
                     stack.append((items, remaining, ctag))
-                    items, remaining, ctag = [], n, tag
+                    items, remaining = [], n
+                    ctag = tag if n <= 16 else _BIG_LIST if tag == 0x6C else _BIG_TUPLE
                     continue
-                # A container completed in one go: count it.
-                spent += (104 + 9 * n if n > 4 else 88) if tag == 0x6C else 40 + 8 * n
-                if spent > limit:
-                    limit = ratio * pos + allowance
+                if n > 16:  # a large container completed in one go: count it now
+                    spent += 104 + 9 * n if tag == 0x6C else 40 + 8 * n
                     if spent > limit:
-                        raise _Refused(_over_budget(ratio, allowance, pos))
+                        limit = ratio * pos + allowance
+                        if spent > limit:
+                            raise _Refused(_over_budget(ratio, allowance, pos))
         elif tag == 0x64:  # dict
             if len(stack) >= max_depth:
                 raise _Malformed(f"containers nest deeper than {max_depth} at offset {pos - 1}")
@@ -490,21 +493,26 @@ def _decode(buf, end, max_depth, ratio, allowance):
                 pos += 8
             if n + n > end - pos:  # every key and value takes at least one byte
                 raise _Malformed(f"container at offset {pos} claims more items than the data holds")
-            if not n:
-                value = {}
-                spent += 64
+            if n <= 8:
+                spent += 64 if not n else 232 if n <= 5 else 360
                 if spent > limit:
                     limit = ratio * pos + allowance
                     if spent > limit:
                         raise _Refused(_over_budget(ratio, allowance, pos))
+                if not n:
+                    value = {}
+                else:
+                    stack.append((items, remaining, ctag))
+                    items, remaining, ctag = [], n + n, 0x64
+                    continue
             else:
                 stack.append((items, remaining, ctag))
-                items, remaining, ctag = [], n + n, 0x44 if n >= HASH_CHECK_MIN else 0x64
+                items, remaining, ctag = [], n + n, _HUGE_DICT if n >= HASH_CHECK_MIN else _BIG_DICT
                 continue
         else:
             raise _Malformed(f"unknown tag byte 0x{tag:02x} at offset {pos - 1}")
 
-        # Hand the value to the innermost container, closing (and counting) those that fill up.
+        # Hand the value to the innermost container, closing those that fill up.
         items.append(value)
         remaining -= 1
         if remaining:
@@ -512,30 +520,49 @@ def _decode(buf, end, max_depth, ratio, allowance):
         while True:
             if ctag == 0x6C:
                 value = items
-                n = len(items)  # built by appending: room for up to n + n/8 + 6 items
-                spent += 104 + 9 * n if n > 4 else 88
             elif ctag == 0x74:
                 value = tuple(items)
-                spent += 40 + 8 * len(value)
             elif ctag == 0x64:
-                pairs = iter(items)
-                try:
-                    value = dict(zip(pairs, pairs))
+                n = len(items)  # twice the pairs, at most 16
+                try:  # (a display builds a small dict several times faster than dict(zip(...)))
+                    if n == 2:
+                        value = {items[0]: items[1]}
+                    elif n == 4:
+                        value = {items[0]: items[1], items[2]: items[3]}
+                    elif n == 6:
+                        value = {items[0]: items[1], items[2]: items[3], items[4]: items[5]}
+                    elif n == 8:
+                        value = {items[0]: items[1], items[2]: items[3], items[4]: items[5], items[6]: items[7]}
+                    else:
+                        pairs = iter(items)
+                        value = dict(zip(pairs, pairs))
                 except TypeError:
                     raise _Malformed("dict key is unhashable") from None
-                n = len(items)  # twice the items
-                spent += 232 if n <= 10 else 360 if n <= 20 else 64 + 30 * n
-            elif ctag == 0x44:
-                _check_keys(items)
-                pairs = iter(items)
-                value = dict(zip(pairs, pairs))
-                spent += 64 + 30 * len(items)
-            else:
-                return items[0], pos
-            if spent > limit:
-                limit = ratio * pos + allowance
-                if spent > limit:
+            elif ctag == 0:
+                if spent > limit and spent > ratio * pos + allowance:
                     raise _Refused(_over_budget(ratio, allowance, pos))
+                return items[0], pos
+            else:  # a large container: count it now that its items' bytes are read
+                n = len(items)
+                if ctag == _BIG_LIST:
+                    value = items
+                    spent += 104 + 9 * n  # room for up to n + n/8 + 6 items
+                elif ctag == _BIG_TUPLE:
+                    value = tuple(items)
+                    spent += 40 + 8 * n
+                else:
+                    if ctag == _HUGE_DICT:
+                        _check_keys(items)
+                    pairs = iter(items)
+                    try:
+                        value = dict(zip(pairs, pairs))
+                    except TypeError:
+                        raise _Malformed("dict key is unhashable") from None
+                    spent += 64 + 30 * n
+                if spent > limit:
+                    limit = ratio * pos + allowance
+                    if spent > limit:
+                        raise _Refused(_over_budget(ratio, allowance, pos))
             items, remaining, ctag = stack.pop()
             items.append(value)
             remaining -= 1
