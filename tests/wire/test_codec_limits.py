@@ -4,11 +4,15 @@ realistic data still decodes, and large bodies decode without the cyclic GC runn
 from __future__ import annotations
 
 import gc
+import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import timeit
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,7 @@ from yoton.wire.codec import (
 )
 
 MiB = 1 << 20
+SRC = Path(__file__).resolve().parents[2] / "src"
 REALISTIC = corpus.realistic()
 
 
@@ -233,3 +238,17 @@ def test_keys_that_walk_one_long_run_are_refused():
 def test_ordinary_keys_pass_the_check(keys):
     value = dict.fromkeys(keys, 1)
     assert decode_object(encode_object(value)) == value
+
+
+@pytest.mark.parametrize("seed, secret", [(None, True), ("random", True), ("0", False), ("123", False)])
+def test_string_keys_are_checked_when_their_hashes_are_not_secret(seed, secret):
+    """With PYTHONHASHSEED fixed (randomization off, or a known seed), string keys are checked too."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    env["PYTHONPATH"] = str(SRC)  # this checkout's yoton
+    if seed is not None:
+        env["PYTHONHASHSEED"] = seed
+    code = ("from yoton.wire import codec; d = {str(i): i for i in range(2000)}; "
+            "assert codec.decode_object(codec.encode_object(d)) == d; print(codec._STR_HASH_RANDOM)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(secret)

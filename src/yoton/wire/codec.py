@@ -74,14 +74,14 @@ normally does:
   bits are used up (after at most 12 tries) it walks one fixed cycle
   through the table. For a dict of :data:`HASH_CHECK_MIN` (128) or more
   items whose keys are not all strings (string hashes are secret, unless
-  ``PYTHONHASHSEED`` turned randomization off), the decoder refuses more
-  than 8 keys with one hash value (each new one is compared with all the
-  others); from 1024 keys it also replays how CPython will place them and
-  refuses keys that walk the cycle more than ``n + 256`` steps in all.
-  Ordinary keys (ints in steps of 1 to 2**40, timestamps, floats, tuples)
-  walk under 0.2 steps per key; keys chosen to follow each other along the
-  cycle walk ``n**2 / 4``. Smaller dicts cost at most ``n**2 / 2`` cheap
-  steps (under 1 ms).
+  ``PYTHONHASHSEED`` fixed the seed: then strings count too), the decoder
+  refuses more than 8 keys with one hash value (each new one is compared
+  with all the others); from 1024 keys it also replays how CPython will
+  place them and refuses keys that walk the cycle more than ``n + 256``
+  steps in all. Ordinary keys (ints in steps of 1 to 2**40, timestamps,
+  floats, tuples) walk under 0.2 steps per key; keys chosen to follow each
+  other along the cycle walk ``n**2 / 4``. Smaller dicts cost at most
+  ``n**2 / 2`` cheap steps (under 1 ms).
 * **Garbage collection**: making hundreds of thousands of containers sets
   off Python's cyclic garbage collector over and over, which made decoding
   container-heavy data up to 6 times slower; while a body of 64 KiB or more
@@ -99,6 +99,7 @@ strings that cannot be UTF-8 encoded, and nesting deeper than ``max_depth``
 from __future__ import annotations
 
 import gc
+import os
 import struct
 import sys
 import threading
@@ -579,7 +580,8 @@ def _over_budget(ratio: int, allowance: int, pos: int) -> str:
 
 # -- hash flooding ------------------------------------------------------------
 
-_STR_HASH_RANDOM = bool(sys.flags.hash_randomization)
+# String hashes are secret unless PYTHONHASHSEED fixed the seed (0: no randomization; a number: known).
+_STR_HASH_RANDOM = bool(sys.flags.hash_randomization) and os.environ.get("PYTHONHASHSEED", "random") == "random"
 _HASH_MASK = (1 << sys.hash_info.width) - 1  # a hash as the unsigned number dict probing uses
 _SAME_HASH_MAX = 8  # keys sharing one hash value: each is compared with the others on insertion
 _REPLAY_MIN = 1024  # from this many keys, CPython's placement of them is replayed
