@@ -630,8 +630,9 @@ def _walk_steps(keys: list, hashes: list, distinct: bool, limit: int) -> int:
     The table starts with 8 slots and doubles when a new key finds it
     two-thirds full; each time, the keys so far are placed again, in order.
     A key equal to one already placed takes no slot. Stops once past
-    ``limit``. ``distinct``: all hashes differ (then a table that the first
-    keys' hashes span less than cannot see a collision, and is skipped).
+    ``limit``. ``distinct``: all hashes differ; then a table with more slots
+    than the spread of its keys' hashes holds them without a collision (as
+    consecutive ints do) and needs no replay.
     """
     n = len(keys)
     steps = 0
