@@ -10,7 +10,7 @@ falsifying example; the exit status is 1 if any target failed.
 
 Run from the repository root::
 
-    python -m bench.fuzz                          # 20,000 inputs per target (~12 targets)
+    python -m bench.fuzz                          # 20,000 inputs per target (~14 targets)
     python -m bench.fuzz --seconds 300            # or a time budget, shared by the targets
     python -m bench.fuzz --only codec_hostile,frames_hostile --examples 100000
     python -m bench.fuzz --list

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import struct
+import sys
 import time
 
 import pytest
@@ -115,19 +116,41 @@ def nested(depth, leaf=1):
 
 def test_depth_limits():
     ok = encode_object(nested(MAX_DEPTH))
-    assert decode_object(ok) == nested(MAX_DEPTH)
+    # (compared through their encodings: == on lists this deep would exhaust the stack)
+    assert encode_object(decode_object(ok)) == ok
     with pytest.raises(ValueError, match="deep"):
         encode_object(nested(MAX_DEPTH + 1))
     too_deep = b"l\x01" * (MAX_DEPTH + 1) + b"n"
     with pytest.raises(ValueError, match="deeper"):
         decode_object(too_deep)
-    assert decode_object(too_deep, max_depth=MAX_DEPTH + 1) == nested(MAX_DEPTH + 1, None)
+    assert encode_object(decode_object(too_deep, max_depth=MAX_DEPTH + 1), max_depth=MAX_DEPTH + 1) == too_deep
     assert encode_object(nested(3), max_depth=3)
     with pytest.raises(ValueError):
         encode_object(nested(3), max_depth=2)
     with pytest.raises(ValueError):
         decode_object(encode_object({"a": [()]}), max_depth=2)
     assert decode_object(encode_object({"a": [()]}), max_depth=3) == {"a": [()]}
+    with pytest.raises(ValueError, match="deep"):
+        encode_object([[]], max_depth=1)  # empty containers count too, both ways
+    with pytest.raises(ValueError, match="deeper"):
+        decode_object(b"l\x01l\x00", max_depth=1)
+
+
+def test_depth_limit_is_reached_whatever_the_recursion_limit():
+    """Encoding and decoding are iterative: MAX_DEPTH levels work even with a tiny recursion limit."""
+    value = nested(MAX_DEPTH, "leaf")
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100)
+    try:
+        data = encode_object(value)
+        back = decode_object(data)
+    finally:
+        sys.setrecursionlimit(old)
+    assert data == b"l\x01" * MAX_DEPTH + b"s\x04leaf"
+    for _ in range(MAX_DEPTH):
+        assert type(back) is list and len(back) == 1
+        back = back[0]
+    assert back == "leaf"
 
 
 def test_cycles_and_huge_limits_give_value_error():
@@ -135,16 +158,24 @@ def test_cycles_and_huge_limits_give_value_error():
     loop.append(loop)
     with pytest.raises(ValueError):
         encode_object(loop)
-    with pytest.raises(ValueError):
-        encode_object(loop, max_depth=10**9)  # the stack runs out first: still ValueError
+    with pytest.raises(ValueError, match="cyclic"):
+        encode_object(loop, max_depth=10**9)  # no stack to run out of: the cycle itself is found
     d = {}
-    d["me"] = d
+    d["me"] = [1, (d,)]
     with pytest.raises(ValueError):
         encode_object(d)
-    deep = b"t\x01" * 200_000 + b"n"
+    with pytest.raises(ValueError, match="cyclic"):
+        encode_object(d, max_depth=10**9)
+    # Deep but not cyclic (a list shared by two branches is no cycle) encodes with a big enough limit.
+    shared = [1]
+    deep = nested(5000, [shared, shared])
+    data = encode_object(deep, max_depth=5002)
+    assert data == b"l\x01" * 5000 + b"l\x02" + (b"l\x01" + encode_object(1)) * 2
+    chain = b"t\x01" * 200_000 + b"n"
     with pytest.raises(ValueError):
-        decode_object(deep)
-    assert decode_object(deep, max_depth=10**9) is not None  # iterative decoder: no stack limit
+        decode_object(chain)  # deeper than MAX_DEPTH
+    # The decoder has no stack to run out of either (given the depth and memory to allow it).
+    assert decode_object(chain, max_depth=10**9, memory_ratio=40) is not None
 
 
 def test_decode_input_kinds():
@@ -310,3 +341,73 @@ def test_parity_with_original():
         assert ours.hex() == theirs, value  # same bytes as the original encoder
         assert their_reencoding == theirs  # the original reads our bytes back unchanged
         assert encode_object(decode_object(bytes.fromhex(theirs))) == ours  # we read theirs back
+
+
+# -- nesting depth against the original yoton 2.2 ---------------------------------------------
+
+DEPTH_SCRIPT = r"""
+import json, sys
+import yoton
+M = yoton.OBJECT
+OPEN = {"l": b"l\x01", "t": b"t\x01", "d": b"d\x01s\x01k"}
+
+
+def nest(kind, depth):
+    value = None
+    for _ in range(depth):
+        value = [value] if kind == "l" else (value,) if kind == "t" else {"k": value}
+    return value
+
+
+def deepest(works):
+    lo, hi = 0, 20000
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            works(mid)
+            lo = mid
+        except RecursionError:
+            hi = mid - 1
+    return lo
+
+
+out = {}
+for kind in "ltd":
+    enc = deepest(lambda d: M.message_to_bytes(nest(kind, d)))
+    dec = deepest(lambda d: M.message_from_bytes(OPEN[kind] * d + b"n"))
+    out[kind] = [enc, dec, M.message_to_bytes(nest(kind, enc)).hex()]
+print(json.dumps(out))
+"""
+
+READ_SCRIPT = r"""
+import json, sys
+import yoton
+M = yoton.OBJECT
+print(json.dumps([M.message_to_bytes(M.message_from_bytes(bytes.fromhex(h))).hex()
+                  for h in json.loads(sys.stdin.read())]))
+"""
+
+
+def nest(kind, depth):
+    value = None
+    for _ in range(depth):
+        value = [value] if kind == "l" else (value,) if kind == "t" else {"k": value}
+    return value
+
+
+def test_nesting_as_deep_as_yoton_22_goes():
+    """issue 12: what yoton 2.2 encodes at its deepest decodes here, and ours decodes there.
+
+    yoton 2.2 recurses, so Python's recursion limit (1000) sets its depths:
+    about 996 levels when encoding, 498 (lists, tuples) or 995 (dicts) when
+    decoding. Ours is iterative and takes MAX_DEPTH (1000) both ways.
+    """
+    found = json.loads(run_orig(DEPTH_SCRIPT))
+    ours = []
+    for kind, (enc, dec, deepest_hex) in found.items():
+        assert 400 <= dec <= enc <= MAX_DEPTH, (kind, enc, dec)  # "a few hundred levels", all within ours
+        theirs = bytes.fromhex(deepest_hex)
+        assert encode_object(decode_object(theirs)) == theirs  # their deepest message, read and re-encoded
+        assert encode_object(nest(kind, enc)) == theirs  # the same bytes as our encoder makes
+        ours.append(encode_object(nest(kind, dec)).hex())  # ours as deep as they can read
+    assert json.loads(run_orig(READ_SCRIPT, json.dumps(ours))) == ours

@@ -19,6 +19,11 @@ What the targets claim, for any input:
 * codec: every supported value round-trips; arbitrary bytes decode to a
   value (that re-encodes) or raise ValueError; nesting beyond the limit and
   counts beyond the data raise ValueError, on encode and on decode.
+* codec budget (issue 19): no body of N bytes, hostile ones included (floods
+  of tiny containers, deep chains, dict keys chosen to collide), makes the
+  decoder hold more memory than its budget allows for N bytes, build dicts
+  that cost CPython more than linear work, or run more than a linear number
+  of steps of its own.
 """
 
 from __future__ import annotations
@@ -26,14 +31,17 @@ from __future__ import annotations
 import inspect
 import random
 import struct
+import sys
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from yoton.errors import HandshakeError
-from yoton.wire.codec import MAX_DEPTH, decode_object, encode_object
+from yoton.wire import codec
+from yoton.wire.codec import MAX_DEPTH, MEMORY_RATIO, decode_object, encode_object
 from yoton.wire.frames import (
     CLOSE_BYTES, CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER_SIZE, HEARTBEAT_BYTES, SLOT_DUMMY,
     SIGNAL_CLOSE, FrameDecoder, Package, pack_header,
@@ -41,6 +49,9 @@ from yoton.wire.frames import (
 from yoton.wire.protocol import (
     CLOSED, CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, OPEN, Protocol, format_hello, parse_hello,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))  # for bench/fuzz.py, which loads this file by path
+import _codec_corpus as corpus  # noqa: E402
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 MiB = 1 << 20
@@ -563,7 +574,7 @@ def check_codec_depth(case):
 
 @target("codec_deep_bytes",
         st.tuples(st.sampled_from([b"l\x01", b"t\x01", b"d\x01s\x00", b"l\xff\x01\x00\x00\x00\x00\x00\x00\x00"]),
-                  st.one_of(st.integers(MAX_DEPTH + 1, 200), st.sampled_from([10_000, 200_000]))),
+                  st.one_of(st.integers(MAX_DEPTH + 1, MAX_DEPTH + 200), st.sampled_from([10_000, 200_000]))),
         ci_examples=30)
 def check_codec_deep_bytes(case):
     """Far deeper input than any stack allows is a clear ValueError, not a RecursionError."""
@@ -618,6 +629,137 @@ def test_cyclic_structures_are_refused():
 
 
 # =============================================================================
+# OBJECT codec: the decoder's budget (issue 19 rows 8 and 9)
+# =============================================================================
+
+_PAIRS = corpus.colliding_pairs(5000)  # tuple keys that all share one hash
+_walking_body: list = []
+
+
+def walking_body() -> bytes:
+    """A dict whose distinct keys make CPython walk one long run of slots (made once: ~0.3 s)."""
+    if not _walking_body:
+        _walking_body.append(encode_object(dict.fromkeys(corpus.walking_keys())))
+    return _walking_body[0]
+
+
+DEEP = 4000  # max_depth for the budget target
+COSTLY_ITEMS = list(corpus.FLOODS.values()) + [b"t\x01n", b"s\x02ab", b"l\x01s\x02ab", b"d\x01s\x01xn", b"n"]
+hostile_body = st.one_of(
+    st.builds(corpus.flood, st.sampled_from(COSTLY_ITEMS), st.integers(16, 16 * 1024)),
+    st.builds(lambda opener, depth: opener * depth + b"n",
+              st.sampled_from([b"l\x01", b"t\x01", b"d\x01s\x00"]), st.integers(1, 3000)),
+    st.builds(lambda n: encode_object(dict.fromkeys(_PAIRS[:n])), st.integers(1, len(_PAIRS))),
+    st.builds(lambda _: walking_body(), st.none()),
+)
+some_body = st.one_of(hostile_body, values.map(encode_object), codec_input)
+budget_input = st.one_of(
+    some_body,
+    st.lists(some_body, min_size=1, max_size=4).map(lambda parts: bytes([0x6C, len(parts)]) + b"".join(parts)),
+)
+
+
+def cpython_dict_steps(value, limit: int) -> int:
+    """How many slots CPython looks at to build the dicts in ``value`` (stops once past ``limit``).
+
+    Replays CPython's dict(zip(...)) for every dict of 8 or more keys: tables
+    of 8, 16, ... slots, each filled anew with the keys in order until two
+    thirds full; a key tries ``hash & mask``, then ``i = 5*i + perturb + 1``
+    with ``perturb >>= 5``. A slot whose key has the same hash is a key
+    comparison, counted as a step too.
+    """
+    steps = 0
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if type(v) in (list, tuple):
+            todo.extend(v)
+        elif type(v) is dict:
+            todo.extend(v.values())
+            keys = list(v)
+            size = 8
+            while len(keys) >= 8:
+                mask, room = size - 1, (size << 1) // 3
+                slots = {}
+                for key in keys[:room]:
+                    h = hash(key)
+                    i, perturb = h & mask, h & 0xFFFF_FFFF_FFFF_FFFF
+                    while i in slots:
+                        steps += 1
+                        perturb >>= 5
+                        i = (5 * i + perturb + 1) & mask
+                    slots[i] = key
+                if steps > limit or room >= len(keys):
+                    break
+                size <<= 1
+    return steps
+
+
+def traced_decode(data: bytes, **kwargs):
+    """decode_object(data, **kwargs) under tracemalloc: (value or ValueError, peak bytes)."""
+    tracemalloc.start()
+    try:
+        result = decode_object(data, **kwargs)
+    except ValueError as exc:
+        result = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, peak
+
+
+@target("codec_budget",
+        st.tuples(budget_input, st.sampled_from([MEMORY_RATIO, 16, 8]), st.sampled_from([0, 4096, 65536])),
+        ci_examples=100)
+def check_codec_budget(case):
+    """Any body: memory within the budget for its size; dicts CPython builds in linear steps."""
+    data, ratio, allowance = case
+    result, peak = traced_decode(data, max_depth=DEEP, memory_ratio=ratio, memory_allowance=allowance)
+    n = len(data)
+    # The objects decoded (at most ratio bytes per byte read plus the allowance), the lists of
+    # items of containers being filled (9 bytes an item at most), the decoder's stack (~150 bytes
+    # a level of nesting; a level takes 2 bytes) and its own few KB.
+    assert peak <= (ratio + 10) * n + allowance + 160 * min(DEEP, n // 2) + 64 * 1024, (peak, n)
+    if not isinstance(result, ValueError):
+        limit = 64 * n + 8192
+        assert cpython_dict_steps(result, limit) <= limit
+        encode_object(result, max_depth=DEEP)  # what decodes, encodes
+
+
+small_budget_input = st.one_of(
+    codec_input,
+    values.map(encode_object),
+    st.builds(corpus.flood, st.sampled_from(COSTLY_ITEMS), st.integers(16, 4096)),
+    st.builds(lambda n: encode_object(dict.fromkeys(_PAIRS[:n])), st.integers(1, 150)),
+)
+
+
+@target("codec_steps", small_budget_input, ci_examples=100)
+def check_codec_steps(data):
+    """Any body of N bytes: the decoder runs at most a few dozen of its own lines per byte."""
+    code = {f.__code__ for f in vars(codec).values() if inspect.isfunction(f)}
+    lines = 0
+
+    def count(frame, event, arg):
+        nonlocal lines
+        if frame.f_code not in code:
+            return None
+        if event == "line":
+            lines += 1
+        return count
+
+    sys.settrace(count)
+    try:
+        try:
+            decode_object(data)
+        except ValueError:
+            pass
+    finally:
+        sys.settrace(None)
+    assert lines <= 40 * len(data) + 400, (lines, len(data))
+
+
+# =============================================================================
 # The CI runs
 # =============================================================================
 
@@ -645,6 +787,8 @@ test_codec_depth = ci_test("codec_depth")
 test_codec_deep_bytes = ci_test("codec_deep_bytes")
 test_codec_overlong = ci_test("codec_overlong")
 test_codec_encode_refuses = ci_test("codec_encode_refuses")
+test_codec_budget = ci_test("codec_budget")
+test_codec_steps = ci_test("codec_steps")
 
 
 def test_every_target_runs_in_ci():
