@@ -105,17 +105,19 @@ def run_req(args) -> int:
         except ValueError as exc:  # (arguments the OBJECT codec cannot carry, or too large)
             raise CommandError(f"cannot send the request: {exc}") from None
         deadline = Deadline(timeout)
+        nobody = f"timed out: no replier on slot {args.slot!r} took the request within {deadline.describe()}"
         while True:
             try:
                 result = future.result(deadline.slice())
                 break
-            except yoton.CancelledError:
-                raise CommandError(f"timed out: no replier on slot {args.slot!r} took the request "
-                                   f"within {deadline.describe()}") from None
+            except yoton.CancelledError:  # (its auto-cancel: no replier took it)
+                raise CommandError(nobody) from None
             except yoton.TimeoutError:
                 if not link.check():
                     raise CommandError(f"connection closed before the reply came: {link.lost_reason}") from None
                 if deadline.passed():
+                    if future.cancel():
+                        raise CommandError(nobody) from None
                     raise CommandError(f"timed out: no reply within {deadline.describe()}") from None
         Output().line(dumps(result) if args.json else repr(result))
         return 0
