@@ -7,8 +7,9 @@ this machine; ``demo`` shows two processes talking. ``yoton --help`` and
 
 Each command lives in a module of this package with an ``add_parser``
 function that registers it (:data:`COMMAND_MODULES`); the shared options
-(:func:`~yoton.cli.common.link_options`, ``type_options``) are argparse
-parents, so a new command (``monitor``, planned in issue 15) is one more
+come from :func:`~yoton.cli.common.add_link_options` and
+``add_type_options``, and :class:`~yoton.cli.common.Link` joins the network
+as they say, so a new command (``monitor``, planned in issue 15) is one more
 module and one more entry.
 
 Standard output carries only data; banners, progress and errors go to

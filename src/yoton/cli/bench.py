@@ -33,13 +33,20 @@ Figures vary with the machine's load: compare runs made close together.
 """
 
 
+def _duration(text: str) -> float:
+    value = seconds(text)
+    if value is None:
+        raise argparse.ArgumentTypeError("a measurement needs an end: give a number of seconds")
+    return value
+
+
 def add_parser(commands) -> None:
     """Register ``bench`` (and the hidden ``_bench-peer`` it starts)."""
     p = commands.add_parser(
         "bench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         help="a quick benchmark: one-way throughput and request/reply round trips",
         description="Measure one-way throughput and request/reply round trips with a child process.")
-    p.add_argument("--duration", metavar="S", type=seconds, default=1.5,
+    p.add_argument("--duration", metavar="S", type=_duration, default=1.5,
                    help="seconds per measurement (default 1.5)")
     p.add_argument("--json", action="store_true", help="the results as one JSON object")
     p.add_argument("--plain", action="store_true", help="plain-text progress even when rich is installed")
@@ -213,7 +220,7 @@ def run_bench(args) -> int:
     """``yoton bench``."""
     say = Say(args.parser.prog, args.quiet)
     out = Output()
-    duration = 1.5 if args.duration is None else args.duration
+    duration = args.duration
     # (a small send queue: the sender is held back instead of running far ahead)
     ctx = yoton.Context(max_queue_bytes=4 << 20)
     child = None

@@ -82,10 +82,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def link_options() -> argparse.ArgumentParser:
-    """The options every networked command has: where (``--connect``/``--bind``),
-    security, ``--timeout`` and ``--quiet``."""
-    parser = argparse.ArgumentParser(add_help=False)
+def add_link_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of every networked command: where (``--connect`` or
+    ``--bind``), security, ``--timeout`` and ``--quiet``."""
     where = parser.add_argument_group("where (exactly one)")
     side = where.add_mutually_exclusive_group(required=True)
     side.add_argument("--connect", metavar="ADDRESS",
@@ -105,16 +104,13 @@ def link_options() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", metavar="S", type=seconds, default=UNSET,
                         help="limit of each wait in seconds, or 'inf' (see 'yoton --help')")
     parser.add_argument("-q", "--quiet", action="store_true", help="no banners on stderr (errors still)")
-    return parser
 
 
-def type_options(json_help: str) -> argparse.ArgumentParser:
-    """``--type`` and ``--json``, for the commands that carry messages."""
-    parser = argparse.ArgumentParser(add_help=False)
+def add_type_options(parser: argparse.ArgumentParser, json_help: str) -> None:
+    """Add ``--type`` and ``--json``, for the commands that carry messages."""
     parser.add_argument("--type", choices=sorted(TYPES), default="text",
                         help="the message type (part of the slot: both ends must agree; default text)")
     parser.add_argument("--json", action="store_true", help=json_help)
-    return parser
 
 
 # -- values on the command line and on stdout ---------------------------------------

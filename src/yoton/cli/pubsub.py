@@ -10,7 +10,7 @@ import yoton
 
 from .common import (
     DEFAULT_TIMEOUT, NOTHING, TICK, CommandError, Deadline, Formats, Link, Output, Say,
-    dumps, flush, limit, link_options, make_context, marked, positive_int, type_options,
+    add_link_options, add_type_options, dumps, flush, limit, make_context, marked, positive_int,
 )
 
 FORMATS_HELP = """\
@@ -64,10 +64,11 @@ def add_parser(commands) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(
         "sub", formatter_class=fmt, epilog=SUB_EPILOG,
-        parents=[link_options(), type_options('one JSON object per line: {"slot": ..., "message": ...}')],
         help="print the messages published on a slot",
         description="Subscribe to SLOT and print each message published there.")
     p.add_argument("slot", metavar="SLOT", help="the slot's name (e.g. news)")
+    add_link_options(p)
+    add_type_options(p, 'one JSON object per line: {"slot": ..., "message": ...}')
     p.add_argument("--count", metavar="N", type=positive_int, help="exit after N messages")
     p.add_argument("--sync", action="store_true",
                    help="lossless: hold publishers back while we lag (default: drop the oldest)")
@@ -75,11 +76,12 @@ def add_parser(commands) -> None:
 
     p = commands.add_parser(
         "pub", formatter_class=fmt, epilog=PUB_EPILOG,
-        parents=[link_options(), type_options("object messages are given as JSON, binary ones as base64")],
         help="publish a message, or every line of stdin, on a slot",
         description="Publish MESSAGE, or each line of standard input, on SLOT.")
     p.add_argument("slot", metavar="SLOT", help="the slot's name (e.g. news)")
     p.add_argument("message", metavar="MESSAGE", nargs="?", help="the message (default: read stdin)")
+    add_link_options(p)
+    add_type_options(p, "object messages are given as JSON, binary ones as base64")
     p.set_defaults(run=run_pub, parser=p)
 
 

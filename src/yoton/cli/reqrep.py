@@ -12,7 +12,7 @@ import sys
 import yoton
 
 from .common import (
-    DEFAULT_TIMEOUT, TICK, CommandError, Deadline, Link, Output, Say, dumps, limit, link_options, make_context,
+    DEFAULT_TIMEOUT, TICK, CommandError, Deadline, Link, Output, Say, add_link_options, dumps, limit, make_context,
     parse_args_kwargs,
 )
 
@@ -60,21 +60,23 @@ def add_parser(commands) -> None:
     """Register ``req`` and ``serve``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(
-        "req", formatter_class=fmt, epilog=REQ_EPILOG, parents=[link_options()],
+        "req", formatter_class=fmt, epilog=REQ_EPILOG,
         help="call a method of a replier and print the result",
         description="Call METHOD(ARGS...) of a replier (a RepChannel) on SLOT and print the result.")
     p.add_argument("slot", metavar="SLOT", help="the slot's name")
     p.add_argument("method", metavar="METHOD", help="the method to call")
     p.add_argument("args", metavar="ARG", nargs="*", help="its arguments (NAME=VALUE: a keyword argument)")
+    add_link_options(p)
     p.add_argument("--json", action="store_true", help="arguments and result in JSON")
     p.set_defaults(run=run_req, parser=p)
 
     p = commands.add_parser(
-        "serve", formatter_class=fmt, epilog=SERVE_EPILOG, parents=[link_options()],
+        "serve", formatter_class=fmt, epilog=SERVE_EPILOG,
         help="serve the methods of a Python object as a replier",
         description="Serve the methods of a Python object on SLOT, as a RepChannel, until Ctrl-C.")
     p.add_argument("slot", metavar="SLOT", help="the slot's name")
     p.add_argument("target", metavar="MODULE[:OBJECT]", help="what to serve (see below)")
+    add_link_options(p)
     p.set_defaults(run=run_serve, parser=p)
 
 

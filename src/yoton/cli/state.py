@@ -7,8 +7,8 @@ import argparse
 import yoton
 
 from .common import (
-    DEFAULT_TIMEOUT, CommandError, Deadline, Formats, Link, Output, Say, flush, limit, link_options,
-    make_context, type_options,
+    DEFAULT_TIMEOUT, CommandError, Deadline, Formats, Link, Output, Say, add_link_options, add_type_options,
+    flush, limit, make_context,
 )
 from .pubsub import FORMATS_HELP
 
@@ -33,11 +33,12 @@ def add_parser(commands) -> None:
     """Register ``state``."""
     p = commands.add_parser(
         "state", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        parents=[link_options(), type_options("values are printed and given as JSON (binary: base64)")],
         help="print or set the value of a state channel",
         description="Print the current value of the state channel SLOT, or set it to VALUE.")
     p.add_argument("slot", metavar="SLOT", help="the slot's name")
     p.add_argument("value", metavar="VALUE", nargs="?", help="the value to set (default: print the value)")
+    add_link_options(p)
+    add_type_options(p, "values are printed and given as JSON (binary: base64)")
     p.set_defaults(run=run_state, parser=p)
 
 
