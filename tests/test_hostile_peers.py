@@ -323,7 +323,7 @@ def test_a_request_that_comes_too_late_is_answered_with_an_error(ctx, attacker):
     slow.send(package(req_slot, slow.id, 1, b"req?", dest_seq=REF + 7))
     fields, body = slow.read_package(5.0)
     assert (fields[1], fields[4], fields[5], body) == (rep_slot, slow.id, REF + 7, b"req!")
-    time.sleep(ACK_TIMEOUT + 0.3)  # (the scenario: later than the replier waits)
+    time.sleep(ACK_TIMEOUT * 1.5 + 0.2)  # (the scenario: later than the replier waits, ticks included)
     slow.send(package(req_slot, slow.id, 2, encode_object(("ping", (1,), {})), dest_id=replier.id, dest_seq=7))
     fields, body = slow.read_package(5.0)
     tag, text = decode_object(body)
@@ -381,3 +381,37 @@ def test_silent_clients_hold_up_neither_the_request_server_nor_its_threads(async
             sock.close()
     finally:
         server.stop(join=True)
+
+
+def test_a_request_body_still_on_its_way_after_the_acknowledgement_wait_is_served(ctx, attacker):
+    """The replier's wait for an acknowledged request (ACK_TIMEOUT) counts
+    from the acknowledgement, but a large body that keeps coming gets the
+    time it needs: a 2 MB request trickling in over 1.5 s is served (400 MB
+    over loopback failed that way)."""
+    import time
+
+    from yoton.channels.reqrep import ACK_TIMEOUT
+    from yoton.wire.codec import decode_object, encode_object
+
+    class Sizer(yoton.RepChannel):
+        def size(self, blob):
+            return len(blob)
+
+    replier = ctx()
+    Sizer(replier, "svc").set_mode("thread")
+    conn = replier.bind("127.0.0.1:0")
+    slow = attacker(conn)  # a requester by hand, with a slow link
+    req_slot, rep_slot = _reqrep_slots("svc")
+    slow.send(package(req_slot, slow.id, 1, b"req?", dest_seq=REF + 3))
+    fields, body = slow.read_package(5.0)
+    assert body == b"req!"
+    request = package(req_slot, slow.id, 2, encode_object(("size", ("x" * (2 << 20),), {})),
+                      dest_id=replier.id, dest_seq=3)
+    t0 = time.monotonic()
+    piece = len(request) // 50 + 1
+    for i in range(0, len(request), piece):  # in 50 pieces over 2.5 s
+        slow.send(request[i:i + piece])
+        time.sleep(0.05)  # (the scenario: a slow link)
+    assert time.monotonic() - t0 > 2 * ACK_TIMEOUT
+    fields, body = slow.read_package(5.0)
+    assert (fields[4], fields[5], decode_object(body)) == (slow.id, 3, 2 << 20)

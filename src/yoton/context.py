@@ -608,6 +608,17 @@ class Router:
         """Let ``link`` read again as far as ``key`` is concerned (any thread)."""
         self.call_soon(link.release_reading, key)
 
+    def receiving(self, source_id: int, dest_seq: int) -> int | None:
+        """Bytes received so far of a large package from ``source_id`` with
+        ``dest_seq``, addressed to this context, still on its way; None if
+        none is (any thread; a snapshot)."""
+        for link in self._live:
+            partial = link.partial()
+            if partial is not None and partial[1] == source_id and partial[3] == self.id \
+                    and partial[4] == dest_seq:
+                return partial[5]
+        return None
+
     @staticmethod
     def link_listens(link) -> tuple:
         """``(listening, timeout)``: whether the peer on ``link`` can still be

@@ -1,4 +1,4 @@
-"""OBJECT codec tests: PROTOCOL.md vectors, limits, hostile input, and parity with the original."""
+"""OBJECT codec tests: the vectors of docs/protocol.md, limits, hostile input, and parity with the original."""
 
 import collections
 import enum

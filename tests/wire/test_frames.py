@@ -1,4 +1,4 @@
-"""Frame decoder tests: PROTOCOL.md header vectors, every split of the stream, limits."""
+"""Frame decoder tests: the header vectors of docs/protocol.md, every split of the stream, limits."""
 
 import random
 import struct

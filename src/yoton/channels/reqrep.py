@@ -71,8 +71,11 @@ ACKNOWLEDGE = b"req!"
 WITHDRAW = b"req-"
 ERROR_TAG = "yoton_ERROR_HANDLING_REQUEST"
 ANNOUNCE_INTERVAL = 0.5
-#: Seconds a replier waits for the body of a request it acknowledged.
+#: Seconds a replier waits for the body of a request it acknowledged; a
+#: large body on its way gets more time while at least ACK_PROGRESS bytes of
+#: it arrive per ACK_TIMEOUT.
 ACK_TIMEOUT = 1.0
+ACK_PROGRESS = 4096
 #: Announced requests a replier keeps per requester, and requesters it keeps.
 MAX_OFFERS = 256
 MAX_REQUESTERS = 1024
@@ -407,7 +410,10 @@ class ReqChannel(BaseChannel):
             future._set_reply(pkg.data)
 
     def close(self) -> None:
-        """Close the channel; requests not yet answered are cancelled."""
+        """Close the channel; requests not yet answered are cancelled (repliers
+        are told, so none acknowledges them any more)."""
+        for future in list(self._futures.values()):
+            future.cancel()  # (before closing: the withdrawal still goes out)
         super().close()
         for future in list(self._futures.values()):
             if not future.cancel():
@@ -471,6 +477,7 @@ class RepChannel(BaseChannel):
         self._state = _Rep.IDLE
         self._current = None  # (requester id, n) acknowledged or being served
         self._acked_at = 0.0
+        self._ack_progress = 0  # bytes of the acknowledged request's body seen on its way
         self._expired: deque = deque(maxlen=64)  # acknowledged, body never came in time
         self._work: deque = deque()
         self._work_waiter = Waiter(self._router)  # the worker thread waits here for work
@@ -554,7 +561,6 @@ class RepChannel(BaseChannel):
         elif pkg.dest_id == self._router.id:
             key = (pkg.source_id, seq)
             with self._lock:
-                self._forget_stale_ack()  # (too late is too late, whenever the next tick is)
                 taken = self._state is _Rep.ACKNOWLEDGED and self._current == key
                 if taken:
                     self._set_state(_Rep.SERVING, key)
@@ -616,6 +622,7 @@ class RepChannel(BaseChannel):
                 return
             self._set_state(_Rep.ACKNOWLEDGED, (requester, n))
             self._acked_at = time.monotonic()
+            self._ack_progress = 0
         self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
     def _tick(self) -> None:
@@ -631,8 +638,13 @@ class RepChannel(BaseChannel):
         """(with _lock) Free us if the requester did not send the request we
         acknowledged in time; forget its other announcements too (a real
         requester announces again)."""
-        if self._state is _Rep.ACKNOWLEDGED and time.monotonic() - self._acked_at > ACK_TIMEOUT:
-            requester, _ = key = self._current
+        now = time.monotonic()
+        if self._state is _Rep.ACKNOWLEDGED and now - self._acked_at > ACK_TIMEOUT:
+            requester, n = key = self._current
+            got = self._router.receiving(requester, n)
+            if got is not None and got >= self._ack_progress + ACK_PROGRESS:
+                self._ack_progress, self._acked_at = got, now  # (its body is coming: wait on)
+                return
             self._expired.append(key)
             self._offers.pop(requester, None)
             self._set_state(_Rep.IDLE)

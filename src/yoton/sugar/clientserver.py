@@ -35,7 +35,8 @@ __all__ = ["RequestServer", "do_request", "NoServerError"]
 _CRLF = b"\r\n"
 
 #: After stop(), a RequestServer still answers what arrives within this many
-#: seconds (yoton 2.2 noticed a stop only every 0.25 s; pyzo relies on that).
+#: seconds (yoton 2.2 noticed a stop only every 0.25 s, so a request right
+#: after it was answered; pyzo relies on that, and a loaded machine needs more).
 STOP_GRACE = 1.0
 
 
@@ -94,8 +95,9 @@ class RequestServer(threading.Thread):
     def stop(self, join: bool = False) -> None:
         """Stop serving; with ``join``, at once, and wait for the serving thread to end.
 
-        Without ``join``, as in yoton 2.2, a request that arrives within a
-        quarter of a second (:data:`STOP_GRACE`) is still answered, and the
+        Without ``join``, a request that arrives within :data:`STOP_GRACE`
+        seconds (1 s; yoton 2.2 noticed a stop only every quarter of a
+        second, so such a request was answered) is still answered, and the
         server ends after it: pyzo stops its command server, then sends it a
         last request to make it end at once.
         """

@@ -231,6 +231,11 @@ class Link:
         """Bytes taken from the queue but not written yet."""
         return 0
 
+    def partial(self) -> tuple | None:
+        """The large package being received, if any: ``(slot, source_id,
+        source_seq, dest_id, dest_seq, bytes received, length)``."""
+        return None
+
     def set_reading(self, flag: bool) -> None:
         """Start or stop reading from the peer (loop side)."""
         raise NotImplementedError

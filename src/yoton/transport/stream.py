@@ -615,6 +615,10 @@ class StreamLink(Link):
     def unwritten(self) -> int:
         return sum(map(len, list(self._wbufs))) + len(self._backlog)
 
+    def partial(self) -> tuple | None:
+        protocol = self.protocol
+        return None if protocol is None else protocol.partial()
+
     def _on_writable(self) -> None:
         self._write_now()
 

@@ -1,6 +1,6 @@
 """Package framing: the 56-byte header and an incremental frame decoder.
 
-Rules of the stream (yoton 2.2, PROTOCOL.md section 4):
+Rules of the stream (yoton 2.2's; docs/protocol.md section 4):
 
 * A package is a header of seven little-endian uint64 (``<7Q``) followed by
   ``length`` body bytes. Field 0 is always :data:`CONTROL` (``b"YOTON   "``).
@@ -182,6 +182,14 @@ class FrameDecoder:
         self._body_fill = 0
         self._body_size = 0  # its announced length (len(_body) may still be less)
         self._pending: tuple | None = None  # header fields of that large body
+
+    def partial(self) -> tuple | None:
+        """The large package being received, if any: ``(slot, source_id,
+        source_seq, dest_id, dest_seq, bytes received, length)``."""
+        fields = self._pending
+        if fields is None:
+            return None
+        return fields + (self._body_fill, self._body_size)
 
     # -- feeding ----------------------------------------------------------
 

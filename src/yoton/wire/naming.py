@@ -1,6 +1,6 @@
 """Names on the wire: port and slot hashes, addresses and context ids.
 
-Rules (yoton 2.2, PROTOCOL.md sections 1, 2 and 5):
+Rules (yoton 2.2's; docs/protocol.md sections 1, 2 and 5):
 
 * Both hashes run the same loop over the characters of a name with the
   factor ``0xD2D84A61`` on unbounded Python integers. A port name maps into

@@ -9,8 +9,8 @@ States and the rules that move between them::
 * The connecting side speaks first: its hello line is in :meth:`data_to_send`
   from the start. The binding side answers a valid hello with its own; to
   anything else it answers an ``ERROR:`` line and closes.
-* A hello is ``YOTON!<16 hex digits>.<pid>\\r\\n``; lines longer than
-  ``max_line`` bytes are refused without waiting for their end.
+* A hello is ``YOTON!<16 hex digits>.<pid>\\r\\n``; a line with more
+  than ``max_line`` bytes before its LF is refused without waiting for its end.
 * Equal ids on both ends mean a context reached itself: refused.
 * Bytes after the hello line belong to the package stream.
 * Once CLOSED, input is ignored; :attr:`Protocol.close_reason` tells why.
@@ -227,6 +227,10 @@ class Protocol:
             self._close(REASON_EOF)
 
     # -- output -----------------------------------------------------------
+
+    def partial(self) -> tuple | None:
+        """The large package being received, if any (see :meth:`FrameDecoder.partial`)."""
+        return self.decoder.partial()
 
     def events_received(self) -> list:
         """Return (and forget) the events since the last call."""
