@@ -74,7 +74,7 @@ from .queues import BoundedQueue, Policy
 from .transport import connection as _links
 from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
 from .transport.ioloop import IOLoop, default_spin
-from .transport.link import LinkConfig
+from .transport.link import LinkConfig, package_size, packages_size
 from .transport.sigint import MAIN_THREAD, MainSending
 from .transport.stream import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
@@ -377,7 +377,8 @@ class Router:
         self._live: tuple = ()  # the CONNECTED links: where packages go
         self._startup = BoundedQueue(max_bytes=config.max_queue_bytes,
                                      policy=Policy.for_discard_mode(config.discard_mode),
-                                     name="the startup queue (no connection yet)")
+                                     name="the startup queue (no connection yet)",
+                                     size_of=package_size, sizes_of=packages_size)
         self._stage: deque = deque()  # (slot, body, dest_id, dest_seq) sent, not yet numbered
         self._stage_items = max(1, min(_STAGE_ITEMS, config.max_queue_bytes // (4 * _STAGE_BODY)))
         self._pump_scheduled = False  # a _pump_on_loop is queued on the loop
@@ -471,8 +472,7 @@ class Router:
             self._pump()  # (what is staged goes first, into the startup queue if no one is live)
             if self._startup:
                 items = self._startup.take()
-                sizes = [HEADER_SIZE + len(body) for _, body in items]
-                link.enqueue(items, sizes, sum(sizes))
+                link.enqueue(items, packages_size(items))
             self._update_live()
 
     def link_closing(self, link) -> None:
@@ -692,22 +692,22 @@ class Router:
         if not count:
             return
         pop, pack, my_id, seq = stage.popleft, HEADER.pack, self.id, self._seq
-        items, sizes, total = [], [], 0
+        items, total = [], 0
+        append = items.append
         for _ in range(count):
             slot, body, dest_id, dest_seq = pop()
             seq += 1
             size = len(body)
-            items.append((pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, size), body))
-            sizes.append(HEADER_SIZE + size)
+            append((pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, size), body))
             total += size
         self._seq = seq
         total += HEADER_SIZE * count
         live = self._live
         if not live:
-            self._startup.put_many(items, sizes, total)  # (discards by the mode when full)
+            self._startup.put_many(items, total)  # (discards by the mode when full)
             return
         for link in live:
-            link.enqueue(items, sizes, total)
+            link.enqueue(items, total)
             if not self._pressure and link.queue_full():
                 self._pressure = True
 
@@ -858,7 +858,7 @@ class Router:
         size = HEADER_SIZE + len(pkg.data)
         for other in self._live:
             if other is not link:
-                other.enqueue((item,), (size,), size)
+                other.enqueue((item,), size)
                 if other.queue_full():
                     other.hold_upstream(link)  # (TCP then slows the sender down)
 

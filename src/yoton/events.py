@@ -261,8 +261,10 @@ class EventQueue:
         """Set (or with None clear) the callback told about new events."""
         if callback is not None and not callable(callback):
             raise ValueError("embed_event_loop() needs a callable or None.")
+        global embedding
         with self._cond:
             self._callback = callback
+            embedding = callback is not None
             # If events are already waiting, tell the new callback at once.
             self._callback_told = False
             callback = self._note_posted() if self._queue else None
@@ -281,6 +283,11 @@ class EventQueue:
 
 _events = EventQueue()
 EventLoop = EventQueue  # (the name it had)
+
+
+#: Whether an embedding callback is set (see :func:`embed_event_loop`); the
+#: I/O loop defers callbacks (see :class:`deferred_callbacks`) only then.
+embedding = False
 
 
 class _Deferring(threading.local):

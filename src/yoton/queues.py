@@ -9,10 +9,10 @@ put that does not fit:
 ==============  ===========================================================
 ``BLOCK``       Backpressure. The queue takes the item anyway: a producer
                 that can wait must first wait until :meth:`has_room` (the
-                queue calls its ``on_room`` hook when a full queue drains
-                below its resume mark, or empties); one that must not wait
-                (the I/O thread, control messages) overshoots the bound by
-                what it puts.
+                queue calls its ``on_room`` hook when a full queue drains to
+                its resume mark, or empties); one that must not wait (the
+                I/O thread, control messages) overshoots the bound by what
+                it puts.
 ``DROP_OLD``    The oldest items are discarded until the new one fits.
 ``DROP_NEW``    The new item is discarded.
 ==============  ===========================================================
@@ -21,17 +21,18 @@ Rules:
 
 * One item is always accepted into an empty queue, whatever its size (what
   bounds a single item is the context's ``max_package_size``).
-* "Full" means: over a bound, or with no room for the next item. Once a
-  ``BLOCK`` queue has been full it stays marked full until it drains to its
-  resume mark (3/4 of the byte bound and of the item bound): waking
-  waiting producers in batches, not one item at a time.
+* "Full" means: over a bound, or with no room for the next item a producer
+  asked about. Once a queue has been full it stays marked full until it
+  drains to its resume mark (3/4 of the byte bound and of the item bound):
+  waiting producers are woken in batches, not one item at a time.
+  ``on_room`` is called only for a queue that was marked full.
 * Every discarded item is counted in ``discarded``. The first discard of an
   episode (discards without an accepted item or a drain in between) is
   logged once, at the level given; the episode ends when an item is accepted
   without a discard, or the queue drains.
-* The consumer reports progress with :meth:`note_progress` (e.g. bytes that
-  left for the network); :meth:`stalled` tells whether a full queue has seen
-  none for a while (its consumer is gone or stopped).
+* An item's size is what ``size_of(item)`` says (default ``len``); the
+  queue keeps no per-item sizes (computing them when items leave is
+  cheaper than keeping them on the send path).
 * All state changes happen under the queue's own lock, so any thread may
   put and take. ``len()`` and truth tests read without the lock (a snapshot).
 """
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from enum import Enum
 from itertools import islice, repeat
@@ -72,21 +72,22 @@ class BoundedQueue:
     ``max_items`` / ``max_bytes``: the bounds (None: unbounded). ``policy``:
     see the module docstring; it may be changed at any time (a connection
     whose peer stopped reading switches from BLOCK to a drop policy).
+    ``size_of(item)`` gives an item's size in bytes (default ``len``), and
+    ``sizes_of(items)`` (optional) the total of a list of them, faster.
     ``name`` appears in log messages; ``log_level`` is the level of the
     once-per-episode discard message. ``on_room`` (optional, no arguments)
-    is called, without the lock, when a full queue drains to its resume mark
-    or runs empty: producers waiting for room can look again.
+    is called, without the lock, when a queue marked full drains to its
+    resume mark or runs empty: producers waiting for room may look again.
     """
 
-    __slots__ = ("_items", "_sizes", "_bytes", "_lock", "max_items", "max_bytes", "policy", "name",
-                 "log_level", "on_room", "discarded", "_full", "_dropping", "_resume_items",
-                 "_resume_bytes", "last_progress")
+    __slots__ = ("_items", "_bytes", "_lock", "max_items", "max_bytes", "policy", "name", "log_level",
+                 "on_room", "discarded", "_full", "_dropping", "_resume_items", "_resume_bytes",
+                 "_size_of", "_sizes_of")
 
     def __init__(self, max_items: int | None = None, max_bytes: int | None = None,
                  policy: Policy = BLOCK, *, name: str = "queue", log_level: int = logging.WARNING,
-                 on_room=None):
+                 on_room=None, size_of=len, sizes_of=None):
         self._items: deque = deque()
-        self._sizes: deque = deque()
         self._bytes = 0
         self._lock = threading.Lock()
         self.max_items = max_items
@@ -98,9 +99,10 @@ class BoundedQueue:
         self.log_level = log_level
         self.on_room = on_room
         self.discarded = 0
-        self._full = False  # BLOCK: was full and has not drained to the resume mark since
+        self._full = False  # was full and has not drained to the resume mark since
         self._dropping = False  # in a discard episode (logged already)
-        self.last_progress = time.monotonic()
+        self._size_of = size_of
+        self._sizes_of = sizes_of or (lambda items: sum(map(size_of, items)))
 
     def __repr__(self):
         return (f"<BoundedQueue {self.name!r} {len(self._items)} items {self._bytes} bytes "
@@ -120,14 +122,20 @@ class BoundedQueue:
             return iter(list(self._items))
 
     @property
+    def items(self):
+        """The items themselves (a deque, oldest first): for a quick truth test
+        or a look without the lock. Never change it: use the methods."""
+        return self._items
+
+    @property
     def bytes(self) -> int:
-        """Bytes held (the sum of the sizes given when the items were put)."""
+        """Bytes held (the sum of the items' sizes)."""
         return self._bytes
 
     @property
     def full(self) -> bool:
-        """Whether the queue is over a bound, or was and has not yet drained
-        to its resume mark (BLOCK queues: producers should wait)."""
+        """Whether the queue is over a bound, or was marked full and has not yet
+        drained to its resume mark (BLOCK queues: producers should wait)."""
         return self._full or self._over(0)
 
     def _over(self, size: int) -> bool:
@@ -152,23 +160,17 @@ class BoundedQueue:
     def has_room(self, size: int = 0) -> bool:
         """Whether an item of ``size`` bytes fits now (and the queue is not marked full).
 
-        For a BLOCK queue, a "no" marks the queue full: ``on_room`` is then
-        called once it has drained to its resume mark (or runs empty).
+        A "no" marks the queue full: ``on_room`` is then called once it has
+        drained to its resume mark (or runs empty).
         """
         if not self._items:
             return True
         with self._lock:
             if self._full or self._over(size):
-                if self.policy is BLOCK and self._items:
+                if self._items:
                     self._full = True
                 return not self._items
             return True
-
-    def stalled(self, timeout: float, now: float | None = None) -> bool:
-        """Whether the queue is full and its consumer made no progress for ``timeout`` s."""
-        if not self.full:
-            return False
-        return (time.monotonic() if now is None else now) - self.last_progress >= timeout
 
     def statistics(self) -> dict:
         """``items``, ``bytes``, the bounds, ``policy`` and ``discarded`` (a snapshot)."""
@@ -177,34 +179,43 @@ class BoundedQueue:
 
     # -- putting -------------------------------------------------------------------
 
-    def put(self, item, size: int) -> bool:
-        """Add ``item`` of ``size`` bytes by the policy; return False if it was discarded."""
+    def put(self, item) -> bool:
+        """Add ``item`` by the policy; return False if it was discarded."""
+        size = self._size_of(item)
         with self._lock:
             before = self.discarded
             if self._over(size) and not self._make_room(size):
                 return False
             self._items.append(item)
-            self._sizes.append(size)
             self._bytes += size
             self._after_put(before)
             return True
 
-    def put_many(self, items, sizes, total: int) -> int:
-        """Add ``items`` (sizes in ``sizes``, adding up to ``total``) in order, by the
+    def put_many(self, items, total: int | None = None) -> int:
+        """Add ``items`` (of ``total`` bytes, if the caller knows) in order, by the
         policy; return how many items were discarded (of these or of older ones)."""
+        if total is None:
+            total = self._sizes_of(items)
         with self._lock:
-            before = self.discarded
-            if self.policy is BLOCK or not self._over_by(len(items), total):
+            if self.policy is BLOCK:  # (the common case: all in, mark full if over)
                 self._items.extend(items)
-                self._sizes.extend(sizes)
+                self._bytes += total
+                limit = self.max_bytes
+                if (limit is not None and self._bytes > limit) or \
+                        (self.max_items is not None and len(self._items) > self.max_items):
+                    self._full = True
+                return 0
+            before = self.discarded
+            if not self._over_by(len(items), total):
+                self._items.extend(items)
                 self._bytes += total
             else:  # item by item, making room by the policy
-                append, append_size = self._items.append, self._sizes.append
-                for item, size in zip(items, sizes):
+                append, size_of = self._items.append, self._size_of
+                for item in items:
+                    size = size_of(item)
                     if self._over(size) and not self._make_room(size):
                         continue
                     append(item)
-                    append_size(size)
                     self._bytes += size
             self._after_put(before)
             return self.discarded - before
@@ -230,11 +241,10 @@ class BoundedQueue:
         if policy is DROP_NEW:
             self._discard(1)
             return False
-        items, sizes = self._items, self._sizes
+        items, size_of = self._items, self._size_of
         dropped = 0
         while items and self._over(size):
-            items.popleft()
-            self._bytes -= sizes.popleft()
+            self._bytes -= size_of(items.popleft())
             dropped += 1
         self._discard(dropped)
         return True
@@ -261,8 +271,8 @@ class BoundedQueue:
         """Remove and return the oldest item; IndexError if empty."""
         with self._lock:
             item = self._items.popleft()
-            self._bytes -= self._sizes.popleft()
-            room = self._after_take()
+            self._bytes -= self._size_of(item)
+            room = self._after_take() if self._full or self._dropping else None
         if room is not None:
             room()
         return item
@@ -277,32 +287,36 @@ class BoundedQueue:
         never sees the items in neither.
         """
         with self._lock:
-            items, sizes = self._items, self._sizes
+            items = self._items
             n = len(items) if count is None else min(count, len(items))
-            if max_bytes is not None and n > 1 and self._bytes > max_bytes:
-                budget, fit = max_bytes, 0
-                for size in islice(sizes, n):
-                    budget -= size
-                    if budget < 0:
-                        break
-                    fit += 1
-                n = max(1, fit)
-            if n == len(items):
+            if not n:
+                return []
+            if n == len(items) and (max_bytes is None or self._bytes <= max_bytes):
                 out = list(items)
                 if sink is not None:
                     sink(out)
                 items.clear()
-                sizes.clear()
                 self._bytes = 0
             else:
                 out = list(islice(items, n))
+                taken = self._sizes_of(out)
+                if max_bytes is not None and n > 1 and taken > max_bytes:
+                    size_of, budget, fit = self._size_of, max_bytes, 0
+                    for item in out:
+                        budget -= size_of(item)
+                        if budget < 0:
+                            break
+                        fit += 1
+                    n = max(1, fit)
+                    del out[n:]
+                    taken = self._sizes_of(out)
                 if sink is not None:
                     sink(out)
-                popleft, sizeleft = items.popleft, sizes.popleft
+                popleft = items.popleft
                 for _ in repeat(None, n):
                     popleft()
-                self._bytes -= sum(sizeleft() for _ in repeat(None, n))
-            room = self._after_take() if n else None
+                self._bytes -= taken
+            room = self._after_take() if self._full or self._dropping else None
         if room is not None:
             room()
         return out
@@ -310,11 +324,12 @@ class BoundedQueue:
     def take_while(self, keep) -> list:
         """Remove and return the oldest items for which ``keep(item)`` is true, stopping at the first that is not."""
         with self._lock:
-            items, sizes, out = self._items, self._sizes, []
+            items, out = self._items, []
             while items and keep(items[0]):
                 out.append(items.popleft())
-                self._bytes -= sizes.popleft()
-            room = self._after_take() if out else None
+            if out:
+                self._bytes -= self._sizes_of(out)
+            room = self._after_take() if out and (self._full or self._dropping) else None
         if room is not None:
             room()
         return out
@@ -324,46 +339,34 @@ class BoundedQueue:
         return self._items[0]
 
     def _after_take(self):
-        # Under the lock: did the queue drain far enough to let producers in?
-        # Returns the on_room hook to call (without the lock), or None.
-        self.last_progress = time.monotonic()
-        if self._full:
-            if self._items and not self.drained():
-                return None
-            self._full = False
-        elif self._items:
+        # Under the lock, for a queue marked full or dropping: did it drain far
+        # enough to let producers in? Returns the on_room hook to call (without
+        # the lock), or None.
+        if self._items and not self.drained():
             return None
         self._dropping = False
+        if not self._full:
+            return None
+        self._full = False
         return self.on_room
-
-    def note_progress(self) -> None:
-        """The consumer made progress (e.g. bytes taken earlier left for the network)."""
-        self.last_progress = time.monotonic()
 
     def clear(self) -> int:
         """Remove every item without counting it; return how many there were."""
-        with self._lock:
-            n = len(self._items)
-            self._items.clear()
-            self._sizes.clear()
-            self._bytes = 0
-            self._full = False
-            self._dropping = False
-            room = self.on_room if n else None
-        if room is not None:
-            room()
-        return n
+        return self._empty(False)
 
     def discard_all(self) -> int:
         """Remove every item and count it as discarded; return how many there were."""
+        return self._empty(True)
+
+    def _empty(self, count: bool) -> int:
         with self._lock:
             n = len(self._items)
-            self.discarded += n
+            if count:
+                self.discarded += n
             self._items.clear()
-            self._sizes.clear()
             self._bytes = 0
-            self._full = False
-            room = self.on_room if n else None
+            room = self.on_room if self._full else None
+            self._full = self._dropping = False
         if room is not None:
             room()
         return n

@@ -331,3 +331,38 @@ def test_process_with_waiting_bind_exits_promptly():
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "bound"
     assert time.monotonic() - start < 6.0
+
+
+def test_an_embedded_gui_callback_is_never_called_with_the_loop_lock_held():
+    """Events posted on the loop side (a channel's ``received``) tell the GUI's
+    callback only after the pass, not while the loop's lock is held: a
+    callback that did yoton I/O itself would otherwise deadlock."""
+    import yoton
+    from helpers import link, wait_until
+
+    a, b = yoton.Context(), yoton.Context()
+    try:
+        link(a, b)
+        sub = yoton.SubChannel(b, "gui")
+        sub.received.bind(lambda channel: None)
+        loop = b.router.loop
+        calls = []
+
+        def callback():  # what a GUI's "post an event to my loop" would be
+            calls.append((threading.current_thread().name, loop._lock.locked() and loop.on_loop_side()))
+            yoton.call_later(yoton.process_events, 0)  # (and it runs them later)
+
+        yoton.embed_event_loop(callback)
+        try:
+            pub = yoton.PubChannel(a, "gui")
+            for i in range(20):
+                pub.send(str(i))
+                wait_until(lambda: calls, 5.0, "the callback")
+                yoton.process_events(False)
+                del calls[:-1]
+            assert calls and not any(under_lock for _, under_lock in calls), calls
+        finally:
+            yoton.embed_event_loop(None)
+    finally:
+        a.close()
+        b.close()

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import weakref
+from operator import attrgetter
 
 from ..errors import ChannelClosedError
 from ..events import Signal, post_event
@@ -115,6 +116,17 @@ def _emit_received_of(channel_ref) -> None:
         channel._emit_received()
 
 
+_data = attrgetter("data")
+
+
+def _body_size(pkg) -> int:
+    return len(pkg.data)
+
+
+def _bodies_size(pkgs) -> int:
+    return sum(map(len, map(_data, pkgs)))
+
+
 def _slot(base: str, type_name: str, pattern: str) -> tuple[str, int]:
     name = f"{base}.{type_name}.{pattern}"
     return name, slot_hash(name.strip().lower())
@@ -156,6 +168,7 @@ class BaseChannel:
         size, mode = context.queue_params
         self._queue_size = size
         self._queue = BoundedQueue(size, context.max_queue_bytes, Policy.for_discard_mode(mode),
+                                   size_of=_body_size, sizes_of=_bodies_size,
                                    name=f"the receive queue of {type(self).__name__} {self._slot_in_name!r}",
                                    log_level=logging.INFO, on_room=self._on_room)
         self._holding: set = set()  # links whose reading we hold (loop side)
@@ -284,8 +297,7 @@ class BaseChannel:
         again.
         """
         queue = self._queue
-        sizes = [len(pkg.data) for pkg in pkgs]
-        queue.put_many(pkgs, sizes, sum(sizes))
+        queue.put_many(pkgs)
         if queue.policy is BLOCK and queue.full:
             self._hold(link or self._delivering)
         # Wake one thread waiting on the condition; one that finds more passes
@@ -329,10 +341,12 @@ class BaseChannel:
     def _wait_package(self, block):
         """Pop the oldest package, waiting as ``block`` says; None if none."""
         queue = self._queue
-        try:
-            return queue.popleft()
-        except IndexError:
-            pass
+        items = queue.items  # (its deque: a truth test without a Python call)
+        if items:
+            try:
+                return queue.popleft()
+            except IndexError:  # (taken meanwhile by another reader)
+                pass
         if block is False or block is None or self._closed:
             return None
         if block is True:
@@ -341,13 +355,14 @@ class BaseChannel:
             deadline = time.monotonic() + block
         else:
             raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
-        closed = lambda: self._closed  # noqa: E731
-        self._waiter.wait(lambda: queue or closed(), deadline)
+        self._waiter.wait(lambda: items or self._closed, deadline)
+        if not items:
+            return None
         try:
             pkg = queue.popleft()
         except IndexError:
             return None
-        if queue and self._waiter.others:
+        if items and self._waiter.others:
             self._waiter.notify()  # (pass the wake-up on: there is more)
         return pkg
 

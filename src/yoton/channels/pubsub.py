@@ -84,12 +84,12 @@ class PubChannel(BaseChannel):
         :class:`~yoton.errors.ChannelClosedError` (an ``OSError``) when the
         channel is closed.
         """
-        deadline = _deadline(block)
         if self._blockers:
+            deadline = _deadline(block)
             self._wait_unblocked(block, deadline)
             if deadline is not None:
                 block = max(0.0, deadline - time.monotonic())
-        self._send(message, block=block)
+        self._send(message, 0, 0, block)
 
     def _wait_unblocked(self, block, deadline) -> None:
         with self._unblocked:

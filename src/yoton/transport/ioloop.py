@@ -71,6 +71,7 @@ import time
 from collections import deque
 from enum import Enum
 
+from .. import events as _events_module
 from ..events import deferred_callbacks
 from . import sigint
 
@@ -307,7 +308,7 @@ class _ReaderSeat:
         cond = self.cond
         with cond:
             try:
-                while loop._running:
+                while loop.running:
                     now = time.monotonic()
                     if self.reader is None:
                         left = self.left + LINGER - now
@@ -353,7 +354,7 @@ class IOLoop:
         self._woken = False
         self._timers: list = []
         self._timer_seq = itertools.count()
-        self._running = True
+        self.running = True  #: whether the loop is still serving (read by any thread)
         self.housekeepers: set = set()
         self._last_housekeeping = 0.0
         self._lock = threading.Lock()  # held while serving (the loop side)
@@ -365,11 +366,6 @@ class IOLoop:
         self._thread.start()
 
     # -- any thread -------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        """Whether the loop is still serving."""
-        return self._running
 
     @property
     def shared(self) -> bool:
@@ -424,7 +420,7 @@ class IOLoop:
 
     def stop(self, timeout: float = 2.0) -> None:
         """End the I/O thread and release the poller and wake-up sockets."""
-        if self._running:
+        if self.running:
             self.call_soon(self._stop_now)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -442,7 +438,7 @@ class IOLoop:
         epoll); the caller then waits its usual way.
         """
         me = threading.current_thread()
-        if not self._shared or not self._running or me is self._leader or me is self._thread:
+        if not self._shared or not self.running or me is self._leader or me is self._thread:
             return False
         main = me is sigint.MAIN_THREAD
         if main and not sigint.main_may_serve():
@@ -477,7 +473,7 @@ class IOLoop:
         interrupted = sigint.interrupted
         spin = self.spin
         spin_end = clock() + spin if spin > 0 else 0.0
-        while self._running and not done():
+        while self.running and not done():
             now = monotonic()
             timeout = self._timeout(now)
             if deadline is not None:
@@ -525,7 +521,7 @@ class IOLoop:
             pass
 
     def _stop_now(self) -> None:
-        self._running = False
+        self.running = False
         self.wake()  # (for a reader in the set)
         with self._seat.cond:
             self._seat.cond.notify()  # (for the I/O thread, if a reader ran this)
@@ -542,7 +538,7 @@ class IOLoop:
     def _run(self) -> None:
         me, wait, serve, seat = self._thread, self._set.wait, self._serve, self._seat
         try:
-            while self._running:
+            while self.running:
                 if seat.reader is not None:
                     # A reader waits in the set and serves everything meanwhile
                     # (timers too). Stay out of the set: the kernel would hand
@@ -556,7 +552,7 @@ class IOLoop:
         finally:
             with self._lock:
                 self._leader = me
-                self._running = False
+                self.running = False
                 self._run_queued(self._calls, self._dirty)
                 self._leader = None
             # A reader leaves at its next pass; wake it, and close the set
@@ -570,8 +566,15 @@ class IOLoop:
 
     def _serve(self, events: list, me: threading.Thread) -> None:
         """Serve what a wait returned, then queued work and due timers (loop side)."""
+        if _events_module.embedding:  # (a GUI's callback waits for the end of the pass)
+            with deferred_callbacks():
+                self._serve_locked(events, me)
+        else:
+            self._serve_locked(events, me)
+
+    def _serve_locked(self, events: list, me: threading.Thread) -> None:
         calls, dirty = self._calls, self._dirty
-        with deferred_callbacks(), self._lock:
+        with self._lock:
             self._leader = me
             try:
                 if events:

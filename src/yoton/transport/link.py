@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional, Protocol as _Interface
 
+from itertools import chain
+
 from ..queues import BLOCK, BoundedQueue, Policy
 
 log = logging.getLogger("yoton")
@@ -64,6 +66,16 @@ CLOSE_FLUSH_TIME = 1.0
 REASON_COMMAND = "Closed on command."
 REASON_PROBLEM = "Unspecified problem"
 REASON_CONTEXT = "Closed by the context."
+
+
+def package_size(item) -> int:
+    """Bytes of a queued package, a ``(header, body)`` pair."""
+    return len(item[0]) + len(item[1])
+
+
+def packages_size(items) -> int:
+    """Bytes of queued packages (``(header, body)`` pairs)."""
+    return sum(map(len, chain.from_iterable(items)))
 
 
 class LinkState(Enum):
@@ -150,7 +162,7 @@ class Link:
         self.sendq = BoundedQueue(max_bytes=self.config.max_queue_bytes, policy=BLOCK,
                                   name=f"the send queue of connection {handle.name!r}",
                                   log_level=logging.DEBUG,  # (the stall is logged instead)
-                                  on_room=self._on_room)
+                                  on_room=self._on_room, size_of=package_size, sizes_of=packages_size)
         self.stalled = False  # full, and the peer took nothing for `timeout` s
         self.read_holds: set = set()  # why reading is held (loop side); empty: reading
         self.held: set = set()  # upstream links held until our send queue has room (loop side)
@@ -199,12 +211,12 @@ class Link:
 
     # -- sending (any thread) --------------------------------------------------------
 
-    def enqueue(self, items, sizes, total: int) -> int:
-        """Queue packages (``(header, body)`` pairs, their sizes and total) for
-        the peer, in order. Never waits: a sender waits for room first (see
+    def enqueue(self, items, total: int) -> int:
+        """Queue packages (``(header, body)`` pairs of ``total`` bytes) for the
+        peer, in order. Never waits: a sender waits for room first (see
         :meth:`has_room`). Returns how many packages the queue discarded
         (only while stalled)."""
-        dropped = self.sendq.put_many(items, sizes, total)
+        dropped = self.sendq.put_many(items, total)
         self.kick_writer()
         return dropped
 
@@ -244,7 +256,6 @@ class Link:
         """``sent`` bytes left for the peer (a writer)."""
         self.last_send = time.monotonic()
         self.bytes_out += sent
-        self.sendq.note_progress()
         # Stalled, the peer takes data again once it has taken a quarter of the
         # queue's bound (a stopped process's kernel may still take a trickle).
         if self.stalled and self.bytes_out - self._stall_mark >= self.sendq.max_bytes // 4:
@@ -325,8 +336,8 @@ class Link:
 
     def check_silence(self, now: float) -> None:
         """Housekeeping for every transport (loop side): stalls and timeouts."""
-        if not self.stalled and self.sendq.stalled(self.timeout, now):
-            self._stall()
+        if not self.stalled and self.sendq.full and now - self.last_send >= self.timeout:
+            self._stall()  # (full, and the peer took nothing for its timeout)
         if not self.is_timedout and not self.read_holds and now - self.last_recv > self.timeout:
             self.is_timedout = True
             self.handle.timedout.emit(self.handle, True)

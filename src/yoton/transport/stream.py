@@ -554,12 +554,20 @@ class StreamLink(Link):
         if nbytes:
             if self.tls is None:
                 protocol.buffer_updated(nbytes)
-            self.note_received(nbytes)
+            # (note_received, inline: this is the path of every read)
+            self.last_recv = time.monotonic()
+            self.bytes_in += nbytes
+            if self.is_timedout:
+                self.note_received(0)
         else:
             protocol.receive_eof()
         events = protocol.events_received()
         if events:
-            self._handle_events(events)
+            if events[0] is not HANDSHAKE_DONE and events[-1] is not CONNECTION_CLOSED:
+                self.packages_in += len(events)  # (deliver, inline: packages only)
+                self.owner.packages_arrived(self, events)
+            else:
+                self._handle_events(events)
 
     def _read_tls(self) -> int:
         """Read ciphertext, feed the plaintext to the protocol; return the bytes read."""
@@ -629,11 +637,12 @@ class StreamLink(Link):
     def _take(self) -> None:
         """Move queued packages into the write buffers, up to about _IOV_MAX
         buffers (a writer, holding _wlock)."""
-        bufs = self._wbufs
         # Into the buffers before they leave the queue (under its lock):
         # flush() must never see both empty while packages are on their way.
-        self.sendq.take(max(1, (_IOV_MAX - len(bufs)) // 2), lambda items: bufs.extend(chain.from_iterable(items)),
-                        _TAKE_BYTES)
+        self.sendq.take(max(1, (_IOV_MAX - len(self._wbufs)) // 2), self._into_wbufs, _TAKE_BYTES)
+
+    def _into_wbufs(self, items: list) -> None:
+        self._wbufs.extend(chain.from_iterable(items))
 
     def _write_locked(self) -> None:
         self._write_scheduled = False
@@ -698,7 +707,6 @@ class StreamLink(Link):
             return False
         self.last_send = now
         self.bytes_out += sent
-        sendq.note_progress()
         if sent == sum(map(len, bufs)) and not sendq:
             bufs.clear()
             self.owner.flushed()
