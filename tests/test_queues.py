@@ -196,3 +196,15 @@ def test_many_producers_and_consumers_keep_the_books_straight():
     for k in range(producers):  # each producer's items come out in order
         mine = [i for (kk, i), _ in taken if kk == k]
         assert mine == sorted(mine)
+
+
+def test_a_queue_at_its_item_bound_is_full_and_tells_when_it_drains():
+    """Full means one thing: at a bound (no room for another item) marks the
+    queue, so on_room comes when it drains (a sync subscriber holding its
+    connection at exactly its bound was never told, and held it for ever)."""
+    rooms = []
+    q = make(max_items=4, policy=BLOCK, on_room=lambda: rooms.append(1))
+    q.put_many([(i, 1) for i in range(4)])
+    assert q.full
+    q.take()
+    assert rooms == [1]

@@ -197,12 +197,10 @@ class BoundedQueue:
         if total is None:
             total = self._sizes_of(items)
         with self._lock:
-            if self.policy is BLOCK:  # (the common case: all in, mark full if over)
+            if self.policy is BLOCK:  # (the common case: all in, mark full if at a bound)
                 self._items.extend(items)
                 self._bytes += total
-                limit = self.max_bytes
-                if (limit is not None and self._bytes > limit) or \
-                        (self.max_items is not None and len(self._items) > self.max_items):
+                if self._over(0):  # (the same test as `full`: one meaning of full)
                     self._full = True
                 return 0
             before = self.discarded

@@ -311,6 +311,10 @@ class BaseChannel:
         if link is not None and link not in self._holding:
             self._holding.add(link)
             self._router.hold_reading(link, ("channel", self))
+            if not self._queue.full:
+                # A reader drained the queue between our look and the hold: its
+                # on_room found nothing to release. (Later, it finds us.)
+                self._release()
 
     def _release(self) -> None:
         """Let the links we hold read again (loop side)."""

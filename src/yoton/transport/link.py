@@ -299,6 +299,10 @@ class Link:
         if upstream not in self.held:
             self.held.add(upstream)
             upstream.hold_reading(("relay", self))
+            if not self.queue_full():
+                # A writer in another thread drained the queue between the
+                # caller's look and the hold: its on_room found nothing to release.
+                self.release_upstream()
 
     def release_upstream(self) -> None:
         """Let the upstream links we hold read again."""
