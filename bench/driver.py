@@ -60,9 +60,15 @@ MARK = "@@BENCH "
 
 STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq"}
 STACK_ALIASES = {
-    "ours": "ours", "new": "ours",
-    "orig": "orig", "yoton-2.2": "orig", "yoton22": "orig", "2.2": "orig", "original": "orig",
-    "zmq": "zmq", "pyzmq": "zmq",
+    "ours": "ours",
+    "new": "ours",
+    "orig": "orig",
+    "yoton-2.2": "orig",
+    "yoton22": "orig",
+    "2.2": "orig",
+    "original": "orig",
+    "zmq": "zmq",
+    "pyzmq": "zmq",
 }
 MiB = 1 << 20
 
@@ -100,83 +106,141 @@ def _lossless(count: int, max_queue_bytes: int, size: int) -> dict:
     lossless); every message must arrive."""
     min_count = -(-2 * max_queue_bytes // size)
     assert count >= min_count, (count, min_count)
-    return {"count": count, "duration": 2.0, "min_count": min_count, "sync": True,
-            "queue": [10000, "old"], "max_queue_bytes": max_queue_bytes}
+    return {
+        "count": count,
+        "duration": 2.0,
+        "min_count": min_count,
+        "sync": True,
+        "queue": [10000, "old"],
+        "max_queue_bytes": max_queue_bytes,
+    }
 
 
 THROUGHPUT = [Metric("msgs_per_s", "", "msgs/s", True)]
 BANDWIDTH = [Metric("MB_per_s", "", "MB/s", True)]
 LATENCY = [Metric("median_us", "median", "us", False), Metric("p99_us", "p99", "us", False)]
-FLOOD = [Metric("rss_peak_MB", "receiver peak RSS", "MB", False),
-         Metric("dropped", "dropped", "msgs", False)]
+FLOOD = [Metric("rss_peak_MB", "receiver peak RSS", "MB", False), Metric("dropped", "dropped", "msgs", False)]
 
 FLOOD_QUEUE = [10000, "old"]
 
 MEASUREMENTS = [
     Measurement(
-        "oneway_100B", "one-way 100 B pub/sub", "oneway", 100, THROUGHPUT,
+        "oneway_100B",
+        "one-way 100 B pub/sub",
+        "oneway",
+        100,
+        THROUGHPUT,
         {
-            "full": _per_stack({"count": 1_500_000, "duration": 2.0}, {"count": 15_000, "duration": 2.0},
-                               {"count": 3_000_000, "duration": 2.0}),
-            "quick": _per_stack({"count": 5_000, "duration": 0.5}, {"count": 1_000, "duration": 0.5},
-                                {"count": 20_000, "duration": 0.5}),
-        }),
+            "full": _per_stack(
+                {"count": 1_500_000, "duration": 2.0},
+                {"count": 15_000, "duration": 2.0},
+                {"count": 3_000_000, "duration": 2.0},
+            ),
+            "quick": _per_stack(
+                {"count": 5_000, "duration": 0.5}, {"count": 1_000, "duration": 0.5}, {"count": 20_000, "duration": 0.5}
+            ),
+        },
+    ),
     Measurement(
-        "oneway_1MiB", "one-way 1 MiB", "oneway", MiB, BANDWIDTH,
+        "oneway_1MiB",
+        "one-way 1 MiB",
+        "oneway",
+        MiB,
+        BANDWIDTH,
         {
-            "full": _per_stack(_lossless(1500, 64 * MiB, MiB), {"count": 600, "duration": 2.0},
-                               {"count": 3000, "duration": 2.0, "hwm": 16}),
-            "quick": _per_stack(_lossless(20, 8 * MiB, MiB), {"count": 10, "duration": 0.5},
-                                {"count": 50, "duration": 0.5, "hwm": 16}),
+            "full": _per_stack(
+                _lossless(1500, 64 * MiB, MiB),
+                {"count": 600, "duration": 2.0},
+                {"count": 3000, "duration": 2.0, "hwm": 16},
+            ),
+            "quick": _per_stack(
+                _lossless(20, 8 * MiB, MiB), {"count": 10, "duration": 0.5}, {"count": 50, "duration": 0.5, "hwm": 16}
+            ),
         },
         note="ours: sync-mode subscriber, sending at least twice max_queue_bytes; "
-             "pyzmq SNDHWM/RCVHWM 16 to bound memory"),
+        "pyzmq SNDHWM/RCVHWM 16 to bound memory",
+    ),
     Measurement(
-        "oneway_16MiB", "one-way 16 MiB", "oneway", 16 * MiB, BANDWIDTH,
+        "oneway_16MiB",
+        "one-way 16 MiB",
+        "oneway",
+        16 * MiB,
+        BANDWIDTH,
         {
-            "full": _per_stack(_lossless(100, 64 * MiB, 16 * MiB), {"count": 30, "duration": 2.0},
-                               {"count": 200, "duration": 2.0, "hwm": 4}),
-            "quick": _per_stack(_lossless(3, 8 * MiB, 16 * MiB), {"count": 2, "duration": 0.5},
-                                {"count": 4, "duration": 0.5, "hwm": 4}),
+            "full": _per_stack(
+                _lossless(100, 64 * MiB, 16 * MiB),
+                {"count": 30, "duration": 2.0},
+                {"count": 200, "duration": 2.0, "hwm": 4},
+            ),
+            "quick": _per_stack(
+                _lossless(3, 8 * MiB, 16 * MiB), {"count": 2, "duration": 0.5}, {"count": 4, "duration": 0.5, "hwm": 4}
+            ),
         },
         note="ours: sync-mode subscriber, sending at least twice max_queue_bytes; "
-             "pyzmq SNDHWM/RCVHWM 4 to bound memory"),
+        "pyzmq SNDHWM/RCVHWM 4 to bound memory",
+    ),
     Measurement(
-        "reqrep_100B", "req/rep 100 B", "reqrep", 100, LATENCY,
+        "reqrep_100B",
+        "req/rep 100 B",
+        "reqrep",
+        100,
+        LATENCY,
         {
-            "full": _per_stack({"count": 5000, "duration": 1.5, "warmup": 20},
-                               {"count": 12, "duration": 2.0, "warmup": 1},
-                               {"count": 20000, "duration": 1.5, "warmup": 50}),
-            "quick": _per_stack({"count": 100, "duration": 0.3, "warmup": 3},
-                                {"count": 3, "duration": 0.3, "warmup": 1, "min_count": 3},
-                                {"count": 500, "duration": 0.3, "warmup": 5}),
-        }),
-    Measurement(
-        "pingpong_100B", "pub/sub ping-pong 100 B", "pingpong", 100, LATENCY,
-        {
-            "full": _per_stack({"count": 5000, "duration": 1.5, "warmup": 20},
-                               {"count": 200, "duration": 2.0, "warmup": 2},
-                               {"count": 20000, "duration": 1.5, "warmup": 50}),
-            "quick": _per_stack({"count": 100, "duration": 0.3, "warmup": 3},
-                                {"count": 10, "duration": 0.3, "warmup": 1},
-                                {"count": 500, "duration": 0.3, "warmup": 5}),
+            "full": _per_stack(
+                {"count": 5000, "duration": 1.5, "warmup": 20},
+                {"count": 12, "duration": 2.0, "warmup": 1},
+                {"count": 20000, "duration": 1.5, "warmup": 50},
+            ),
+            "quick": _per_stack(
+                {"count": 100, "duration": 0.3, "warmup": 3},
+                {"count": 3, "duration": 0.3, "warmup": 1, "min_count": 3},
+                {"count": 500, "duration": 0.3, "warmup": 5},
+            ),
         },
-        note="pyzmq: REQ/REP as the reference"),
+    ),
     Measurement(
-        "flood", "flood 1000 B:", "flood", 1000, FLOOD,
+        "pingpong_100B",
+        "pub/sub ping-pong 100 B",
+        "pingpong",
+        100,
+        LATENCY,
         {
-            "full": _per_stack({"count": 30_000, "queue": FLOOD_QUEUE, "sleep_max": 8.0},
-                               {"count": 30_000, "queue": FLOOD_QUEUE, "sleep_max": 8.0},
-                               {"count": 30_000, "sleep_max": 2.0}),
-            "quick": _per_stack({"count": 3_000, "queue": [1000, "old"], "sleep_max": 3.0},
-                                {"count": 3_000, "queue": [1000, "old"], "sleep_max": 3.0},
-                                {"count": 3_000, "sleep_max": 0.5}),
-        }),
+            "full": _per_stack(
+                {"count": 5000, "duration": 1.5, "warmup": 20},
+                {"count": 200, "duration": 2.0, "warmup": 2},
+                {"count": 20000, "duration": 1.5, "warmup": 50},
+            ),
+            "quick": _per_stack(
+                {"count": 100, "duration": 0.3, "warmup": 3},
+                {"count": 10, "duration": 0.3, "warmup": 1},
+                {"count": 500, "duration": 0.3, "warmup": 5},
+            ),
+        },
+        note="pyzmq: REQ/REP as the reference",
+    ),
+    Measurement(
+        "flood",
+        "flood 1000 B:",
+        "flood",
+        1000,
+        FLOOD,
+        {
+            "full": _per_stack(
+                {"count": 30_000, "queue": FLOOD_QUEUE, "sleep_max": 8.0},
+                {"count": 30_000, "queue": FLOOD_QUEUE, "sleep_max": 8.0},
+                {"count": 30_000, "sleep_max": 2.0},
+            ),
+            "quick": _per_stack(
+                {"count": 3_000, "queue": [1000, "old"], "sleep_max": 3.0},
+                {"count": 3_000, "queue": [1000, "old"], "sleep_max": 3.0},
+                {"count": 3_000, "sleep_max": 0.5},
+            ),
+        },
+    ),
 ]
 BY_ID = {m.id: m for m in MEASUREMENTS}
 
-ROLES = {"oneway": ("recv", "send"), "flood": ("recv", "send"),
-         "reqrep": ("rep", "req"), "pingpong": ("pong", "ping")}
+ROLES = {"oneway": ("recv", "send"), "flood": ("recv", "send"), "reqrep": ("rep", "req"), "pingpong": ("pong", "ping")}
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -186,7 +250,7 @@ class WorkerError(RuntimeError):
     pass
 
 
-_live_workers: "set[Worker]" = set()
+_live_workers: set[Worker] = set()
 _live_lock = threading.Lock()
 
 
@@ -205,12 +269,18 @@ class Worker:
 
     def __init__(self, stack: str, role: str, params: dict, env: dict, label: str):
         self.label = label
-        self._events: "queue.Queue[dict]" = queue.Queue()
+        self._events: queue.Queue[dict] = queue.Queue()
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         cmd = [sys.executable, str(WORKER), stack, role, json.dumps(params)]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=env, cwd=str(ROOT), text=True, bufsize=1,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            cwd=str(ROOT),
+            text=True,
+            bufsize=1,
         )
         with _live_lock:
             _live_workers.add(self)
@@ -221,7 +291,7 @@ class Worker:
             for line in self.proc.stdout:
                 if line.startswith(MARK):
                     try:
-                        self._events.put(json.loads(line[len(MARK):]))
+                        self._events.put(json.loads(line[len(MARK) :]))
                     except ValueError:
                         pass
         except (OSError, ValueError):
@@ -405,8 +475,9 @@ def summarize_run(m: Measurement, server: dict, client: dict) -> dict:
             out["MB_per_s"] = server.get("MB_per_s")
             out["ok"] = received == sent and server.get("end_count") == sent
             if not out["ok"]:
-                out["problem"] = (f"received {received} of {sent} messages"
-                                  + ("" if server.get("end_seen") else " (END marker never arrived)"))
+                out["problem"] = f"received {received} of {sent} messages" + (
+                    "" if server.get("end_seen") else " (END marker never arrived)"
+                )
         else:
             out["dropped"] = sent - received
             out["rss_peak_MB"] = (server.get("rss_peak_kib") or 0) / 1024
@@ -415,9 +486,11 @@ def summarize_run(m: Measurement, server: dict, client: dict) -> dict:
             out["ok"] = True
             if server.get("discarded") is not None and server["discarded"] != sent - received:
                 out["ok"] = False
-                out["problem"] = (f"received {received} of {sent}, but the channel counted "
-                                  f"{server['discarded']} discarded: {sent - received - server['discarded']} "
-                                  "lost elsewhere")
+                out["problem"] = (
+                    f"received {received} of {sent}, but the channel counted "
+                    f"{server['discarded']} discarded: {sent - received - server['discarded']} "
+                    "lost elsewhere"
+                )
     else:
         out.update({k: client[k] for k in ("median_us", "p99_us", "n", "min_us", "max_us")})
         out["ok"] = True
@@ -443,8 +516,7 @@ def _fmt_value(metric: Metric, run: dict) -> str:
     return f"{v:,}"
 
 
-def run_rep(m: Measurement, stack: str, params: dict, env: dict, rep: int, reps: int,
-            progress, problems: list) -> dict:
+def run_rep(m: Measurement, stack: str, params: dict, env: dict, rep: int, reps: int, progress, problems: list) -> dict:
     """One repetition of ``m`` for ``stack``: the run's figures, or its error."""
     t0 = time.monotonic()
     where = f"{m.id} {STACK_NAMES[stack]} rep {rep}/{reps}"
@@ -469,8 +541,12 @@ def run_rep(m: Measurement, stack: str, params: dict, env: dict, rep: int, reps:
 def summarize(m: Measurement, params: dict, runs: list) -> dict:
     """Medians over the repetitions of one stack."""
     good = [r for r in runs if "error" not in r]
-    summary = {"params": params, "runs": runs, "errors": len(runs) - len(good),
-               "ok": bool(good) and all(r.get("ok") for r in runs)}
+    summary = {
+        "params": params,
+        "runs": runs,
+        "errors": len(runs) - len(good),
+        "ok": bool(good) and all(r.get("ok") for r in runs),
+    }
     for metric in m.metrics:
         values = [r[metric.key] for r in good if r.get(metric.key) is not None]
         summary[metric.key] = statistics.median(values) if values else None
@@ -554,8 +630,10 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
     lines = []
     for j, r in enumerate([cols] + rows):
-        cells = [str(c).ljust(widths[i]) if i in (0, 1) or i == len(cols) - 1 else str(c).rjust(widths[i])
-                 for i, c in enumerate(r)]
+        cells = [
+            str(c).ljust(widths[i]) if i in (0, 1) or i == len(cols) - 1 else str(c).rjust(widths[i])
+            for i, c in enumerate(r)
+        ]
         lines.append("  ".join(cells).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -577,18 +655,24 @@ def table_notes(results: dict, stacks: list, mode: str) -> str:
             if st is None:
                 continue
             if "sent" in st and st["sent"]:
-                parts.append(f"{STACK_NAMES[s]} " + ", ".join(
-                    f"{r:,}/{t:,}" for r, t in zip(st["received"], st["sent"])))
+                parts.append(
+                    f"{STACK_NAMES[s]} " + ", ".join(f"{r:,}/{t:,}" for r, t in zip(st["received"], st["sent"]))
+                )
             elif "n" in st and st["n"]:
                 parts.append(f"{STACK_NAMES[s]} n=" + ",".join(str(n) for n in st["n"]))
         what = "received/sent" if m.kind in ("oneway", "flood") else "round trips"
         line = f"{m.id}: {what}: " + "; ".join(parts)
         if m.kind == "flood":
             q = m.params[mode]
-            rss0 = "; ".join(f"{STACK_NAMES[s]} {res['stacks'][s].get('rss_before_MB') or 0:.1f} MB"
-                             for s in stacks if s in res["stacks"])
-            line += (f". queue_params {q['ours'].get('queue')} for yoton, default HWM for pyzmq;"
-                     f" receiver RSS before the flood: {rss0}")
+            rss0 = "; ".join(
+                f"{STACK_NAMES[s]} {res['stacks'][s].get('rss_before_MB') or 0:.1f} MB"
+                for s in stacks
+                if s in res["stacks"]
+            )
+            line += (
+                f". queue_params {q['ours'].get('queue')} for yoton, default HWM for pyzmq;"
+                f" receiver RSS before the flood: {rss0}"
+            )
         if m.note:
             line += f" ({m.note})"
         notes.append(line)
@@ -623,8 +707,7 @@ def profile_summary(path: str, top: int) -> dict:
         rows = []
         for func in stats.fcn_list[:top]:
             cc, nc, tt, ct, _ = stats.stats[func]
-            rows.append({"ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4),
-                         "function": _short_func(func)})
+            rows.append({"ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4), "function": _short_func(func)})
         out[order] = rows
     return out
 
@@ -679,20 +762,33 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark yoton (ours) against the original yoton 2.2 and pyzmq, "
-                    "sender and receiver in separate processes over 127.0.0.1.")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 repetition, small counts, no profiles (unless --profile)")
-    ap.add_argument("--stacks", default="ours,orig,zmq",
-                    help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq); default all")
-    ap.add_argument("--only", default="",
-                    help="comma-separated measurement ids: " + ", ".join(BY_ID))
+        "sender and receiver in separate processes over 127.0.0.1.",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 repetition, small counts, no profiles (unless --profile)"
+    )
+    ap.add_argument(
+        "--stacks",
+        default="ours,orig,zmq",
+        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq); default all",
+    )
+    ap.add_argument("--only", default="", help="comma-separated measurement ids: " + ", ".join(BY_ID))
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
     prof = ap.add_mutually_exclusive_group()
-    prof.add_argument("--profile", dest="profile", action="store_true", default=None,
-                      help="profile our sender/receiver/requester (default in full runs)")
+    prof.add_argument(
+        "--profile",
+        dest="profile",
+        action="store_true",
+        default=None,
+        help="profile our sender/receiver/requester (default in full runs)",
+    )
     prof.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiles")
-    ap.add_argument("--spin", type=float, default=None,
-                    help="Context(spin=...) for our stack, in seconds (default: yoton's own; 0: no polling)")
+    ap.add_argument(
+        "--spin",
+        type=float,
+        default=None,
+        help="Context(spin=...) for our stack, in seconds (default: yoton's own; 0: no polling)",
+    )
     ap.add_argument("--top", type=int, default=12, help="functions per profile listing (default 12)")
     ap.add_argument("--json", default=str(RESULTS / "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -751,10 +847,14 @@ def main(argv=None) -> int:
         measurements = [m for m in MEASUREMENTS if not args.only or m.id in args.only]
         results = {}
         for m in measurements:
-            res = {"title": m.title, "kind": m.kind, "size": m.size,
-                   "metrics": {mt.key: {"unit": mt.unit, "higher_is_better": mt.higher_is_better}
-                               for mt in m.metrics},
-                   "stacks": {}, "ratios": {}}
+            res = {
+                "title": m.title,
+                "kind": m.kind,
+                "size": m.size,
+                "metrics": {mt.key: {"unit": mt.unit, "higher_is_better": mt.higher_is_better} for mt in m.metrics},
+                "stacks": {},
+                "ratios": {},
+            }
             # Repetitions take turns between the stacks (ours, 2.2, pyzmq, ours, ...):
             # the machine's speed drifts over seconds, and each stack's median
             # then spans the same stretch of time.
@@ -775,8 +875,10 @@ def main(argv=None) -> int:
             results[m.id] = res
         table, _ = build_table(results, stacks)
         notes = table_notes(results, stacks, mode)
-        header = (f"yoton benchmark ({mode}, {args.reps} rep(s)), python {platform.python_version()}, "
-                  f"{os.cpu_count()} CPU(s), {platform.platform()}")
+        header = (
+            f"yoton benchmark ({mode}, {args.reps} rep(s)), python {platform.python_version()}, "
+            f"{os.cpu_count()} CPU(s), {platform.platform()}"
+        )
         if OUR_SPIN is not None:
             header += f", ours with Context(spin={OUR_SPIN:g})"
         print(header)
@@ -787,8 +889,7 @@ def main(argv=None) -> int:
         profiles = {}
         if args.profile and "ours" in stacks:
             progress("profiles ...")
-            profiles = run_profiles(mode, envs["ours"], args.top, Path(args.json).resolve().parent,
-                                    progress, problems)
+            profiles = run_profiles(mode, envs["ours"], args.top, Path(args.json).resolve().parent, progress, problems)
             for name, summary in profiles.items():
                 print()
                 print(format_profile(f"profile: ours {name} {summary.get('run', '')}", summary))
@@ -800,10 +901,14 @@ def main(argv=None) -> int:
         doc = {
             "meta": {
                 "date": _dt.datetime.now().isoformat(timespec="seconds"),
-                "mode": mode, "reps": args.reps, "stacks": stacks,
+                "mode": mode,
+                "reps": args.reps,
+                "stacks": stacks,
                 "stack_names": {s: STACK_NAMES[s] for s in stacks},
-                "python": platform.python_version(), "platform": platform.platform(),
-                "cpu_count": os.cpu_count(), "elapsed_s": round(time.monotonic() - started, 1),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "elapsed_s": round(time.monotonic() - started, 1),
                 "versions": _versions(results),
             },
             "results": results,

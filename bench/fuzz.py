@@ -62,8 +62,9 @@ def fuzz(target, examples: int, seconds: float | None, batch: int) -> tuple[int,
                 want = min(want, max(20, int(tried / spent * (seconds - spent))))
             else:
                 want = min(want, 100)
-        test = settings(max_examples=want, deadline=None, database=None, derandomize=False,
-                        suppress_health_check=list(HealthCheck))(given(target.strategy)(run))
+        test = settings(
+            max_examples=want, deadline=None, database=None, derandomize=False, suppress_health_check=list(HealthCheck)
+        )(given(target.strategy)(run))
         before = tried
         try:
             test()
@@ -78,13 +79,14 @@ def fuzz(target, examples: int, seconds: float | None, batch: int) -> tuple[int,
 def main(argv=None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=20_000,
-                        help="inputs per target (default 20000)")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="time budget for the whole run, split evenly between the targets")
+    parser.add_argument("--examples", type=int, default=20_000, help="inputs per target (default 20000)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="time budget for the whole run, split evenly between the targets"
+    )
     parser.add_argument("--only", default="", help="comma-separated target names")
-    parser.add_argument("--batch", type=int, default=2_000,
-                        help="examples per Hypothesis run (each run draws fresh random inputs)")
+    parser.add_argument(
+        "--batch", type=int, default=2_000, help="examples per Hypothesis run (each run draws fresh random inputs)"
+    )
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     args = parser.parse_args(argv)
 

@@ -72,8 +72,12 @@ def measure_receiver(count: int) -> float:
     try:
         conn = ctx.bind("127.0.0.1:0")
         sub = yoton.SubChannel(ctx, "bench", yoton.BINARY)
-        peer = subprocess.Popen(_peer_command("--replay", conn.port1, sub._slot_in, count),
-                                stdin=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+        peer = subprocess.Popen(
+            _peer_command("--replay", conn.port1, sub._slot_in, count),
+            stdin=subprocess.PIPE,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        )
         try:
             got, t0 = 0, None
             while got < count:
@@ -96,8 +100,13 @@ def measure_sender(count: int) -> float:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    peer = subprocess.Popen(_peer_command("--drain", port), stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    peer = subprocess.Popen(
+        _peer_command("--drain", port),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
     ctx = yoton.Context()
     try:
         peer.stdout.readline()  # ready

@@ -73,9 +73,25 @@ def run_check(count: int, size: int, mode: str, timeout: float) -> dict:
     sub = yoton.SubChannel(ctx, SLOT)
     env = dict(os.environ, PYTHONPATH=str(SRC))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.stress", "--send", str(conn.port1), "--count", str(count),
-         "--size", str(size), "--mode", mode],
-        cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bench.stress",
+            "--send",
+            str(conn.port1),
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+            "--mode",
+            mode,
+        ],
+        cwd=str(ROOT),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     result = {"mode": mode, "count": count, "size": size}
     expected, problems, t_first = 0, [], None
     t_start = time.monotonic()
@@ -119,9 +135,17 @@ def run_check(count: int, size: int, mode: str, timeout: float) -> dict:
             proc.kill()
             proc.wait()
         ctx.close()
-    return dict(result, received=expected, reason=closed[0][1] if closed else None,
-                returncode=proc.returncode, stderr=err.strip()[-2000:], problems=problems,
-                receive_s=(t_end - t_first) if t_first else None, total_s=t_end - t_start, sender=sender)
+    return dict(
+        result,
+        received=expected,
+        reason=closed[0][1] if closed else None,
+        returncode=proc.returncode,
+        stderr=err.strip()[-2000:],
+        problems=problems,
+        receive_s=(t_end - t_first) if t_first else None,
+        total_s=t_end - t_start,
+        sender=sender,
+    )
 
 
 def main(argv=None) -> int:
@@ -140,14 +164,21 @@ def main(argv=None) -> int:
     for _ in range(args.repeat):
         for mode in modes:
             r = run_check(args.count, args.size, mode, args.timeout)
-            ok = (r["received"] == r["count"] and not r["problems"] and r["reason"] == REASON_PEER_CLOSED
-                  and r["returncode"] == 0)
+            ok = (
+                r["received"] == r["count"]
+                and not r["problems"]
+                and r["reason"] == REASON_PEER_CLOSED
+                and r["returncode"] == 0
+            )
             failed += not ok
             rate = r["count"] / r["receive_s"] if r["receive_s"] else 0.0
-            print(f"{'OK  ' if ok else 'FAIL'} {mode:9s} {r['received']:,}/{r['count']:,} in order, "
-                  f"closed: {r['reason']!r}, sender exit {r['returncode']}, "
-                  f"{r['total_s']:.2f} s total, receiving {rate:,.0f} msgs/s; sender: sending "
-                  f"{r['sender'].get('send_s', float('nan')):.2f} s, close() {r['sender'].get('close_s', float('nan')):.2f} s")
+            print(
+                f"{'OK  ' if ok else 'FAIL'} {mode:9s} {r['received']:,}/{r['count']:,} in order, "
+                f"closed: {r['reason']!r}, sender exit {r['returncode']}, "
+                f"{r['total_s']:.2f} s total, receiving {rate:,.0f} msgs/s; sender: sending "
+                f"{r['sender'].get('send_s', float('nan')):.2f} s, "
+                f"close() {r['sender'].get('close_s', float('nan')):.2f} s"
+            )
             for problem in r["problems"]:
                 print(f"     {problem}")
             if not ok and r["stderr"]:

@@ -43,7 +43,7 @@ import threading
 import time
 
 MARK = "@@BENCH "
-_commands: "queue.Queue[str]" = queue.Queue()
+_commands: queue.Queue[str] = queue.Queue()
 
 
 def emit(event: str, **data) -> None:
@@ -141,6 +141,7 @@ class ThreadProfiles:
         self._main.disable()
         threading.setprofile(None)
         import pstats
+
         stats = pstats.Stats(self._main)
         for prof in list(self._others):
             try:
@@ -150,7 +151,7 @@ class ThreadProfiles:
         stats.dump_stats(path)
 
 
-_profiles: "ThreadProfiles | None" = None
+_profiles: ThreadProfiles | None = None
 _spin_used: float | None = None  # Context(spin=...) of our stack's context, once made
 
 
@@ -287,8 +288,13 @@ def role_recv(stack: str, p: dict) -> dict:
         batch = recv_batch()
     elapsed = t_end - t_first if t_first is not None else 0.0
     result = {
-        "received": count, "bytes": nbytes, "end_seen": end_count is not None, "end_count": end_count,
-        "elapsed": elapsed, "rss_before_kib": rss_before, "rss_peak_kib": rss_peak_kib(),
+        "received": count,
+        "bytes": nbytes,
+        "end_seen": end_count is not None,
+        "end_count": end_count,
+        "elapsed": elapsed,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": rss_peak_kib(),
         "slept": waited,
     }
     if count > 1 and elapsed > 0:
@@ -335,7 +341,9 @@ def role_send(stack: str, p: dict) -> dict:
         ctx.flush(p.get("flush_timeout", 120.0))
     t_flushed = time.perf_counter()
     return {
-        "sent": sent, "send_elapsed": t_sent - t0, "flush_elapsed": t_flushed - t_sent,
+        "sent": sent,
+        "send_elapsed": t_sent - t0,
+        "flush_elapsed": t_flushed - t_sent,
         "send_msgs_per_s": sent / (t_sent - t0) if t_sent > t0 else None,
     }
 
@@ -384,9 +392,12 @@ def _time_round_trips(p: dict, round_trip) -> dict:
     total = time.perf_counter() - t0
     samples.sort()
     return {
-        "n": len(samples), "elapsed": total,
-        "median_us": percentile(samples, 50) * 1e6, "p99_us": percentile(samples, 99) * 1e6,
-        "min_us": samples[0] * 1e6, "max_us": samples[-1] * 1e6,
+        "n": len(samples),
+        "elapsed": total,
+        "median_us": percentile(samples, 50) * 1e6,
+        "p99_us": percentile(samples, 99) * 1e6,
+        "min_us": samples[0] * 1e6,
+        "max_us": samples[-1] * 1e6,
     }
 
 
@@ -458,8 +469,12 @@ def role_ping(stack: str, p: dict) -> dict:
 
 
 ROLES = {
-    "recv": role_recv, "send": role_send, "rep": role_rep, "req": role_req,
-    "pong": role_pong, "ping": role_ping,
+    "recv": role_recv,
+    "send": role_send,
+    "rep": role_rep,
+    "req": role_req,
+    "pong": role_pong,
+    "ping": role_ping,
 }
 
 

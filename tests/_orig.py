@@ -28,9 +28,20 @@ def _has_yoton(folder: Path) -> bool:
 def _download_wheel(folder: Path) -> Path:
     """Download the pyzo wheel into ``folder`` with pip; return its path."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         f"pyzo=={PYZO_VERSION}", "-d", str(folder)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"pyzo=={PYZO_VERSION}",
+            "-d",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     wheels = list(folder.glob("pyzo-*.whl"))
     if proc.returncode or not wheels:
@@ -80,8 +91,10 @@ def orig_path() -> str:
 
 
 def _has_pyzo(folder: Path) -> bool:
-    return all((folder / "pyzo" / sub).is_file() for sub in (
-        "__init__.py", "yoton/__init__.py", "pyzokernel/start.py", "core/kernelbroker.py"))
+    return all(
+        (folder / "pyzo" / sub).is_file()
+        for sub in ("__init__.py", "yoton/__init__.py", "pyzokernel/start.py", "core/kernelbroker.py")
+    )
 
 
 def pyzo_path() -> str:
@@ -108,8 +121,13 @@ def run_orig(code: str, stdin: str = "", timeout: float = 60) -> str:
     """Run ``code`` in a fresh interpreter that imports the original yoton; return its stdout."""
     env = dict(os.environ, PYTHONPATH=orig_path())
     proc = subprocess.run(
-        [sys.executable, "-c", code], input=stdin, capture_output=True, text=True,
-        env=env, timeout=timeout, cwd=tempfile.gettempdir(),
+        [sys.executable, "-c", code],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),
     )
     if proc.returncode:
         raise RuntimeError(f"original yoton subprocess failed:\n{proc.stderr}")

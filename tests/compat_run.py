@@ -12,7 +12,6 @@ import sys
 import tempfile
 
 import pytest
-
 from interop_helpers import impl_path
 
 _CHECK = (
@@ -29,12 +28,14 @@ def script_command(impl: str, code: str, *args, env: dict | None = None):
     return [sys.executable, "-c", _CHECK + code, path, *map(str, args)], environ, tempfile.gettempdir()
 
 
-def run_script(impl: str, code: str, *args, timeout: float = 30.0, check: bool = True,
-               stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    impl: str, code: str, *args, timeout: float = 30.0, check: bool = True, stdin: str = "", env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``code`` with yoton ``impl``; fail the test if it exits non-zero (with ``check``)."""
     argv, environ, cwd = script_command(impl, code, *args, env=env)
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, encoding="utf-8",
-                          env=environ, timeout=timeout, cwd=cwd)
+    proc = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, encoding="utf-8", env=environ, timeout=timeout, cwd=cwd
+    )
     if check and proc.returncode:
         pytest.fail(f"{impl} script exited with {proc.returncode}:\n{proc.stderr}")
     return proc

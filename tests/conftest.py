@@ -18,24 +18,18 @@ Fixtures:
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
+from helpers import wait_until
 
 import yoton
 
 
-def _wait_for(pred, timeout: float = 3.0, events: bool = True, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(pred())
-        if events:
-            yoton.process_events(interval)
-        else:
-            time.sleep(interval / 2)
+def _wait_for(
+    pred, timeout: float = 3.0, events: bool = True, what: str = "condition", pump: bool | None = None
+) -> bool:
+    """helpers.wait_until, returning False at the deadline (pumping events by default)."""
+    return wait_until(pred, timeout, what, pump=events if pump is None else pump, fail=False)
 
 
 def _free_port() -> int:

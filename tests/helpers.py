@@ -7,19 +7,30 @@ import time
 import yoton
 
 
-def wait_until(cond, timeout: float = 5.0, what: str = "condition", pump: bool = False) -> None:
-    """Poll ``cond()`` until true; raise AssertionError naming ``what`` at the deadline.
+def wait_until(cond, timeout: float = 5.0, what: str = "condition", pump: bool = False, fail: bool = True) -> bool:
+    """The tests' one way to wait: poll ``cond()`` until it is true or
+    ``timeout`` seconds have passed; no test sleeps longer than it must.
 
-    With ``pump`` the yoton event queue is processed between polls (for
-    signals and event-mode handlers).
+    Returns True as soon as ``cond()`` is. At the deadline: raises
+    AssertionError naming ``what``, or with ``fail=False`` returns
+    ``bool(cond())``. With ``pump`` the yoton event queue is processed while
+    waiting (signals, event-mode handlers), else the poll sleeps 2 ms.
+    (The other wait helpers of tests/ are this one with other defaults.)
     """
     deadline = time.monotonic() + timeout
     while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if cond():
+                return True
+            if fail:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            return False
         if pump:
-            yoton.process_events(False)
-        time.sleep(0.002)
+            yoton.process_events(min(0.01, remaining))
+        else:
+            time.sleep(min(0.002, remaining))
+    return True
 
 
 def link(binder, connector, timeout: float = 5.0):

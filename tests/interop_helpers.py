@@ -15,10 +15,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from _orig import orig_path
+from helpers import wait_until
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -50,14 +50,22 @@ class PeerProcess:
         path = impl_path(impl)
         env = dict(os.environ, PYTHONPATH=path, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, str(PEER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, cwd=tempfile.gettempdir(),
-            text=True, encoding="utf-8", bufsize=1,
+            [*prefix, sys.executable, str(PEER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tempfile.gettempdir(),
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
         )
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines.put), daemon=True).start()
-        self._err_reader = threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr.append), daemon=True)
+        self._err_reader = threading.Thread(
+            target=self._pump, args=(self.proc.stderr, self._stderr.append), daemon=True
+        )
         self._err_reader.start()
         try:
             hello = self._reply(30.0, "startup")
@@ -151,12 +159,5 @@ def wait_connections(peers_counts, timeout: float = 10.0):
 
 
 def wait_for(cond, timeout: float, what: str = "condition"):
-    """In the test process: run yoton events until cond() is true; fail at the deadline."""
-    import yoton
-
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        yoton.process_events(False)
-        time.sleep(0.005)
+    """helpers.wait_until, processing yoton events; fails at the deadline."""
+    return wait_until(cond, timeout, what, pump=True)

@@ -29,8 +29,8 @@ import traceback
 
 import yoton
 
-
 # -- JSON <-> message values ---------------------------------------------------
+
 
 def to_json(value):
     if isinstance(value, tuple):
@@ -80,6 +80,7 @@ def decode_msg(type_, msg):
 
 
 # -- the peer --------------------------------------------------------------------
+
 
 class Peer:
     def __init__(self):
@@ -131,14 +132,24 @@ class Peer:
 
     def _conn_info(self, index):
         c = self.conns[index]
-        return {"conn": index, "port": c.port1, "is_connected": c.is_connected,
-                "is_alive": c.is_alive, "is_waiting": c.is_waiting,
-                "id2": format(c.id2 or 0, "016x"), "pid2": c.pid2 or 0}
+        return {
+            "conn": index,
+            "port": c.port1,
+            "is_connected": c.is_connected,
+            "is_alive": c.is_alive,
+            "is_waiting": c.is_waiting,
+            "id2": format(c.id2 or 0, "016x"),
+            "pid2": c.pid2 or 0,
+        }
 
     # -- contexts and connections
     def op_info(self):
-        return {"id": format(self.ctx.id, "016x"), "pid": os.getpid(),
-                "connection_count": self.ctx.connection_count, "yoton": yoton.__file__}
+        return {
+            "id": format(self.ctx.id, "016x"),
+            "pid": os.getpid(),
+            "connection_count": self.ctx.connection_count,
+            "yoton": yoton.__file__,
+        }
 
     def op_bind(self, addr="localhost:0", max_tries=1, name=""):
         return self._conn_info(self._track(self.ctx.bind(addr, max_tries=max_tries, name=name)))

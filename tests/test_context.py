@@ -39,11 +39,25 @@ def _recorder(signal_):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", [
-    (5,), [5], (5, "old", 1), "5,old", 5,  # wrong shape
-    (5, "mid"), (5, ""), (5, None), (5, b"old"),      # bad mode
-    (0, "old"), (-1, "new"), ("5", "old"), (5.0, "old"), (True, "old"),  # bad size
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        (5,),
+        [5],
+        (5, "old", 1),
+        "5,old",
+        5,  # wrong shape
+        (5, "mid"),
+        (5, ""),
+        (5, None),
+        (5, b"old"),  # bad mode
+        (0, "old"),
+        (-1, "new"),
+        ("5", "old"),
+        (5.0, "old"),
+        (True, "old"),  # bad size
+    ],
+)
 def test_queue_params_validation(params):
     with pytest.raises(ValueError):
         yoton.Context(queue_params=params)
@@ -162,8 +176,9 @@ def test_flush_writes_everything_sent_before_it(ctx, bind_free, which):
     c = ctx()
     conn = bind_free(c)
     sub = yoton.SubChannel(c, "last-words")
-    proc = subprocess.run([sys.executable, "-c", _FLUSH_THEN_EXIT, str(conn.port1), which],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLUSH_THEN_EXIT, str(conn.port1), which], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = []
     deadline = time.monotonic() + 5.0
@@ -358,8 +373,10 @@ def _bind_named(context, prefix):
     pytest.skip("no free hashed port found")
 
 
-@pytest.mark.parametrize("form", ["tcp://localhost:{port}", "localhost:{port}", "LocalHost:{port}",
-                                  "127.0.0.1:{port}", "TCP://127.0.0.1:{port}"])
+@pytest.mark.parametrize(
+    "form",
+    ["tcp://localhost:{port}", "localhost:{port}", "LocalHost:{port}", "127.0.0.1:{port}", "TCP://127.0.0.1:{port}"],
+)
 def test_address_forms(ctx, free_port, wait_for, form):
     a, b = ctx(), ctx()
     ca = a.bind(form.format(port=free_port()), max_tries=16)
@@ -678,8 +695,6 @@ def test_a_burst_of_small_and_large_sends_arrives_in_order_without_flush(pair, w
     assert not a.router._stage and a.statistics()["queued_bytes"] == 0
 
 
-
-
 def test_io_thread_stays_responsive_after_concurrent_bursts(ctx, bind_free, settle, wait_for):
     """Regression: many threads waking the I/O thread at once could leave its
     'already woken' flag set with no wake-up byte pending; from then on sends
@@ -687,7 +702,7 @@ def test_io_thread_stays_responsive_after_concurrent_bursts(ctx, bind_free, sett
     for _ in range(5):
         a, b = ctx(), ctx()
         ca = bind_free(a)
-        cb = b.connect(f"127.0.0.1:{ca.port1}", timeout=3.0)
+        b.connect(f"127.0.0.1:{ca.port1}", timeout=3.0)
         assert wait_for(lambda: ca.is_connected, events=False)
         settle([a, b])
         pub, sub = yoton.PubChannel(a, "burst"), yoton.SubChannel(b, "burst")
@@ -745,14 +760,20 @@ def test_timedout_signal_with_stopped_peer(ctx, bind_free, wait_for):
     conn.timeout = 1.0
     timedout = _recorder(conn.timedout)
     env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", _IDLE_PEER, str(conn.port1)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _IDLE_PEER, str(conn.port1)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     lines: list = []
-    reader = threading.Thread(target=lambda: [lines.append(line.rstrip("\n")) for line in proc.stdout],
-                              daemon=True)
+    reader = threading.Thread(target=lambda: [lines.append(line.rstrip("\n")) for line in proc.stdout], daemon=True)
     reader.start()
     try:
-        assert wait_for(lambda: lines, 15.0), f"peer did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert wait_for(lambda: lines, 15.0), (
+            f"peer did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
+        )
         assert lines[0].startswith("ready ")
         assert Path(lines[0][6:]).resolve().is_relative_to(SRC.resolve())
         assert wait_for(lambda: conn.is_connected, 3.0)
@@ -803,19 +824,27 @@ def test_one_read_of_interleaved_packages_is_routed_in_order(ctx):
     sx, sy = x._slot_in, y._slot_in
     src, other = 0x1111, 0x2222
     batch = [
-        Package(b"x1", sx, src, 1), Package(b"y1", sy, src, 2), Package(b"x2", sx, src, 3),
+        Package(b"x1", sx, src, 1),
+        Package(b"y1", sy, src, 2),
+        Package(b"x2", sx, src, 3),
         Package(b"x2 again", sx, src, 3),  # repeat: dropped
         Package(b"not for us", sx, src, 4, dest_id=other),  # addressed elsewhere: dropped
         Package(b"NEW_CONNECTION", SLOT_CONTEXT, src, 5),
-        Package(b"y2", sy, src, 6), Package(b"x3", sx, other, 1), Package(b"mine", sx, c.id, 9),
+        Package(b"y2", sy, src, 6),
+        Package(b"x3", sx, other, 1),
+        Package(b"mine", sx, c.id, 9),
         # sources interleaved: each source's last number must survive the switches
-        Package(b"y2 again", sy, src, 6), Package(b"x3 again", sx, other, 1),
-        Package(b"y3", sy, src, 7), Package(b"mine too", sy, c.id, 10), Package(b"x4", sx, other, 2),
+        Package(b"y2 again", sy, src, 6),
+        Package(b"x3 again", sx, other, 1),
+        Package(b"y3", sy, src, 7),
+        Package(b"mine too", sy, c.id, 10),
+        Package(b"x4", sx, other, 2),
     ]
     c.router.packages_arrived(object(), batch)
     # and across reads
-    c.router.packages_arrived(object(), [Package(b"x4 again", sx, other, 2), Package(b"y3 again", sy, src, 7),
-                         Package(b"y4", sy, src, 8)])
+    c.router.packages_arrived(
+        object(), [Package(b"x4 again", sx, other, 2), Package(b"y3 again", sy, src, 7), Package(b"y4", sy, src, 8)]
+    )
     assert [bytes(p.data) for p in x._queue] == [b"x1", b"x2", b"x3", b"x4"]
     assert [bytes(p.data) for p in y._queue] == [b"y1", b"y2", b"y3", b"y4"]
     assert c.router._last_seq == {src: 8, other: 2}

@@ -15,9 +15,9 @@ import struct
 import threading
 
 import pytest
+from helpers import link, wait_until
 
 import yoton
-from helpers import link, wait_until
 from yoton.wire.codec import encode_object
 from yoton.wire.naming import slot_hash
 
@@ -69,7 +69,7 @@ class RawPeer:
             assert control == CONTROL, "the stream lost track"
             if len(data) - pos - HEADER.size < length:
                 break
-            body = bytes(data[pos + HEADER.size:pos + HEADER.size + length])
+            body = bytes(data[pos + HEADER.size : pos + HEADER.size + length])
             pos += HEADER.size + length
             if length:
                 self.packages.append((slot, seq, body))

@@ -19,10 +19,10 @@ import threading
 import time
 
 import pytest
-
-import yoton
 from helpers import link, wait_until
 from interop_helpers import SRC
+
+import yoton
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -81,8 +81,13 @@ class Child:
 
     def __init__(self, code: str, *args):
         env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *map(str, args)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def line(self, timeout: float = 20.0) -> str:
         result = []

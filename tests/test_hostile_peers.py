@@ -13,9 +13,9 @@ import os
 import sys
 
 import pytest
+from helpers import link, wait_until
 
 import yoton
-from helpers import link, wait_until
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "transport"))
 from transport_util import RawClient, package, pubsub_slot  # noqa: E402
@@ -263,8 +263,9 @@ def test_a_stream_of_announcements_never_followed_by_requests_does_not_starve_re
     def announce():  # ~5,000 announcements a second, none ever followed by its request
         n = 0
         while not stop.is_set():
-            evil.send_tolerant(b"".join(package(req_slot, evil.id, n + i + 1, b"req?", dest_seq=REF + n + i + 1)
-                                        for i in range(50)))
+            evil.send_tolerant(
+                b"".join(package(req_slot, evil.id, n + i + 1, b"req?", dest_seq=REF + n + i + 1) for i in range(50))
+            )
             n += 50
             stop.wait(0.01)
 
@@ -295,8 +296,7 @@ def test_request_bodies_that_were_not_acknowledged_are_not_queued(ctx, attacker,
     req_slot, _ = _reqrep_slots("svc")
     body = encode_object(("ping", ("x" * 300,), {}))
     n = 50_000
-    evil.send(b"".join(package(req_slot, evil.id, i, body, dest_id=replier.id, dest_seq=i)
-                       for i in range(1, n + 1)))
+    evil.send(b"".join(package(req_slot, evil.id, i, body, dest_id=replier.id, dest_seq=i) for i in range(1, n + 1)))
     wait_until(lambda: svc.statistics()["refused"] == n, 20.0, "the bodies to be refused")
     assert len(svc._work) == 0
     assert yoton.events._events.pending() < 100  # (event mode, no loop running: no events piled up)
@@ -405,12 +405,13 @@ def test_a_request_body_still_on_its_way_after_the_acknowledgement_wait_is_serve
     slow.send(package(req_slot, slow.id, 1, b"req?", dest_seq=REF + 3))
     fields, body = slow.read_package(5.0)
     assert body == b"req!"
-    request = package(req_slot, slow.id, 2, encode_object(("size", ("x" * (2 << 20),), {})),
-                      dest_id=replier.id, dest_seq=3)
+    request = package(
+        req_slot, slow.id, 2, encode_object(("size", ("x" * (2 << 20),), {})), dest_id=replier.id, dest_seq=3
+    )
     t0 = time.monotonic()
     piece = len(request) // 50 + 1
     for i in range(0, len(request), piece):  # in 50 pieces over 2.5 s
-        slow.send(request[i:i + piece])
+        slow.send(request[i : i + piece])
         time.sleep(0.05)  # (the scenario: a slow link)
     assert time.monotonic() - t0 > 2 * ACK_TIMEOUT
     fields, body = slow.read_package(5.0)

@@ -19,8 +19,14 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "yoton"
 
 #: layer of each top-level module or package (what is not listed is its own layer)
 LAYERS = {
-    "wire": "wire", "transport": "transport", "context.py": "context", "channels": "channels",
-    "sugar": "sugar", "cli": "sugar", "_compat22": "compat", "__main__.py": "sugar",
+    "wire": "wire",
+    "transport": "transport",
+    "context.py": "context",
+    "channels": "channels",
+    "sugar": "sugar",
+    "cli": "sugar",
+    "_compat22": "compat",
+    "__main__.py": "sugar",
 }
 
 

@@ -5,11 +5,19 @@ import json
 import sys
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from _orig import run_orig
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from yoton.messages import (
-    BINARY, OBJECT, TEXT, BinaryMessageType, MessageType, ObjectMessageType, TextMessageType, as_message_type,
+    BINARY,
+    OBJECT,
+    TEXT,
+    BinaryMessageType,
+    MessageType,
+    ObjectMessageType,
+    TextMessageType,
+    as_message_type,
 )
 
 

@@ -160,8 +160,14 @@ def test_take_while_stops_at_the_first_item_that_fails():
 def test_statistics():
     q = make(max_items=2, max_bytes=100, policy=DROP_OLD)
     _fill(q, range(3), size=7)
-    assert q.statistics() == {"items": 2, "bytes": 14, "max_items": 2, "max_bytes": 100,
-                              "policy": "old", "discarded": 1}
+    assert q.statistics() == {
+        "items": 2,
+        "bytes": 14,
+        "max_items": 2,
+        "max_bytes": 100,
+        "policy": "old",
+        "discarded": 1,
+    }
     assert Policy.for_discard_mode("new") is DROP_NEW and Policy.for_discard_mode("old") is DROP_OLD
 
 

@@ -28,8 +28,10 @@ re-export what 2.2 had there, kept apart in ``yoton/_compat22/``.
 import sys as _sys
 
 if _sys.version_info < (3, 8):
-    raise ImportError("yoton needs Python 3.8 or newer; this is Python %d.%d (%s)"
-                      % (_sys.version_info[0], _sys.version_info[1], _sys.executable))
+    raise ImportError(
+        "yoton needs Python 3.8 or newer; this is Python %d.%d (%s)"
+        % (_sys.version_info[0], _sys.version_info[1], _sys.executable)
+    )
 
 import os as _os  # noqa: E402
 
@@ -70,7 +72,14 @@ from .wire.naming import UID  # noqa: E402
 from .transport.connection import Connection, ConnectionCollection, TcpConnection  # noqa: E402
 from .context import Context  # noqa: E402
 from .channels import (  # noqa: E402
-    BaseChannel, Future, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel, select_sub_channel,
+    BaseChannel,
+    Future,
+    PubChannel,
+    RepChannel,
+    ReqChannel,
+    StateChannel,
+    SubChannel,
+    select_sub_channel,
 )
 
 from .sugar.clientserver import RequestServer, do_request  # noqa: E402
@@ -80,24 +89,66 @@ from .sugar.simplesocket import SimpleSocket  # noqa: E402
 __version__ = "3.0.0.dev0"
 
 __all__ = [
-    "YotonError", "ProtocolError", "HandshakeError", "ConnectError", "ConnectHandshakeError",
-    "AuthenticationError", "TLSError", "BindError",
-    "ChannelClosedError", "WouldBlock", "FlushTimeout", "RemoteError", "TimeoutError", "CancelledError",
-    "Signal", "Timer", "call_later", "process_events", "start_event_loop",
-    "stop_event_loop", "embed_event_loop", "app", "YotonApplication",
-    "MessageType", "TEXT", "BINARY", "OBJECT", "Package", "UID",
-    "Connection", "TcpConnection", "ConnectionCollection", "Context",
-    "BaseChannel", "PubChannel", "SubChannel", "StateChannel", "select_sub_channel",
-    "ReqChannel", "RepChannel", "Future",
-    "RequestServer", "do_request", "NoServerError", "FileWrapper", "SimpleSocket",
+    "YotonError",
+    "ProtocolError",
+    "HandshakeError",
+    "ConnectError",
+    "ConnectHandshakeError",
+    "AuthenticationError",
+    "TLSError",
+    "BindError",
+    "ChannelClosedError",
+    "WouldBlock",
+    "FlushTimeout",
+    "RemoteError",
+    "TimeoutError",
+    "CancelledError",
+    "Signal",
+    "Timer",
+    "call_later",
+    "process_events",
+    "start_event_loop",
+    "stop_event_loop",
+    "embed_event_loop",
+    "app",
+    "YotonApplication",
+    "MessageType",
+    "TEXT",
+    "BINARY",
+    "OBJECT",
+    "Package",
+    "UID",
+    "Connection",
+    "TcpConnection",
+    "ConnectionCollection",
+    "Context",
+    "BaseChannel",
+    "PubChannel",
+    "SubChannel",
+    "StateChannel",
+    "select_sub_channel",
+    "ReqChannel",
+    "RepChannel",
+    "Future",
+    "RequestServer",
+    "do_request",
+    "NoServerError",
+    "FileWrapper",
+    "SimpleSocket",
 ]
 
 # yoton 2.2 imported these submodules in ``import yoton`` (and had the channel
 # modules and the str / bytes types in its namespace too): reached as
 # attributes, they are imported on first use.
 _COMPAT22_MODULES = ("clientserver", "misc", "core", "connection", "connection_tcp", "connection_itc")
-_COMPAT22_CHANNEL_MODULES = ("channels_base", "channels_pubsub", "channels_reqrep", "channels_state",
-                             "channels_file", "message_types")
+_COMPAT22_CHANNEL_MODULES = (
+    "channels_base",
+    "channels_pubsub",
+    "channels_reqrep",
+    "channels_state",
+    "channels_file",
+    "message_types",
+)
 
 
 def __getattr__(name):

@@ -104,7 +104,7 @@ _STAGE_BODY = 4096
 _STAGE_ITEMS = 1024
 
 
-_open_contexts: "weakref.WeakSet" = weakref.WeakSet()
+_open_contexts: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
@@ -188,9 +188,17 @@ class Context:
     thread alone does.
     """
 
-    def __init__(self, verbose=0, queue_params=None, *, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
-                 auth_key=None, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, spin: float | None = None,
-                 poller: str | None = None):
+    def __init__(
+        self,
+        verbose=0,
+        queue_params=None,
+        *,
+        max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
+        auth_key=None,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        spin: float | None = None,
+        poller: str | None = None,
+    ):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
         max_package_size = _check_byte_limit("max_package_size", max_package_size)
@@ -202,9 +210,13 @@ class Context:
         spin = default_spin() if spin is None else _check_spin(spin)
         if poller is not None and poller not in ("epoll", "select"):
             raise ValueError(f"poller must be 'epoll' or 'select', not {poller!r}")
-        config = LinkConfig(local_id=new_id(), max_package_size=max_package_size,
-                            max_queue_bytes=max_queue_bytes, discard_mode=self._queue_params[1],
-                            auth_key=auth_key)
+        config = LinkConfig(
+            local_id=new_id(),
+            max_package_size=max_package_size,
+            max_queue_bytes=max_queue_bytes,
+            discard_mode=self._queue_params[1],
+            auth_key=auth_key,
+        )
         #: The routing engine: what channels and links talk to (see :class:`Router`).
         self.router = Router(self, config, self._queue_params, spin, poller)
 
@@ -360,8 +372,7 @@ class Router:
     :meth:`release_reading`, :meth:`link_listens`).
     """
 
-    def __init__(self, context: Context, config: LinkConfig, queue_params: tuple, spin: float,
-                 poller: str | None):
+    def __init__(self, context: Context, config: LinkConfig, queue_params: tuple, spin: float, poller: str | None):
         self._context_ref = weakref.ref(context)
         self.config = config
         self.id = config.local_id
@@ -375,10 +386,13 @@ class Router:
         self._seq = 0
         self.links: list = []  # every link: waiting, connected, closing
         self._live: tuple = ()  # the CONNECTED links: where packages go
-        self._startup = BoundedQueue(max_bytes=config.max_queue_bytes,
-                                     policy=Policy.for_discard_mode(config.discard_mode),
-                                     name="the startup queue (no connection yet)",
-                                     size_of=package_size, sizes_of=packages_size)
+        self._startup = BoundedQueue(
+            max_bytes=config.max_queue_bytes,
+            policy=Policy.for_discard_mode(config.discard_mode),
+            name="the startup queue (no connection yet)",
+            size_of=package_size,
+            sizes_of=packages_size,
+        )
         self._stage: deque = deque()  # (slot, body, dest_id, dest_seq) sent, not yet numbered
         self._stage_items = max(1, min(_STAGE_ITEMS, config.max_queue_bytes // (4 * _STAGE_BODY)))
         self._pump_scheduled = False  # a _pump_on_loop is queued on the loop
@@ -400,7 +414,7 @@ class Router:
         self._recv_slots: dict = {}  # slot -> channel
         self._deliver: dict = {}  # slot -> the channel's deliver(packages, link)
         self._peer_hooks: dict = {}  # channel -> WeakMethod of its peer_joined() (NEW_CONNECTION)
-        self._channels: "weakref.WeakSet" = weakref.WeakSet()
+        self._channels: weakref.WeakSet = weakref.WeakSet()
         self.loop: IOLoop | None = None
         self._flush_cond = threading.Condition()
         self._flush_waiters = 0
@@ -525,8 +539,8 @@ class Router:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise FlushTimeout(
-                            f"flush timed out after {timeout} s with packages still queued "
-                            f"on {len(left)} connection(s)")
+                            f"flush timed out after {timeout} s with packages still queued on {len(left)} connection(s)"
+                        )
                     self._flush_cond.wait(remaining)
             finally:
                 self._flush_waiters -= 1
@@ -564,8 +578,7 @@ class Router:
 
     # -- channels (the channel layer calls these) ----------------------------
 
-    def register(self, channel, slot_out: int | None, slot_in: int | None, deliver=None,
-                 peer_joined=None) -> None:
+    def register(self, channel, slot_out: int | None, slot_in: int | None, deliver=None, peer_joined=None) -> None:
         """Attach ``channel``: it sends on ``slot_out`` and takes what arrives on
         ``slot_in`` through ``deliver(packages, link)`` (loop side, in order).
         ``peer_joined()`` is called when a context joins the network
@@ -614,8 +627,7 @@ class Router:
         none is (any thread; a snapshot)."""
         for link in self._live:
             partial = link.partial()
-            if partial is not None and partial[1] == source_id and partial[3] == self.id \
-                    and partial[4] == dest_seq:
+            if partial is not None and partial[1] == source_id and partial[3] == self.id and partial[4] == dest_seq:
                 return partial[5]
         return None
 
@@ -625,8 +637,7 @@ class Router:
         heard from (connected, not timed out), and the link's timeout."""
         return link.is_connected and not link.is_timedout, link.timeout
 
-    def send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0, block=True,
-             force: bool = False) -> None:
+    def send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0, block=True, force: bool = False) -> None:
         """Number a package and queue it on every live link (any thread).
 
         Raises ``ValueError`` for a body over ``max_package_size``. While a
@@ -643,8 +654,9 @@ class Router:
         """
         size = len(body)
         if size > self.max_package_size:
-            raise ValueError(f"message too large to send: {size} bytes encoded, "
-                             f"but max_package_size is {self.max_package_size}")
+            raise ValueError(
+                f"message too large to send: {size} bytes encoded, but max_package_size is {self.max_package_size}"
+            )
         if self._pressure and not force:
             self._wait_room(HEADER_SIZE + size, block)
         stage = self._stage
@@ -740,9 +752,10 @@ class Router:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if block is False or (remaining is not None and remaining <= 0):
                         names = ", ".join(repr(link.handle.name) for link in full)
-                        raise WouldBlock(f"the send queue of connection {names} is full "
-                                         f"(the peer is slower than the sender)"
-                                         + ("" if block is False else f"; waited {block} s"))
+                        raise WouldBlock(
+                            f"the send queue of connection {names} is full "
+                            f"(the peer is slower than the sender)" + ("" if block is False else f"; waited {block} s")
+                        )
                     self._room.wait(remaining)
             finally:
                 self._room_waiters -= 1
@@ -845,12 +858,20 @@ class Router:
         if key not in self._refusals_logged:
             self._refusals_logged.add(key)
             if why == "spoof":
-                log.debug("yoton: connection %r delivered a package of %016x ahead of that peer's "
-                          "own link: refused (counted in statistics()['refused'])", link.handle.name, source)
+                log.debug(
+                    "yoton: connection %r delivered a package of %016x ahead of that peer's "
+                    "own link: refused (counted in statistics()['refused'])",
+                    link.handle.name,
+                    source,
+                )
             else:
-                log.warning("yoton: connection %r sent a package that jumps implausibly far ahead in "
-                            "the numbering of %016x: refused (further ones are counted in "
-                            "statistics()['refused'], not logged)", link.handle.name, source)
+                log.warning(
+                    "yoton: connection %r sent a package that jumps implausibly far ahead in "
+                    "the numbering of %016x: refused (further ones are counted in "
+                    "statistics()['refused'], not logged)",
+                    link.handle.name,
+                    source,
+                )
 
     def _forward(self, link, pkg) -> None:
         """Queue a package from ``link`` on every other live link (loop side)."""

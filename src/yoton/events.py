@@ -148,7 +148,7 @@ class EventQueue:
             room = MAX_EVENTS - len(self._queue)
             if len(items) > room:
                 self._discard(len(items) - max(0, room))
-                items = items[:max(0, room)]
+                items = items[: max(0, room)]
             self._queue.extend(items)
             callback = self._note_posted()
         if callback is not None:
@@ -159,8 +159,11 @@ class EventQueue:
         self.discarded += count
         if not self._dropping:
             self._dropping = True
-            log.warning("yoton: the event queue is full (%d events: nothing processes them?); "
-                        "discarding new events until it is processed", len(self._queue))
+            log.warning(
+                "yoton: the event queue is full (%d events: nothing processes them?); "
+                "discarding new events until it is processed",
+                len(self._queue),
+            )
 
     def _note_posted(self):
         """Wake a waiter; return the embedding callback if it must be called.
@@ -555,9 +558,7 @@ class _WeakMethodHandler:
     def matches(self, func) -> bool:
         obj = self._self_ref()
         return (
-            obj is not None
-            and getattr(func, "__self__", None) is obj
-            and getattr(func, "__func__", None) is self._func
+            obj is not None and getattr(func, "__self__", None) is obj and getattr(func, "__func__", None) is self._func
         )
 
     def __call__(self, *args, **kwargs):
@@ -646,9 +647,7 @@ class Signal:
             if func is None:
                 self._handlers = ()
             else:
-                self._handlers = tuple(
-                    h for h in self._handlers if _handler_alive(h) and not _handler_matches(h, func)
-                )
+                self._handlers = tuple(h for h in self._handlers if _handler_alive(h) and not _handler_matches(h, func))
 
     def _live_handlers(self) -> tuple:
         handlers = self._handlers

@@ -58,7 +58,7 @@ class Policy(Enum):
     DROP_NEW = "new"  #: discard the new item
 
     @classmethod
-    def for_discard_mode(cls, mode: str) -> "Policy":
+    def for_discard_mode(cls, mode: str) -> Policy:
         """The drop policy for a ``queue_params`` discard mode ('old' or 'new')."""
         return cls.DROP_OLD if mode == "old" else cls.DROP_NEW
 
@@ -80,13 +80,37 @@ class BoundedQueue:
     resume mark or runs empty: producers waiting for room may look again.
     """
 
-    __slots__ = ("_items", "_bytes", "_lock", "max_items", "max_bytes", "policy", "name", "log_level",
-                 "on_room", "discarded", "_full", "_dropping", "_resume_items", "_resume_bytes",
-                 "_size_of", "_sizes_of")
+    __slots__ = (
+        "_items",
+        "_bytes",
+        "_lock",
+        "max_items",
+        "max_bytes",
+        "policy",
+        "name",
+        "log_level",
+        "on_room",
+        "discarded",
+        "_full",
+        "_dropping",
+        "_resume_items",
+        "_resume_bytes",
+        "_size_of",
+        "_sizes_of",
+    )
 
-    def __init__(self, max_items: int | None = None, max_bytes: int | None = None,
-                 policy: Policy = BLOCK, *, name: str = "queue", log_level: int = logging.WARNING,
-                 on_room=None, size_of=len, sizes_of=None):
+    def __init__(
+        self,
+        max_items: int | None = None,
+        max_bytes: int | None = None,
+        policy: Policy = BLOCK,
+        *,
+        name: str = "queue",
+        log_level: int = logging.WARNING,
+        on_room=None,
+        size_of=len,
+        sizes_of=None,
+    ):
         self._items: deque = deque()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -105,8 +129,7 @@ class BoundedQueue:
         self._sizes_of = sizes_of or (lambda items: sum(map(size_of, items)))
 
     def __repr__(self):
-        return (f"<BoundedQueue {self.name!r} {len(self._items)} items {self._bytes} bytes "
-                f"{self.policy.value}>")
+        return f"<BoundedQueue {self.name!r} {len(self._items)} items {self._bytes} bytes {self.policy.value}>"
 
     # -- reading the state (no lock: snapshots) ------------------------------------
 
@@ -174,8 +197,14 @@ class BoundedQueue:
 
     def statistics(self) -> dict:
         """``items``, ``bytes``, the bounds, ``policy`` and ``discarded`` (a snapshot)."""
-        return {"items": len(self._items), "bytes": self._bytes, "max_items": self.max_items,
-                "max_bytes": self.max_bytes, "policy": self.policy.value, "discarded": self.discarded}
+        return {
+            "items": len(self._items),
+            "bytes": self._bytes,
+            "max_items": self.max_items,
+            "max_bytes": self.max_bytes,
+            "policy": self.policy.value,
+            "discarded": self.discarded,
+        }
 
     # -- putting -------------------------------------------------------------------
 
@@ -259,9 +288,15 @@ class BoundedQueue:
         self.discarded += count
         if not self._dropping:
             self._dropping = True
-            log.log(self.log_level, "yoton: %s is full (%d items, %d bytes): discarding the %s "
-                    "items (counted; logged once until it drains)", self.name, len(self._items),
-                    self._bytes, "oldest" if self.policy is DROP_OLD else "newest")
+            log.log(
+                self.log_level,
+                "yoton: %s is full (%d items, %d bytes): discarding the %s "
+                "items (counted; logged once until it drains)",
+                self.name,
+                len(self._items),
+                self._bytes,
+                "oldest" if self.policy is DROP_OLD else "newest",
+            )
 
     # -- taking --------------------------------------------------------------------
 

@@ -17,7 +17,10 @@ from bench import fuzz  # noqa: E402
 def test_short_run_prints_counts():
     proc = subprocess.run(
         [sys.executable, "-m", "bench.fuzz", "--only", "codec_depth,parse_hello", "--examples", "30"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
@@ -26,8 +29,13 @@ def test_short_run_prints_counts():
 
 
 def test_every_ci_target_is_fuzzed():
-    assert set(fuzz.load_targets()) >= {"frames_round_trip", "frames_hostile", "protocol_handshake",
-                                        "codec_round_trip", "codec_hostile"}
+    assert set(fuzz.load_targets()) >= {
+        "frames_round_trip",
+        "frames_hostile",
+        "protocol_handshake",
+        "codec_round_trip",
+        "codec_hostile",
+    }
 
 
 def test_a_failing_property_is_reported():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import wait_until
 
 import yoton
-from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,8 +31,11 @@ def _flood(pub, sizes):
 
 def _arrived(sub, n):
     """Until pending + discarded reaches n: every package was either queued or counted."""
-    wait_until(lambda: (lambda s: s["pending"] + s["discarded"] >= n)(sub.statistics()), 5.0,
-               f"{n} packages to be queued or counted as discarded")
+    wait_until(
+        lambda: (lambda s: s["pending"] + s["discarded"] >= n)(sub.statistics()),
+        5.0,
+        f"{n} packages to be queued or counted as discarded",
+    )
 
 
 @pytest.mark.parametrize("mode, kept", [("old", range(15, 20)), ("new", range(0, 5))])
@@ -127,8 +130,9 @@ def test_byte_count_stays_exact_with_a_reader_racing_the_io_thread(pair):
     try:
         for i in range(n):
             pub.send(b"%08d" % i + b"x" * (size - 8))
-        wait_until(lambda: len(received) + sub.statistics()["discarded"] >= n, 20.0,
-                   "every message to be received or counted")
+        wait_until(
+            lambda: len(received) + sub.statistics()["discarded"] >= n, 20.0, "every message to be received or counted"
+        )
     finally:
         done.set()
         thread.join(10.0)

@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
+from helpers import wait_until as wait_for
 
 import yoton
-from helpers import wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -59,6 +59,7 @@ def blocked_waiters(future) -> int:
 
 # -- construction and states -------------------------------------------------------
 
+
 def test_new_future_is_pending():
     f = make_future()
     assert not f.done() and not f.running() and not f.cancelled()
@@ -70,6 +71,7 @@ def test_future_is_exported_from_channels():
 
 
 # -- results and exceptions ---------------------------------------------------------
+
 
 def test_set_result_then_result():
     f = make_future()
@@ -148,6 +150,7 @@ def test_exception_from_another_thread_is_woken_by_set_exception():
 
 # -- cancelling ------------------------------------------------------------------------
 
+
 def test_cancel_pending():
     f = make_future()
     assert f.cancel() is True
@@ -214,6 +217,7 @@ def test_cancel_after_finish_returns_false():
 
 # -- result_or_cancel ----------------------------------------------------------------
 
+
 def test_result_or_cancel_returns_result():
     f = make_future()
     f.set_result("fine")
@@ -250,6 +254,7 @@ def test_result_or_cancel_raises_remote_errors():
 
 
 # -- done callbacks --------------------------------------------------------------------
+
 
 def test_done_callback_runs_once_through_process_events():
     f = make_future()
@@ -332,7 +337,7 @@ def test_raising_done_callback_is_logged_not_propagated(caplog):
 
 def test_timeout_message_names_the_timeout_given(ctx):
     # (it used to report what was left of it: "within 0.0 s")
-    a, b = ctx(), ctx()
+    a = ctx()
     req = yoton.ReqChannel(a, "nobody")  # no replier, no connection: the request waits
     f = req.anything()
     with pytest.raises(yoton.TimeoutError, match=r"within 0\.25 s"):

@@ -99,15 +99,18 @@ def test_message_type_mismatch_keeps_channels_apart(pair):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mtype, bad, type_name", [
-    (yoton.TEXT, 42, "int"),
-    (yoton.TEXT, ["a"], "list"),
-    (yoton.BINARY, "text", "str"),
-    (yoton.BINARY, 3.5, "float"),
-    (yoton.OBJECT, {1, 2}, "set"),
-    (yoton.OBJECT, object(), "object"),
-    (yoton.OBJECT, [1, b"bytes"], "bytes"),
-])
+@pytest.mark.parametrize(
+    "mtype, bad, type_name",
+    [
+        (yoton.TEXT, 42, "int"),
+        (yoton.TEXT, ["a"], "list"),
+        (yoton.BINARY, "text", "str"),
+        (yoton.BINARY, 3.5, "float"),
+        (yoton.OBJECT, {1, 2}, "set"),
+        (yoton.OBJECT, object(), "object"),
+        (yoton.OBJECT, [1, b"bytes"], "bytes"),
+    ],
+)
 def test_send_wrong_type_raises_valueerror(ctx, mtype, bad, type_name):
     pub = yoton.PubChannel(ctx(), "typed", mtype)
     with pytest.raises(ValueError, match=type_name):
@@ -136,7 +139,7 @@ def test_text_accepts_bytes_and_unicode(pair):
     a, b, ca, cb = pair()
     pub, sub = yoton.PubChannel(a, "uni"), yoton.SubChannel(b, "uni")
     pub.send("héllo ✓")
-    pub.send("bytes é".encode("utf-8"))
+    pub.send("bytes é".encode())
     assert sub.recv(3.0) == "héllo ✓"
     assert sub.recv(3.0) == "bytes é"
 
@@ -351,7 +354,7 @@ def test_pending_received_event_does_not_keep_the_channel_alive(pair, wait_for):
     a, b, ca, cb = pair()
     pub, sub = yoton.PubChannel(a, "sig4"), yoton.SubChannel(b, "sig4")
     pub.send("x")
-    assert wait_for(lambda: sub.pending == 1, events=False)
+    assert wait_for(lambda: sub.pending == 1, events=False)  # noqa: F821 - (deleted below, after this)
     ref = weakref.ref(sub)
     sub.close()
     del sub
@@ -365,10 +368,13 @@ def test_pending_received_event_does_not_keep_the_channel_alive(pair, wait_for):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("old", [str(i) for i in range(15, 20)]),  # the oldest are discarded: keep the newest 5
-    ("new", [str(i) for i in range(0, 5)]),    # the newest are discarded: keep the oldest 5
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("old", [str(i) for i in range(15, 20)]),  # the oldest are discarded: keep the newest 5
+        ("new", [str(i) for i in range(0, 5)]),  # the newest are discarded: keep the oldest 5
+    ],
+)
 def test_queue_params_discard(pair, wait_for, mode, expected):
     a, b, ca, cb = pair(b_kwargs={"queue_params": (5, mode)})
     pub, sub = yoton.PubChannel(a, "q"), yoton.SubChannel(b, "q")
@@ -392,8 +398,17 @@ def test_select_sub_channel_reads_in_send_order(pair, wait_for):
     pub1, pub2 = yoton.PubChannel(a, "one"), yoton.PubChannel(a, "two")
     sub1, sub2 = yoton.SubChannel(b, "one"), yoton.SubChannel(b, "two")
     assert yoton.select_sub_channel(sub1, sub2) is None
-    order = [(pub1, "a1"), (pub2, "b1"), (pub2, "b2"), (pub1, "a2"), (pub1, "a3"),
-             (pub2, "b3"), (pub1, "a4"), (pub2, "b4"), (pub2, "b5")]
+    order = [
+        (pub1, "a1"),
+        (pub2, "b1"),
+        (pub2, "b2"),
+        (pub1, "a2"),
+        (pub1, "a3"),
+        (pub2, "b3"),
+        (pub1, "a4"),
+        (pub2, "b4"),
+        (pub2, "b5"),
+    ]
     for pub, msg in order:
         pub.send(msg)
     assert wait_for(lambda: sub1.pending + sub2.pending == len(order), events=False)
@@ -472,15 +487,16 @@ def test_sync_mode_slows_publisher_until_subscriber_reads(pair, wait_for):
     try:
         # the subscriber fills up and says 'full'; the publisher then stalls
         assert wait_for(lambda: sub.pending > 32, 3.0, events=False)
-        assert wait_for(lambda: publisher.idle_for() >= 0.6, 3.0, events=False), \
+        assert wait_for(lambda: publisher.idle_for() >= 0.6, 3.0, events=False), (
             f"publisher never stalled ({publisher.count} sent, {sub.pending} pending)"
+        )
         stalled_at = publisher.count
         # while nobody reads, it sends at most about one message a second
         t0 = time.monotonic()
         assert not wait_for(lambda: publisher.count > stalled_at + 2, 1.2, events=False)
         window = time.monotonic() - t0
         assert publisher.count - stalled_at <= 1 + window
-        gaps = [t1 - t0_ for t0_, t1 in zip(publisher.times[stalled_at - 1:], publisher.times[stalled_at:])]
+        gaps = [t1 - t0_ for t0_, t1 in zip(publisher.times[stalled_at - 1 :], publisher.times[stalled_at:])]
         assert all(g >= 0.8 for g in gaps), gaps
 
         # the subscriber reads: it says 'ok' and the publisher runs freely again
@@ -496,8 +512,9 @@ def test_sync_mode_slows_publisher_until_subscriber_reads(pair, wait_for):
         reading = threading.Thread(target=reader, daemon=True)
         reading.start()
         resumed_at = publisher.count
-        assert wait_for(lambda: publisher.count >= resumed_at + 300, 3.0, events=False), \
+        assert wait_for(lambda: publisher.count >= resumed_at + 300, 3.0, events=False), (
             f"publisher did not resume: {publisher.count - resumed_at} sent since the reader started"
+        )
         publisher.stop.set()
         publisher.join(3.0)
         assert not publisher.is_alive() and publisher.error is None

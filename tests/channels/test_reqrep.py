@@ -14,9 +14,10 @@ import threading
 import time
 
 import pytest
+from helpers import link
+from helpers import wait_until as wait_for
 
 import yoton
-from helpers import link, wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -79,6 +80,7 @@ def requester_and_repliers(ctx, n_repliers, slot="rr", delays=None, mode="thread
 
 # -- load balancing ----------------------------------------------------------------------
 
+
 def test_three_repliers_share_60_requests(ctx):
     delays = [0.0, 0.02, 0.1]
     hub, req, reps = requester_and_repliers(ctx, 3, delays=delays)
@@ -131,6 +133,7 @@ def test_two_requesters_get_their_own_replies(ctx):
 
 
 # -- timing of repliers ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("connected", [False, True], ids=["no-connection-yet", "connected-no-replier"])
 def test_requests_posted_before_a_replier_exists(ctx, connected):
@@ -197,6 +200,7 @@ def test_auto_cancel_none_waits_for_a_replier(ctx):
 
 
 # -- modes ------------------------------------------------------------------------------
+
 
 def test_mode_off_stops_answering(ctx):
     hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="off")
@@ -277,6 +281,7 @@ def test_set_mode_repeatedly_keeps_one_housekeeping_timer(ctx):
 
 # -- errors ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def req_rep(ctx):
     hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="err")
@@ -318,7 +323,7 @@ def test_private_names_cannot_be_called(req_rep):
     with pytest.raises(AttributeError):
         req._secret  # noqa: B018 - attribute access is the test
     with pytest.raises(AttributeError):
-        getattr(req, "_x")
+        req._x  # noqa: B018
     # a raw request for a private name (crafted past __getattr__) is refused remotely
     with pytest.raises(yoton.RemoteError, match="_served"):
         req._post("_served", (), {}).result(5)
@@ -361,6 +366,7 @@ def test_echo(ctx):
 
 
 # -- threads, closing, leaks ---------------------------------------------------------------
+
 
 def test_result_from_a_plain_thread_without_event_loop(ctx):
     hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="plain")
@@ -427,12 +433,14 @@ def modes_of_22():
     """What yoton 2.2's set_mode makes of each spelling (its _run_mode), asked from the original."""
     from _orig import run_orig
 
-    code = ("import yoton\n"
-            f"for mode in {SPELLINGS!r}:\n"
-            "    rep = yoton.RepChannel(yoton.Context(), 'm')\n"
-            "    rep.set_mode(mode)\n"
-            "    print(rep._run_mode)\n"
-            "    rep.set_mode(0)\n")
+    code = (
+        "import yoton\n"
+        f"for mode in {SPELLINGS!r}:\n"
+        "    rep = yoton.RepChannel(yoton.Context(), 'm')\n"
+        "    rep.set_mode(mode)\n"
+        "    print(rep._run_mode)\n"
+        "    rep.set_mode(0)\n"
+    )
     return [int(line) for line in run_orig(code).split()]
 
 

@@ -26,15 +26,26 @@ from yoton.cli import main
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 # (our src first; entries already there stay, made absolute: the processes may run elsewhere)
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [str(SRC)] + [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+ENV = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(
+        [str(SRC)] + [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ),
+)
 WAIT = 10.0  # deadline of any wait here (the machine may be busy)
 
 
 def yoton_cli(*args, input=None, cwd=None, timeout=20):
     """Run ``python -m yoton ARGS`` to its end; return the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "yoton", *map(str, args)], input=input, cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "yoton", *map(str, args)],
+        input=input,
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _default_sigint():
@@ -48,9 +59,16 @@ class Cli:
     line by line as it comes (:meth:`wait_line`)."""
 
     def __init__(self, *args, cwd=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "yoton", *map(str, args)], cwd=cwd, env=ENV,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, preexec_fn=_default_sigint)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "yoton", *map(str, args)],
+            cwd=cwd,
+            env=ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_sigint,
+        )
         self.lines: queue.Queue = queue.Queue()
         self.err: list = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -73,8 +91,9 @@ class Cli:
             try:
                 line = self.lines.get(timeout=max(0.0, left))
             except queue.Empty:
-                raise AssertionError(f"no stderr line matching {pattern!r} within {timeout} s; "
-                                     f"stderr so far:\n{self.stderr}") from None
+                raise AssertionError(
+                    f"no stderr line matching {pattern!r} within {timeout} s; stderr so far:\n{self.stderr}"
+                ) from None
             match = re.search(pattern, line)
             if match:
                 return match
@@ -249,8 +268,9 @@ def test_sub_json_lines_for_each_type(peer):
 def test_pub_types_and_literals_reach_a_python_subscriber(peer):
     ctx, address = peer()
     objects = yoton.SubChannel(ctx, "o", yoton.OBJECT)
-    proc = yoton_cli("pub", "--connect", address, "--type", "object", "o",
-                     input="42\n'x'\n[1, (2, 3)]\nhello world\n-1.5\nNone\n")
+    proc = yoton_cli(
+        "pub", "--connect", address, "--type", "object", "o", input="42\n'x'\n[1, (2, 3)]\nhello world\n-1.5\nNone\n"
+    )
     assert proc.returncode == 0, proc.stderr
     assert [objects.recv(WAIT) for _ in range(6)] == [42, "x", [1, (2, 3)], "hello world", -1.5, None]
 
@@ -390,7 +410,7 @@ def test_req_without_a_replier_times_out(peer):
     assert time.monotonic() - started < 5
 
 
-SERVED = '''
+SERVED = """
 import yoton
 
 
@@ -413,7 +433,7 @@ class Counter:
 
 def square(x):
     return x * x
-'''
+"""
 
 
 def test_serve_answers_python_requesters_one_after_another(cli, ctx, tmp_path):

@@ -7,7 +7,6 @@ compare what they print: yoton 2.2 is the reference for behaviour.
 from __future__ import annotations
 
 import pytest
-
 from compat_run import run_script
 
 
@@ -16,7 +15,9 @@ def run_both():
     """``run_both(code, *args)`` -> (orig stdout, ours stdout), each from its own run."""
 
     def run(code: str, *args, timeout: float = 30.0):
-        return (run_script("orig", code, *args, timeout=timeout).stdout,
-                run_script("ours", code, *args, timeout=timeout).stdout)
+        return (
+            run_script("orig", code, *args, timeout=timeout).stdout,
+            run_script("ours", code, *args, timeout=timeout).stdout,
+        )
 
     return run

@@ -13,10 +13,10 @@ import textwrap
 import threading
 
 import pytest
-
-import yoton
 from compat_run import run_script
 from helpers import link, wait_until
+
+import yoton
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,6 @@ import socket
 import textwrap
 
 import pytest
-
 from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from compat_run import run_script
 
 pytestmark = pytest.mark.timeout(60)

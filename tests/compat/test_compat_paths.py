@@ -16,16 +16,27 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _orig import orig_path, run_orig
 
 pytestmark = pytest.mark.timeout(60)
 
 MODULES = [
-    "yoton", "yoton.misc", "yoton.events", "yoton.core", "yoton.connection", "yoton.connection_tcp",
-    "yoton.connection_itc", "yoton.context", "yoton.clientserver", "yoton.channels",
-    "yoton.channels.channels_base", "yoton.channels.channels_pubsub", "yoton.channels.channels_reqrep",
-    "yoton.channels.channels_state", "yoton.channels.channels_file", "yoton.channels.message_types",
+    "yoton",
+    "yoton.misc",
+    "yoton.events",
+    "yoton.core",
+    "yoton.connection",
+    "yoton.connection_tcp",
+    "yoton.connection_itc",
+    "yoton.context",
+    "yoton.clientserver",
+    "yoton.channels",
+    "yoton.channels.channels_base",
+    "yoton.channels.channels_pubsub",
+    "yoton.channels.channels_reqrep",
+    "yoton.channels.channels_state",
+    "yoton.channels.channels_file",
+    "yoton.channels.message_types",
 ]
 REEXPORTING = {"yoton", "yoton.channels"}
 
@@ -35,31 +46,69 @@ _SOCKETS = "2.2's socket helpers and buffer sizes for its I/O threads"
 _HANDSHAKE = "2.2's handshake/socket/thread failure texts (ours report more specific reasons)"
 LEFT_OUT = {
     "yoton.misc": {"PackageQueue": _QUEUES, "TinyPackageQueue": _QUEUES},
-    "yoton.events": {"CallableObject": "2.2's internal wrapper of a handler", "TheTimerThread": _THREADS,
-                     "theTimerThread": _THREADS},
-    "yoton.core": {name: _SOCKETS for name in ("BUF_MAX_LEN", "BUFFER_SIZE_IN", "BUFFER_SIZE_OUT", "EINTR",
-                                               "can_send", "can_recv", "send_all", "recv_all")},
+    "yoton.events": {
+        "CallableObject": "2.2's internal wrapper of a handler",
+        "TheTimerThread": _THREADS,
+        "theTimerThread": _THREADS,
+    },
+    "yoton.core": {
+        name: _SOCKETS
+        for name in (
+            "BUF_MAX_LEN",
+            "BUFFER_SIZE_IN",
+            "BUFFER_SIZE_OUT",
+            "EINTR",
+            "can_send",
+            "can_recv",
+            "send_all",
+            "recv_all",
+        )
+    },
     "yoton.connection": {
-        **{name: "2.2's internal connection states" for name in (
-            "STATUS_CLOSED", "STATUS_CLOSING", "STATUS_WAITING", "STATUS_HOSTING", "STATUS_CONNECTED",
-            "STATUSMAP")},
-        "InterConnection": "a stub 2.2 never implemented", "UDPConnection": "a stub 2.2 never implemented",
-        "STOP_INVALID_REASON": "ours refuses no reason text", "STOP_HANDSHAKE_TIMEOUT": _HANDSHAKE,
+        **{
+            name: "2.2's internal connection states"
+            for name in (
+                "STATUS_CLOSED",
+                "STATUS_CLOSING",
+                "STATUS_WAITING",
+                "STATUS_HOSTING",
+                "STATUS_CONNECTED",
+                "STATUSMAP",
+            )
+        },
+        "InterConnection": "a stub 2.2 never implemented",
+        "UDPConnection": "a stub 2.2 never implemented",
+        "STOP_INVALID_REASON": "ours refuses no reason text",
+        "STOP_HANDSHAKE_TIMEOUT": _HANDSHAKE,
         "STOP_HANDSHAKE_FAILED": _HANDSHAKE,
     },
     "yoton.connection_tcp": {
-        **{name: _THREADS for name in ("HostThread", "HandShaker", "BaseIOThread", "SendingThread",
-                                       "ReceivingThread", "SOCKET_BUFFERS_SIZE")},
-        **{name: _HANDSHAKE for name in ("STOP_SOCKET_ERROR", "STOP_HANDSHAKE_TIMEOUT", "STOP_HANDSHAKE_FAILED",
-                                         "STOP_THREAD_ERROR")},
+        **{
+            name: _THREADS
+            for name in (
+                "HostThread",
+                "HandShaker",
+                "BaseIOThread",
+                "SendingThread",
+                "ReceivingThread",
+                "SOCKET_BUFFERS_SIZE",
+            )
+        },
+        **{
+            name: _HANDSHAKE
+            for name in ("STOP_SOCKET_ERROR", "STOP_HANDSHAKE_TIMEOUT", "STOP_HANDSHAKE_FAILED", "STOP_THREAD_ERROR")
+        },
     },
     "yoton.clientserver": {"SocketHandler": _THREADS},
-    "yoton.channels.channels_pubsub": {name: "2.2's internal sync-mode states"
-                                       for name in ("QUEUE_NULL", "QUEUE_OK", "QUEUE_FULL")},
+    "yoton.channels.channels_pubsub": {
+        name: "2.2's internal sync-mode states" for name in ("QUEUE_NULL", "QUEUE_OK", "QUEUE_FULL")
+    },
     "yoton.channels.channels_reqrep": {"ThreadForReqChannel": _THREADS},
-    "yoton.channels.message_types": {"Packer": "2.2's codec internals (ours: yoton.wire.codec)",
-                                     "Unpacker": "2.2's codec internals (ours: yoton.wire.codec)",
-                                     "STDINENC": "ours reads the stdin encoding when it needs it"},
+    "yoton.channels.message_types": {
+        "Packer": "2.2's codec internals (ours: yoton.wire.codec)",
+        "Unpacker": "2.2's codec internals (ours: yoton.wire.codec)",
+        "STDINENC": "ours reads the stdin encoding when it needs it",
+    },
 }
 
 
@@ -73,7 +122,7 @@ def _defined_names(path: Path) -> set:
                 names.add(node.name)
             elif isinstance(node, ast.Assign):
                 for target in node.targets:
-                    for elt in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                    for elt in target.elts if isinstance(target, ast.Tuple) else [target]:
                         if isinstance(elt, ast.Name):
                             names.add(elt.id)
             elif isinstance(node, ast.If):
@@ -83,6 +132,7 @@ def _defined_names(path: Path) -> set:
                 visit(node.body)
                 for handler in node.handlers:
                     visit(handler.body)
+
     visit(ast.parse(path.read_text(encoding="utf-8")).body)
     return {name for name in names if not name.startswith("_")}
 

@@ -12,7 +12,6 @@ import tempfile
 import textwrap
 
 import pytest
-
 from interop_helpers import SRC
 from old_pythons import find_python
 
@@ -22,8 +21,9 @@ pytestmark = pytest.mark.timeout(60)
 def _run(exe: str, code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONIOENCODING="utf-8")
     env.pop("PYTHONHOME", None)
-    return subprocess.run([exe, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=50, cwd=tempfile.gettempdir())
+    return subprocess.run(
+        [exe, "-c", code], capture_output=True, text=True, env=env, timeout=50, cwd=tempfile.gettempdir()
+    )
 
 
 @pytest.mark.parametrize("version", ["2.7", "3.6", "3.7"])

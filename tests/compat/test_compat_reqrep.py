@@ -6,12 +6,12 @@ from __future__ import annotations
 import textwrap
 import threading
 
-import pytest
-
 import compat_run
-import yoton
+import pytest
 from compat_run import run_script
 from helpers import wait_until
+
+import yoton
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from interop_helpers import SRC, PeerProcess
 
 # The test process itself uses ours (src layout, maybe not installed).

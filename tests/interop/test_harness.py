@@ -1,7 +1,6 @@
 """The interop harness itself, validated with the original on both ends."""
 
 import pytest
-
 from interop_helpers import PeerError, link, wait_connections
 
 

@@ -8,10 +8,10 @@ drive our Context in the test process against an original peer.
 import os
 
 import pytest
-
 from interop_helpers import PAIR_IDS, PAIRS, link, wait_connections, wait_for
 
 pytestmark = pytest.mark.timeout(90)
+
 
 def TUPLE(*items):  # noqa: N802
     """A tuple as it travels in peer JSON."""
@@ -22,12 +22,21 @@ MESSAGES = {
     "txt": ["hello", "wörld ☃ — 😀 日本", "x" * 5000, "line\nbreak\r\n\ttab", "last"],
     "bin": [b"\x00", bytes(range(256)), os.urandom(1 << 20), b"\xff" * 3, b"end"],
     "obj": [
-        42, -(2**63), 2**63 - 1, 3.5, -0.0, True, False, "hé ☃",
+        42,
+        -(2**63),
+        2**63 - 1,
+        3.5,
+        -0.0,
+        True,
+        False,
+        "hé ☃",
         [1, "a", None, [2.5, [True]]],
         TUPLE(1, TUPLE(), [TUPLE("x", None)]),
         {"k": TUPLE(1, 2.0), "nested": {"deep": [{"n": None}, "é"]}, "": []},
         {"__dict__": [[1, "int key"], [TUPLE(1, 2), "tuple key"]]},
-        list(range(300)), "y" * 300, {str(i): i for i in range(260)},
+        list(range(300)),
+        "y" * 300,
+        {str(i): i for i in range(260)},
     ],
 }
 
@@ -48,6 +57,7 @@ def recv_exactly(p, slot, type_, n, timeout=20):
 
 # -- connecting ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("binder,connector", PAIRS, ids=PAIR_IDS)
 def test_bind_and_connect(peer, binder, connector):
     a, b = peer(binder, "A"), peer(connector, "B")
@@ -62,6 +72,7 @@ def test_bind_and_connect(peer, binder, connector):
 
 
 # -- pub/sub ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("type_", ["txt", "bin", "obj"])
 @pytest.mark.parametrize("binder,connector", PAIRS, ids=PAIR_IDS)
@@ -105,6 +116,7 @@ def test_channels_are_separated_by_type_and_slot(peer, binder, connector):
 
 # -- state -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("type_,values", [("txt", ["v1", "v2 ☃"]), ("obj", [[1, {"a": None}], TUPLE(2, "b")])])
 @pytest.mark.parametrize("binder,connector", PAIRS, ids=PAIR_IDS)
 def test_state_both_directions(peer, binder, connector, type_, values):
@@ -140,6 +152,7 @@ def test_state_late_joiner_gets_last_state(peer, holder, joiner):
 
 
 # -- multi-context networks --------------------------------------------------------
+
 
 def run_network(peer, impls, edges, n=20):
     """Start one peer per impl, link (binder, connector) edges, let every peer publish
@@ -185,8 +198,7 @@ def test_chain_middle_binds_both(peer, impls):
     run_network(peer, impls, [(1, 0), (1, 2)])
 
 
-TRIANGLES = [("ours", "orig", "orig"), ("orig", "ours", "ours"), ("ours", "orig", "ours"),
-             ("orig", "orig", "orig")]
+TRIANGLES = [("ours", "orig", "orig"), ("orig", "ours", "ours"), ("ours", "orig", "ours"), ("orig", "orig", "orig")]
 
 
 @pytest.mark.parametrize("impls", TRIANGLES, ids=["-".join(c) for c in TRIANGLES])
@@ -195,8 +207,12 @@ def test_triangle_delivers_exactly_once(peer, impls):
     run_network(peer, impls, [(0, 1), (1, 2), (2, 0)])
 
 
-MESHES = [("ours", "orig", "ours", "orig", "ours"), ("orig", "ours", "orig", "orig", "ours"),
-          ("orig", "orig", "ours", "orig", "orig"), ("orig",) * 5]
+MESHES = [
+    ("ours", "orig", "ours", "orig", "ours"),
+    ("orig", "ours", "orig", "orig", "ours"),
+    ("orig", "orig", "ours", "orig", "orig"),
+    ("orig",) * 5,
+]
 
 
 @pytest.mark.parametrize("impls", MESHES, ids=["-".join(c) for c in MESHES])
@@ -206,6 +222,7 @@ def test_square_with_diagonal_and_leaf(peer, impls):
 
 
 # -- closing ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("closer", ["binder", "connector"])
 @pytest.mark.parametrize("how", ["context", "connection"])
@@ -232,15 +249,20 @@ def test_close_is_noticed_by_other_end(peer, binder, connector, closer, how):
 
 # -- our Context in the test process against an original peer -------------------------
 
+
 @pytest.mark.parametrize("we_bind", [True, False], ids=["ours-binds", "orig-binds"])
 def test_inprocess_pubsub_with_orig(peer, context, we_bind):
     import yoton
 
     ctx, o = context(), peer("orig")
-    subs = {t: yoton.SubChannel(ctx, "inproc", mt) for t, mt in
-            [("txt", yoton.TEXT), ("bin", yoton.BINARY), ("obj", yoton.OBJECT)]}
-    pubs = {t: yoton.PubChannel(ctx, "inproc", mt) for t, mt in
-            [("txt", yoton.TEXT), ("bin", yoton.BINARY), ("obj", yoton.OBJECT)]}
+    subs = {
+        t: yoton.SubChannel(ctx, "inproc", mt)
+        for t, mt in [("txt", yoton.TEXT), ("bin", yoton.BINARY), ("obj", yoton.OBJECT)]
+    }
+    pubs = {
+        t: yoton.PubChannel(ctx, "inproc", mt)
+        for t, mt in [("txt", yoton.TEXT), ("bin", yoton.BINARY), ("obj", yoton.OBJECT)]
+    }
     for t in subs:
         o.call("sub", slot="inproc", type=t)
     if we_bind:
@@ -256,8 +278,7 @@ def test_inprocess_pubsub_with_orig(peer, context, we_bind):
     values = {
         "txt": (["één", "twee"], ["één", "twee"]),
         "bin": ([b"\x00\x01", big], ["0001", big.hex()]),
-        "obj": ([{"a": (1, [None, 2.5])}, ("t", True), "s"],
-                [{"a": TUPLE(1, [None, 2.5])}, TUPLE("t", True), "s"]),
+        "obj": ([{"a": (1, [None, 2.5])}, ("t", True), "s"], [{"a": TUPLE(1, [None, 2.5])}, TUPLE("t", True), "s"]),
     }
     for t, (native, as_json) in values.items():
         for m in native:

@@ -13,7 +13,6 @@ import threading
 from collections import Counter
 
 import pytest
-
 from interop_helpers import PeerProcess, link, wait_connections, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,6 +33,7 @@ def outcome_error(reply: dict) -> str:
 
 
 # -- both ends in peer subprocesses ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("rep_impl,req_impl", REQ_PAIRS, ids=REQ_IDS)
 def test_requests_and_error_replies(peer, rep_impl, req_impl):
@@ -103,6 +103,7 @@ def test_mixed_repliers_share_the_load(peer, context, requester):
 
 
 # -- our ReqChannel / RepChannel in the test process ------------------------------------------
+
 
 @pytest.fixture
 def our_requester_and_orig_replier(peer, context):
@@ -180,13 +181,15 @@ def test_orig_requester_against_our_replier(peer, context):
     wait_for(lambda: conn.is_connected, 10, "the original to connect")
 
     assert o.call("req", slot="back", method="add", args=[1, 2], timeout=10) == {"result": 3}
-    assert o.call("req", slot="back", method="add", args=[{"__tuple__": [1]}, {"__tuple__": [2]}],
-                  timeout=10) == {"result": {"__tuple__": [1, 2]}}
+    assert o.call("req", slot="back", method="add", args=[{"__tuple__": [1]}, {"__tuple__": [2]}], timeout=10) == {
+        "result": {"__tuple__": [1, 2]}
+    }
     assert "from ours" in outcome_error(o.call("req", slot="back", method="fail", args=["from ours"], timeout=10))
     assert "nothing_here" in outcome_error(o.call("req", slot="back", method="nothing_here", args=[], timeout=10))
     outcome_error(o.call("req", slot="back", method="unencodable", args=[], timeout=10))
-    assert o.call("req", slot="back", method="echo", args=["e"], timeout=10) == \
-        {"result": {"__tuple__": ["e", hex(ctx.id)]}}
+    assert o.call("req", slot="back", method="echo", args=["e"], timeout=10) == {
+        "result": {"__tuple__": ["e", hex(ctx.id)]}
+    }
     reply = o.call("req_many", slot="back", method="add", args_list=[[i, 1] for i in range(20)], timeout=20)
     assert reply["outcomes"] == [{"result": i + 1} for i in range(20)]
     assert served.count(("fail", "from ours")) == 1

@@ -7,7 +7,6 @@ and a keyed bind must keep waiting for a proper peer.
 import logging
 
 import pytest
-
 from interop_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -92,7 +92,7 @@ class Shell:
         self._stat_startup.received.bind(self._on_startup)
         self._request = yoton.ReqChannel(ct, "reqp-introspect", 0.5)
         port = manager.createKernel(info)
-        self._broker_connection = ct.connect("localhost:{}".format(port))
+        self._broker_connection = ct.connect(f"localhost:{port}")
         self._broker_connection.closed.bind(self._on_connection_close)
         self.version = None
         self.state = ""
@@ -108,8 +108,14 @@ class Shell:
 
     def poll(self):
         """One pass of the shell's poll timer: streams in send order, then the state."""
-        channels = [self._strm_out, self._strm_err, self._strm_echo, self._strm_raw,
-                    self._strm_broker, self._strm_prompt]
+        channels = [
+            self._strm_out,
+            self._strm_err,
+            self._strm_echo,
+            self._strm_raw,
+            self._strm_broker,
+            self._strm_prompt,
+        ]
         while True:
             sub = yoton.select_sub_channel(*channels)
             if not sub:
@@ -235,8 +241,11 @@ class Session:
         self.pump(lambda: shell.state == "Busy", 15, "the kernel to be busy")
         time.sleep(0.3)  # (let it get into the sleep)
         shell._ctrl_broker.send("INT")
-        self.pump(lambda: shell.text("err").count("KeyboardInterrupt") > before and shell.state == "Ready",
-                  15, "KeyboardInterrupt and Ready again")
+        self.pump(
+            lambda: shell.text("err").count("KeyboardInterrupt") > before and shell.state == "Ready",
+            15,
+            "KeyboardInterrupt and Ready again",
+        )
         shell.execute_command("print('still alive')\n")
         self.pump(lambda: "still alive\n" in shell.text("out"), 15, "the kernel to go on")
 
@@ -245,8 +254,11 @@ class Session:
         old_pid = self.kernel_pid()
         shell.version = None  # (as the shell's resetVariables(): set again by the new kernel's startup info)
         shell._ctrl_broker.send("RESTART\n" + ssdf.saves(self.info))
-        self.pump(lambda: shell.version and shell.state == "Ready" and self.kernel_pid() not in (0, old_pid),
-                  40, "a new kernel")
+        self.pump(
+            lambda: shell.version and shell.state == "Ready" and self.kernel_pid() not in (0, old_pid),
+            40,
+            "a new kernel",
+        )
         new_pid = self.kernel_pid()
         self.pump(lambda: not _alive(old_pid), 10, "the old kernel process to be gone")
         self.kernel_pids.append(new_pid)
@@ -258,8 +270,11 @@ class Session:
         shell = self.shell
         pid = self.kernel_pid()
         shell._ctrl_broker.send("TERM")
-        self.pump(lambda: shell._stat_interpreter.recv() == "Dead" and "terminated" in shell.text("broker"),
-                  20, "the broker to report the kernel terminated")
+        self.pump(
+            lambda: shell._stat_interpreter.recv() == "Dead" and "terminated" in shell.text("broker"),
+            20,
+            "the broker to report the kernel terminated",
+        )
         self.pump(lambda: not _alive(pid), 10, "the kernel process to be gone")
         shell.close()
         self.pump(lambda: not self.manager._kernels, 10, "the broker to clean itself up")

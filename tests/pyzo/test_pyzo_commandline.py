@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from _orig import pyzo_path
 from compat_run import run_script
 

@@ -56,18 +56,33 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from _orig import orig_path, pyzo_path
 from interop_helpers import SRC
+
 from yoton.wire.naming import port_hash
 
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = Path(pyzo_path()) / "pyzo" / "yoton" / "tests"
-RUN = ["hello_world.py", "hops.py", "message_type.py", "reqrep.py", "routing_splitting.py", "status.py",
-       "event_driven1.py", "event_driven2.py", "test_rapid_reconnect.py", "utest.py"]
-LEFT_OUT = ["test_networkPackageQueue.py", "test_speed.py", "count_lines_of_code.py", "_test_inExternalCode.py",
-            "_test_message_stuff.py"]
+RUN = [
+    "hello_world.py",
+    "hops.py",
+    "message_type.py",
+    "reqrep.py",
+    "routing_splitting.py",
+    "status.py",
+    "event_driven1.py",
+    "event_driven2.py",
+    "test_rapid_reconnect.py",
+    "utest.py",
+]
+LEFT_OUT = [
+    "test_networkPackageQueue.py",
+    "test_speed.py",
+    "count_lines_of_code.py",
+    "_test_inExternalCode.py",
+    "_test_message_stuff.py",
+]
 TAG = uuid.uuid4().hex[:6]
 
 
@@ -95,18 +110,18 @@ def _port_name(port_name: str, impl: str, example: str) -> str:
 
 def _prepare(name: str, impl: str) -> str:
     source = (EXAMPLES / name).read_text(encoding="utf-8")
-    source = re.sub(r"((?:localhost|publichost):)([A-Za-z]\w*)", lambda m: m[1] + _port_name(m[2], impl, name),
-                    source)
+    source = re.sub(r"((?:localhost|publichost):)([A-Za-z]\w*)", lambda m: m[1] + _port_name(m[2], impl, name), source)
     if name == "hello_world.py":
-        source = source[:source.rindex("\n##")]
+        source = source[: source.rindex("\n##")]
     if name == "event_driven2.py":
         for seconds in (2, 4, 6, 8):
             source = source.replace(f"pub.send, {seconds},", f"pub.send, {seconds / 10},")
     if name == "event_driven1.py":
         source = source.replace("time.sleep(0.5)", "time.sleep(0.05)")
     if name == "status.py":
-        source = re.sub(r"call_later\(pub1.send, ([\d.]+),", lambda m: f"call_later(pub1.send, {float(m[1]) / 5},",
-                        source)
+        source = re.sub(
+            r"call_later\(pub1.send, ([\d.]+),", lambda m: f"call_later(pub1.send, {float(m[1]) / 5},", source
+        )
     return source
 
 
@@ -122,8 +137,9 @@ def _run(impl: str, name: str, base: Path) -> subprocess.CompletedProcess:
     script = cwd / name
     script.write_text(_prepare(name, impl), encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONIOENCODING="utf-8")
-    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, encoding="utf-8",
-                          env=env, cwd=cwd, timeout=100)
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, encoding="utf-8", env=env, cwd=cwd, timeout=100
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,19 +166,23 @@ def _normalize(name: str, impl: str, proc: subprocess.CompletedProcess) -> list:
         lines = proc.stdout.splitlines()
     if name == "event_driven1.py" and impl == "orig":
         start = lines.index("yoton.RepChannel: error handling request:")
-        del lines[start:start + 3]  # the header, the error text, and the empty line the text ends with
+        del lines[start : start + 3]  # the header, the error text, and the empty line the text ends with
     if name == "status.py":
         labels = {}
-        lines = [re.sub(r"^\d+", lambda m: labels.setdefault(m.group(), f"channel{len(labels) + 1}"), line)
-                 for line in lines]
+        lines = [
+            re.sub(r"^\d+", lambda m: labels.setdefault(m.group(), f"channel{len(labels) + 1}"), line) for line in lines
+        ]
         head, loop = lines[:5], lines[5:]
         loop = sorted(re.sub(r"^channel\d", "channel", line) for line in loop)
         # the first "stop" handler stops the event loop: the second channel's
         # "stop" may or may not be handled before that (with either yoton)
         lines = head + [line for k, line in enumerate(loop) if not line.endswith(" stop") or k == len(loop) - 1]
     if name == "utest.py":
-        verdicts = sorted(line.split("...")[-1].strip() + " " + line.split(" ")[0]
-                          for line in proc.stderr.splitlines() if line.startswith("test_"))
+        verdicts = sorted(
+            line.split("...")[-1].strip() + " " + line.split(" ")[0]
+            for line in proc.stderr.splitlines()
+            if line.startswith("test_")
+        )
         summary = [line for line in proc.stderr.splitlines() if line in ("OK", "FAILED")]
         handled = [line for line in lines if line.startswith("request")]
         # which replier serves which request, and how many are served before the
@@ -188,5 +208,3 @@ def test_example_prints_the_same_with_ours(name, runs):
         assert "error handling request 'reduce'" in ours.stderr and "I do not like 2." in ours.stderr
     if name == "utest.py":
         assert "ok" in " ".join(expected) and "OK" in expected
-
-

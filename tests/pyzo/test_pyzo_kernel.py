@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from _orig import orig_path, pyzo_path
 from interop_helpers import SRC
 from old_pythons import find_python
@@ -45,8 +44,13 @@ SESSIONS = {
     "orig-orig": ("orig", "orig", None, ALL_STEPS, {}),
     "ours-ours_py3.8": ("ours", "ours", "3.8", ALL_STEPS, {}),
     "ours-ours_py3.9": ("ours", "ours", "3.9", ALL_STEPS, {}),
-    "ours-ours_main-thread-introspection": ("ours", "ours", None, ["start", "stdout", "introspect", "terminate"],
-                                            {"PYZO_INTROSPECT_IN_MAIN_THREAD": "1"}),
+    "ours-ours_main-thread-introspection": (
+        "ours",
+        "ours",
+        None,
+        ["start", "stdout", "introspect", "terminate"],
+        {"PYZO_INTROSPECT_IN_MAIN_THREAD": "1"},
+    ),
 }
 
 
@@ -59,8 +63,10 @@ def _pyzo_dir(base: Path, kernel_impl: str) -> Path:
     folder = base / f"pyzo-{kernel_impl}"
     if not folder.exists():
         folder.mkdir(parents=True)
-        for name, target in (("pyzokernel", Path(pyzo_path()) / "pyzo" / "pyzokernel"),
-                             ("yoton", _yoton_dir(kernel_impl))):
+        for name, target in (
+            ("pyzokernel", Path(pyzo_path()) / "pyzo" / "pyzokernel"),
+            ("yoton", _yoton_dir(kernel_impl)),
+        ):
             try:
                 (folder / name).symlink_to(target, target_is_directory=True)
             except OSError:  # (no symlinks here: a copy does as well)
@@ -77,13 +83,23 @@ class Session:
         if exe is None:
             self.skip, self.proc = f"no Python {version} on this machine", None
             return
-        config = {"pyzo_package": str(Path(pyzo_path()) / "pyzo"), "pyzo_dir": str(_pyzo_dir(base, kernel)),
-                  "kernel_exe": exe, "steps": steps}
+        config = {
+            "pyzo_package": str(Path(pyzo_path()) / "pyzo"),
+            "pyzo_dir": str(_pyzo_dir(base, kernel)),
+            "kernel_exe": exe,
+            "steps": steps,
+        }
         ide_path = str(SRC) if ide == "ours" else orig_path()
         env = dict(os.environ, PYTHONPATH=ide_path, PYTHONIOENCODING="utf-8", **extra_env)
-        self.proc = subprocess.Popen([sys.executable, str(HARNESS), json.dumps(config)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env,
-                                     cwd=tempfile.gettempdir())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HARNESS), json.dumps(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
         self._result = None
 
     def result(self):
@@ -119,8 +135,10 @@ def test_pyzo_session(sessions, name):
     if session.skip:
         pytest.skip(session.skip)
     steps, tail, stderr = session.result()
-    report = "\n".join(f"  {step}: {'ok' if steps.get(step, {}).get('ok') else 'FAILED'} "
-                       f"{steps.get(step, {}).get('detail')!r}" for step in session.steps)
+    report = "\n".join(
+        f"  {step}: {'ok' if steps.get(step, {}).get('ok') else 'FAILED'} {steps.get(step, {}).get('detail')!r}"
+        for step in session.steps
+    )
     transcript = "".join(f"[{stream}]{text}" for stream, text in tail.get("transcript", []))
     context = f"\nsteps:\n{report}\ntranscript:\n{transcript}\nharness stderr:\n{stderr[-3000:]}"
     assert [step for step in session.steps if not steps.get(step, {}).get("ok")] == [], context

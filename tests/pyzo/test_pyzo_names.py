@@ -14,9 +14,9 @@ import importlib
 from pathlib import Path
 
 import pytest
+from _orig import pyzo_path
 
 import yoton
-from _orig import pyzo_path
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,8 +43,11 @@ def _yoton_uses():
                 if isinstance(inner, ast.Name) and inner.id == "yoton":
                     uses.setdefault("yoton:" + ".".join(reversed(chain)), path.name)
     # (keep the longest chains: yoton.app.embed_event_loop covers yoton.app)
-    return {name: where for name, where in uses.items()
-            if not any(other != name and other.startswith(name + ".") for other in uses)}
+    return {
+        name: where
+        for name, where in uses.items()
+        if not any(other != name and other.startswith(name + ".") for other in uses)
+    }
 
 
 USES = _yoton_uses()
@@ -52,8 +55,15 @@ USES = _yoton_uses()
 
 def test_pyzo_uses_what_we_expect_to_check():
     # a sanity check of the reading itself: the names the issue is about are among them
-    assert {"yoton.clientserver:RequestServer", "yoton.clientserver:do_request", "yoton:app.embed_event_loop",
-            "yoton:RepChannel", "yoton:FileWrapper", "yoton:Timer", "yoton:select_sub_channel"} <= set(USES)
+    assert {
+        "yoton.clientserver:RequestServer",
+        "yoton.clientserver:do_request",
+        "yoton:app.embed_event_loop",
+        "yoton:RepChannel",
+        "yoton:FileWrapper",
+        "yoton:Timer",
+        "yoton:select_sub_channel",
+    } <= set(USES)
 
 
 @pytest.mark.parametrize("use", sorted(USES))

@@ -74,6 +74,7 @@ class Upper(RequestServer):
 
 # -- RequestServer with a raw client ---------------------------------------------------------
 
+
 def test_default_handler_with_raw_client(serve):
     server = serve()
     assert server.address[0] == "127.0.0.1" and server.address[1] > 0
@@ -128,6 +129,7 @@ def test_handler_failure_gives_error_reply_and_server_goes_on(serve, caplog):
 
 
 # -- do_request with a raw server -------------------------------------------------------------
+
 
 def raw_server(listener, answer: bytes, got: list, hold: threading.Event | None = None):
     """Accept one client, read until CRLF, record it, answer (or hold until `hold` is set)."""
@@ -231,6 +233,7 @@ def test_do_request_returns_what_came_before_the_timeout(listener):
 
 # -- concurrency and protection ------------------------------------------------------------------
 
+
 class Gate(RequestServer):
     """'slow' waits until the test opens the gate; anything else answers at once."""
 
@@ -323,25 +326,31 @@ class ChunkSocket:
         return self.chunks.pop(0) if self.chunks else b""
 
 
-@pytest.mark.parametrize("chunks,expected", [
-    ((b"abcdefghij\r", b"\n"), b"abcdefghij\r\n"),  # CRLF split right at the limit
-    ((b"abcdefghij\r\n",), b"abcdefghij\r\n"),
-    ((b"abc", b"def\r\nrest"), b"abcdef\r\n"),
-    ((b"abc",), b"abc"),  # ended by EOF
-    ((b"abcdefghij",), b"abcdefghij"),
-])
+@pytest.mark.parametrize(
+    "chunks,expected",
+    [
+        ((b"abcdefghij\r", b"\n"), b"abcdefghij\r\n"),  # CRLF split right at the limit
+        ((b"abcdefghij\r\n",), b"abcdefghij\r\n"),
+        ((b"abc", b"def\r\nrest"), b"abcdef\r\n"),
+        ((b"abc",), b"abc"),  # ended by EOF
+        ((b"abcdefghij",), b"abcdefghij"),
+    ],
+)
 def test_read_until_crlf_limit(chunks, expected):
     from yoton.sugar.clientserver import _read_until_crlf
 
     assert _read_until_crlf(ChunkSocket(*chunks), 10, None) == expected
 
 
-@pytest.mark.parametrize("chunks", [
-    (b"abcdefghijk\r\n",),
-    (b"abcdefghijk",),
-    (b"abcdefghij\r\r",),
-    (b"abcde", b"fghijk", b"\r\n"),
-])
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        (b"abcdefghijk\r\n",),
+        (b"abcdefghijk",),
+        (b"abcdefghij\r\r",),
+        (b"abcde", b"fghijk", b"\r\n"),
+    ],
+)
 def test_read_until_crlf_over_limit(chunks):
     from yoton.sugar.clientserver import _read_until_crlf
 
@@ -364,6 +373,7 @@ def test_slow_client_is_cut_off_and_server_keeps_serving(serve):
 
 
 # -- stopping ---------------------------------------------------------------------------
+
 
 def test_stop_request_stops_the_server(serve):
     server = serve()

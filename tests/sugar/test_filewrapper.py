@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import link
+from helpers import wait_until as wait_for
 
 import yoton
-from helpers import link, wait_until as wait_for
 from yoton import FileWrapper
 
 pytestmark = pytest.mark.timeout(15)
@@ -97,8 +98,12 @@ def test_print_and_input_in_a_child_process(ctx):
     conn = here.bind("127.0.0.1:0")
     env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONIOENCODING="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(conn.port1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, cwd=tempfile.gettempdir(), text=True,
+        [sys.executable, "-c", CHILD, str(conn.port1)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tempfile.gettempdir(),
+        text=True,
     )
     try:
         wait_for(lambda: conn.is_connected or proc.poll() is not None, 10, "the child to connect")
@@ -119,6 +124,7 @@ def test_print_and_input_in_a_child_process(ctx):
 
 
 # -- writing ---------------------------------------------------------------------------------
+
 
 def test_write_sends_each_write_as_a_message(linked):
     a, b = linked
@@ -167,7 +173,7 @@ def test_flush_waits_until_written(linked):
     a, b = linked
     w = FileWrapper(yoton.PubChannel(a, "fl"))
     sub = yoton.SubChannel(b, "fl")
-    for i in range(100):
+    for _ in range(100):
         w.write("x" * 1000)
     w.flush()  # Context.flush: everything is on the wire now
     assert a.statistics()["queued_bytes"] == 0
@@ -208,6 +214,7 @@ def test_only_pub_and_sub_channels(linked):
 
 
 # -- reading ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def rw(linked):
@@ -282,6 +289,7 @@ def test_input_uses_readline(rw, monkeypatch):
 
 # -- file attributes --------------------------------------------------------------------------
 
+
 def test_file_attributes(linked):
     a, b = linked
     w = FileWrapper(yoton.PubChannel(a, "attrs"))
@@ -319,6 +327,7 @@ def test_closed_follows_the_channel(linked):
 
 
 # -- SimpleSocket -------------------------------------------------------------------------------
+
 
 def test_simple_socket_send_and_recv(simple_sockets):
     s1, s2 = simple_sockets(), simple_sockets()
@@ -358,7 +367,8 @@ def test_forked_child_writes_to_the_real_stdout(ctx):
         sys.__stdout__.write("channel got %r\\n" % sub.recv(5.0))
     """)
     env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONIOENCODING="utf-8")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30,
-                          cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30, cwd=tempfile.gettempdir()
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "from the child\nchannel got 'from the parent'\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from transport_util import RawClient
 
 

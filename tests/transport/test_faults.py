@@ -20,10 +20,10 @@ import threading
 import time
 
 import pytest
-
-import yoton
 from interop_helpers import SRC, PeerProcess
 from transport_util import HOST, RawClient, wait_for
+
+import yoton
 from yoton.wire.frames import FrameDecoder
 
 BIND = f"{HOST}:0"
@@ -175,7 +175,7 @@ def test_peer_killed_mid_64mib_message_closes_promptly_and_leaves_nothing_behind
         try:
             closed = _record(conn.closed)
             sub = yoton.SubChannel(ctx, "big", yoton.BINARY)
-            for attempt in range(3):
+            for _attempt in range(3):
                 peer.call("pub_big", slot="big", size=size)
                 deadline = time.monotonic() + 10.0
                 # Poll tightly (no event processing): the message takes tens of ms.
@@ -233,8 +233,9 @@ def test_stopped_peer_times_out_and_comes_back_with_its_stream_intact():
             os.kill(peer.pid, signal.SIGSTOP)
             t_stop = time.monotonic()
             try:
-                assert wait_for(lambda: received() is not None and timedout, conn.timeout + 3.0), \
+                assert wait_for(lambda: received() is not None and timedout, conn.timeout + 3.0), (
                     "no timedout signal while the peer was stopped"
+                )
                 assert timedout[0][1:] == (conn, True)
                 # silence counts from the last byte received: at most a heartbeat before the stop
                 elapsed = timedout[0][0] - t_stop
@@ -462,8 +463,9 @@ def test_eight_threads_sending_at_once_lose_nothing_and_keep_their_order(channel
             thread.join(20.0)
         assert not errors and not any(thread.is_alive() for thread in threads)
         got: list = []
-        assert wait_for(lambda: got.extend(m for s in subs for m in s.recv_all()) or len(got) >= n_threads * per_thread,
-                        10.0), f"{len(got)} of {n_threads * per_thread} arrived"
+        assert wait_for(
+            lambda: got.extend(m for s in subs for m in s.recv_all()) or len(got) >= n_threads * per_thread, 10.0
+        ), f"{len(got)} of {n_threads * per_thread} arrived"
         assert len(got) == n_threads * per_thread
         by_thread: dict = {}
         for message in got:
@@ -518,8 +520,12 @@ def test_process_exiting_with_connected_contexts_and_data_in_flight_exits_prompt
         bigs = [yoton.SubChannel(ctx, f"exit-{k}-big", yoton.BINARY) for k in (1, 2)]
         flood = yoton.PubChannel(ctx, "flood")
         env = dict(os.environ, PYTHONPATH=str(SRC))
-        proc = subprocess.Popen([sys.executable, "-c", _EXITING_CHILD, str(conns[0].port1), str(conns[1].port1),
-                                 str(n), str(big)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _EXITING_CHILD, str(conns[0].port1), str(conns[1].port1), str(n), str(big)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         stop_flood = threading.Event()
         flooder = None
         try:
@@ -567,7 +573,8 @@ def test_context_close_with_every_channel_kind_leaves_threads_and_fds_as_before(
     _exercise_everything(a, b)
     threads, fds = before.leaks()
     assert any(name.startswith("yoton-io-") for name in threads) and any(
-        name.startswith("yoton-rep-") for name in threads), threads
+        name.startswith("yoton-rep-") for name in threads
+    ), threads
     assert len(fds) >= 2 * 3 + 4, fds  # selector + wake-up pair per context, the sockets
     t0 = time.monotonic()
     a.close()

@@ -17,8 +17,6 @@ import threading
 import time
 
 import pytest
-
-import yoton
 from transport_util import (
     CONTROL,
     HEADER,
@@ -32,6 +30,8 @@ from transport_util import (
     rss_bytes,
     wait_for,
 )
+
+import yoton
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -89,7 +89,10 @@ def test_http_client_gets_error_line_and_bind_keeps_waiting(make_ctx, raw_client
 # 2 ---------------------------------------------------------------------------
 
 
-def test_silent_client_is_dropped_after_deadline_and_does_not_block_bind(make_ctx, raw_client):
+def test_silent_client_is_dropped_after_deadline_and_does_not_block_bind(make_ctx, raw_client, monkeypatch):
+    from yoton.transport import stream
+
+    monkeypatch.setattr(stream, "HANDSHAKE_DEADLINE", 1.5)  # (3 s by default: the test is about the rule)
     ctx = make_ctx()
     lonely = ctx.bind(BIND)  # a silent client alone: dropped by the deadline
     shared = ctx.bind(BIND)  # a silent client, then a real peer on the same bind
@@ -104,16 +107,16 @@ def test_silent_client_is_dropped_after_deadline_and_does_not_block_bind(make_ct
     peer.connect(address(shared), timeout=2.0)
     assert wait_for(lambda: shared.is_connected, 2.0)
     check_pubsub(ctx, peer, "silent")
-    assert time.monotonic() - t_shared < 2.0, "the silent client could not have been dropped yet"
+    assert time.monotonic() - t_shared < 1.2, "the silent client could not have been dropped yet"
 
     # The silent client on the lonely bind is dropped after the handshake deadline.
     data, how = silent_lonely.read_until_closed(8.0)
     elapsed = time.monotonic() - t_lonely
     assert how in ("eof", "reset"), f"silent client still connected after {elapsed:.1f} s"
-    assert 2.5 <= elapsed <= 6.0, f"silent client dropped after {elapsed:.2f} s"
+    assert 1.3 <= elapsed <= 4.5, f"silent client dropped after {elapsed:.2f} s"
     assert not data.startswith(b"YOTON!")
     # The other silent client is gone too (its bind stopped listening when it got its peer).
-    _, how = silent_shared.read_until_closed(max(0.1, t_shared + 6.0 - time.monotonic()))
+    _, how = silent_shared.read_until_closed(max(0.1, t_shared + 4.5 - time.monotonic()))
     assert how in ("eof", "reset")
 
     # The lonely bind is still waiting and serves a real peer.
@@ -328,7 +331,8 @@ def test_memory_threads_and_fds_stay_flat_across_many_attacks(make_ctx, raw_clie
     assert time.monotonic() - start < 8.0
 
     assert wait_for(lambda: threading.active_count() == threads_before and fd_count() == fds_before, 3.0), (
-        f"threads {threads_before} -> {threading.active_count()}, fds {fds_before} -> {fd_count()}")
+        f"threads {threads_before} -> {threading.active_count()}, fds {fds_before} -> {fd_count()}"
+    )
     growth = rss_bytes() - rss_before
     assert growth < 30 * MiB, f"RSS grew by {growth / MiB:.1f} MiB"
     assert [c for c in ctx.connections_all] == [waiting]
@@ -354,7 +358,9 @@ def test_hand_made_peer_exchanges_packages(make_ctx, raw_client):
     client.send(package(pubsub_slot("handmade"), hand_id, 1, "héllo".encode()))
     assert sub.recv(3.0) == "héllo"
     # The same sequence number again is a duplicate; the next one is delivered.
-    client.send(package(pubsub_slot("handmade"), hand_id, 1, b"dup") + package(pubsub_slot("handmade"), hand_id, 2, b"two"))
+    client.send(
+        package(pubsub_slot("handmade"), hand_id, 1, b"dup") + package(pubsub_slot("handmade"), hand_id, 2, b"two")
+    )
     assert sub.recv(3.0) == "two"
     assert sub.recv(False) == ""
 
@@ -377,10 +383,12 @@ def test_hand_made_peer_may_send_hello_packages_and_close_at_once(make_ctx, raw_
     hand_id = _hand_id()
     client = raw_client(conn.port1)
     close_signal = struct.pack("<7Q", CONTROL, 1, 0, 1, 0, 0, 0)
-    client.send(b"YOTON!%016x.7\r\n" % hand_id
-                + package(pubsub_slot("burst"), hand_id, 1, b"one")
-                + package(pubsub_slot("burst"), hand_id, 2, b"two")
-                + close_signal)
+    client.send(
+        b"YOTON!%016x.7\r\n" % hand_id
+        + package(pubsub_slot("burst"), hand_id, 1, b"one")
+        + package(pubsub_slot("burst"), hand_id, 2, b"two")
+        + close_signal
+    )
     assert sub.recv(3.0) == "one"
     assert sub.recv(3.0) == "two"
     assert wait_for(lambda: reasons, 3.0)

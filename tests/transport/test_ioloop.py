@@ -15,10 +15,10 @@ import threading
 import time
 
 import pytest
+from transport_util import RawClient, address, check_pubsub, fd_count, wait_for
 
 import yoton
 from yoton.transport.ioloop import IOLoop
-from transport_util import RawClient, address, check_pubsub, fd_count, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,9 +41,11 @@ def _connected(make_ctx):
 
 
 def _yoton_errors(caplog, exc_type=Boom) -> list:
-    return [r for r in caplog.records
-            if r.name == "yoton" and r.levelno >= logging.ERROR
-            and r.exc_info and isinstance(r.exc_info[1], exc_type)]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "yoton" and r.levelno >= logging.ERROR and r.exc_info and isinstance(r.exc_info[1], exc_type)
+    ]
 
 
 # -- the loop itself ------------------------------------------------------------
@@ -198,7 +200,8 @@ def test_context_close_leaves_threads_and_fds_as_before(make_ctx):
     assert not any(c.is_alive for c in (conn_a, conn_b, waiting, pending, halfway))
     assert wait_for(lambda: set(threading.enumerate()) == threads_before and fd_count() == fds_before, 3.0), (
         f"threads {sorted(t.name for t in set(threading.enumerate()) - threads_before)} left, "
-        f"fds {fds_before} -> {fd_count()}")
+        f"fds {fds_before} -> {fd_count()}"
+    )
 
     # A closed context can be used again, and closes cleanly again.
     a2 = a.bind(BIND)
@@ -249,7 +252,9 @@ def test_many_1mib_messages_in_a_row_arrive_intact_and_in_order(make_ctx):
         for i in range(count):
             got = sub.recv(5.0)
             assert len(got) == MiB, f"message {i}: {len(got)} bytes"
-            assert int.from_bytes(got[:4], "little") == i, f"expected message {i}, got {int.from_bytes(got[:4], 'little')}"
+            assert int.from_bytes(got[:4], "little") == i, (
+                f"expected message {i}, got {int.from_bytes(got[:4], 'little')}"
+            )
             assert got == message(i), f"message {i} corrupted"
     finally:
         sender.join(10.0)
@@ -296,8 +301,12 @@ def test_process_with_connected_context_exits_promptly(make_ctx, mode):
     conn.closed.bind(lambda c, reason: reasons.append(reason))
     sub = yoton.SubChannel(ctx, "exit-hello")
     pub = yoton.PubChannel(ctx, "exit-ack")
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, address(conn), mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, address(conn), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(),
+    )
     try:
         assert sub.recv(6.0) == "hello from child"
         if mode == "wait-ack":
@@ -320,8 +329,12 @@ def test_process_with_connected_context_exits_promptly(make_ctx, mode):
 
 def test_process_with_waiting_bind_exits_promptly():
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, "-", "bind-only"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, "-", "bind-only"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(),
+    )
     try:
         out, err = proc.communicate(timeout=6.0)
     except subprocess.TimeoutExpired:
@@ -337,8 +350,9 @@ def test_an_embedded_gui_callback_is_never_called_with_the_loop_lock_held():
     """Events posted on the loop side (a channel's ``received``) tell the GUI's
     callback only after the pass, not while the loop's lock is held: a
     callback that did yoton I/O itself would otherwise deadlock."""
-    import yoton
     from helpers import link, wait_until
+
+    import yoton
 
     a, b = yoton.Context(), yoton.Context()
     try:

@@ -20,11 +20,11 @@ import time
 from collections import Counter
 
 import pytest
+from helpers import link, wait_until
 
 import yoton
 from yoton.errors import CancelledError
 from yoton.transport import ioloop
-from helpers import link, wait_until
 
 needs_epoll = pytest.mark.skipif(not ioloop._HAVE_EPOLL, reason="readers share the loop only with epoll (Linux)")
 
@@ -355,8 +355,7 @@ _CTRL_C_IN_THE_EXIT_CHILD = textwrap.dedent("""
 def test_ctrl_c_while_a_reader_leaves_is_raised_not_deadlocked():
     """yoton's SIGINT handler may interrupt the main thread while it holds a
     lock of the loop: it must take no lock itself."""
-    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_THE_EXIT_CHILD], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_THE_EXIT_CHILD], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["KeyboardInterrupt", "True"], proc.stdout
 
@@ -423,8 +422,7 @@ def test_ctrl_c_while_the_main_thread_writes_is_raised_after_the_write():
     """Ctrl-C landing while the main thread holds a connection's write lock
     (taken without ``with``) must not leave it held nor cut the write: yoton's
     SIGINT handler raises KeyboardInterrupt at the end of the send."""
-    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_SEND_CHILD], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_SEND_CHILD], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["fired"] and result["interrupted"], result

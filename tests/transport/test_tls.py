@@ -57,9 +57,11 @@ def refusals(caplog):
 def test_verified_connection_carries_every_channel_kind(tls_pair, wait_for, host):
     a, b, bound, conn = tls_pair(host=host)
     # pub/sub of each message type, both ways, including a body larger than a TLS chunk
-    for mt, msgs in [(yoton.TEXT, ["hé ☃", "x" * 100_000]),
-                     (yoton.BINARY, [b"\x00\x01", bytes(range(256)) * 20_000]),
-                     (yoton.OBJECT, [{"k": [1, 2.5, None]}, ("t", 3)])]:
+    for mt, msgs in [
+        (yoton.TEXT, ["hé ☃", "x" * 100_000]),
+        (yoton.BINARY, [b"\x00\x01", bytes(range(256)) * 20_000]),
+        (yoton.OBJECT, [{"k": [1, 2.5, None]}, ("t", 3)]),
+    ]:
         for src, dst in [(a, b), (b, a)]:
             pub, sub = yoton.PubChannel(src, "p", mt), yoton.SubChannel(dst, "p", mt)
             for m in msgs:
@@ -166,10 +168,13 @@ def test_garbage_tls_records_after_the_handshake_close_with_a_reason(ctx, ca, wa
     assert closed[0].startswith("TLS error"), closed
 
 
-@pytest.mark.parametrize("address, kwargs, match", [
-    ("tls://localhost:0", {}, "needs an ssl_context"),
-    ("tcp://localhost:0", {"ssl_context": "x"}, "ssl.SSLContext"),
-])
+@pytest.mark.parametrize(
+    "address, kwargs, match",
+    [
+        ("tls://localhost:0", {}, "needs an ssl_context"),
+        ("tcp://localhost:0", {"ssl_context": "x"}, "ssl.SSLContext"),
+    ],
+)
 def test_bind_argument_errors(ctx, address, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ctx().bind(address, **kwargs)

@@ -12,6 +12,8 @@ import socket
 import struct
 import time
 
+from helpers import wait_until
+
 import yoton
 from yoton.wire.naming import slot_hash
 
@@ -23,15 +25,8 @@ NOT_YOTON = b"ERROR: this is Yoton.\r\n"
 
 
 def wait_for(cond, timeout: float = 5.0) -> bool:
-    """Process yoton events until ``cond()`` is true or ``timeout`` s passed; return cond()."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return bool(cond())
-        yoton.process_events(min(0.02, remaining))
+    """helpers.wait_until, processing yoton events, returning cond() at the deadline."""
+    return wait_until(cond, timeout, pump=True, fail=False)
 
 
 def free_port() -> int:

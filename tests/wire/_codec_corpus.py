@@ -46,22 +46,39 @@ def realistic() -> dict:
     c["pyzo request"] = ("dir2", ("os.path",), {})
     c["pyzo signature"] = ("open(file, mode='r', buffering=-1, encoding=None)", "function")
     c["pyzo dir"] = list(_WORDS)
-    c["pyzo dir2"] = [(name(), rng.choice(["int", "str", "list", "function"]),
-                       rng.choice(["int", "list", "function"]),
-                       "<%d-element list: %s>" % (rng.randrange(9), text(3))) for _ in range(1500)]
+    c["pyzo dir2"] = [
+        (
+            name(),
+            rng.choice(["int", "str", "list", "function"]),
+            rng.choice(["int", "list", "function"]),
+            "<%d-element list: %s>" % (rng.randrange(9), text(3)),
+        )
+        for _ in range(1500)
+    ]
     c["pyzo doc"] = text(400)
-    c["pyzo debug"] = {"index": 3, "debugmode": 1,
-                       "frames": [("/home/u/p/m%d.py" % i, rng.randrange(900), name()) for i in range(30)]}
-    c["pyzo startup"] = {"builtins": list(_WORDS), "version": (3, 11, 7, "final", 0),
-                         "keywords": keyword.kwlist, "softkeywords": [], "ipython": "no",
-                         "projectPath": "/home/u/proj", "scriptFile": "", "cwd": "/home/u",
-                         "gui": "auto", "env": {"PATH": "/usr/bin", "HOME": "/home/u"}}
+    c["pyzo debug"] = {
+        "index": 3,
+        "debugmode": 1,
+        "frames": [("/home/u/p/m%d.py" % i, rng.randrange(900), name()) for i in range(30)],
+    }
+    c["pyzo startup"] = {
+        "builtins": list(_WORDS),
+        "version": (3, 11, 7, "final", 0),
+        "keywords": keyword.kwlist,
+        "softkeywords": [],
+        "ipython": "no",
+        "projectPath": "/home/u/proj",
+        "scriptFile": "",
+        "cwd": "/home/u",
+        "gui": "auto",
+        "env": {"PATH": "/usr/bin", "HOME": "/home/u"},
+    }
     c["pyzo breakpoints"] = {"/home/u/p/f%d.py" % i: [rng.randrange(1000) for _ in range(5)] for i in range(20)}
     c["pyzo evalMultiple"] = [("x%d" % i, True, repr(rng.random())) for i in range(200)]
     c["pyzo reply error"] = ("error", "ValueError: I do not like 2.\n  File ..., line 3\n")
     # Plain application data.
     c["floats"] = [rng.random() for _ in range(5000)]
-    c["ints"] = [rng.randrange(-2**62, 2**62) for _ in range(5000)]
+    c["ints"] = [rng.randrange(-(2**62), 2**62) for _ in range(5000)]
     c["small ints"] = [rng.randrange(256) for _ in range(5000)]
     c["bools and None"] = [rng.choice([True, False, None]) for _ in range(5000)]
     c["mixed numbers"] = [rng.choice([rng.random(), rng.randrange(1000), None]) for _ in range(3000)]
@@ -72,8 +89,10 @@ def realistic() -> dict:
     c["large string"] = text(20000)
     c["dict str->float"] = {"var%d" % i: rng.random() for i in range(3000)}
     c["dict str->int"] = {"k%d" % i: rng.randrange(1000) for i in range(3000)}
-    c["records"] = [{"name": name(), "kind": rng.choice(["function", "class", "module"]),
-                     "line": rng.randrange(5000)} for _ in range(2000)]
+    c["records"] = [
+        {"name": name(), "kind": rng.choice(["function", "class", "module"]), "line": rng.randrange(5000)}
+        for _ in range(2000)
+    ]
     c["records xy"] = [{"x": rng.random(), "y": rng.random()} for _ in range(2000)]
     c["records mixed"] = [{"id": i, "ok": True, "v": short()} for i in range(2000)]
     c["points"] = [[rng.random(), rng.random()] for _ in range(3000)]

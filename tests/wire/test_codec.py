@@ -10,9 +10,10 @@ import sys
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from _orig import run_orig
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from yoton.wire.codec import MAX_DEPTH, decode_object, encode_object
 
 VECTORS = [
@@ -46,8 +47,9 @@ def same(a, b):
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
-        return len(a) == len(b) and all(same(ka, kb) and same(va, vb)
-                                        for (ka, va), (kb, vb) in zip(a.items(), b.items()))
+        return len(a) == len(b) and all(
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
     return a == b
 
 
@@ -89,8 +91,17 @@ def test_subclasses_encode_as_base_types():
     assert same(decode_object(encode_object(Point(1, 2))), (1, 2))
 
 
-@pytest.mark.parametrize("value, name", [(b"x", "bytes"), ({1, 2}, "set"), (1j, "complex"), (object(), "object"),
-                                         (bytearray(b"a"), "bytearray"), ([1, {"k": [b""]}], "bytes")])
+@pytest.mark.parametrize(
+    "value, name",
+    [
+        (b"x", "bytes"),
+        ({1, 2}, "set"),
+        (1j, "complex"),
+        (object(), "object"),
+        (bytearray(b"a"), "bytearray"),
+        ([1, {"k": [b""]}], "bytes"),
+    ],
+)
 def test_unsupported_types(value, name):
     with pytest.raises(ValueError, match=name):
         encode_object(value)
@@ -191,31 +202,34 @@ def test_decode_input_kinds():
         decode_object(None)
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"x", "unknown tag byte 0x78"),
-    (b"\x00", "unknown tag"),
-    (b"i\x01", "truncated"),
-    (b"f", "truncated"),
-    (b"b", "truncated"),
-    (b"s", "truncated"),
-    (b"s\x05abc", "past the end"),
-    (b"s\xff\x01", "truncated"),
-    (b"s\xff" + b"\xff" * 8, "past the end"),
-    (b"l\x02n", "more items"),
-    (b"l\xff" + struct.pack("<Q", 2**63), "more items"),
-    (b"t\xff" + b"\xff" * 8, "more items"),
-    (b"d\xff" + struct.pack("<Q", 2**62) + b"nn", "more items"),
-    (b"d\x01n", "more items"),
-    (b"d\x01nn", None),
-    (b"nn", "trailing"),
-    (b"l\x00n", "trailing"),
-    (b"s\x01\xff", "UTF-8"),
-    (b"s\x02\xc3", "past the end"),
-    (b"s\x01\xc3", "UTF-8"),
-    (b"d\x01l\x00n", "unhashable"),
-    (b"d\x01d\x00n", "unhashable"),
-    (b"b\x02", "bool"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"x", "unknown tag byte 0x78"),
+        (b"\x00", "unknown tag"),
+        (b"i\x01", "truncated"),
+        (b"f", "truncated"),
+        (b"b", "truncated"),
+        (b"s", "truncated"),
+        (b"s\x05abc", "past the end"),
+        (b"s\xff\x01", "truncated"),
+        (b"s\xff" + b"\xff" * 8, "past the end"),
+        (b"l\x02n", "more items"),
+        (b"l\xff" + struct.pack("<Q", 2**63), "more items"),
+        (b"t\xff" + b"\xff" * 8, "more items"),
+        (b"d\xff" + struct.pack("<Q", 2**62) + b"nn", "more items"),
+        (b"d\x01n", "more items"),
+        (b"d\x01nn", None),
+        (b"nn", "trailing"),
+        (b"l\x00n", "trailing"),
+        (b"s\x01\xff", "UTF-8"),
+        (b"s\x02\xc3", "past the end"),
+        (b"s\x01\xc3", "UTF-8"),
+        (b"d\x01l\x00n", "unhashable"),
+        (b"d\x01d\x00n", "unhashable"),
+        (b"b\x02", "bool"),
+    ],
+)
 def test_malformed(data, match):
     start = time.perf_counter()
     if match is None:  # control: the fixed-up input decodes
@@ -241,8 +255,11 @@ hashable = st.recursive(
 )
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | texts,
-    lambda inner: st.lists(inner, max_size=6) | st.lists(inner, max_size=6).map(tuple)
-    | st.dictionaries(hashable, inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.lists(inner, max_size=6).map(tuple)
+        | st.dictionaries(hashable, inner, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -298,8 +315,9 @@ def random_value(rng, depth=0):
     if kind == 2:
         return rng.choice([0, 1, -1, 254, 255, 2**31, -(2**63), 2**63 - 1, rng.randrange(-(2**63), 2**63)])
     if kind == 3:
-        return rng.choice([0.0, -0.0, 1.5, 1e308, 5e-324, float("inf"), float("-inf"), float("nan"),
-                           rng.uniform(-1e9, 1e9)])
+        return rng.choice(
+            [0.0, -0.0, 1.5, 1e308, 5e-324, float("inf"), float("-inf"), float("nan"), rng.uniform(-1e9, 1e9)]
+        )
     if kind in (4, 5, 6):
         alphabet = "abc xyz\n\té€😀\x00"
         size = rng.choice([0, 1, 5, 254, 255, 256, 1000]) if depth == 0 else rng.randrange(8)
@@ -310,8 +328,10 @@ def random_value(rng, depth=0):
         return items
     if kind == 8:
         return tuple(items)
-    keys = [rng.choice([None, True, rng.randrange(-99, 99), rng.random(), "k%d" % rng.randrange(1000), (1, "t")])
-            for _ in range(size)]
+    keys = [
+        rng.choice([None, True, rng.randrange(-99, 99), rng.random(), "k%d" % rng.randrange(1000), (1, "t")])
+        for _ in range(size)
+    ]
     return dict(zip(keys, items))
 
 

@@ -14,11 +14,15 @@ import timeit
 import tracemalloc
 from pathlib import Path
 
+import _codec_corpus as corpus
 import pytest
 
-import _codec_corpus as corpus
 from yoton.wire.codec import (
-    HASH_CHECK_MIN, MEMORY_ALLOWANCE, MEMORY_RATIO, decode_object, encode_object,
+    HASH_CHECK_MIN,
+    MEMORY_ALLOWANCE,
+    MEMORY_RATIO,
+    decode_object,
+    encode_object,
 )
 
 MiB = 1 << 20
@@ -204,7 +208,7 @@ def test_keys_sharing_one_hash_are_refused():
     data = encode_object([{}, dict.fromkeys(pairs[:HASH_CHECK_MIN])])
     with pytest.raises(ValueError, match="one hash value"):
         decode_object(data)
-    assert len(decode_object(encode_object(dict.fromkeys(pairs[:HASH_CHECK_MIN - 1])))) == HASH_CHECK_MIN - 1
+    assert len(decode_object(encode_object(dict.fromkeys(pairs[: HASH_CHECK_MIN - 1])))) == HASH_CHECK_MIN - 1
 
 
 def test_keys_that_walk_one_long_run_are_refused():
@@ -221,20 +225,25 @@ def test_keys_that_walk_one_long_run_are_refused():
         decode_object(encode_object(dict.fromkeys(keys)))
 
 
-@pytest.mark.parametrize("keys", [
-    pytest.param(list(range(5000)), id="consecutive ints"),
-    pytest.param([-i for i in range(5000)], id="negative ints"),
-    pytest.param([i << 20 for i in range(3000)], id="ints 2**20 apart"),
-    pytest.param([i << 40 for i in range(3000)], id="ints 2**40 apart"),
-    pytest.param([1_700_000_000_000_000_000 + i * 10**9 for i in range(3000)], id="timestamps in ns"),
-    pytest.param(sorted({random.Random(i).randrange(-2**63, 2**63) for i in range(3000)}), id="random 64-bit ints"),
-    pytest.param([random.Random(3).random() for _ in range(3000)], id="floats in [0, 1)"),
-    pytest.param([i / 4 for i in range(3000)], id="quarters"),
-    pytest.param([(i, j) for i in range(60) for j in range(60)], id="int pairs"),
-    pytest.param([(random.Random(i).random(), "x") for i in range(3000)], id="float-str pairs"),
-    pytest.param([i if i % 2 else str(i) for i in range(3000)], id="ints and strings"),
-    pytest.param([None, True, 0.5] + list(range(2, 2000)), id="None, bools and ints"),
-])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param(list(range(5000)), id="consecutive ints"),
+        pytest.param([-i for i in range(5000)], id="negative ints"),
+        pytest.param([i << 20 for i in range(3000)], id="ints 2**20 apart"),
+        pytest.param([i << 40 for i in range(3000)], id="ints 2**40 apart"),
+        pytest.param([1_700_000_000_000_000_000 + i * 10**9 for i in range(3000)], id="timestamps in ns"),
+        pytest.param(
+            sorted({random.Random(i).randrange(-(2**63), 2**63) for i in range(3000)}), id="random 64-bit ints"
+        ),
+        pytest.param([random.Random(3).random() for _ in range(3000)], id="floats in [0, 1)"),
+        pytest.param([i / 4 for i in range(3000)], id="quarters"),
+        pytest.param([(i, j) for i in range(60) for j in range(60)], id="int pairs"),
+        pytest.param([(random.Random(i).random(), "x") for i in range(3000)], id="float-str pairs"),
+        pytest.param([i if i % 2 else str(i) for i in range(3000)], id="ints and strings"),
+        pytest.param([None, True, 0.5] + list(range(2, 2000)), id="None, bools and ints"),
+    ],
+)
 def test_ordinary_keys_pass_the_check(keys):
     value = dict.fromkeys(keys, 1)
     assert decode_object(encode_object(value)) == value
@@ -247,8 +256,10 @@ def test_string_keys_are_checked_when_their_hashes_are_not_secret(seed, secret):
     env["PYTHONPATH"] = str(SRC)  # this checkout's yoton
     if seed is not None:
         env["PYTHONHASHSEED"] = seed
-    code = ("from yoton.wire import codec; d = {str(i): i for i in range(2000)}; "
-            "assert codec.decode_object(codec.encode_object(d)) == d; print(codec._STR_HASH_RANDOM)")
+    code = (
+        "from yoton.wire import codec; d = {str(i): i for i in range(2000)}; "
+        "assert codec.decode_object(codec.encode_object(d)) == d; print(codec._STR_HASH_RANDOM)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(secret)

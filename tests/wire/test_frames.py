@@ -4,10 +4,17 @@ import random
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from yoton.wire.frames import (
-    CLOSE_BYTES, CONTROL, HEADER_SIZE, HEARTBEAT_BYTES, FrameDecoder, Package, pack_header,
+    CLOSE_BYTES,
+    CONTROL,
+    HEADER_SIZE,
+    HEARTBEAT_BYTES,
+    FrameDecoder,
+    Package,
+    pack_header,
 )
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -25,8 +32,9 @@ def test_control_and_header_layout():
 
 
 def _stream(packages):
-    return b"".join(pack_header(p.slot, p.source_id, p.source_seq, p.dest_id, p.dest_seq, len(p.data)) + p.data
-                    for p in packages)
+    return b"".join(
+        pack_header(p.slot, p.source_id, p.source_seq, p.dest_id, p.dest_seq, len(p.data)) + p.data for p in packages
+    )
 
 
 def _fields(pkgs):
@@ -46,7 +54,7 @@ def feed_in_chunks(data, sizes):
     dec = FrameDecoder()
     pos = 0
     for n in sizes:
-        dec.receive_data(data[pos:pos + n])
+        dec.receive_data(data[pos : pos + n])
         pos += n
     dec.receive_data(data[pos:])
     return dec
@@ -64,7 +72,7 @@ def test_byte_at_a_time():
     data = HEARTBEAT_BYTES + _stream(SAMPLE)
     dec = FrameDecoder()
     for i in range(len(data)):
-        dec.receive_data(data[i:i + 1])
+        dec.receive_data(data[i : i + 1])
     assert dec.error is None
     assert _fields(dec.packages) == _fields(EXPECTED)
 
@@ -78,8 +86,10 @@ def test_random_splits(sizes):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.binary(min_size=1, max_size=300), U64, U64, U64, U64, U64), max_size=20),
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(st.tuples(st.binary(min_size=1, max_size=300), U64, U64, U64, U64, U64), max_size=20),
+    st.randoms(use_true_random=False),
+)
 def test_round_trip_any_fields(items, rnd):
     pkgs = [Package(d, *f) for d, *f in items]
     data = _stream(pkgs)
@@ -101,7 +111,7 @@ def test_get_buffer_reads_large_body_in_place():
     while pos < len(data):
         buf = dec.get_buffer()
         n = min(len(buf), 100000, len(data) - pos)
-        buf[:n] = data[pos:pos + n]
+        buf[:n] = data[pos : pos + n]
         if len(buf) >= 10**6:
             views.add(id(buf.obj))
         dec.buffer_updated(n)
@@ -116,7 +126,7 @@ def test_close_signal_stops_decoding():
     for step in (1, 7, len(data)):
         dec = FrameDecoder()
         for i in range(0, len(data), step):
-            dec.receive_data(data[i:i + step])
+            dec.receive_data(data[i : i + step])
         assert dec.peer_closed
         assert _fields(dec.packages) == _fields(SAMPLE[:1])
 
@@ -127,7 +137,7 @@ def test_bad_control_is_an_error_not_an_exception(step):
     data = _stream(SAMPLE[:1]) + bad + _stream(SAMPLE[:1])
     dec = FrameDecoder()
     for i in range(0, len(data), step):
-        dec.receive_data(data[i:i + step])
+        dec.receive_data(data[i : i + step])
     assert dec.error == "Lost track of the stream."
     assert len(dec.packages) == 1
 
@@ -137,7 +147,7 @@ def test_over_limit_length_refused_without_allocating(step):
     dec = FrameDecoder(max_package_size=1000)
     data = pack_header(20, 1, 1, 0, 0, 2 * 2**30) + b"abc"
     for i in range(0, len(data), step):
-        dec.receive_data(data[i:i + step])
+        dec.receive_data(data[i : i + step])
     assert dec.error is not None and "too large" in dec.error
     assert len(dec.get_buffer()) < 2**20  # nothing of the claimed size was made
     assert dec.packages == []

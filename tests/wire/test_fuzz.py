@@ -37,17 +37,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from yoton.errors import HandshakeError
 from yoton.wire import codec
 from yoton.wire.codec import MAX_DEPTH, MEMORY_RATIO, decode_object, encode_object
 from yoton.wire.frames import (
-    CLOSE_BYTES, CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER_SIZE, HEARTBEAT_BYTES, SLOT_DUMMY,
-    SIGNAL_CLOSE, FrameDecoder, Package, pack_header,
+    CLOSE_BYTES,
+    CONTROL,
+    DEFAULT_MAX_PACKAGE_SIZE,
+    HEADER_SIZE,
+    HEARTBEAT_BYTES,
+    SIGNAL_CLOSE,
+    SLOT_DUMMY,
+    FrameDecoder,
+    Package,
+    pack_header,
 )
 from yoton.wire.protocol import (
-    CLOSED, CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, OPEN, Protocol, format_hello, parse_hello,
+    CLOSED,
+    CONNECTION_CLOSED,
+    HANDSHAKE,
+    HANDSHAKE_DONE,
+    OPEN,
+    Protocol,
+    format_hello,
+    parse_hello,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))  # for bench/fuzz.py, which loads this file by path
@@ -72,9 +88,11 @@ TARGETS: dict[str, Target] = {}
 
 def target(name: str, strategy: st.SearchStrategy, ci_examples: int):
     """Register the decorated check function as fuzz target ``name``."""
+
     def register(check):
         TARGETS[name] = Target(name, strategy, check, ci_examples)
         return check
+
     return register
 
 
@@ -86,8 +104,9 @@ FIELD = st.one_of(st.sampled_from([0, 1, 2, 2**63, 2**64 - 1]), U64)
 # Bodies around the sizes where the decoder changes strategy: the 64 KiB inline
 # limit and the 1 MiB first chunk of a large body's buffer (and its doublings).
 BIG_SIZES = [2**16 - 1, 2**16, 2**16 + 1, 100_000, MiB - 1, MiB, MiB + 1, 2 * MiB + 3]
-big_body = st.builds(lambda seed, n: random.Random(seed).randbytes(n),
-                     st.integers(0, 2**32), st.sampled_from(BIG_SIZES))
+big_body = st.builds(
+    lambda seed, n: random.Random(seed).randbytes(n), st.integers(0, 2**32), st.sampled_from(BIG_SIZES)
+)
 body = st.one_of(st.binary(max_size=300), st.just(b""), big_body)
 package = st.builds(Package, body, FIELD, FIELD, FIELD, FIELD, FIELD)
 small_package = st.builds(Package, st.binary(max_size=300), FIELD, FIELD, FIELD, FIELD, FIELD)
@@ -97,8 +116,10 @@ stream_item = st.one_of(package, st.sampled_from(["heartbeat", "close"]))
 # ``tail``-sized steps. "data" feeds receive_data, "buffer" writes into
 # get_buffer() and calls buffer_updated (taking at most what fits).
 feed_plan = st.tuples(
-    st.lists(st.tuples(st.sampled_from(["data", "buffer"]),
-                       st.one_of(st.integers(1, 70), st.integers(1, 300_000))), max_size=20),
+    st.lists(
+        st.tuples(st.sampled_from(["data", "buffer"]), st.one_of(st.integers(1, 70), st.integers(1, 300_000))),
+        max_size=20,
+    ),
     st.sampled_from(["data", "buffer"]),
     st.sampled_from([1, 7, 56, 4096, MiB]),
 )
@@ -133,12 +154,12 @@ def feed(target, data: bytes, plan, after_step=None) -> None:
             buf = target.get_buffer()
             assert len(buf) > 0
             n = min(len(buf), size, len(data) - pos)
-            buf[:n] = view[pos:pos + n]
+            buf[:n] = view[pos : pos + n]
             del buf
             target.buffer_updated(n)
         else:
             n = min(size, len(data) - pos)
-            target.receive_data(view[pos:pos + n])
+            target.receive_data(view[pos : pos + n])
         pos += n
         if after_step is not None:
             after_step(pos)
@@ -153,8 +174,9 @@ def expected_packages(items) -> tuple[list, bool]:
     """What a decoder delivers for these stream items, and whether it ends closed."""
     out = []
     for x in items:
-        if x == "close" or (isinstance(x, Package) and not x.data
-                            and x.slot == SLOT_DUMMY and x.source_seq == SIGNAL_CLOSE):
+        if x == "close" or (
+            isinstance(x, Package) and not x.data and x.slot == SLOT_DUMMY and x.source_seq == SIGNAL_CLOSE
+        ):
             return out, True
         if isinstance(x, Package) and x.data:
             out.append(x)
@@ -187,7 +209,7 @@ def reference_decode(data: bytes, limit: int):
             return out, "too large", False
         if len(data) - pos - HEADER_SIZE < length:
             break  # incomplete: waits for more
-        payload = data[pos + HEADER_SIZE:pos + HEADER_SIZE + length]
+        payload = data[pos + HEADER_SIZE : pos + HEADER_SIZE + length]
         pos += HEADER_SIZE + length
         if length:
             out.append(Package(payload, slot, sid, sseq, did, dseq))
@@ -196,25 +218,33 @@ def reference_decode(data: bytes, limit: int):
     return out, None, False
 
 
-LIMITS = st.one_of(st.sampled_from([1, 56, 2**16, 2**16 + 1, MiB, DEFAULT_MAX_PACKAGE_SIZE, 2**64 - 1]),
-                   st.integers(1, 2**64))
+LIMITS = st.one_of(
+    st.sampled_from([1, 56, 2**16, 2**16 + 1, MiB, DEFAULT_MAX_PACKAGE_SIZE, 2**64 - 1]), st.integers(1, 2**64)
+)
 # Lengths a hostile header may claim: small, near the limits, absurd.
-CLAIMED = st.one_of(st.integers(0, 400), st.sampled_from([2**16, 2**16 + 1, MiB, MiB + 1, 2**30,
-                                                          DEFAULT_MAX_PACKAGE_SIZE + 1, 2**63, 2**64 - 1]),
-                    U64)
+CLAIMED = st.one_of(
+    st.integers(0, 400),
+    st.sampled_from([2**16, 2**16 + 1, MiB, MiB + 1, 2**30, DEFAULT_MAX_PACKAGE_SIZE + 1, 2**63, 2**64 - 1]),
+    U64,
+)
 hostile_chunk = st.one_of(
     st.binary(max_size=120),  # noise (mostly a lost stream)
     st.builds(pack_header, FIELD, FIELD, FIELD, FIELD, FIELD, CLAIMED),  # a header, body or not
     st.builds(item_bytes, small_package),
     st.sampled_from([HEARTBEAT_BYTES, CLOSE_BYTES, HEARTBEAT_BYTES[:30], b"YOTON   "]),
-    st.builds(lambda h, n: h[:n], st.builds(pack_header, FIELD, FIELD, FIELD, FIELD, FIELD, CLAIMED),
-              st.integers(0, HEADER_SIZE)),  # a cut header
+    st.builds(
+        lambda h, n: h[:n],
+        st.builds(pack_header, FIELD, FIELD, FIELD, FIELD, FIELD, CLAIMED),
+        st.integers(0, HEADER_SIZE),
+    ),  # a cut header
 )
 
 
-@target("frames_hostile",
-        st.tuples(st.lists(hostile_chunk, max_size=12), LIMITS, feed_plan, st.binary(max_size=200)),
-        ci_examples=250)
+@target(
+    "frames_hostile",
+    st.tuples(st.lists(hostile_chunk, max_size=12), LIMITS, feed_plan, st.binary(max_size=200)),
+    ci_examples=250,
+)
 def check_frames_hostile(case):
     """Any stream: exactly what a whole-stream reference decodes, no exception, bounded memory."""
     chunks, limit, plan, more = case
@@ -271,7 +301,7 @@ def test_large_body_buffer_grows_to_the_exact_size():
     while pos < len(data):
         buf = dec.get_buffer()
         n = min(len(buf), sizes[pos % len(sizes)], len(data) - pos)
-        buf[:n] = data[pos:pos + n]
+        buf[:n] = data[pos : pos + n]
         dec.buffer_updated(n)  # buf still held: the decoder must cope
         pos += n
     [pkg] = dec.packages
@@ -285,8 +315,7 @@ def test_large_body_buffer_grows_to_the_exact_size():
 HELLOISH = st.builds(
     lambda head, body, end: head + body + end,
     st.sampled_from([b"YOTON!", b"YOTON", b"yoton!", b"ERROR: ", b"AUTH?", b"AUTH!", b""]),
-    st.text(alphabet="0123456789abcdefABCDEF.-+_ x\t\r\n\x00\u00e9", max_size=40).map(
-        lambda s: s.encode("utf-8")),
+    st.text(alphabet="0123456789abcdefABCDEF.-+_ x\t\r\n\x00\u00e9", max_size=40).map(lambda s: s.encode("utf-8")),
     st.sampled_from([b"\r\n", b"\n", b"\r", b""]),
 )
 
@@ -302,8 +331,7 @@ def check_parse_hello(line):
     assert line.startswith(b"YOTON!")
 
 
-@target("hello_round_trip", st.tuples(U64, st.one_of(st.integers(0, 2**22), st.integers(0, 10**30))),
-        ci_examples=100)
+@target("hello_round_trip", st.tuples(U64, st.one_of(st.integers(0, 2**22), st.integers(0, 10**30))), ci_examples=100)
 def check_hello_round_trip(case):
     """Every id and pid survive format_hello/parse_hello."""
     context_id, pid = case
@@ -334,9 +362,15 @@ def _sloppy_id(lead: str, sign: str, prefix: str, underscore: bool, trail: str, 
 
 sloppy_hello = st.builds(
     lambda ident, pid: b"YOTON!" + ident + b"." + pid.encode() + b"\r\n",
-    st.builds(_sloppy_id, st.sampled_from(["", " ", "\t"]), st.sampled_from(SIGNS),
-              st.sampled_from(["", "0x", "0X"]), st.booleans(), st.sampled_from(["", " "]),
-              st.text(alphabet="0123456789abcdefABCDEF", max_size=16)),
+    st.builds(
+        _sloppy_id,
+        st.sampled_from(["", " ", "\t"]),
+        st.sampled_from(SIGNS),
+        st.sampled_from(["", "0x", "0X"]),
+        st.booleans(),
+        st.sampled_from(["", " "]),
+        st.text(alphabet="0123456789abcdefABCDEF", max_size=16),
+    ),
     st.sampled_from(["7", "+7", " 7 ", "1_000", "0", "99999999999999999999"]),
 )
 
@@ -353,14 +387,26 @@ auth_line = st.one_of(
     st.builds(lambda n: b"AUTH?" + n.hex().encode() + b"\r\n", st.binary(min_size=16, max_size=16)),
     st.builds(lambda n: b"AUTH?" + n.hex().encode() + b"\r\n", st.binary(max_size=40)),
     st.builds(lambda p: b"AUTH!" + p.hex().encode() + b"\r\n", st.binary(min_size=31, max_size=33)),
-    st.sampled_from([b"ERROR: this is Yoton.\r\n", b"ERROR: authentication failed.\r\n",
-                     b"GET / HTTP/1.1\r\n", b"\r\n", b"\n", b"AUTH?\r\n", b"AUTH!zz\r\n",
-                     b"AUTH?" + b"\xff" * 32 + b"\r\n"]),
+    st.sampled_from(
+        [
+            b"ERROR: this is Yoton.\r\n",
+            b"ERROR: authentication failed.\r\n",
+            b"GET / HTTP/1.1\r\n",
+            b"\r\n",
+            b"\n",
+            b"AUTH?\r\n",
+            b"AUTH!zz\r\n",
+            b"AUTH?" + b"\xff" * 32 + b"\r\n",
+        ]
+    ),
     HELLOISH,
 )
 handshake_input = st.builds(
     lambda first, lines, rest: [first, *lines, *rest],
-    first_line, st.lists(auth_line, max_size=3), st.lists(hostile_chunk, max_size=4))
+    first_line,
+    st.lists(auth_line, max_size=3),
+    st.lists(hostile_chunk, max_size=4),
+)
 
 
 def check_events(events: list, state: str) -> None:
@@ -377,10 +423,18 @@ def check_events(events: list, state: str) -> None:
         assert done and done[0] < packages[0]
 
 
-@target("protocol_handshake",
-        st.tuples(st.sampled_from(["connect", "bind"]), AUTH_KEYS, handshake_input, feed_plan,
-                  st.booleans(), st.binary(max_size=100)),
-        ci_examples=300)
+@target(
+    "protocol_handshake",
+    st.tuples(
+        st.sampled_from(["connect", "bind"]),
+        AUTH_KEYS,
+        handshake_input,
+        feed_plan,
+        st.booleans(),
+        st.binary(max_size=100),
+    ),
+    ci_examples=300,
+)
 def check_protocol_handshake(case):
     """Any bytes in HANDSHAKE: no exception, bounded output, OPEN or CLOSED with a reason."""
     side, key, lines, plan, eof, more = case
@@ -437,10 +491,17 @@ def test_negative_peer_id_with_auth_key_closes():
     assert proto.state == CLOSED and proto.close_reason
 
 
-@target("protocol_peers",
-        st.tuples(AUTH_KEYS, U64.filter(lambda i: i != LOCAL), feed_plan, feed_plan,
-                  st.lists(st.one_of(small_package, st.sampled_from(["heartbeat", "close"])), max_size=4)),
-        ci_examples=100)
+@target(
+    "protocol_peers",
+    st.tuples(
+        AUTH_KEYS,
+        U64.filter(lambda i: i != LOCAL),
+        feed_plan,
+        feed_plan,
+        st.lists(st.one_of(small_package, st.sampled_from(["heartbeat", "close"])), max_size=4),
+    ),
+    ci_examples=100,
+)
 def check_protocol_peers(case):
     """Two Protocols with the same key (or none) open, in any split, and then pass packages."""
     key, bind_id, plan_c, plan_b, items = case
@@ -460,15 +521,14 @@ def check_protocol_peers(case):
     events = b.events_received()
     assert events[0] == HANDSHAKE_DONE
     assert (events[-1] == CONNECTION_CLOSED) == closed == (b.state == CLOSED)
-    assert fields(events[1:len(events) - closed]) == fields(want)
+    assert fields(events[1 : len(events) - closed]) == fields(want)
 
 
 # =============================================================================
 # OBJECT codec
 # =============================================================================
 
-hashable_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=20))
+hashable_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=20))
 hashable = st.recursive(hashable_leaf, lambda inner: st.lists(inner, max_size=3).map(tuple), max_leaves=6)
 LONG = st.integers(250, 300)  # counts around the one-byte limit (255)
 leaf = st.one_of(
@@ -498,8 +558,9 @@ def same(a, b) -> bool:
     if type(a) in (list, tuple):
         return len(a) == len(b) and all(map(same, a, b))
     if type(a) is dict:
-        return len(a) == len(b) and all(same(ka, kb) and same(va, vb)
-                                        for (ka, va), (kb, vb) in zip(a.items(), b.items()))
+        return len(a) == len(b) and all(
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
     return a == b
 
 
@@ -521,8 +582,12 @@ def _count(n: int, long: bool) -> bytes:
 
 # Token soup: tags with plausible or absurd counts, valid encodings, noise.
 codec_token = st.one_of(
-    st.builds(lambda t, n, long: bytes([t]) + _count(n, long),
-              st.sampled_from(list(b"sltd")), st.one_of(st.integers(0, 300), U64), st.booleans()),
+    st.builds(
+        lambda t, n, long: bytes([t]) + _count(n, long),
+        st.sampled_from(list(b"sltd")),
+        st.one_of(st.integers(0, 300), U64),
+        st.booleans(),
+    ),
     st.sampled_from([bytes([t]) for t in TAGS] + [b"b\x00", b"b\x01", b"b\x02", b"s\x01\xff", b"\xff"]),
     st.builds(lambda v: encode_object(v), values),
     st.binary(max_size=12),
@@ -530,8 +595,7 @@ codec_token = st.one_of(
 codec_input = st.one_of(st.binary(max_size=200), st.lists(codec_token, max_size=20).map(b"".join))
 
 
-@target("codec_hostile", st.tuples(codec_input, st.one_of(st.just(MAX_DEPTH), st.integers(0, 70))),
-        ci_examples=300)
+@target("codec_hostile", st.tuples(codec_input, st.one_of(st.just(MAX_DEPTH), st.integers(0, 70))), ci_examples=300)
 def check_codec_hostile(case):
     """Any bytes decode to a value, or raise ValueError and nothing else; values re-encode."""
     data, max_depth = case
@@ -552,11 +616,15 @@ def nest(kinds: str, depth: int):
     return value
 
 
-@target("codec_depth",
-        st.tuples(st.text(alphabet="ltd", min_size=1, max_size=4),
-                  st.one_of(st.integers(0, 80), st.integers(0, 400)),
-                  st.one_of(st.just(MAX_DEPTH), st.integers(0, 400))),
-        ci_examples=100)
+@target(
+    "codec_depth",
+    st.tuples(
+        st.text(alphabet="ltd", min_size=1, max_size=4),
+        st.one_of(st.integers(0, 80), st.integers(0, 400)),
+        st.one_of(st.just(MAX_DEPTH), st.integers(0, 400)),
+    ),
+    ci_examples=100,
+)
 def check_codec_depth(case):
     """Nesting up to max_depth works both ways; one deeper is a ValueError both ways."""
     kinds, depth, max_depth = case
@@ -572,10 +640,14 @@ def check_codec_depth(case):
             decode_object(data, max_depth=max_depth)
 
 
-@target("codec_deep_bytes",
-        st.tuples(st.sampled_from([b"l\x01", b"t\x01", b"d\x01s\x00", b"l\xff\x01\x00\x00\x00\x00\x00\x00\x00"]),
-                  st.one_of(st.integers(MAX_DEPTH + 1, MAX_DEPTH + 200), st.sampled_from([10_000, 200_000]))),
-        ci_examples=30)
+@target(
+    "codec_deep_bytes",
+    st.tuples(
+        st.sampled_from([b"l\x01", b"t\x01", b"d\x01s\x00", b"l\xff\x01\x00\x00\x00\x00\x00\x00\x00"]),
+        st.one_of(st.integers(MAX_DEPTH + 1, MAX_DEPTH + 200), st.sampled_from([10_000, 200_000])),
+    ),
+    ci_examples=30,
+)
 def check_codec_deep_bytes(case):
     """Far deeper input than any stack allows is a clear ValueError, not a RecursionError."""
     opener, depth = case
@@ -583,11 +655,16 @@ def check_codec_deep_bytes(case):
         decode_object(opener * depth + b"n")
 
 
-@target("codec_overlong",
-        st.tuples(values.filter(lambda v: type(v) in (str, list, tuple, dict)),
-                  st.one_of(st.integers(1, 300), st.sampled_from([2**32, 2**63, 2**64 - 1])),
-                  st.booleans(), st.integers(0, 10**6)),
-        ci_examples=200)
+@target(
+    "codec_overlong",
+    st.tuples(
+        values.filter(lambda v: type(v) in (str, list, tuple, dict)),
+        st.one_of(st.integers(1, 300), st.sampled_from([2**32, 2**63, 2**64 - 1])),
+        st.booleans(),
+        st.integers(0, 10**6),
+    ),
+    ci_examples=200,
+)
 def check_codec_overlong(case):
     """A count beyond the data, or any cut of a valid encoding, is a ValueError."""
     value, extra, long, cut_seed = case
@@ -602,11 +679,15 @@ def check_codec_overlong(case):
         decode_object(data[:cut])
 
 
-@target("codec_encode_refuses",
-        st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**63) - 1),
-                  st.sampled_from([b"bytes", bytearray(b"x"), 1j, {1, 2}, object(), "\ud800", [b"x"],
-                                   {"k": [1, 2, {3j}]}])),
-        ci_examples=100)
+@target(
+    "codec_encode_refuses",
+    st.one_of(
+        st.integers(min_value=2**63),
+        st.integers(max_value=-(2**63) - 1),
+        st.sampled_from([b"bytes", bytearray(b"x"), 1j, {1, 2}, object(), "\ud800", [b"x"], {"k": [1, 2, {3j}]}]),
+    ),
+    ci_examples=100,
+)
 def check_codec_encode_refuses(value):
     """Unsupported values are a ValueError on encode, also inside containers."""
     with pytest.raises(ValueError):
@@ -647,8 +728,11 @@ DEEP = 4000  # max_depth for the budget target
 COSTLY_ITEMS = list(corpus.FLOODS.values()) + [b"t\x01n", b"s\x02ab", b"l\x01s\x02ab", b"d\x01s\x01xn", b"n"]
 hostile_body = st.one_of(
     st.builds(corpus.flood, st.sampled_from(COSTLY_ITEMS), st.integers(16, 16 * 1024)),
-    st.builds(lambda opener, depth: opener * depth + b"n",
-              st.sampled_from([b"l\x01", b"t\x01", b"d\x01s\x00"]), st.integers(1, 3000)),
+    st.builds(
+        lambda opener, depth: opener * depth + b"n",
+        st.sampled_from([b"l\x01", b"t\x01", b"d\x01s\x00"]),
+        st.integers(1, 3000),
+    ),
     st.builds(lambda n: encode_object(dict.fromkeys(_PAIRS[:n])), st.integers(1, len(_PAIRS))),
     st.builds(lambda _: walking_body(), st.none()),
 )
@@ -708,9 +792,11 @@ def traced_decode(data: bytes, **kwargs):
     return result, peak
 
 
-@target("codec_budget",
-        st.tuples(budget_input, st.sampled_from([MEMORY_RATIO, 16, 8]), st.sampled_from([0, 4096, 65536])),
-        ci_examples=100)
+@target(
+    "codec_budget",
+    st.tuples(budget_input, st.sampled_from([MEMORY_RATIO, 16, 8]), st.sampled_from([0, 4096, 65536])),
+    ci_examples=100,
+)
 def check_codec_budget(case):
     """Any body: memory within the budget for its size; dicts CPython builds in linear steps."""
     data, ratio, allowance = case
@@ -767,9 +853,11 @@ def check_codec_steps(data):
 def ci_test(name: str):
     """A pytest test running target ``name`` with its CI example count."""
     t = TARGETS[name]
-    run = settings(max_examples=t.ci_examples, deadline=None,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(
-        given(t.strategy)(t.check))
+    run = settings(
+        max_examples=t.ci_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )(given(t.strategy)(t.check))
     run.__name__ = f"test_{name}"
     run.__doc__ = t.check.__doc__
     return run

@@ -5,23 +5,31 @@ import socket
 import threading
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from _orig import run_orig
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from yoton.wire.naming import UID, new_id, parse_address, port_hash, slot_hash
 
 
-@pytest.mark.parametrize("name, port", [("test", 56337), ("test1", 49382), ("yoton", 58084), ("chat", 49264),
-                                        ("", 49152)])
+@pytest.mark.parametrize(
+    "name, port", [("test", 56337), ("test1", 49382), ("yoton", 58084), ("chat", 49264), ("", 49152)]
+)
 def test_port_hash_vectors(name, port):
     assert port_hash(name) == port
 
 
-@pytest.mark.parametrize("name, slot", [
-    ("foo.txt.pub-sub", 15285871923228), ("foo.txt.sub-pub", 15294965165520),
-    ("bar.obj.req-rep", 14551158792090), ("bar.obj.rep-req", 14548763864078),
-    ("spam.txt.state", 13684054656108), ("x.bin.pub-sub", 10806010495084),
-])
+@pytest.mark.parametrize(
+    "name, slot",
+    [
+        ("foo.txt.pub-sub", 15285871923228),
+        ("foo.txt.sub-pub", 15294965165520),
+        ("bar.obj.req-rep", 14551158792090),
+        ("bar.obj.rep-req", 14548763864078),
+        ("spam.txt.state", 13684054656108),
+        ("x.bin.pub-sub", 10806010495084),
+    ],
+)
 def test_slot_hash_vectors(name, slot):
     assert slot_hash(name) == slot
 
@@ -43,46 +51,52 @@ def test_hash_rejects_non_str():
         port_hash(b"test")
 
 
-@pytest.mark.parametrize("address, expected", [
-    ("localhost:test+2", ("tcp", "127.0.0.1", 56339)),
-    ("LocalHost:yoton", ("tcp", "127.0.0.1", 58084)),
-    ("tcp://localhost:0", ("tcp", "127.0.0.1", 0)),
-    ("TCP://127.0.0.1:test", ("tcp", "127.0.0.1", 56337)),
-    ("tls://localhost:test", ("tls", "127.0.0.1", 56337)),
-    ("example.org:65535", ("tcp", "example.org", 65535)),
-    ("Example.Org:80", ("tcp", "Example.Org", 80)),
-    ("localhost:test+-3", ("tcp", "127.0.0.1", 56334)),
-    ("localhost:test+ 2", ("tcp", "127.0.0.1", 56339)),
-    ("localhost: 5 ", ("tcp", "127.0.0.1", 5)),
-    ("localhost:+5", ("tcp", "127.0.0.1", 5)),
-    ("localhost:", ("tcp", "127.0.0.1", 49152)),
-    ("localhost:1:2", ("tcp", "127.0.0.1", port_hash("1:2"))),  # only the first ':' splits
-    ("localhost:5+1", ("tcp", "127.0.0.1", port_hash("5") + 1)),
-    ("localhost:0x10", ("tcp", "127.0.0.1", port_hash("0x10"))),
-    (":5", ("tcp", "", 5)),
-    ("publichostx:5", ("tcp", "publichostx", 5)),
-])
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("localhost:test+2", ("tcp", "127.0.0.1", 56339)),
+        ("LocalHost:yoton", ("tcp", "127.0.0.1", 58084)),
+        ("tcp://localhost:0", ("tcp", "127.0.0.1", 0)),
+        ("TCP://127.0.0.1:test", ("tcp", "127.0.0.1", 56337)),
+        ("tls://localhost:test", ("tls", "127.0.0.1", 56337)),
+        ("example.org:65535", ("tcp", "example.org", 65535)),
+        ("Example.Org:80", ("tcp", "Example.Org", 80)),
+        ("localhost:test+-3", ("tcp", "127.0.0.1", 56334)),
+        ("localhost:test+ 2", ("tcp", "127.0.0.1", 56339)),
+        ("localhost: 5 ", ("tcp", "127.0.0.1", 5)),
+        ("localhost:+5", ("tcp", "127.0.0.1", 5)),
+        ("localhost:", ("tcp", "127.0.0.1", 49152)),
+        ("localhost:1:2", ("tcp", "127.0.0.1", port_hash("1:2"))),  # only the first ':' splits
+        ("localhost:5+1", ("tcp", "127.0.0.1", port_hash("5") + 1)),
+        ("localhost:0x10", ("tcp", "127.0.0.1", port_hash("0x10"))),
+        (":5", ("tcp", "", 5)),
+        ("publichostx:5", ("tcp", "publichostx", 5)),
+    ],
+)
 def test_parse_address(address, expected):
     assert parse_address(address) == expected
 
 
-@pytest.mark.parametrize("address, match", [
-    (3, "string"),
-    (None, "string"),
-    (b"localhost:1", "string"),
-    ("localhost", "host:port"),
-    ("tcp://localhost", "host:port"),
-    ("localhost:test+x", "offset"),
-    ("localhost:a+b+3", "offset"),
-    ("localhost:test+2+", "offset"),
-    ("localhost:70000", "range"),
-    ("localhost:65536", "range"),
-    ("localhost:-1", "range"),
-    ("localhost:test+-70000", "range"),
-    ("localhost:test+20000", "range"),
-    ("a://b://c:5", "protocol"),
-    ("://c:5", "protocol"),
-])
+@pytest.mark.parametrize(
+    "address, match",
+    [
+        (3, "string"),
+        (None, "string"),
+        (b"localhost:1", "string"),
+        ("localhost", "host:port"),
+        ("tcp://localhost", "host:port"),
+        ("localhost:test+x", "offset"),
+        ("localhost:a+b+3", "offset"),
+        ("localhost:test+2+", "offset"),
+        ("localhost:70000", "range"),
+        ("localhost:65536", "range"),
+        ("localhost:-1", "range"),
+        ("localhost:test+-70000", "range"),
+        ("localhost:test+20000", "range"),
+        ("a://b://c:5", "protocol"),
+        ("://c:5", "protocol"),
+    ],
+)
 def test_parse_address_errors(address, match):
     with pytest.raises(ValueError, match=match):
         parse_address(address)
@@ -149,8 +163,9 @@ def test_uid():
     assert UID(fresh) == fresh
 
 
-@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (2**64, ValueError), ("12", TypeError), (1.0, TypeError),
-                                      (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, exc", [(-1, ValueError), (2**64, ValueError), ("12", TypeError), (1.0, TypeError), (True, TypeError)]
+)
 def test_uid_rejects(bad, exc):
     with pytest.raises(exc):
         UID(bad)
@@ -178,8 +193,15 @@ for address in values["addresses"]:
 print(json.dumps({"uids": uids, "bound": bound}))
 """
     uids = [0, 1, 0x0102030405060708, 2**64 - 1, new_id()]
-    addresses = ["localhost:test", "localhost:yoton+3", "x:chat", "LOCALHOST:Spam Eggs", "h:1:2", "h:+7",
-                 "tcp://h:weird name é+100"]
+    addresses = [
+        "localhost:test",
+        "localhost:yoton+3",
+        "x:chat",
+        "LOCALHOST:Spam Eggs",
+        "h:1:2",
+        "h:+7",
+        "tcp://h:weird name é+100",
+    ]
     out = json.loads(run_orig(code, json.dumps({"uids": uids, "addresses": addresses})))
     assert out["uids"] == [[repr(UID(v)), UID(v).get_hex(), UID(v).get_bytes().hex()] for v in uids]
     assert out["bound"] == [list(parse_address(a)[1:]) for a in addresses]

@@ -1,12 +1,20 @@
 """Handshake and connection state machine, fed whole and byte-at-a-time."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from yoton.errors import HandshakeError
 from yoton.wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES, Package, pack_header
 from yoton.wire.protocol import (
-    CLOSED, CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, OPEN, Protocol, format_hello, parse_hello,
+    CLOSED,
+    CONNECTION_CLOSED,
+    HANDSHAKE,
+    HANDSHAKE_DONE,
+    OPEN,
+    Protocol,
+    format_hello,
+    parse_hello,
 )
 
 A, B = 0x0DFF0A2FAA7A6C71, 0x1122334455667788
@@ -17,15 +25,21 @@ def feed(protocol, data, step):
         protocol.receive_data(data)
     else:
         for i in range(0, len(data), step):
-            protocol.receive_data(data[i:i + step])
+            protocol.receive_data(data[i : i + step])
 
 
 def test_hello_format_and_parse():
     assert format_hello(A, 1234) == b"YOTON!0dff0a2faa7a6c71.1234\r\n"
     assert parse_hello(b"YOTON!0dff0a2faa7a6c71.1234\r\n") == (A, 1234)
     assert parse_hello(b"YOTON!0dff0a2faa7a6c71.1234") == (A, 1234)
-    for bad in [b"GET / HTTP/1.1\r\n", b"YOTON!xyz.1\r\n", b"YOTON!0dff0a2faa7a6c71\r\n",
-                b"YOTON!0dff0a2faa7a6c71.-5\r\n", b"YOTON!0dff0a2faa7a6c7.1\r\n", b""]:
+    for bad in [
+        b"GET / HTTP/1.1\r\n",
+        b"YOTON!xyz.1\r\n",
+        b"YOTON!0dff0a2faa7a6c71\r\n",
+        b"YOTON!0dff0a2faa7a6c71.-5\r\n",
+        b"YOTON!0dff0a2faa7a6c7.1\r\n",
+        b"",
+    ]:
         with pytest.raises(HandshakeError):
             parse_hello(bad)
 
@@ -53,10 +67,13 @@ def test_connect_and_bind_talk(step):
 
 
 @pytest.mark.parametrize("step", [None, 1])
-@pytest.mark.parametrize("line, answer", [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"ERROR: this is Yoton.\r\n"),
-    (b"YOTON!nothex.12\r\n", b"ERROR: could not parse id.\r\n"),
-])
+@pytest.mark.parametrize(
+    "line, answer",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"ERROR: this is Yoton.\r\n"),
+        (b"YOTON!nothex.12\r\n", b"ERROR: could not parse id.\r\n"),
+    ],
+)
 def test_bind_refuses_non_yoton(step, line, answer):
     b = Protocol("bind", B, 22)
     feed(b, line, step)
@@ -115,7 +132,7 @@ def test_zero_copy_buffer_api():
     c.receive_data(format_hello(B, 2))
     data = pack_header(5, B, 1, 0, 0, 4) + b"wxyz"
     buf = c.get_buffer()
-    buf[:len(data)] = data
+    buf[: len(data)] = data
     c.buffer_updated(len(data))
     events = c.events_received()
     assert isinstance(events[-1], Package) and bytes(events[-1].data) == b"wxyz"
@@ -160,8 +177,9 @@ def test_auth_with_the_same_key_opens_both_ends(step):
     assert b.state == HANDSHAKE and not b.handshake_done
     answer = b.data_to_send()
     proof_b = auth_proof(KEY, "bind", NC, NB, B, A)
-    assert answer == (format_hello(B, 22) + b"AUTH?" + NB.hex().encode() + b"\r\n"
-                      + b"AUTH!" + proof_b.hex().encode() + b"\r\n")
+    assert answer == (
+        format_hello(B, 22) + b"AUTH?" + NB.hex().encode() + b"\r\n" + b"AUTH!" + proof_b.hex().encode() + b"\r\n"
+    )
     feed(c, answer + pack_header(31, B, 1, 0, 0, 2) + b"hi", step)
     # the connecting side has verified the bind and sends its proof: open
     assert c.state == OPEN and c.handshake_done
@@ -229,15 +247,18 @@ def test_peer_without_key_sees_why(step):
 
 
 @pytest.mark.parametrize("step", [None, 1])
-@pytest.mark.parametrize("lines", [
-    [b"AUTH!" + b"00" * 32],                      # proof before nonce
-    [b"AUTH?" + NB.hex().encode(), b"AUTH?" + NB.hex().encode()],   # second nonce
-    [b"AUTH?" + b"zz" * 16],                      # not hex
-    [b"AUTH?" + NB.hex().encode()[:-2]],          # short nonce
-    [b"AUTH?" + NB.hex().encode(), b"AUTH!" + b"00" * 31],  # short proof
-    [b"ERROR: authentication failed."],
-    [b"hello there"],
-])
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"AUTH!" + b"00" * 32],  # proof before nonce
+        [b"AUTH?" + NB.hex().encode(), b"AUTH?" + NB.hex().encode()],  # second nonce
+        [b"AUTH?" + b"zz" * 16],  # not hex
+        [b"AUTH?" + NB.hex().encode()[:-2]],  # short nonce
+        [b"AUTH?" + NB.hex().encode(), b"AUTH!" + b"00" * 31],  # short proof
+        [b"ERROR: authentication failed."],
+        [b"hello there"],
+    ],
+)
 def test_bad_auth_lines_fail(step, lines):
     b = Protocol("bind", B, 22, auth_key=KEY, nonce=NB)
     feed(b, format_hello(A, 11) + b"".join(line + b"\r\n" for line in lines), step)

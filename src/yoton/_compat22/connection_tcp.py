@@ -10,7 +10,14 @@ from yoton.wire.protocol import REASON_EOF as STOP_EOF
 from yoton.wire.protocol import REASON_PEER_CLOSED as STOP_CLOSED_FROM_THERE
 from yoton.wire.protocol import REASON_SELF as STOP_HANDSHAKE_SELF
 
-__all__ = ["TcpConnection", "Connection", "TIMEOUT_MIN", "STOP_EOF", "STOP_CLOSED_FROM_THERE",
-           "STOP_HANDSHAKE_SELF", "STOP_LOST_TRACK"]
+__all__ = [
+    "TcpConnection",
+    "Connection",
+    "TIMEOUT_MIN",
+    "STOP_EOF",
+    "STOP_CLOSED_FROM_THERE",
+    "STOP_HANDSHAKE_SELF",
+    "STOP_LOST_TRACK",
+]
 
 STOP_LOST_TRACK = "Lost track of the stream."

@@ -12,8 +12,19 @@ from yoton.channels.reqrep import error_text
 from yoton.wire.naming import UID, port_hash, slot_hash
 from yoton.wire.naming import parse_address as split_address
 
-__all__ = ["UID", "port_hash", "slot_hash", "split_address", "getErrorMsg",
-           "str", "bytes", "basestring", "long", "xrange", "V2"]
+__all__ = [
+    "UID",
+    "port_hash",
+    "slot_hash",
+    "split_address",
+    "getErrorMsg",
+    "str",
+    "bytes",
+    "basestring",
+    "long",
+    "xrange",
+    "V2",
+]
 
 V2 = False  # (yoton 2.2 also ran on Python 2)
 str = builtins.str  # noqa: A001

@@ -20,11 +20,25 @@ from .state import StateChannel
 # yoton 2.2's submodules of yoton.channels: found in _compat22/channels/.
 __path__.append(_os.path.join(_os.path.dirname(_os.path.dirname(__file__)), "_compat22", "channels"))  # noqa: F821
 
-__all__ = ["BaseChannel", "PubChannel", "SubChannel", "StateChannel", "select_sub_channel",
-           "ReqChannel", "RepChannel", "Future"]
+__all__ = [
+    "BaseChannel",
+    "PubChannel",
+    "SubChannel",
+    "StateChannel",
+    "select_sub_channel",
+    "ReqChannel",
+    "RepChannel",
+    "Future",
+]
 
-_COMPAT22_MODULES = ("channels_base", "channels_pubsub", "channels_reqrep", "channels_state",
-                     "channels_file", "message_types")
+_COMPAT22_MODULES = (
+    "channels_base",
+    "channels_pubsub",
+    "channels_reqrep",
+    "channels_state",
+    "channels_file",
+    "message_types",
+)
 
 
 def __getattr__(name):

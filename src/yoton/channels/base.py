@@ -167,10 +167,16 @@ class BaseChannel:
         self._emit_pending = False
         size, mode = context.queue_params
         self._queue_size = size
-        self._queue = BoundedQueue(size, context.max_queue_bytes, Policy.for_discard_mode(mode),
-                                   size_of=_body_size, sizes_of=_bodies_size,
-                                   name=f"the receive queue of {type(self).__name__} {self._slot_in_name!r}",
-                                   log_level=logging.INFO, on_room=self._on_room)
+        self._queue = BoundedQueue(
+            size,
+            context.max_queue_bytes,
+            Policy.for_discard_mode(mode),
+            size_of=_body_size,
+            sizes_of=_bodies_size,
+            name=f"the receive queue of {type(self).__name__} {self._slot_in_name!r}",
+            log_level=logging.INFO,
+            on_room=self._on_room,
+        )
         self._holding: set = set()  # links whose reading we hold (loop side)
         self._delivering = None  # the link of the packages being taken (loop side)
         self._waiter = Waiter(router)
@@ -185,8 +191,10 @@ class BaseChannel:
         NotImplementedError for a class with neither (BaseChannel itself).
         """
         if not (self._pattern_out or self._pattern_in):
-            raise NotImplementedError(f"{type(self).__name__} defines no messaging pattern "
-                                      "(set _pattern_out/_pattern_in or override _messaging_patterns())")
+            raise NotImplementedError(
+                f"{type(self).__name__} defines no messaging pattern "
+                "(set _pattern_out/_pattern_in or override _messaging_patterns())"
+            )
         return self._pattern_out, self._pattern_in
 
     def message_to_bytes(self, message) -> bytes:

@@ -99,8 +99,10 @@ class PubChannel(BaseChannel):
                 if wait is None:
                     return
                 if block is False or (deadline is not None and now >= deadline):
-                    raise WouldBlock(f"a subscriber in sync mode on {self._slot_out_name!r} is full"
-                                     + ("" if block is False else f"; waited {block} s"))
+                    raise WouldBlock(
+                        f"a subscriber in sync mode on {self._slot_out_name!r} is full"
+                        + ("" if block is False else f"; waited {block} s")
+                    )
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 self._unblocked.wait(wait)

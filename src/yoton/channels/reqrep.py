@@ -80,6 +80,7 @@ ACK_PROGRESS = 4096
 MAX_OFFERS = 256
 MAX_REQUESTERS = 1024
 
+
 class FutureState(Enum):
     """Where a :class:`Future` is: PENDING until a replier takes the request,
     RUNNING while it serves it, then FINISHED -- or CANCELLED before it ran."""
@@ -90,8 +91,12 @@ class FutureState(Enum):
     FINISHED = "FINISHED"
 
 
-PENDING, RUNNING, CANCELLED, FINISHED = (FutureState.PENDING, FutureState.RUNNING, FutureState.CANCELLED,
-                                         FutureState.FINISHED)
+PENDING, RUNNING, CANCELLED, FINISHED = (
+    FutureState.PENDING,
+    FutureState.RUNNING,
+    FutureState.CANCELLED,
+    FutureState.FINISHED,
+)
 _FUTURE_MOVES = {PENDING: (RUNNING, CANCELLED, FINISHED), RUNNING: (FINISHED,), CANCELLED: (), FINISHED: ()}
 
 # No "line N of FILE." for these (yoton 2.2's rule: the text says it all).
@@ -353,8 +358,7 @@ class ReqChannel(BaseChannel):
             return future
         limit = self._router.max_package_size
         if len(body) > limit:  # refused here: the I/O thread sends the body later
-            raise ValueError(f"request too large to send: {len(body)} bytes encoded, "
-                             f"but max_package_size is {limit}")
+            raise ValueError(f"request too large to send: {len(body)} bytes encoded, but max_package_size is {limit}")
         with self._req_lock:
             self._counter += 1
             future = Future(self, body, self._counter, self._default_timeout)
@@ -511,8 +515,7 @@ class RepChannel(BaseChannel):
         if number == 1:
             self._post_local_work()
         if self._mode == 2 and self._worker is None:
-            self._worker = threading.Thread(target=self._work_loop, daemon=True,
-                                            name=f"yoton-rep-{self._slot_in_name}")
+            self._worker = threading.Thread(target=self._work_loop, daemon=True, name=f"yoton-rep-{self._slot_in_name}")
             self._worker.start()
         elif self._mode != 2 and self._worker is not None:
             self._stop_worker()
@@ -530,8 +533,7 @@ class RepChannel(BaseChannel):
         """Counters: ``served`` requests, ``offers`` waiting for acknowledgement,
         and request bodies ``refused`` because this replier had not acknowledged them."""
         stats = super().statistics()
-        stats.update(served=self._served, offers=sum(map(len, list(self._offers.values()))),
-                     refused=self._refused)
+        stats.update(served=self._served, offers=sum(map(len, list(self._offers.values()))), refused=self._refused)
         return stats
 
     def echo(self, arg1, sleep=0.0):
@@ -592,11 +594,14 @@ class RepChannel(BaseChannel):
         """A request body this replier did not acknowledge (or no longer waits for)."""
         self._refused += 1
         if key in self._expired:  # (it came too late: tell its requester, who waits)
-            text = (f"the replier stopped waiting for this request: it came more than "
-                    f"{ACK_TIMEOUT:g} s after the acknowledgement\n")
+            text = (
+                f"the replier stopped waiting for this request: it came more than "
+                f"{ACK_TIMEOUT:g} s after the acknowledgement\n"
+            )
             if not self._closed:
-                self._router.send(self._slot_out, encode_object((ERROR_TAG, text)), pkg.source_id,
-                                    pkg.dest_seq, force=True)
+                self._router.send(
+                    self._slot_out, encode_object((ERROR_TAG, text)), pkg.source_id, pkg.dest_seq, force=True
+                )
 
     def _offer_next(self, local: bool = False) -> None:
         """Acknowledge the next announced request if we are free (and on, or
@@ -713,14 +718,20 @@ class RepChannel(BaseChannel):
             reply = encode_object(result)
             limit = self._router.max_package_size
             if len(reply) > limit:
-                raise ValueError(f"reply too large to send: {len(reply)} bytes encoded, "
-                                 f"but max_package_size is {limit}")
+                raise ValueError(
+                    f"reply too large to send: {len(reply)} bytes encoded, but max_package_size is {limit}"
+                )
             return reply
         except Exception as exc:
             text = error_text(exc)
             # (the traceback when the method itself raised; our own refusals need none)
-            log.warning("yoton.RepChannel %r: error handling request %r:\n%s",
-                        self._slot_in_name, name, text.rstrip("\n"), exc_info=called)
+            log.warning(
+                "yoton.RepChannel %r: error handling request %r:\n%s",
+                self._slot_in_name,
+                name,
+                text.rstrip("\n"),
+                exc_info=called,
+            )
             return encode_object((ERROR_TAG, text))
 
     def _work_loop(self) -> None:

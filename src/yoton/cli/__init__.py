@@ -63,10 +63,12 @@ exit codes:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``yoton`` with every command registered."""
     parser = argparse.ArgumentParser(
-        prog="yoton", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="yoton",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Talk to a yoton network from the shell: subscribe, publish, call repliers, "
-                    "read and set state, serve an object, benchmark.",
-        epilog=EPILOG)
+        "read and set state, serve an object, benchmark.",
+        epilog=EPILOG,
+    )
     parser.add_argument("--version", action="version", version=f"yoton {yoton.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

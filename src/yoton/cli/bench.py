@@ -43,11 +43,13 @@ def _duration(text: str) -> float:
 def add_parser(commands) -> None:
     """Register ``bench`` (and the hidden ``_bench-peer`` it starts)."""
     p = commands.add_parser(
-        "bench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        "bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
         help="a quick benchmark: one-way throughput and request/reply round trips",
-        description="Measure one-way throughput and request/reply round trips with a child process.")
-    p.add_argument("--duration", metavar="S", type=_duration, default=1.5,
-                   help="seconds per measurement (default 1.5)")
+        description="Measure one-way throughput and request/reply round trips with a child process.",
+    )
+    p.add_argument("--duration", metavar="S", type=_duration, default=1.5, help="seconds per measurement (default 1.5)")
     p.add_argument("--json", action="store_true", help="the results as one JSON object")
     p.add_argument("--plain", action="store_true", help="plain-text progress even when rich is installed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -89,8 +91,10 @@ class PlainProgress:
         if self.tty and (now - self.drawn >= 0.1 or done >= self.total):
             self.drawn = now
             filled = int(30 * min(1.0, done / self.total))
-            self._write(f"\r{self.label:<24} [{'#' * filled}{'.' * (30 - filled)}] "
-                        f"{min(done, self.total):4.1f}/{self.total:g} s")
+            self._write(
+                f"\r{self.label:<24} [{'#' * filled}{'.' * (30 - filled)}] "
+                f"{min(done, self.total):4.1f}/{self.total:g} s"
+            )
 
     def finish(self, summary: str) -> None:
         """The measurement is over; ``summary`` says what it found."""
@@ -113,9 +117,14 @@ class RichProgress:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description:<26}"), BarColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[summary]}"), console=Console(stderr=True),
-                                 auto_refresh=False)
+        self.progress = Progress(
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[summary]}"),
+            console=Console(stderr=True),
+            auto_refresh=False,
+        )
         self.task = None
         self.total = 1.0
         self.drawn = 0.0
@@ -210,8 +219,11 @@ def _roundtrip(req, duration: float, progress) -> dict:
         if now >= end:
             break
     times.sort()
-    result = {"median_us": round(times[len(times) // 2] * 1e6), "p99_us": round(times[len(times) * 99 // 100] * 1e6),
-              "requests": len(times)}
+    result = {
+        "median_us": round(times[len(times) // 2] * 1e6),
+        "p99_us": round(times[len(times) * 99 // 100] * 1e6),
+        "requests": len(times),
+    }
     progress.finish(f"median {result['median_us']:,} µs")
     return result
 
@@ -229,8 +241,11 @@ def run_bench(args) -> int:
         pub = yoton.PubChannel(ctx, DATA, yoton.BINARY)
         counts = yoton.SubChannel(ctx, COUNT, yoton.OBJECT)
         req = yoton.ReqChannel(ctx, RPC)
-        child = subprocess.Popen([sys.executable, "-m", "yoton", "_bench-peer", f"127.0.0.1:{conn.port1}"],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "yoton", "_bench-peer", f"127.0.0.1:{conn.port1}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
         deadline = Deadline(START_TIMEOUT)
         while not conn.is_connected:
             if child.poll() is not None:
@@ -245,10 +260,14 @@ def run_bench(args) -> int:
         if args.json:
             out.line(dumps({"oneway_100B": oneway, "reqrep_100B": roundtrip}))
         else:
-            out.line(f"one-way pub/sub, 100 B messages: {oneway['msgs_per_s']:,} msgs/s "
-                     f"({oneway['messages']:,} messages in {oneway['seconds']:.2f} s)")
-            out.line(f"req/rep round trip, 100 B: median {roundtrip['median_us']:,} µs, "
-                     f"p99 {roundtrip['p99_us']:,} µs ({roundtrip['requests']:,} requests)")
+            out.line(
+                f"one-way pub/sub, 100 B messages: {oneway['msgs_per_s']:,} msgs/s "
+                f"({oneway['messages']:,} messages in {oneway['seconds']:.2f} s)"
+            )
+            out.line(
+                f"req/rep round trip, 100 B: median {roundtrip['median_us']:,} µs, "
+                f"p99 {roundtrip['p99_us']:,} µs ({roundtrip['requests']:,} requests)"
+            )
         return 0
     finally:
         ctx.close()

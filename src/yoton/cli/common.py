@@ -22,7 +22,7 @@ import yoton
 #: Seconds a finite wait lasts when ``--timeout`` is not given (see the help).
 DEFAULT_TIMEOUT = 5.0
 #: "No limit" for the library calls that need a number of seconds.
-FOREVER = 10.0 ** 6
+FOREVER = 10.0**6
 #: How often a command that waits for long looks after its link (peers coming
 #: and going); the wait itself ends as soon as what it waits for arrives.
 TICK = 0.05
@@ -87,29 +87,49 @@ def add_link_options(parser: argparse.ArgumentParser) -> None:
     ``--bind``), security, ``--timeout`` and ``--quiet``."""
     where = parser.add_argument_group("where (exactly one)")
     side = where.add_mutually_exclusive_group(required=True)
-    side.add_argument("--connect", metavar="ADDRESS",
-                      help="connect to a context bound at ADDRESS (host:port, tls://host:port)")
-    side.add_argument("--bind", metavar="ADDRESS",
-                      help="listen at ADDRESS for peers (host:port; port 0 picks a free one)")
+    side.add_argument(
+        "--connect", metavar="ADDRESS", help="connect to a context bound at ADDRESS (host:port, tls://host:port)"
+    )
+    side.add_argument(
+        "--bind", metavar="ADDRESS", help="listen at ADDRESS for peers (host:port; port 0 picks a free one)"
+    )
     sec = parser.add_argument_group("security")
-    sec.add_argument("--auth-key-file", metavar="PATH",
-                     help="the shared auth key (both ends need it); one trailing newline is not part of it")
-    sec.add_argument("--tls-ca", metavar="PATH",
-                     help="tls:// --connect: the CA certificate(s) to verify the server with (default: the "
-                          "system's); tls:// --bind: require client certificates signed by it")
-    sec.add_argument("--tls-cert", metavar="PATH",
-                     help="tls:// --bind: the server's certificate chain (PEM; may hold the key too); "
-                          "tls:// --connect: a client certificate")
+    sec.add_argument(
+        "--auth-key-file",
+        metavar="PATH",
+        help="the shared auth key (both ends need it); one trailing newline is not part of it",
+    )
+    sec.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help="tls:// --connect: the CA certificate(s) to verify the server with (default: the "
+        "system's); tls:// --bind: require client certificates signed by it",
+    )
+    sec.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="tls:// --bind: the server's certificate chain (PEM; may hold the key too); "
+        "tls:// --connect: a client certificate",
+    )
     sec.add_argument("--tls-key", metavar="PATH", help="the private key of --tls-cert, if not in that file")
-    parser.add_argument("--timeout", metavar="S", type=seconds, default=UNSET,
-                        help="limit of each wait in seconds, or 'inf' (see 'yoton --help')")
+    parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=seconds,
+        default=UNSET,
+        help="limit of each wait in seconds, or 'inf' (see 'yoton --help')",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no banners on stderr (errors still)")
 
 
 def add_type_options(parser: argparse.ArgumentParser, json_help: str) -> None:
     """Add ``--type`` and ``--json``, for the commands that carry messages."""
-    parser.add_argument("--type", choices=sorted(TYPES), default="text",
-                        help="the message type (part of the slot: both ends must agree; default text)")
+    parser.add_argument(
+        "--type",
+        choices=sorted(TYPES),
+        default="text",
+        help="the message type (part of the slot: both ends must agree; default text)",
+    )
     parser.add_argument("--json", action="store_true", help=json_help)
 
 
@@ -393,12 +413,12 @@ class Link:
             if self.binding:
                 self._bind(self.address)
                 self.host, self.port = self.conns[0].hostname1, self.conns[0].port1
-                self.say(f"bound to {self.shown}, waiting for "
-                         + ("peers" if self.keep_listening else "a peer"))
+                self.say(f"bound to {self.shown}, waiting for " + ("peers" if self.keep_listening else "a peer"))
             else:
                 timeout = limit(self.timeout, DEFAULT_TIMEOUT)
-                conn = self.ctx.connect(self.address, timeout=FOREVER if timeout is None else timeout,
-                                        ssl_context=self.ssl_context)
+                conn = self.ctx.connect(
+                    self.address, timeout=FOREVER if timeout is None else timeout, ssl_context=self.ssl_context
+                )
                 self.conns.append(conn)
                 self._told.add(conn)
                 self.say(f"connected to {conn.hostname2}:{conn.port2} (pid {conn.pid2})")
@@ -458,8 +478,9 @@ def flush(ctx: yoton.Context, link: Link, timeout) -> None:
     try:
         ctx.flush(FOREVER if timeout is None else timeout)
     except yoton.FlushTimeout:
-        raise CommandError(f"timed out: what was sent did not go out within {timeout:g} s "
-                           "(is the peer reading?)") from None
+        raise CommandError(
+            f"timed out: what was sent did not go out within {timeout:g} s (is the peer reading?)"
+        ) from None
     stats = ctx.statistics()
     if stats["queued_bytes"] or stats["discarded_outgoing"]:
         link.check()

@@ -130,8 +130,11 @@ def demo_worker(port: int) -> int:
 
 def add_parser(commands) -> None:
     """Register ``demo`` (and the hidden ``_demo-worker`` it starts)."""
-    p = commands.add_parser("demo", help="run a two-process demo on localhost",
-                            description=__doc__.split("\n\n")[0].replace("``", "").replace("\n", " "))
+    p = commands.add_parser(
+        "demo",
+        help="run a two-process demo on localhost",
+        description=__doc__.split("\n\n")[0].replace("``", "").replace("\n", " "),
+    )
     p.set_defaults(run=lambda args: demo(), parser=p)
     worker = commands.add_parser("_demo-worker")  # (no help: not listed)
     worker.add_argument("port", type=int)

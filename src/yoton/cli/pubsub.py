@@ -9,8 +9,23 @@ import time
 import yoton
 
 from .common import (
-    DEFAULT_TIMEOUT, NOTHING, TICK, CommandError, Deadline, Formats, Link, Output, Say,
-    add_link_options, add_type_options, dumps, flush, limit, make_context, marked, positive_int,
+    DEFAULT_TIMEOUT,
+    NOTHING,
+    TICK,
+    CommandError,
+    Deadline,
+    Formats,
+    Link,
+    Output,
+    Say,
+    add_link_options,
+    add_type_options,
+    dumps,
+    flush,
+    limit,
+    make_context,
+    marked,
+    positive_int,
 )
 
 FORMATS_HELP = """\
@@ -20,7 +35,9 @@ message formats (--type):
   binary  a Python bytes literal: b'\\x00ok'; with --json, a base64 string
 """
 
-SUB_EPILOG = FORMATS_HELP + """
+SUB_EPILOG = (
+    FORMATS_HELP
+    + """
 Prints each message on its own line as it arrives, flushed at once (a text
 message holding newlines spans several lines: use --json to keep them apart).
 --json prints one JSON object per line: {"slot": "SLOT", "message": ...}.
@@ -39,8 +56,11 @@ examples:
   yoton sub --bind localhost:7000 news
   yoton sub --connect localhost:7000 --type object --json --count 1 readings
 """
+)
 
-PUB_EPILOG = FORMATS_HELP + """
+PUB_EPILOG = (
+    FORMATS_HELP
+    + """
 Sends MESSAGE, or without it every line of standard input (without its line
 ending; empty lines are skipped: yoton sends no empty messages). With --type
 object or binary each is read as shown above; text that is not a literal is
@@ -57,27 +77,35 @@ examples:
   echo hello | yoton pub --connect localhost:7000 news
   yoton pub --connect localhost:7000 --type object readings "{'t': 21.5}"
 """
+)
 
 
 def add_parser(commands) -> None:
     """Register ``sub`` and ``pub``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(
-        "sub", formatter_class=fmt, epilog=SUB_EPILOG,
+        "sub",
+        formatter_class=fmt,
+        epilog=SUB_EPILOG,
         help="print the messages published on a slot",
-        description="Subscribe to SLOT and print each message published there.")
+        description="Subscribe to SLOT and print each message published there.",
+    )
     p.add_argument("slot", metavar="SLOT", help="the slot's name (e.g. news)")
     add_link_options(p)
     add_type_options(p, 'one JSON object per line: {"slot": ..., "message": ...}')
     p.add_argument("--count", metavar="N", type=positive_int, help="exit after N messages")
-    p.add_argument("--sync", action="store_true",
-                   help="lossless: hold publishers back while we lag (default: drop the oldest)")
+    p.add_argument(
+        "--sync", action="store_true", help="lossless: hold publishers back while we lag (default: drop the oldest)"
+    )
     p.set_defaults(run=run_sub, parser=p)
 
     p = commands.add_parser(
-        "pub", formatter_class=fmt, epilog=PUB_EPILOG,
+        "pub",
+        formatter_class=fmt,
+        epilog=PUB_EPILOG,
         help="publish a message, or every line of stdin, on a slot",
-        description="Publish MESSAGE, or each line of standard input, on SLOT.")
+        description="Publish MESSAGE, or each line of standard input, on SLOT.",
+    )
     p.add_argument("slot", metavar="SLOT", help="the slot's name (e.g. news)")
     p.add_argument("message", metavar="MESSAGE", nargs="?", help="the message (default: read stdin)")
     add_link_options(p)
@@ -127,8 +155,10 @@ def run_sub(args) -> int:
                 link.check()
         discarded = sub.statistics()["discarded"]
         if discarded:
-            say.warn(f"{discarded} message(s) were dropped: they came faster than they were printed "
-                     "(--sync holds publishers back instead)")
+            say.warn(
+                f"{discarded} message(s) were dropped: they came faster than they were printed "
+                "(--sync holds publishers back instead)"
+            )
         if end is not None:
             if args.count is not None and got < args.count:
                 raise CommandError(f"{end} (after {got} of {args.count} messages)")

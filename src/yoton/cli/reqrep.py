@@ -12,7 +12,17 @@ import sys
 import yoton
 
 from .common import (
-    DEFAULT_TIMEOUT, TICK, CommandError, Deadline, Link, Output, Say, add_link_options, dumps, limit, make_context,
+    DEFAULT_TIMEOUT,
+    TICK,
+    CommandError,
+    Deadline,
+    Link,
+    Output,
+    Say,
+    add_link_options,
+    dumps,
+    limit,
+    make_context,
     parse_args_kwargs,
 )
 
@@ -60,9 +70,12 @@ def add_parser(commands) -> None:
     """Register ``req`` and ``serve``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(
-        "req", formatter_class=fmt, epilog=REQ_EPILOG,
+        "req",
+        formatter_class=fmt,
+        epilog=REQ_EPILOG,
         help="call a method of a replier and print the result",
-        description="Call METHOD(ARGS...) of a replier (a RepChannel) on SLOT and print the result.")
+        description="Call METHOD(ARGS...) of a replier (a RepChannel) on SLOT and print the result.",
+    )
     p.add_argument("slot", metavar="SLOT", help="the slot's name")
     p.add_argument("method", metavar="METHOD", help="the method to call")
     p.add_argument("args", metavar="ARG", nargs="*", help="its arguments (NAME=VALUE: a keyword argument)")
@@ -71,9 +84,12 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run_req, parser=p)
 
     p = commands.add_parser(
-        "serve", formatter_class=fmt, epilog=SERVE_EPILOG,
+        "serve",
+        formatter_class=fmt,
+        epilog=SERVE_EPILOG,
         help="serve the methods of a Python object as a replier",
-        description="Serve the methods of a Python object on SLOT, as a RepChannel, until Ctrl-C.")
+        description="Serve the methods of a Python object on SLOT, as a RepChannel, until Ctrl-C.",
+    )
     p.add_argument("slot", metavar="SLOT", help="the slot's name")
     p.add_argument("target", metavar="MODULE[:OBJECT]", help="what to serve (see below)")
     add_link_options(p)
@@ -91,8 +107,9 @@ def run_req(args) -> int:
     """``yoton req``."""
     say = Say(args.parser.prog, args.quiet)
     if not _callable_remotely(args.method) or not args.method.isidentifier():
-        raise CommandError(f"{args.method!r} cannot be called remotely (not a method name, "
-                           "or a name of the channel's own API)")
+        raise CommandError(
+            f"{args.method!r} cannot be called remotely (not a method name, or a name of the channel's own API)"
+        )
     call_args, call_kwargs = parse_args_kwargs(args.args, args.json)  # (a bad literal fails first)
     timeout = limit(args.timeout, DEFAULT_TIMEOUT)
     ctx = make_context(args)
@@ -197,8 +214,9 @@ def make_replier(ctx: yoton.Context, slot: str, target):
         try:
             replier = target(ctx, slot)
         except Exception as exc:
-            raise CommandError(f"cannot make {target.__name__}(context, {slot!r}): "
-                               f"{type(exc).__name__}: {exc}") from None
+            raise CommandError(
+                f"cannot make {target.__name__}(context, {slot!r}): {type(exc).__name__}: {exc}"
+            ) from None
         names = [n for n in _public_callables(replier) if _callable_remotely(n)]
         return replier, names, []
     if isinstance(target, type):
@@ -215,8 +233,10 @@ def make_replier(ctx: yoton.Context, slot: str, target):
     hidden = [n for n in names if not _callable_remotely(n)]
     names = [n for n in names if _callable_remotely(n)]
     if not names:
-        raise CommandError(f"{target!r} has no public methods to serve"
-                           + (f" (only names of the RepChannel API: {', '.join(hidden)})" if hidden else ""))
+        raise CommandError(
+            f"{target!r} has no public methods to serve"
+            + (f" (only names of the RepChannel API: {', '.join(hidden)})" if hidden else "")
+        )
     cls = type("ServedObject", (yoton.RepChannel,), {n: _delegate(target, n) for n in names})
     return cls(ctx, slot), names, hidden
 

@@ -7,12 +7,24 @@ import argparse
 import yoton
 
 from .common import (
-    DEFAULT_TIMEOUT, CommandError, Deadline, Formats, Link, Output, Say, add_link_options, add_type_options,
-    flush, limit, make_context,
+    DEFAULT_TIMEOUT,
+    CommandError,
+    Deadline,
+    Formats,
+    Link,
+    Output,
+    Say,
+    add_link_options,
+    add_type_options,
+    flush,
+    limit,
+    make_context,
 )
 from .pubsub import FORMATS_HELP
 
-EPILOG = FORMATS_HELP + """
+EPILOG = (
+    FORMATS_HELP
+    + """
 Without VALUE it prints the slot's current value and exits. A context that
 connects asks the network to re-send its state, so with --connect the value
 arrives shortly after connecting; it waits for it up to --timeout (default
@@ -27,14 +39,18 @@ examples:
   yoton state --connect localhost:7000 status
   yoton state --connect localhost:7000 --type object status "{'mode': 'idle'}"
 """
+)
 
 
 def add_parser(commands) -> None:
     """Register ``state``."""
     p = commands.add_parser(
-        "state", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        "state",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
         help="print or set the value of a state channel",
-        description="Print the current value of the state channel SLOT, or set it to VALUE.")
+        description="Print the current value of the state channel SLOT, or set it to VALUE.",
+    )
     p.add_argument("slot", metavar="SLOT", help="the slot's name")
     p.add_argument("value", metavar="VALUE", nargs="?", help="the value to set (default: print the value)")
     add_link_options(p)

@@ -22,7 +22,6 @@ import selectors
 import socket
 import threading
 import time
-
 from collections import deque
 
 from ..errors import NoServerError
@@ -51,9 +50,17 @@ class RequestServer(threading.Thread):
     ``max_clients`` of them (see the module docstring).
     """
 
-    def __init__(self, address, async_val=False, verbose=0, *,
-                 max_request_size: int = 1 << 20, client_timeout: float = 10.0,
-                 max_clients: int = 64, max_threads: int = 16):
+    def __init__(
+        self,
+        address,
+        async_val=False,
+        verbose=0,
+        *,
+        max_request_size: int = 1 << 20,
+        client_timeout: float = 10.0,
+        max_clients: int = 64,
+        max_threads: int = 16,
+    ):
         super().__init__(daemon=True, name=f"yoton-requestserver-{address}")
         _, host, port = parse_address(address)
         self._async = bool(async_val)
@@ -197,7 +204,7 @@ class RequestServer(threading.Thread):
             return False
         if end < 0 and chunk:
             return False  # (more to come)
-        request = bytes(data[:end + 2]) if end >= 0 else bytes(data)
+        request = bytes(data[: end + 2]) if end >= 0 else bytes(data)
         self._forget(client)
         client.sock.setblocking(True)
         if not self._async:
@@ -211,8 +218,12 @@ class RequestServer(threading.Thread):
         with self._done_lock:
             while self._ready and self._handlers < self.max_threads:
                 self._handlers += 1
-                threading.Thread(target=self._handler_thread, args=(self._ready.popleft(),),
-                                 daemon=True, name="yoton-requestserver-handler").start()
+                threading.Thread(
+                    target=self._handler_thread,
+                    args=(self._ready.popleft(),),
+                    daemon=True,
+                    name="yoton-requestserver-handler",
+                ).start()
 
     def _handler_thread(self, job) -> None:
         while job is not None:
@@ -263,7 +274,7 @@ def _read_until_crlf(sock: socket.socket, limit: int, deadline: float | None, pa
         if end > limit or (end < 0 and len(data) - data.endswith(b"\r") > limit):
             raise ValueError(f"request over {limit} bytes")
         if end >= 0:
-            return bytes(data[:end + 2])
+            return bytes(data[: end + 2])
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

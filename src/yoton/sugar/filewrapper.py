@@ -38,8 +38,7 @@ class FileWrapper:
         if not isinstance(channel, (PubChannel, SubChannel)):
             raise ValueError(f"FileWrapper needs a PubChannel or SubChannel, not {type(channel).__name__}")
         if echo is not None and not isinstance(echo, PubChannel):
-            raise ValueError(f"FileWrapper echo must be a PubChannel (it gets what is read), "
-                             f"not {type(echo).__name__}")
+            raise ValueError(f"FileWrapper echo must be a PubChannel (it gets what is read), not {type(echo).__name__}")
         self._channel = channel
         self._chunksize = int(chunksize)
         self._echo = echo
@@ -119,7 +118,7 @@ class FileWrapper:
         size = self._chunksize
         if 0 < size < len(message):
             for i in range(0, len(message), size):
-                self._channel.send(message[i:i + size])
+                self._channel.send(message[i : i + size])
         else:
             self._channel.send(message)
         return len(message)

@@ -16,8 +16,17 @@ from ..events import Signal
 from .link import CONNECTED, NEW, REASON_COMMAND, REASON_CONTEXT, REASON_PROBLEM, TIMEOUT_MIN, WAITING, Link
 from .stream import open_bind, open_connect
 
-__all__ = ["Connection", "TcpConnection", "ConnectionCollection", "bind", "connect", "REASON_COMMAND",
-           "REASON_PROBLEM", "REASON_CONTEXT", "TIMEOUT_MIN"]
+__all__ = [
+    "Connection",
+    "TcpConnection",
+    "ConnectionCollection",
+    "bind",
+    "connect",
+    "REASON_COMMAND",
+    "REASON_PROBLEM",
+    "REASON_CONTEXT",
+    "TIMEOUT_MIN",
+]
 
 
 class ConnectionCollection(list):

@@ -224,7 +224,7 @@ class _SelectorSet:
 class _Waker:
     """The wake-up socketpair, registered like any socket."""
 
-    def __init__(self, loop: "IOLoop", sock: socket.socket):
+    def __init__(self, loop: IOLoop, sock: socket.socket):
         self.loop, self.sock = loop, sock
 
     def _on_readable(self) -> None:
@@ -303,7 +303,7 @@ class _ReaderSeat:
             with self.lock:
                 self.cond.notify()
 
-    def stay_out(self, loop: "IOLoop") -> None:
+    def stay_out(self, loop: IOLoop) -> None:
         """The I/O thread's side: wait outside the set while it should (see the class rules)."""
         cond = self.cond
         with cond:

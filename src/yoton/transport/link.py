@@ -48,16 +48,25 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Protocol as _Interface
-
 from itertools import chain
+from typing import Protocol as _Interface
 
 from ..queues import BLOCK, BoundedQueue, Policy
 
 log = logging.getLogger("yoton")
 
-__all__ = ["LinkState", "LinkConfig", "LinkOwner", "Link", "TIMEOUT_MIN", "HEARTBEAT_INTERVAL",
-           "CLOSE_FLUSH_TIME", "REASON_COMMAND", "REASON_PROBLEM", "REASON_CONTEXT"]
+__all__ = [
+    "LinkState",
+    "LinkConfig",
+    "LinkOwner",
+    "Link",
+    "TIMEOUT_MIN",
+    "HEARTBEAT_INTERVAL",
+    "CLOSE_FLUSH_TIME",
+    "REASON_COMMAND",
+    "REASON_PROBLEM",
+    "REASON_CONTEXT",
+]
 
 TIMEOUT_MIN = 0.5
 HEARTBEAT_INTERVAL = TIMEOUT_MIN / 2
@@ -88,8 +97,13 @@ class LinkState(Enum):
     CLOSED = "CLOSED"
 
 
-NEW, WAITING, CONNECTED, CLOSING, CLOSED = (LinkState.NEW, LinkState.WAITING, LinkState.CONNECTED,
-                                            LinkState.CLOSING, LinkState.CLOSED)
+NEW, WAITING, CONNECTED, CLOSING, CLOSED = (
+    LinkState.NEW,
+    LinkState.WAITING,
+    LinkState.CONNECTED,
+    LinkState.CLOSING,
+    LinkState.CLOSED,
+)
 _TRANSITIONS = {
     NEW: (WAITING, CONNECTED, CLOSED),
     WAITING: (CONNECTED, CLOSED),
@@ -107,7 +121,7 @@ class LinkConfig:
     max_package_size: int  #: largest body sent or accepted
     max_queue_bytes: int  #: bound of the send queue
     discard_mode: str  #: 'old' or 'new': what a stalled link's queue drops
-    auth_key: Optional[bytes] = None  #: see Context(auth_key=...)
+    auth_key: bytes | None = None  #: see Context(auth_key=...)
     pid: int = os.getpid()
 
 
@@ -119,19 +133,19 @@ class LinkOwner(_Interface):
     def io_loop(self):
         """The I/O loop serving this context's links (started if needed)."""
 
-    def link_attached(self, link: "Link") -> None:
+    def link_attached(self, link: Link) -> None:
         """A link was made (bind: WAITING; connect: CONNECTED)."""
 
-    def link_established(self, link: "Link") -> None:
+    def link_established(self, link: Link) -> None:
         """A link is CONNECTED: packages may flow (loop side)."""
 
-    def link_closing(self, link: "Link") -> None:
+    def link_closing(self, link: Link) -> None:
         """A link began closing: no more packages for it (loop side)."""
 
-    def packages_arrived(self, link: "Link", packages: list) -> None:
+    def packages_arrived(self, link: Link, packages: list) -> None:
         """Packages came in on ``link``, in order (loop side)."""
 
-    def link_closed(self, link: "Link") -> None:
+    def link_closed(self, link: Link) -> None:
         """``link`` is CLOSED (loop side, or before I/O started)."""
 
     def room_changed(self) -> None:
@@ -159,10 +173,15 @@ class Link:
         self.done = threading.Event()  # set once CLOSED
         self.loop = None
         self.is_timedout = False
-        self.sendq = BoundedQueue(max_bytes=self.config.max_queue_bytes, policy=BLOCK,
-                                  name=f"the send queue of connection {handle.name!r}",
-                                  log_level=logging.DEBUG,  # (the stall is logged instead)
-                                  on_room=self._on_room, size_of=package_size, sizes_of=packages_size)
+        self.sendq = BoundedQueue(
+            max_bytes=self.config.max_queue_bytes,
+            policy=BLOCK,
+            name=f"the send queue of connection {handle.name!r}",
+            log_level=logging.DEBUG,  # (the stall is logged instead)
+            on_room=self._on_room,
+            size_of=package_size,
+            sizes_of=packages_size,
+        )
         self.stalled = False  # full, and the peer took nothing for `timeout` s
         self.read_holds: set = set()  # why reading is held (loop side); empty: reading
         self.held: set = set()  # upstream links held until our send queue has room (loop side)
@@ -202,10 +221,17 @@ class Link:
         queue = self.sendq
         now = time.monotonic()
         return {
-            "state": self.state.value, "peer": f"{self.peer_id:016x}", "age": now - self.created,
-            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "packages_in": self.packages_in,
-            "queued_bytes": queue.bytes + self.unwritten(), "queued_packages": len(queue),
-            "discarded": queue.discarded, "stalled": self.stalled, "timed_out": self.is_timedout,
+            "state": self.state.value,
+            "peer": f"{self.peer_id:016x}",
+            "age": now - self.created,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packages_in": self.packages_in,
+            "queued_bytes": queue.bytes + self.unwritten(),
+            "queued_packages": len(queue),
+            "discarded": queue.discarded,
+            "stalled": self.stalled,
+            "timed_out": self.is_timedout,
             "reading_held": bool(self.read_holds),
         }
 
@@ -293,7 +319,7 @@ class Link:
                 self.last_recv = time.monotonic()  # (its silence meanwhile was ours)
                 self.set_reading(True)
 
-    def hold_upstream(self, upstream: "Link") -> None:
+    def hold_upstream(self, upstream: Link) -> None:
         """A relay: packages forwarded from ``upstream`` filled our send queue;
         hold its reading until we have room."""
         if upstream not in self.held:
@@ -325,18 +351,25 @@ class Link:
         self.stalled = True
         self._stall_mark = self.bytes_out
         self.sendq.policy = Policy.for_discard_mode(self.config.discard_mode)
-        log.warning("yoton: connection %r: the peer has taken nothing for %.1f s and the send "
-                    "queue is full (%d bytes): discarding the %s packages until it takes data again",
-                    self.handle.name, self.timeout, self.sendq.bytes,
-                    "oldest" if self.sendq.policy is Policy.DROP_OLD else "newest")
+        log.warning(
+            "yoton: connection %r: the peer has taken nothing for %.1f s and the send "
+            "queue is full (%d bytes): discarding the %s packages until it takes data again",
+            self.handle.name,
+            self.timeout,
+            self.sendq.bytes,
+            "oldest" if self.sendq.policy is Policy.DROP_OLD else "newest",
+        )
         self.release_upstream()  # (a relay does not hold its other links for a dead peer)
         self.owner.room_changed()
 
     def _unstall(self) -> None:
         self.stalled = False
         self.sendq.policy = BLOCK
-        log.info("yoton: connection %r: the peer takes data again (%d packages discarded so far)",
-                 self.handle.name, self.sendq.discarded)
+        log.info(
+            "yoton: connection %r: the peer takes data again (%d packages discarded so far)",
+            self.handle.name,
+            self.sendq.discarded,
+        )
 
     def check_silence(self, now: float) -> None:
         """Housekeeping for every transport (loop side): stalls and timeouts."""

@@ -34,14 +34,23 @@ from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandsh
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
 from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
-from . import sigint
-from .link import (CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, NEW, WAITING, Link)
+from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link
 from .tls import CHUNK, TlsPipe, describe, looks_like_tls
 
 log = logging.getLogger("yoton")
 
-__all__ = ["StreamLink", "Listener", "Handshake", "open_bind", "open_connect", "split_address",
-           "HANDSHAKE_DEADLINE", "MAX_PENDING_HANDSHAKES", "LISTEN_BACKLOG", "DIRECT_GAP"]
+__all__ = [
+    "StreamLink",
+    "Listener",
+    "Handshake",
+    "open_bind",
+    "open_connect",
+    "split_address",
+    "HANDSHAKE_DEADLINE",
+    "MAX_PENDING_HANDSHAKES",
+    "LISTEN_BACKLOG",
+    "DIRECT_GAP",
+]
 
 HANDSHAKE_DEADLINE = 3.0  #: seconds a client gets to say hello to a bind
 MAX_PENDING_HANDSHAKES = 16
@@ -93,14 +102,15 @@ def split_address(address, ssl_context) -> tuple:
 
 def _hostname(address: str) -> str:
     """The host as written in the address (what a TLS certificate names)."""
-    return address.partition("://")[2].partition(":")[0].strip() if "://" in address \
-        else address.partition(":")[0].strip()
+    return (
+        address.partition("://")[2].partition(":")[0].strip() if "://" in address else address.partition(":")[0].strip()
+    )
 
 
 # -- opening --------------------------------------------------------------------------------
 
 
-def open_bind(owner, handle, address: str, max_tries: int = 1, ssl_context=None) -> "StreamLink":
+def open_bind(owner, handle, address: str, max_tries: int = 1, ssl_context=None) -> StreamLink:
     """Listen on ``address`` for one peer; return the WAITING link (caller's thread).
 
     With ``max_tries`` > 1, ports after the first are tried (``port +
@@ -144,7 +154,7 @@ def open_bind(owner, handle, address: str, max_tries: int = 1, ssl_context=None)
     return link
 
 
-def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=None) -> "StreamLink":
+def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=None) -> StreamLink:
     """Connect to a bind at ``address``; return the CONNECTED link (caller's thread).
 
     The TCP connect and the handshake run on the loop side (the same
@@ -179,11 +189,9 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
         except ssl.SSLError as exc:
             sock.close()
             raise TLSError(f"Could not connect to {host}:{port}: {describe(exc)}.") from exc
-        protocol = Protocol("connect", config.local_id, config.pid, config.max_package_size,
-                            auth_key=config.auth_key)
+        protocol = Protocol("connect", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
         outcome = _Outcome()
-        handshake = Handshake(loop, sock, protocol, tls, deadline, outcome.done, outcome.failed,
-                              connect_to=sockaddr)
+        handshake = Handshake(loop, sock, protocol, tls, deadline, outcome.done, outcome.failed, connect_to=sockaddr)
         loop.call_soon(handshake.start)
         outcome.wait(deadline)
         if outcome.result is None:  # (past the deadline, still in progress)
@@ -249,8 +257,18 @@ class Handshake:
     us). ``connect_to``: dial that address first (connect side).
     """
 
-    def __init__(self, loop, sock: socket.socket, protocol: Protocol, tls: TlsPipe | None, deadline: float,
-                 done, failed, connect_to=None, peer=None):
+    def __init__(
+        self,
+        loop,
+        sock: socket.socket,
+        protocol: Protocol,
+        tls: TlsPipe | None,
+        deadline: float,
+        done,
+        failed,
+        connect_to=None,
+        peer=None,
+    ):
         self.loop = loop
         self.sock = sock
         self.protocol = protocol
@@ -319,8 +337,12 @@ class Handshake:
             self._heard = True
         if tls is not None:
             if not data and not tls.handshake_done:
-                self._fail("tls", "TLS handshake failed: the other end closed the connection" if self.server
-                           else "the other end closed the connection (is it a tls:// bind?)")
+                self._fail(
+                    "tls",
+                    "TLS handshake failed: the other end closed the connection"
+                    if self.server
+                    else "the other end closed the connection (is it a tls:// bind?)",
+                )
                 return
             if data:
                 if self.server and self._first and not looks_like_tls(data):
@@ -379,9 +401,9 @@ class Handshake:
     def _housekeeping(self, now: float) -> None:
         if now >= self.deadline and not self.over:
             if self.protocol.awaiting_proof:
-                self._fail("auth", f"authentication failed (no proof within {HANDSHAKE_DEADLINE:.0f} s)")
+                self._fail("auth", f"authentication failed (no proof within {HANDSHAKE_DEADLINE:g} s)")
             else:
-                self._fail("timeout", f"no handshake within {HANDSHAKE_DEADLINE:.0f} s")
+                self._fail("timeout", f"no handshake within {HANDSHAKE_DEADLINE:g} s")
 
     def _release(self) -> None:
         self.over = True
@@ -412,7 +434,7 @@ class Handshake:
 class Listener:
     """The listening socket of a waiting bind and its pending handshakes."""
 
-    def __init__(self, link: "StreamLink", sock: socket.socket, ssl_context=None):
+    def __init__(self, link: StreamLink, sock: socket.socket, ssl_context=None):
         self.link = link
         self.sock = sock
         self.ssl_context = ssl_context
@@ -442,11 +464,18 @@ class Listener:
                 oldest = next(iter(self.pending.values()))
                 oldest.drop("too many pending handshakes")
             sock.setblocking(False)
-            protocol = Protocol("bind", config.local_id, config.pid, config.max_package_size,
-                                auth_key=config.auth_key)
+            protocol = Protocol("bind", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
             tls = TlsPipe(self.ssl_context, True) if self.ssl_context is not None else None
-            handshake = Handshake(self.loop, sock, protocol, tls, time.monotonic() + HANDSHAKE_DEADLINE,
-                                  self._accept, self._refuse, peer=addr[:2])
+            handshake = Handshake(
+                self.loop,
+                sock,
+                protocol,
+                tls,
+                time.monotonic() + HANDSHAKE_DEADLINE,
+                self._accept,
+                self._refuse,
+                peer=addr[:2],
+            )
             self.pending[sock] = handshake
             handshake.start()
 
@@ -470,7 +499,7 @@ class Listener:
     def _refuse(self, handshake: Handshake, kind: str, detail: str) -> None:
         self.pending.pop(handshake.sock, None)
         if kind == "timeout":
-            detail = f"no handshake within {HANDSHAKE_DEADLINE:.0f} s"
+            detail = f"no handshake within {HANDSHAKE_DEADLINE:g} s"
         log.info("yoton: refused client %s on port %d: %s", handshake.peer, self.link.local_address[1], detail)
 
     def close(self) -> None:

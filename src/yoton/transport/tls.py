@@ -45,8 +45,12 @@ class TlsPipe:
     def __init__(self, ssl_context: ssl.SSLContext, server_side: bool, server_hostname: str | None = None):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.obj = ssl_context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
-                                        server_hostname=None if server_side else server_hostname)
+        self.obj = ssl_context.wrap_bio(
+            self.incoming,
+            self.outgoing,
+            server_side=server_side,
+            server_hostname=None if server_side else server_hostname,
+        )
         self.handshake_done = False
         self.eof = False  # the peer ended TLS (close_notify)
 

@@ -285,8 +285,9 @@ class _Refused(Exception):
     """Internal: well-formed data refused because of what decoding it would cost."""
 
 
-def decode_object(data, *, max_depth: int = MAX_DEPTH, memory_ratio: int = MEMORY_RATIO,
-                  memory_allowance: int = MEMORY_ALLOWANCE):
+def decode_object(
+    data, *, max_depth: int = MAX_DEPTH, memory_ratio: int = MEMORY_RATIO, memory_allowance: int = MEMORY_ALLOWANCE
+):
     """Decode one value from ``data`` (bytes, bytearray or memoryview).
 
     Empty data decodes to None. Raises ValueError for malformed data, for
@@ -309,8 +310,7 @@ def decode_object(data, *, max_depth: int = MAX_DEPTH, memory_ratio: int = MEMOR
         if end < _GC_PAUSE_MIN:
             value, pos = _decode(data, end, max_depth, memory_ratio - _NUMBER_RESERVE, memory_allowance)
         else:
-            value, pos = _decode_gc_paused(data, end, max_depth, memory_ratio - _NUMBER_RESERVE,
-                                           memory_allowance)
+            value, pos = _decode_gc_paused(data, end, max_depth, memory_ratio - _NUMBER_RESERVE, memory_allowance)
     except (IndexError, struct.error):
         raise ValueError("malformed OBJECT data: truncated") from None
     except _Malformed as e:
@@ -415,8 +415,13 @@ def _decode(buf, end, max_depth, ratio, allowance):
                 raise _Malformed(f"container at offset {pos} claims more items than the data holds")
             if n <= 16:
                 # A list is built by appending: room for 4, 8 or 16 items.
-                spent += (56 if not n else 88 if n <= 4 else 120 if n <= 8 else 184) if tag == 0x6C \
-                    else 40 + 8 * n if n else 0
+                spent += (
+                    (56 if not n else 88 if n <= 4 else 120 if n <= 8 else 184)
+                    if tag == 0x6C
+                    else 40 + 8 * n
+                    if n
+                    else 0
+                )
                 if spent > limit:
                     limit = ratio * pos + allowance
                     if spent > limit:
@@ -462,7 +467,7 @@ def _decode(buf, end, max_depth, ratio, allowance):
                         ctag = tag if n <= 16 else _BIG_LIST if tag == 0x6C else _BIG_TUPLE
                         continue
                     value = run if tag == 0x6C else tuple(run)
-                elif n >= 8 and (first == 0x66 or first == 0x69) and buf[pos:pos + 9 * n:9].count(first) == n:
+                elif n >= 8 and (first == 0x66 or first == 0x69) and buf[pos : pos + 9 * n : 9].count(first) == n:
                     # All numbers of one kind: unpack them in one go.
                     stop = pos + 9 * n
                     if stop > end:
@@ -572,10 +577,12 @@ def _decode(buf, end, max_depth, ratio, allowance):
 
 
 def _over_budget(ratio: int, allowance: int, pos: int) -> str:
-    return (f"the objects decoded from the first {pos} bytes would take more than "
-            f"{(ratio + _NUMBER_RESERVE) * pos + allowance} bytes of memory (memory_ratio = "
-            f"{ratio + _NUMBER_RESERVE} bytes per byte read plus memory_allowance = {allowance}); "
-            f"floods of empty or one-item containers cost that much")
+    return (
+        f"the objects decoded from the first {pos} bytes would take more than "
+        f"{(ratio + _NUMBER_RESERVE) * pos + allowance} bytes of memory (memory_ratio = "
+        f"{ratio + _NUMBER_RESERVE} bytes per byte read plus memory_allowance = {allowance}); "
+        f"floods of empty or one-item containers cost that much"
+    )
 
 
 # -- hash flooding ------------------------------------------------------------
@@ -613,15 +620,19 @@ def _check_keys(items: list) -> None:
         raise _Malformed("dict key is unhashable") from None
     ordered = sorted(hashes)
     if any(map(_eq, ordered, ordered[_SAME_HASH_MAX:])):
-        raise _Refused(f"a dict has more than {_SAME_HASH_MAX} keys with one hash value "
-                       f"(building it would compare each with all the others)")
+        raise _Refused(
+            f"a dict has more than {_SAME_HASH_MAX} keys with one hash value "
+            f"(building it would compare each with all the others)"
+        )
     n = len(keys)
     if n >= _REPLAY_MIN:
         limit = _WALK_PER_KEY * n + _WALK_BASE
         distinct = not any(map(_eq, ordered, ordered[1:]))
         if _walk_steps(keys, hashes, distinct, limit) > limit:
-            raise _Refused(f"a dict of {n} keys whose hashes are chosen to collide (placing them "
-                           f"in a hash table would take more than {limit} extra steps)")
+            raise _Refused(
+                f"a dict of {n} keys whose hashes are chosen to collide (placing them "
+                f"in a hash table would take more than {limit} extra steps)"
+            )
 
 
 def _walk_steps(keys: list, hashes: list, distinct: bool, limit: int) -> int:

@@ -70,8 +70,11 @@ _FIRST_BODY_CHUNK = 1 << 20
 
 def _alias(name: str) -> property:
     """A property standing for the attribute ``name`` (yoton 2.2 called it ``_name``)."""
-    return property(lambda self: getattr(self, name), lambda self, value: setattr(self, name, value),
-                    doc=f"Same as ``{name}`` (yoton 2.2's name).")
+    return property(
+        lambda self: getattr(self, name),
+        lambda self, value: setattr(self, name, value),
+        doc=f"Same as ``{name}`` (yoton 2.2's name).",
+    )
 
 
 class Package:
@@ -105,8 +108,13 @@ class Package:
     def header(self) -> bytes:
         """Return the 56 header bytes for this package."""
         return _pack(
-            CONTROL, self.slot, self.source_id, self.source_seq,
-            self.dest_id, self.dest_seq, len(self.data),
+            CONTROL,
+            self.slot,
+            self.source_id,
+            self.source_seq,
+            self.dest_id,
+            self.dest_seq,
+            len(self.data),
         )
 
     def __repr__(self):
@@ -168,7 +176,19 @@ class FrameDecoder:
     64 KiB (read in place, not copied again).
     """
 
-    __slots__ = ("max_package_size", "packages", "error", "peer_closed", "_buf", "_start", "_end", "_body", "_body_fill", "_body_size", "_pending")
+    __slots__ = (
+        "max_package_size",
+        "packages",
+        "error",
+        "peer_closed",
+        "_buf",
+        "_start",
+        "_end",
+        "_body",
+        "_body_fill",
+        "_body_size",
+        "_pending",
+    )
 
     def __init__(self, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
         self.max_package_size = max_package_size
@@ -199,14 +219,14 @@ class FrameDecoder:
         if body is not None:
             if self._body_fill == len(body):
                 body = self._grow_body()
-            return memoryview(body)[self._body_fill:]
+            return memoryview(body)[self._body_fill :]
         buf = self._buf
         if self._end == len(buf):
             # Move the partial package to the front to make room.
             keep = self._end - self._start
-            buf[:keep] = buf[self._start:self._end]
+            buf[:keep] = buf[self._start : self._end]
             self._start, self._end = 0, keep
-        return memoryview(buf)[self._end:]
+        return memoryview(buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         """Account for ``nbytes`` written into the memory from :meth:`get_buffer`."""
@@ -240,7 +260,7 @@ class FrameDecoder:
         """
         body = self._body
         grown = bytearray(min(2 * len(body), self._body_size))
-        grown[:self._body_fill] = body
+        grown[: self._body_fill] = body
         self._body = grown
         return grown
 
@@ -278,7 +298,7 @@ class FrameDecoder:
                         chunk = bytes(view[base:end])
                 # (Package(...) with its __init__ frame costs twice as much)
                 pkg = _new(Package)
-                pkg.data = chunk[body_start - base:pos - base]
+                pkg.data = chunk[body_start - base : pos - base]
                 pkg.slot, pkg.source_id, pkg.source_seq, pkg.dest_id, pkg.dest_seq = slot, sid, sseq, did, dseq
                 pkg.recv_seq = 0
                 append(pkg)

@@ -64,6 +64,7 @@ __all__ = [
     "Protocol",
 ]
 
+
 class State(Enum):
     """Where a :class:`Protocol` is (see the rules at the top of the module)."""
 
@@ -96,11 +97,21 @@ NONCE_SIZE = 16
 AUTH_FAILED = "authentication failed"
 
 
-def auth_proof(key: bytes, side: str, verifier_nonce: bytes, prover_nonce: bytes,
-               prover_id: int, verifier_id: int) -> bytes:
+def auth_proof(
+    key: bytes, side: str, verifier_nonce: bytes, prover_nonce: bytes, prover_id: int, verifier_id: int
+) -> bytes:
     """Return the HMAC-SHA256 with which ``side`` proves it knows ``key``."""
-    message = b"".join([b"yoton-auth-1|", side.encode(), b"|", verifier_nonce, prover_nonce,
-                        prover_id.to_bytes(8, "big"), verifier_id.to_bytes(8, "big")])
+    message = b"".join(
+        [
+            b"yoton-auth-1|",
+            side.encode(),
+            b"|",
+            verifier_nonce,
+            prover_nonce,
+            prover_id.to_bytes(8, "big"),
+            verifier_id.to_bytes(8, "big"),
+        ]
+    )
     return hmac.new(key, message, "sha256").digest()
 
 
@@ -117,7 +128,7 @@ def parse_hello(line: bytes) -> tuple[int, int]:
     line = bytes(line).rstrip(b"\r\n")
     if not line.startswith(_HELLO):
         raise HandshakeError(f"not a yoton hello: {line[:60]!r}")
-    id_hex, dot, pid_txt = line[len(_HELLO):].partition(b".")
+    id_hex, dot, pid_txt = line[len(_HELLO) :].partition(b".")
     try:
         # Exactly 16 hex digits and a decimal pid: int() alone would also take
         # signs, spaces, "0x" and "_", and a negative id has no 8-byte form.
@@ -139,9 +150,16 @@ class Protocol:
     :data:`CONNECTION_CLOSED`) and bytes to write from :meth:`data_to_send`.
     """
 
-    def __init__(self, side: str, local_id: int, local_pid: int,
-                 max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE, max_line: int = MAX_LINE,
-                 auth_key: bytes | None = None, nonce: bytes | None = None):
+    def __init__(
+        self,
+        side: str,
+        local_id: int,
+        local_pid: int,
+        max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
+        max_line: int = MAX_LINE,
+        auth_key: bytes | None = None,
+        nonce: bytes | None = None,
+    ):
         if side not in ("connect", "bind"):
             raise ValueError(f"side must be 'connect' or 'bind', not {side!r}")
         self.auth_key = auth_key or None
@@ -259,8 +277,8 @@ class Protocol:
                 return b""
             if end < 0:
                 return b""
-            line = bytes(self._line[:end + 1])
-            del self._line[:end + 1]
+            line = bytes(self._line[: end + 1])
+            del self._line[: end + 1]
             if self._hello_done:
                 self._auth_line(line.rstrip(b"\r\n"))
             else:
@@ -303,8 +321,7 @@ class Protocol:
             self._out += _AUTH_PROOF + proof.hex().encode() + b"\r\n"
         elif kind == _AUTH_PROOF and self._peer_nonce is not None and not self._peer_verified:
             peer_side = "bind" if self.side == "connect" else "connect"
-            expected = auth_proof(self.auth_key, peer_side, self._nonce, self._peer_nonce,
-                                  self.peer_id, self.local_id)
+            expected = auth_proof(self.auth_key, peer_side, self._nonce, self._peer_nonce, self.peer_id, self.local_id)
             if not hmac.compare_digest(value, expected):
                 self._auth_fail("wrong key")
                 return
@@ -326,7 +343,7 @@ class Protocol:
 
     def _check_first_bytes(self, data) -> None:
         # Without a key, a peer that opens with an auth nonce wants one.
-        self._first += bytes(data[:len(_AUTH_NONCE) - len(self._first)])
+        self._first += bytes(data[: len(_AUTH_NONCE) - len(self._first)])
         if len(self._first) >= len(_AUTH_NONCE) or not data:
             self._sniff = False
             self._last_buf = None

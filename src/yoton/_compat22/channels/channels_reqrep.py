@@ -8,5 +8,4 @@ from yoton.channels.reqrep import REF as REQREP_SEQ_REF
 from yoton.channels.reqrep import Future, RepChannel, ReqChannel
 from yoton.errors import CancelledError, TimeoutError
 
-__all__ = ["ReqChannel", "RepChannel", "Future", "TimeoutError", "CancelledError",
-           "REQREP_SEQ_REF", "ERROR_OBJECT"]
+__all__ = ["ReqChannel", "RepChannel", "Future", "TimeoutError", "CancelledError", "REQREP_SEQ_REF", "ERROR_OBJECT"]

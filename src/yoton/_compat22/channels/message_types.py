@@ -15,5 +15,4 @@ from yoton.messages import (
     TextMessageType,
 )
 
-__all__ = ["MessageType", "TextMessageType", "BinaryMessageType", "ObjectMessageType",
-           "TEXT", "BINARY", "OBJECT"]
+__all__ = ["MessageType", "TextMessageType", "BinaryMessageType", "ObjectMessageType", "TEXT", "BINARY", "OBJECT"]
