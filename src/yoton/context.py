@@ -68,6 +68,7 @@ import time
 import weakref
 from collections import deque
 from itertools import islice
+from typing import Any
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
@@ -668,7 +669,7 @@ class Router:
                 return  # (it is cleared before the pump takes the stage: ours is in)
             now = time.monotonic()
             if now < self._pump_after:
-                if not running:
+                if loop is None or not running:
                     return  # no link yet: the first one to connect pumps (see link_established)
                 self._pump_scheduled = True
                 loop.call_soon(self._pump_on_loop)
@@ -704,7 +705,8 @@ class Router:
         if not count:
             return
         pop, pack, my_id, seq = stage.popleft, HEADER.pack, self.id, self._seq
-        items, total = [], 0
+        items: list[tuple[bytes, Any]] = []
+        total = 0
         append = items.append
         for _ in range(count):
             slot, body, dest_id, dest_seq = pop()

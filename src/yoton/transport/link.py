@@ -49,9 +49,13 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from itertools import chain
+from typing import TYPE_CHECKING, Sequence
 from typing import Protocol as _Interface
 
 from ..queues import BLOCK, BoundedQueue, Policy
+
+if TYPE_CHECKING:
+    from .ioloop import IOLoop
 
 log = logging.getLogger("yoton")
 
@@ -130,7 +134,7 @@ class LinkOwner(_Interface):
 
     config: LinkConfig
 
-    def io_loop(self):
+    def io_loop(self) -> IOLoop:
         """The I/O loop serving this context's links (started if needed)."""
 
     def link_attached(self, link: Link) -> None:
@@ -154,6 +158,9 @@ class LinkOwner(_Interface):
     def flushed(self) -> None:
         """A link wrote everything it had queued."""
 
+    def wait_flushed(self, links: Sequence[Link], timeout: float) -> None:
+        """Wait until ``links`` wrote what they queued (raise FlushTimeout after ``timeout`` s)."""
+
 
 class Link:
     """One link to one peer: state, the send queue with backpressure and
@@ -171,7 +178,7 @@ class Link:
         self.peer_address: tuple = ("", 0)
         self.close_reason: str | None = None
         self.done = threading.Event()  # set once CLOSED
-        self.loop = None
+        self.loop: IOLoop | None = None  # given by the owner when the link is attached
         self.is_timedout = False
         self.sendq = BoundedQueue(
             max_bytes=self.config.max_queue_bytes,
@@ -284,7 +291,7 @@ class Link:
         self.bytes_out += sent
         # Stalled, the peer takes data again once it has taken a quarter of the
         # queue's bound (a stopped process's kernel may still take a trickle).
-        if self.stalled and self.bytes_out - self._stall_mark >= self.sendq.max_bytes // 4:
+        if self.stalled and self.bytes_out - self._stall_mark >= self.config.max_queue_bytes // 4:
             self._unstall()
 
     def note_received(self, nbytes: int) -> None:
@@ -341,6 +348,7 @@ class Link:
         # upstream links may go on.
         if self.held:
             loop = self.loop
+            assert loop is not None  # (held: it was reading)
             if loop.on_loop_side():
                 self.release_upstream()
             else:

@@ -326,6 +326,7 @@ class Handshake:
         if self.over:
             return
         protocol, tls = self.protocol, self.tls
+        data: bytes | None
         try:
             data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -383,9 +384,10 @@ class Handshake:
             # the link delivers those packages and then closes.
             self._finish()
         elif protocol.state is not HANDSHAKE:
-            self._fail("auth" if protocol.auth_failed else "refused", protocol.close_reason)
+            self._fail("auth" if protocol.auth_failed else "refused", protocol.close_reason or "closed")
 
     def _tls_failed(self, exc: ssl.SSLError) -> None:
+        assert self.tls is not None
         self._send(self.tls.take())  # (the alert, if any)
         self._fail("tls", f"TLS handshake failed: {describe(exc)}" if self.server else describe(exc))
 
@@ -555,10 +557,11 @@ class StreamLink(Link):
         """Serve the socket once CONNECTED and established with the owner (loop
         side): packages that came with the handshake are delivered, what is
         queued is written."""
-        loop = self.loop
-        loop.register(self.sock, self, write=False)
+        loop, sock, protocol = self.loop, self.sock, self.protocol
+        assert loop is not None and sock is not None and protocol is not None, "start_io before adopt"
+        loop.register(sock, self, write=False)
         loop.housekeepers.add(self)
-        events = self.protocol.events_received()
+        events = protocol.events_received()
         if events:
             self._handle_events(events)
         self._write_now()
@@ -566,10 +569,11 @@ class StreamLink(Link):
     # -- reading (loop side) ---------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        protocol = self.protocol
+        protocol, sock = self.protocol, self.sock
+        assert protocol is not None and sock is not None  # (registered only once adopted)
         try:
             if self.tls is None:
-                nbytes = self.sock.recv_into(protocol.get_buffer())
+                nbytes = sock.recv_into(protocol.get_buffer())
             else:
                 nbytes = self._read_tls()
         except (BlockingIOError, InterruptedError):
@@ -600,20 +604,21 @@ class StreamLink(Link):
 
     def _read_tls(self) -> int:
         """Read ciphertext, feed the plaintext to the protocol; return the bytes read."""
-        data = self.sock.recv(CHUNK)
+        sock, tls, protocol, loop = self.sock, self.tls, self.protocol, self.loop
+        assert sock is not None and tls is not None and protocol is not None and loop is not None
+        data = sock.recv(CHUNK)
         if data:
-            tls = self.tls
             tls.feed(data)
             plain = tls.read()
             if plain:
-                self.protocol.receive_data(plain)
+                protocol.receive_data(plain)
             if tls.eof:
-                self.protocol.receive_eof()
+                protocol.receive_eof()
             if tls.pending_out:  # TLS itself wants to answer (e.g. a key update)
                 self._backlog = memoryview(bytes(self._backlog) + tls.take())
                 if not self._write_scheduled:
                     self._write_scheduled = True
-                    self.loop.schedule_write(self)
+                    loop.schedule_write(self)
         return len(data)
 
     def _handle_events(self, events: list) -> None:
@@ -624,7 +629,9 @@ class StreamLink(Link):
         if stop > start:
             self.deliver(events[start:stop] if start or closed else events)
         if closed:
-            self.teardown(self.close_reason if self.state is CLOSING else self.protocol.close_reason)
+            protocol = self.protocol
+            assert protocol is not None
+            self.teardown(self.close_reason if self.state is CLOSING else protocol.close_reason)
 
     def set_reading(self, flag: bool) -> None:
         self._update_interest()
@@ -647,6 +654,7 @@ class StreamLink(Link):
             finally:
                 self._wlock.release()
         self._write_scheduled = True
+        assert self.loop is not None  # (CONNECTED: adopted, and the owner gave it its loop)
         self.loop.schedule_write(self)
 
     def unwritten(self) -> int:
@@ -726,8 +734,8 @@ class StreamLink(Link):
         Anything else (a partial write, a full kernel buffer, an error) is
         left for the loop side, which also owns every state change.
         """
-        bufs, sendq = self._wbufs, self.sendq
-        if bufs or self._want_write or self.state is not CONNECTED or self.loop.on_loop_side():
+        bufs, sendq, loop = self._wbufs, self.sendq, self.loop
+        if bufs or self._want_write or self.state is not CONNECTED or loop is None or loop.on_loop_side():
             return False
         self._take()
         try:
@@ -751,13 +759,16 @@ class StreamLink(Link):
         header and body buffers); a copy of up to :data:`_JOIN_LIMIT` bytes
         is cheaper. Large bodies still go straight from their own buffer.
         """
+        sock = self.sock
+        assert sock is not None
         if len(bufs) > 2 and sum(map(len, bufs)) <= _JOIN_LIMIT:
-            return self.sock.send(b"".join(bufs))
-        return self.sock.sendmsg(bufs)
+            return sock.send(b"".join(bufs))
+        return sock.sendmsg(bufs)
 
     def _send_tls(self, bufs: list) -> int:
         """``sendmsg`` for TLS: encrypt up to CHUNK bytes of ``bufs``; return how many were taken."""
-        tls = self.tls
+        tls, sock = self.tls, self.sock
+        assert tls is not None and sock is not None
         taken = 0
         if not self._backlog:
             for buf in bufs:
@@ -767,7 +778,7 @@ class StreamLink(Link):
                     break
             self._backlog = memoryview(tls.take())
         try:
-            sent = self.sock.send(self._backlog)
+            sent = sock.send(self._backlog)
         except (BlockingIOError, InterruptedError):
             sent = 0
         self._backlog = self._backlog[sent:] if sent < len(self._backlog) else b""
