@@ -845,3 +845,36 @@ def test_the_event_queue_is_bounded_and_counts_what_it_discards(monkeypatch, cap
     signal.emit("after")
     yoton.process_events(False)
     assert seen[-1] == "after"
+
+
+def test_a_logging_handler_may_post_events_when_the_queue_is_full(monkeypatch):
+    # The "queue full" warning is logged after the queue's lock is released: a
+    # handler that posts (a GUI showing log records through yoton's events) does
+    # not deadlock. A queue of its own: a deadlock must not hold the real one.
+    from yoton import events
+
+    monkeypatch.setattr(events, "MAX_EVENTS", 3)
+    queue = events.EventQueue()
+
+    class Post(logging.Handler):
+        def emit(self, record):
+            if "event queue is full" in record.getMessage():
+                queue.post(print, ("from the handler",))
+
+    handler = Post()
+    logger = logging.getLogger("yoton")
+    logger.addHandler(handler)
+
+    def flood():
+        for i in range(5):
+            queue.post(print, (i,))
+        queue.post_many([(print, (i,), {}) for i in range(2)])
+
+    try:
+        worker = threading.Thread(target=flood, daemon=True)
+        worker.start()
+        worker.join(5.0)
+        assert not worker.is_alive(), "post() deadlocked: the discard was logged with the queue locked"
+    finally:
+        logger.removeHandler(handler)
+    assert queue.pending() == 3 and queue.discarded == 5  # (the handler's post counted too; logged once)

@@ -142,6 +142,31 @@ def test_discards_are_logged_once_per_episode(caplog):
         assert "discarding the newest" in caplog.records[-1].message
 
 
+def test_a_logging_handler_may_put_into_the_queue_whose_discard_it_logs():
+    # A pyzo kernel's stderr is a FileWrapper: Python's last-resort handler writes
+    # yoton's own warnings there, and those sends pass through a context's queues.
+    q = make(max_items=2, policy=DROP_OLD, name="reentered queue")
+    handled = []
+
+    class Resend(logging.Handler):
+        def emit(self, record):
+            if "reentered queue" in record.getMessage():
+                handled.append(q.put(("from the handler", 1)))
+
+    handler = Resend()
+    logger = logging.getLogger("yoton")
+    logger.addHandler(handler)
+    try:
+        worker = threading.Thread(target=_fill, args=(q, range(5)), daemon=True)
+        worker.start()
+        worker.join(5.0)
+        assert not worker.is_alive(), "put() deadlocked: the discard was logged with the queue locked"
+    finally:
+        logger.removeHandler(handler)
+    assert handled == [True]  # (logged once: the handler's own discard is in the same episode)
+    assert values(q.take()) == [3, 4] and q.discarded == 4
+
+
 def test_clear_and_discard_all():
     q = make(policy=BLOCK)
     _fill(q, range(3))

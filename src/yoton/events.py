@@ -132,38 +132,51 @@ class EventQueue:
         item = (func, args, kwargs or {})
         with self._cond:
             if len(self._queue) >= MAX_EVENTS:
-                self._discard(1)
-                return
-            if front:
-                self._queue.appendleft(item)
+                full, callback = self._discard(1), None
             else:
-                self._queue.append(item)
-            callback = self._note_posted()
+                if front:
+                    self._queue.appendleft(item)
+                else:
+                    self._queue.append(item)
+                callback = self._note_posted()
+                full = None
+        if full is not None:
+            self._log_full(full)
         if callback is not None:
             self._call_callback(callback)
 
     def post_many(self, items) -> None:
         """Queue several ``(func, args, kwargs)`` triples in order, at the back."""
+        full = None
         with self._cond:
             room = MAX_EVENTS - len(self._queue)
             if len(items) > room:
-                self._discard(len(items) - max(0, room))
+                full = self._discard(len(items) - max(0, room))
                 items = items[: max(0, room)]
             self._queue.extend(items)
             callback = self._note_posted()
+        if full is not None:
+            self._log_full(full)
         if callback is not None:
             self._call_callback(callback)
 
-    def _discard(self, count: int) -> None:
-        # (with the lock) Count; log once until the queue is processed.
+    def _discard(self, count: int):
+        # (with the lock) Count; return the queue's length if this discard is to
+        # be logged (once until the queue is processed), else None. The caller
+        # logs it after releasing the lock: a logging handler may post events.
         self.discarded += count
-        if not self._dropping:
-            self._dropping = True
-            log.warning(
-                "yoton: the event queue is full (%d events: nothing processes them?); "
-                "discarding new events until it is processed",
-                len(self._queue),
-            )
+        if self._dropping:
+            return None
+        self._dropping = True
+        return len(self._queue)
+
+    @staticmethod
+    def _log_full(length: int) -> None:
+        log.warning(
+            "yoton: the event queue is full (%d events: nothing processes them?); "
+            "discarding new events until it is processed",
+            length,
+        )
 
     def _note_posted(self):
         """Wake a waiter; return the embedding callback if it must be called.

@@ -29,7 +29,9 @@ Rules:
 * Every discarded item is counted in ``discarded``. The first discard of an
   episode (discards without an accepted item or a drain in between) is
   logged once, at the level given; the episode ends when an item is accepted
-  without a discard, or the queue drains.
+  without a discard, or the queue drains. The message is logged after the
+  lock is released: a logging handler may put into this very queue (a pyzo
+  kernel's stderr is a FileWrapper, whose sends go through a context's queues).
 * An item's size is what ``size_of(item)`` says (default ``len``); the
   queue keeps no per-item sizes (computing them when items leave is
   cheaper than keeping them on the send path).
@@ -94,6 +96,7 @@ class BoundedQueue:
         "discarded",
         "_full",
         "_dropping",
+        "_note",
         "_resume_items",
         "_resume_bytes",
         "_size_of",
@@ -126,6 +129,7 @@ class BoundedQueue:
         self.discarded = 0
         self._full = False  # was full and has not drained to the resume mark since
         self._dropping = False  # in a discard episode (logged already)
+        self._note: tuple | None = None  # the discard episode to log, once the lock is released
         self._size_of = size_of
         self._sizes_of = sizes_of or (lambda items: sum(map(size_of, items)))
 
@@ -214,12 +218,15 @@ class BoundedQueue:
         size = self._size_of(item)
         with self._lock:
             before = self.discarded
-            if self._over(size) and not self._make_room(size):
-                return False
-            self._items.append(item)
-            self._bytes += size
-            self._after_put(before)
-            return True
+            accepted = not self._over(size) or self._make_room(size)
+            if accepted:
+                self._items.append(item)
+                self._bytes += size
+                self._after_put(before)
+            note, self._note = self._note, None
+        if note is not None:
+            self._log_discard(note)
+        return accepted
 
     def put_many(self, items: Sequence[Any], total: int | None = None) -> int:
         """Add ``items`` (of ``total`` bytes, if the caller knows) in order, by the
@@ -246,7 +253,11 @@ class BoundedQueue:
                     append(item)
                     self._bytes += size
             self._after_put(before)
-            return self.discarded - before
+            dropped = self.discarded - before
+            note, self._note = self._note, None
+        if note is not None:
+            self._log_discard(note)
+        return dropped
 
     def _over_by(self, count: int, total: int) -> bool:
         # Would `count` more items of `total` bytes go over a bound? (One item
@@ -289,15 +300,18 @@ class BoundedQueue:
         self.discarded += count
         if not self._dropping:
             self._dropping = True
-            log.log(
-                self.log_level,
-                "yoton: %s is full (%d items, %d bytes): discarding the %s "
-                "items (counted; logged once until it drains)",
-                self.name,
-                len(self._items),
-                self._bytes,
-                "oldest" if self.policy is DROP_OLD else "newest",
-            )
+            self._note = (len(self._items), self._bytes, self.policy)  # (logged by the caller, unlocked)
+
+    def _log_discard(self, note: tuple) -> None:
+        items, nbytes, policy = note
+        log.log(
+            self.log_level,
+            "yoton: %s is full (%d items, %d bytes): discarding the %s items (counted; logged once until it drains)",
+            self.name,
+            items,
+            nbytes,
+            "oldest" if policy is DROP_OLD else "newest",
+        )
 
     # -- taking --------------------------------------------------------------------
 

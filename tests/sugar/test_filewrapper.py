@@ -372,3 +372,27 @@ def test_forked_child_writes_to_the_real_stdout(ctx):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "from the child\nchannel got 'from the parent'\n"
+
+
+def test_yotons_own_warnings_may_go_to_a_filewrapper_stderr():
+    # A pyzo kernel's stderr is a FileWrapper, so Python's last-resort handler
+    # writes yoton's warnings through the same context's queues. Here nothing
+    # is connected (the IDE went away) and the startup queue overflows: its
+    # warning is written to stderr, i.e. sent into that queue again.
+    code = textwrap.dedent("""
+        import sys, yoton
+        ctx = yoton.Context(max_queue_bytes=2000)
+        sys.stderr = yoton.FileWrapper(yoton.PubChannel(ctx, "stderr"))
+        for i in range(100):
+            sys.stderr.write("x" * 100)
+        sys.__stdout__.write("discarded %d\\n" % (ctx.statistics()["discarded_outgoing"] > 0))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONIOENCODING="utf-8")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=10, cwd=tempfile.gettempdir()
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child hung: yoton logged a discard while holding the queue it discards from")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "discarded 1\n"

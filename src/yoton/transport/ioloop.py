@@ -50,10 +50,11 @@ Who serves (the "loop side"):
   ``YOTON_POLLER=select``) the I/O thread alone serves; :meth:`run_until`
   returns False and callers wait on their condition.
 
-Lock order (outer first): a channel's or future's condition is never held
-while taking the loop lock; the loop lock may be held while taking a
-connection's write lock, a queue's lock, the event queue's lock or the
-reader seat's lock. Callbacks of an embedded GUI loop are never called with
+Lock order (outer first; every lock of the package and its place are in
+docs/design.md, section 3): a channel's or future's condition is never held
+while taking the loop lock; the loop lock may be held while taking the
+router's lock, a connection's write lock, a queue's lock, the event queue's
+lock or the reader seat's lock. Callbacks of an embedded GUI loop are never called with
 the loop lock held (see :func:`yoton.events.deferred_callbacks`).
 """
 
