@@ -141,6 +141,10 @@ class Backoff:
         limit = self.policy.give_up_after
         return limit is not None and now + delay - self.lost_at > limit
 
+    def deadline(self) -> float:
+        """When (monotonic) the current outage reaches ``give_up_after``."""
+        return self.lost_at + (self.policy.give_up_after or 0.0)
+
     def succeeded(self, now: float) -> None:
         """A re-dial succeeded at ``now``."""
         self.up_since = now

@@ -1093,15 +1093,21 @@ class StreamLink(Link):
         backoff = self._backoff
         delay = backoff.next_delay()
         now = time.monotonic()
-        if backoff.give_up(now, delay):
-            self.teardown(
-                f"Gave up reconnecting to {self.target.display} after {now - backoff.lost_at:.1f} s "
-                f"({backoff.attempt - 1} attempts; the last: {detail.rstrip('.')}); lost because: "
-                f"{self._lost_reason.rstrip('.')}."
-            )
+        if backoff.give_up(now, delay):  # (the next attempt would come too late: end when the time is up)
+            self._redial_timer = self.loop.call_later(self._give_up, max(0.0, backoff.deadline() - now), detail)
             return
         log.debug("yoton: connection %r: re-dial failed (%s); next in %.2f s", self.handle.name, detail, delay)
         self._schedule_attempt(delay)
+
+    def _give_up(self, detail: str) -> None:
+        self._redial_timer = None
+        if self.state is RECONNECTING:
+            backoff = self._backoff
+            self.teardown(
+                f"Gave up reconnecting to {self.target.display} after {time.monotonic() - backoff.lost_at:.1f} s "
+                f"({backoff.attempt - 1} attempts; the last: {detail.rstrip('.')}); lost because: "
+                f"{self._lost_reason.rstrip('.')}."
+            )
 
     def _stop_redialling(self) -> None:
         timer, self._redial_timer = self._redial_timer, None
