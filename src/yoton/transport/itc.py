@@ -31,6 +31,10 @@ The rules are those of TCP, so code does not care which it runs on:
   alive (the heartbeat's part), so ``timedout`` means what it means over TCP:
   the peer's loop has not run for ``timeout`` seconds.
 * No reconnecting: a context of this process does not vanish without closing.
+* A context with an itc:// link does not poll before it sleeps in a wait
+  (``Context(spin=...)``): the peer that must answer is a thread of this
+  process, and a polling thread takes the GIL it needs (a round trip took
+  several times as long).
 
 Bodies are passed as they were queued: a channel's encoded message (bytes)
 is never changed after it was sent, so receivers share it safely.
@@ -240,6 +244,7 @@ class ItcLink(Link):
         self._pull_scheduled = False
         self._inflight = 0  # bytes taken from our queue, not yet delivered to the peer
         self._close_deadline = 0.0
+        self._no_spin = False  # we keep the loop's readers from polling
 
     def pair(self, peer: ItcLink) -> None:
         """Make ``peer`` the other end (before the link is CONNECTED)."""
@@ -253,6 +258,8 @@ class ItcLink(Link):
         if self.state is not CONNECTED:
             return
         self._reading = True
+        self._no_spin = True
+        self.loop.no_spin += 1  # (our peer needs the GIL a polling reader of ours would take)
         self.loop.housekeepers.add(self)
         self._schedule_pull()
         self.kick_writer()
@@ -370,6 +377,9 @@ class ItcLink(Link):
             self.stop_listening()
         if self.loop is not None:
             self.loop.housekeepers.discard(self)
+            if self._no_spin:
+                self._no_spin = False
+                self.loop.no_spin -= 1
         self._reading = False
         peer, self.peer = self.peer, None
         self._inflight = 0
