@@ -196,6 +196,7 @@ def killed_and_restarted(impl: str, addr: str, policy) -> None:
         peer.call("sub", slot="numbers", type="txt")
         peer.call("state_recv", slot="my-state", type="txt")  # (the channel exists before our state comes)
         peer.call("state_send", slot="peer-state", type="txt", msg=state)
+        peer.call("rep", slot="calc", mode="thread")
         peer.call("bind", addr=addr)
         return peer
 
@@ -204,7 +205,7 @@ def killed_and_restarted(impl: str, addr: str, policy) -> None:
         peer = start("peer-1")
         conn = ctx.connect(addr, timeout=5.0, reconnect=policy)
         reconnected, closed = _record(conn.reconnected), _record(conn.closed)
-        pub = yoton.PubChannel(ctx, "numbers")
+        pub, req = yoton.PubChannel(ctx, "numbers"), yoton.ReqChannel(ctx, "calc")
         mine, theirs = yoton.StateChannel(ctx, "my-state"), yoton.StateChannel(ctx, "peer-state")
         mine.send("mine-1")
         assert wait_for(lambda: theirs.recv() == "peer-1", 5.0), theirs.recv()
@@ -212,6 +213,7 @@ def killed_and_restarted(impl: str, addr: str, policy) -> None:
             pub.send(str(i))
         assert peer.call("recv_n", slot="numbers", type="txt", n=10)["msgs"] == [str(i) for i in range(10)]
         assert peer.call("state_wait", slot="my-state", type="txt", msg="mine-1")["ok"]
+        assert req.who(1).result(5.0) == [1, "calc"]
 
         os.kill(peer.pid, signal.SIGKILL)
         peer.proc.wait(5.0)
@@ -228,6 +230,8 @@ def killed_and_restarted(impl: str, addr: str, policy) -> None:
         assert wait_for(lambda: theirs.recv() == "peer-2", 5.0), theirs.recv()
         pub.send("200")
         assert peer.call("recv_n", slot="numbers", type="txt", n=1)["msgs"] == ["200"]
+        assert req.add(20, 22).result(5.0) == 42  # (the new peer's replier)
+        assert peer.call("rep_calls", slot="calc")["calls"] == {"add": 1}
         yoton.process_events()
         assert closed == [] and reconnected[0][1:] == (conn,) and len(reconnected) == 1
         assert conn.is_connected and conn.statistics()["reconnects"] == 1 and conn.pid2 == peer.pid

@@ -269,6 +269,17 @@ def test_max_connections_and_a_mesh_across_transports(make_ctx):
     assert sub.recv(3.0) == "peer1 -itc- hub -itc- peer0 -tcp- far"
 
 
+def test_waiting_threads_do_not_poll_while_the_peer_is_in_this_process(make_ctx):
+    # (a polling reader takes the GIL the peer's thread needs to answer: round trips took ~6x as long)
+    a, b, bound, conn = itc_pair(make_ctx)
+    tcp = a.bind(f"{HOST}:0")
+    make_ctx().connect(f"{HOST}:{tcp.port}", timeout=3.0)
+    assert a.router.loop.no_spin == 1 and b.router.loop.no_spin == 1
+    conn.close()
+    assert wait_for(lambda: a.router.loop.no_spin == 0 and b.router.loop.no_spin == 0)
+    assert a.router.loop.spin == a.spin  # (the setting itself is left alone: TCP peers get it again)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts fds in /proc")
 def test_a_pair_leaves_nothing_behind(make_ctx):
     a, b, _, _ = itc_pair(make_ctx)  # (warm-up: lazily made helpers)

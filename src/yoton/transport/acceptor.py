@@ -115,9 +115,11 @@ class Acceptor:
         first.accepted.emit(first, link.handle)
 
     def forget(self, link: Link) -> None:
-        """``link`` closed: its place is free again."""
-        if link in self.links:
+        """``link`` closed: its place is free again (any thread)."""
+        try:
             self.links.remove(link)
+        except ValueError:  # (not admitted, or forgotten already)
+            pass
 
     # -- closing -------------------------------------------------------------------------
 
