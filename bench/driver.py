@@ -492,6 +492,8 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
     for stack in stacks:
         if stack == "ours":
             envs[stack] = dict(base, PYTHONPATH=str(ROOT / "src"))
+            if OUR_POLLER is not None:
+                envs[stack]["YOTON_POLLER"] = OUR_POLLER
         elif stack == "orig":
             try:
                 sys.path.insert(0, str(ROOT / "tests"))
@@ -526,6 +528,7 @@ def check_module(stack: str, info: dict, env: dict) -> None:
 
 
 OUR_SPIN: float | None = None  #: --spin: Context(spin=...) for our stack (None: the default)
+OUR_POLLER: str | None = None  #: --poller: YOTON_POLLER for our stack (None: the platform's default)
 
 
 def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict | None = None) -> dict:
@@ -946,6 +949,13 @@ def parse_args(argv):
         default=None,
         help="Context(spin=...) for our stack, in seconds (default: yoton's own; 0: no polling)",
     )
+    ap.add_argument(
+        "--poller",
+        choices=("epoll", "select"),
+        default=None,
+        help="our I/O loop's poller: epoll (Linux default; waiting threads serve sockets) or "
+        "select (the portable path of macOS and Windows: the I/O thread alone serves)",
+    )
     ap.add_argument("--top", type=int, default=12, help="functions per profile listing (default 12)")
     ap.add_argument("--json", default=str(RESULTS / "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -966,8 +976,9 @@ def parse_args(argv):
         if s not in BY_ID:
             ap.error(f"unknown measurement {s!r} (choose from {', '.join(BY_ID)})")
     args.only = only
-    global OUR_SPIN
+    global OUR_SPIN, OUR_POLLER
     OUR_SPIN = args.spin
+    OUR_POLLER = args.poller
     if args.reps is None:
         args.reps = 1 if args.quick else 3
     if args.profile is None:
@@ -1043,6 +1054,8 @@ def main(argv=None) -> int:
         )
         if OUR_SPIN is not None:
             header += f", ours with Context(spin={OUR_SPIN:g})"
+        if OUR_POLLER is not None:
+            header += f", ours with the {OUR_POLLER} poller"
         print(header)
         print()
         print(table)

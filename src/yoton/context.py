@@ -72,6 +72,7 @@ import time
 import weakref
 from collections import deque
 from itertools import islice
+from typing import Any
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
@@ -328,7 +329,7 @@ class Context:
         default: the umask's); ``itc://NAME``, for contexts of this process
         (no sockets).
         """
-        options = {}
+        options: dict = {}
         if max_tries != 1:
             options["max_tries"] = max_tries
         if ssl_context is not None:
@@ -368,7 +369,7 @@ class Context:
         ``closed`` only when it gives up or is closed. The first connect must
         succeed within ``timeout`` as without it.
         """
-        options = {}
+        options: dict = {}
         if ssl_context is not None:
             options["ssl_context"] = ssl_context
         if reconnect is not False and reconnect is not None:
@@ -768,7 +769,7 @@ class Router:
                 return  # (it is cleared before the pump takes the stage: ours is in)
             now = time.monotonic()
             if now < self._pump_after:
-                if not running:
+                if loop is None or not running:
                     return  # no link yet: the first one to connect pumps (see link_established)
                 self._pump_scheduled = True
                 loop.call_soon(self._pump_on_loop)
@@ -804,7 +805,8 @@ class Router:
         if not count:
             return
         pop, pack, my_id, seq = stage.popleft, HEADER.pack, self.id, self._seq
-        items, total = [], 0
+        items: list[tuple[bytes, Any]] = []
+        total = 0
         append = items.append
         for _ in range(count):
             slot, body, dest_id, dest_seq = pop()

@@ -427,14 +427,14 @@ class _Scheduler:
     _COMPACT_MIN = 64
 
     def __init__(self) -> None:
-        self._heap: list = []
+        self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = itertools.count()
         self._cancelled = 0
         self._reset()
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
     def schedule(self, deadline: float, func, *args) -> _Entry:
         """Call ``func(*args)`` from the timer thread at *deadline* (monotonic)."""
@@ -469,7 +469,7 @@ class _Scheduler:
         cond = self._cond
         heap = self._heap
         while True:
-            due = []
+            due: list[_Entry] = []
             with cond:
                 while not due:
                     if not heap:
@@ -714,7 +714,7 @@ class Timer(Signal):
         self._oneshot = bool(oneshot)
         # While running: (token, scheduler entry). The token tells a current
         # expiry from one that was stopped or restarted meanwhile.
-        self._armed = None
+        self._armed: tuple[object, _Entry] | None = None
 
     @property
     def interval(self) -> float:

@@ -16,6 +16,7 @@ User types subclass :class:`MessageType` and override its three methods.
 from __future__ import annotations
 
 import sys
+from typing import Any, Union
 
 from .wire.codec import decode_object, encode_object
 
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+BytesLike = Union[bytes, bytearray, memoryview]  #: what message_from_bytes is given
 
 
 class MessageType:
@@ -45,15 +47,15 @@ class MessageType:
         """Return the short name of this type, used in slot names (e.g. ``'txt'``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement message_type_name()")
 
-    def message_to_bytes(self, message) -> bytes:
+    def message_to_bytes(self, message: Any) -> bytes:
         """Convert a message to the bytes sent over the wire; ValueError if it is not valid."""
         raise NotImplementedError(f"{type(self).__name__} must implement message_to_bytes()")
 
-    def message_from_bytes(self, data) -> object:
+    def message_from_bytes(self, data: BytesLike) -> Any:
         """Convert received bytes (bytes, bytearray or memoryview) back into a message."""
         raise NotImplementedError(f"{type(self).__name__} must implement message_from_bytes()")
 
-    def empty_message(self):
+    def empty_message(self) -> Any:
         """Return the message standing for "nothing"; by default the decoding of ``b''``."""
         return self.message_from_bytes(b"")
 
@@ -65,7 +67,7 @@ class MessageType:
         return f"<{type(self).__name__} {name!r}>"
 
 
-def _bytes_to_text(data) -> str:
+def _bytes_to_text(data: BytesLike) -> str:
     """Read bytes as text: UTF-8, else the stdin encoding, else their repr."""
     data = bytes(data)
     try:
@@ -88,7 +90,7 @@ class TextMessageType(MessageType):
         """Return ``'txt'``."""
         return "txt"
 
-    def message_to_bytes(self, message) -> bytes:
+    def message_to_bytes(self, message: Any) -> bytes:
         """Encode a str as UTF-8 (bytes input is first read as text); else ValueError."""
         if isinstance(message, str):
             try:
@@ -99,7 +101,7 @@ class TextMessageType(MessageType):
             return _bytes_to_text(message).encode("utf-8")
         raise ValueError(f"TEXT messages must be str, not {type(message).__name__}")
 
-    def message_from_bytes(self, data) -> str:
+    def message_from_bytes(self, data: BytesLike) -> str:
         """Decode UTF-8 bytes to str; invalid sequences become U+FFFD."""
         return str(data, "utf-8", "replace")
 
@@ -115,7 +117,7 @@ class BinaryMessageType(MessageType):
         """Return ``'bin'``."""
         return "bin"
 
-    def message_to_bytes(self, message) -> bytes:
+    def message_to_bytes(self, message: Any) -> bytes:
         """Return the message as bytes (bytearray and memoryview are copied); else ValueError."""
         if type(message) is bytes:
             return message
@@ -123,7 +125,7 @@ class BinaryMessageType(MessageType):
             return bytes(message)
         raise ValueError(f"BINARY messages must be bytes, not {type(message).__name__}")
 
-    def message_from_bytes(self, data) -> bytes:
+    def message_from_bytes(self, data: BytesLike) -> bytes:
         """Return the received data as bytes."""
         return data if type(data) is bytes else bytes(data)
 
@@ -139,11 +141,11 @@ class ObjectMessageType(MessageType):
         """Return ``'obj'``."""
         return "obj"
 
-    def message_to_bytes(self, message) -> bytes:
+    def message_to_bytes(self, message: Any) -> bytes:
         """Encode a value with the OBJECT codec; ValueError for what it cannot encode."""
         return encode_object(message)
 
-    def message_from_bytes(self, data) -> object:
+    def message_from_bytes(self, data: BytesLike) -> Any:
         """Decode a value with the OBJECT codec (empty data gives None); ValueError if malformed."""
         return decode_object(data)
 
@@ -162,7 +164,7 @@ OBJECT = ObjectMessageType()
 """Message type for plain Python values (``'obj'``)."""
 
 
-def as_message_type(obj) -> MessageType:
+def as_message_type(obj: object) -> MessageType:
     """Return a MessageType for ``obj``: an instance as is, a subclass instantiated, None as TEXT."""
     if obj is None:
         return TEXT

@@ -44,6 +44,7 @@ import threading
 from collections import deque
 from enum import Enum
 from itertools import islice, repeat
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = ["Policy", "BoundedQueue", "BLOCK", "DROP_OLD", "DROP_NEW"]
 
@@ -107,10 +108,10 @@ class BoundedQueue:
         *,
         name: str = "queue",
         log_level: int = logging.WARNING,
-        on_room=None,
-        size_of=len,
-        sizes_of=None,
-    ):
+        on_room: Callable[[], object] | None = None,
+        size_of: Callable[[Any], int] = len,
+        sizes_of: Callable[[Iterable[Any]], int] | None = None,
+    ) -> None:
         self._items: deque = deque()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -128,7 +129,7 @@ class BoundedQueue:
         self._size_of = size_of
         self._sizes_of = sizes_of or (lambda items: sum(map(size_of, items)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<BoundedQueue {self.name!r} {len(self._items)} items {self._bytes} bytes {self.policy.value}>"
 
     # -- reading the state (no lock: snapshots) ------------------------------------
@@ -139,13 +140,13 @@ class BoundedQueue:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         """Iterate over a snapshot of the items, oldest first."""
         with self._lock:
             return iter(list(self._items))
 
     @property
-    def items(self):
+    def items(self) -> deque[Any]:
         """The items themselves (a deque, oldest first): for a quick truth test
         or a look without the lock. Never change it: use the methods."""
         return self._items
@@ -208,7 +209,7 @@ class BoundedQueue:
 
     # -- putting -------------------------------------------------------------------
 
-    def put(self, item) -> bool:
+    def put(self, item: Any) -> bool:
         """Add ``item`` by the policy; return False if it was discarded."""
         size = self._size_of(item)
         with self._lock:
@@ -220,7 +221,7 @@ class BoundedQueue:
             self._after_put(before)
             return True
 
-    def put_many(self, items, total: int | None = None) -> int:
+    def put_many(self, items: Sequence[Any], total: int | None = None) -> int:
         """Add ``items`` (of ``total`` bytes, if the caller knows) in order, by the
         policy; return how many items were discarded (of these or of older ones)."""
         if total is None:
@@ -300,7 +301,7 @@ class BoundedQueue:
 
     # -- taking --------------------------------------------------------------------
 
-    def popleft(self):
+    def popleft(self) -> Any:
         """Remove and return the oldest item; IndexError if empty."""
         with self._lock:
             item = self._items.popleft()
@@ -310,7 +311,9 @@ class BoundedQueue:
             room()
         return item
 
-    def take(self, count: int | None = None, sink=None, max_bytes: int | None = None) -> list:
+    def take(
+        self, count: int | None = None, sink: Callable[[list[Any]], object] | None = None, max_bytes: int | None = None
+    ) -> list[Any]:
         """Remove and return up to ``count`` oldest items (all if None), in order;
         with ``max_bytes``, no more items than fit in that many bytes (but at
         least one).
@@ -354,7 +357,7 @@ class BoundedQueue:
             room()
         return out
 
-    def take_while(self, keep) -> list:
+    def take_while(self, keep: Callable[[Any], bool]) -> list[Any]:
         """Remove and return the oldest items for which ``keep(item)`` is true, stopping at the first that is not."""
         with self._lock:
             items, out = self._items, []
@@ -367,11 +370,11 @@ class BoundedQueue:
             room()
         return out
 
-    def peek(self):
+    def peek(self) -> Any:
         """The oldest item (not removed); IndexError if empty."""
         return self._items[0]
 
-    def _after_take(self):
+    def _after_take(self) -> Callable[[], object] | None:
         # Under the lock, for a queue marked full or dropping: did it drain far
         # enough to let producers in? Returns the on_room hook to call (without
         # the lock), or None.

@@ -160,8 +160,9 @@ class BaseChannel:
         pattern_out, pattern_in = self._messaging_patterns()
         if not (pattern_out or pattern_in):
             raise ValueError(f"{type(self).__name__} has no slot: its messaging patterns are empty")
-        self._slot_out_name, self._slot_out = _slot(slot_base, type_name, pattern_out) if pattern_out else ("", None)
-        self._slot_in_name, self._slot_in = _slot(slot_base, type_name, pattern_in) if pattern_in else ("", None)
+        # (a name of "" means no such slot: register is told None)
+        self._slot_out_name, self._slot_out = _slot(slot_base, type_name, pattern_out) if pattern_out else ("", 0)
+        self._slot_in_name, self._slot_in = _slot(slot_base, type_name, pattern_in) if pattern_in else ("", 0)
         self._closed = False
         self._received_signal = Signal()
         self._emit_pending = False
@@ -181,7 +182,13 @@ class BaseChannel:
         self._delivering = None  # the link of the packages being taken (loop side)
         self._waiter = Waiter(router)
         peer_joined = getattr(self, "_peer_joined", None)
-        router.register(self, self._slot_out, self._slot_in, self._receive_many, peer_joined)
+        router.register(
+            self,
+            self._slot_out if self._slot_out_name else None,
+            self._slot_in if self._slot_in_name else None,
+            self._receive_many,
+            peer_joined,
+        )
 
     def _messaging_patterns(self) -> tuple:
         """Return the patterns ``(outgoing, incoming)`` of the slot names ('' for none).

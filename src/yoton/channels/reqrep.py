@@ -365,12 +365,12 @@ class ReqChannel(BaseChannel):
             self._futures[future._request_id] = future
             start_ticking = not self._ticking
             self._ticking = True
-        self._announce(future)
+        self._announce_request(future)
         if start_ticking:
             self._router.call_later(self._tick, ANNOUNCE_INTERVAL)
         return future
 
-    def _announce(self, future: Future) -> None:
+    def _announce_request(self, future: Future) -> None:
         future._announced = time.monotonic()
         self._router.send(self._slot_out, PRE_REQUEST, 0, REF + future._request_id, force=True)
 
@@ -388,7 +388,7 @@ class ReqChannel(BaseChannel):
             if future._cancel_at is not None and now >= future._cancel_at:
                 future.cancel()
             elif now - future._announced >= ANNOUNCE_INTERVAL and not self._closed:
-                self._announce(future)
+                self._announce_request(future)
         with self._req_lock:
             self._ticking = bool(self._futures) and not self._closed
         if self._ticking:
@@ -479,7 +479,7 @@ class RepChannel(BaseChannel):
         self._offers: dict = {}
         self._turns: deque = deque()
         self._state = _Rep.IDLE
-        self._current = None  # (requester id, n) acknowledged or being served
+        self._current: tuple[int, int] | None = None  # (requester id, n) acknowledged or being served
         self._acked_at = 0.0
         self._ack_progress = 0  # bytes of the acknowledged request's body seen on its way
         self._expired: deque = deque(maxlen=64)  # acknowledged, body never came in time
@@ -490,7 +490,7 @@ class RepChannel(BaseChannel):
         self._refused = 0
         self._ticking = False  # one _tick chain at most, however often set_mode is called
 
-    def _set_state(self, new: _Rep, current=None) -> None:
+    def _set_state(self, new: _Rep, current: tuple[int, int] | None = None) -> None:
         """Move to ``new`` (under _lock); the only place the state changes."""
         if new not in self._TRANSITIONS[self._state]:
             raise RuntimeError(f"RepChannel cannot go from {self._state.value} to {new.value}")
@@ -645,7 +645,9 @@ class RepChannel(BaseChannel):
         requester announces again)."""
         now = time.monotonic()
         if self._state is _Rep.ACKNOWLEDGED and now - self._acked_at > ACK_TIMEOUT:
-            requester, n = key = self._current
+            key = self._current
+            assert key is not None  # (ACKNOWLEDGED: set with it)
+            requester, n = key
             got = self._router.receiving(requester, n)
             if got is not None and got >= self._ack_progress + ACK_PROGRESS:
                 self._ack_progress, self._acked_at = got, now  # (its body is coming: wait on)

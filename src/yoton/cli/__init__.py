@@ -104,6 +104,7 @@ def main(argv=None) -> int:
             return args.run(args) or EXIT_OK
         except UsageError as exc:
             args.parser.error(str(exc))  # exits with 2
+            raise  # (not reached)
         except CommandError as exc:
             return _fail(args, str(exc))
         except yoton.RemoteError as exc:

@@ -400,7 +400,7 @@ class Link:
         self._told: set = set()  # connections whose arrival was told
         self.host = ""
         self.port = 0
-        self.lost_reason = None
+        self.lost_reason: str | None = None
 
     @property
     def shown(self) -> str:

@@ -156,7 +156,7 @@ def load_target(spec: str):
         if where.endswith(".py") or os.sep in where or "/" in where:
             name = os.path.splitext(os.path.basename(where))[0] or "served"
             file_spec = importlib.util.spec_from_file_location(name, where)
-            if file_spec is None or not os.path.isfile(where):
+            if file_spec is None or file_spec.loader is None or not os.path.isfile(where):
                 raise CommandError(f"cannot import {where}: no such file")
             module = importlib.util.module_from_spec(file_spec)
             sys.modules[name] = module

@@ -70,6 +70,7 @@ import threading
 import time
 from collections import deque
 from enum import Enum
+from typing import Any
 
 from .. import events as _events_module
 from ..events import deferred_callbacks
@@ -116,7 +117,7 @@ class _EpollSet:
 
     def __init__(self):
         self._ep = select.epoll()
-        self._map: dict = {}  # fd -> [handler, mask]
+        self._map: dict[int, list[Any]] = {}  # fd -> [handler, mask]
 
     @staticmethod
     def _flags(mask: int) -> int:

@@ -103,7 +103,7 @@ class _Offer:
     def __init__(self, link: ItcLink):
         self.link = link
         self.event = threading.Event()
-        self.result = None  # (kind, detail)
+        self.result: tuple = ("", None)  # (kind, detail), once answered
         self._lock = threading.Lock()
         self._state = "new"  # -> "taken" (the bind handles it) or "cancelled" (the caller gave up)
 
@@ -141,7 +141,7 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0) -> ItcLink:
         with _binds_lock:
             bind = _binds.get(name)
         loop = None if bind is None or bind.closed else bind.first.loop
-        if loop is None or not loop.running:
+        if bind is None or loop is None or not loop.running:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConnectError(f"Could not connect to itc://{name} within {timeout:g} s (nothing bound to it).")
@@ -257,10 +257,12 @@ class ItcLink(Link):
         """Start taking what the peer queued, and let it take ours (loop side)."""
         if self.state is not CONNECTED:
             return
+        loop = self.loop
+        assert loop is not None  # (the owner gave it its loop before it was paired)
         self._reading = True
         self._no_spin = True
-        self.loop.no_spin += 1  # (our peer needs the GIL a polling reader of ours would take)
-        self.loop.housekeepers.add(self)
+        loop.no_spin += 1  # (our peer needs the GIL a polling reader of ours would take)
+        loop.housekeepers.add(self)
         self._schedule_pull()
         self.kick_writer()
 
@@ -302,7 +304,7 @@ class ItcLink(Link):
         if items:
             nbytes = src._inflight
             limit = self.config.max_package_size
-            packages = []
+            packages: list = []
             append, unpack = packages.append, HEADER.unpack
             for header, body in items:
                 _, slot, source_id, source_seq, dest_id, dest_seq, length = unpack(header)

@@ -57,9 +57,14 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from itertools import chain
+from typing import TYPE_CHECKING, Sequence
 from typing import Protocol as _Interface
 
 from ..queues import BLOCK, BoundedQueue, Policy
+
+if TYPE_CHECKING:
+    from .acceptor import Acceptor
+    from .ioloop import IOLoop
 
 log = logging.getLogger("yoton")
 
@@ -147,7 +152,7 @@ class LinkOwner(_Interface):
 
     config: LinkConfig
 
-    def io_loop(self):
+    def io_loop(self) -> IOLoop:
         """The I/O loop serving this context's links (started if needed)."""
 
     def link_attached(self, link: Link) -> None:
@@ -184,6 +189,9 @@ class LinkOwner(_Interface):
     def flushed(self) -> None:
         """A link wrote everything it had queued."""
 
+    def wait_flushed(self, links: Sequence[Link], timeout: float) -> None:
+        """Wait until ``links`` wrote what they queued (raise FlushTimeout after ``timeout`` s)."""
+
 
 class Link:
     """One link to one peer: state, the send queue with backpressure and
@@ -201,7 +209,7 @@ class Link:
         self.peer_address: tuple = ("", 0)
         self.close_reason: str | None = None
         self.done = threading.Event()  # set once CLOSED
-        self.loop = None
+        self.loop: IOLoop | None = None  # given by the owner when the link is attached
         self.is_timedout = False
         self.sendq = BoundedQueue(
             max_bytes=self.config.max_queue_bytes,
@@ -222,7 +230,7 @@ class Link:
         self.reconnects = 0  # how often the link was connected again after a loss
         #: The bind's :class:`~yoton.transport.acceptor.Acceptor` that admitted
         #: this link (or, for the link bind() made, the one it belongs to).
-        self.acceptor = None
+        self.acceptor: Acceptor | None = None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.handle.name!r} {self.state.value}>"
@@ -325,7 +333,7 @@ class Link:
         self.bytes_out += sent
         # Stalled, the peer takes data again once it has taken a quarter of the
         # queue's bound (a stopped process's kernel may still take a trickle).
-        if self.stalled and self.bytes_out - self._stall_mark >= self.sendq.max_bytes // 4:
+        if self.stalled and self.bytes_out - self._stall_mark >= self.config.max_queue_bytes // 4:
             self._unstall()
 
     def note_received(self, nbytes: int) -> None:
@@ -382,6 +390,7 @@ class Link:
         # upstream links may go on.
         if self.held:
             loop = self.loop
+            assert loop is not None  # (held: it was reading)
             if loop.on_loop_side():
                 self.release_upstream()
             else:

@@ -121,7 +121,7 @@ class Backoff:
         self.policy = policy
         self.attempt = 0  # attempts since the streak of failures began
         self.lost_at = 0.0  # (monotonic) when the current outage began
-        self.up_since = None  # (monotonic) when the last re-dial succeeded
+        self.up_since: float | None = None  # (monotonic) when the last re-dial succeeded
 
     def lost(self, now: float) -> float:
         """The link was lost at ``now``: the delay before the first attempt."""

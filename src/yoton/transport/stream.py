@@ -44,6 +44,7 @@ from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
 from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, REASON_EOF, REASON_SELF, Protocol
 from .acceptor import Acceptor, check_max_connections
+from .ioloop import IOLoop
 from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, RECONNECTING, WAITING, Link
 from .reconnect import Backoff, ReconnectPolicy
 from .tls import CHUNK, TlsPipe, describe, looks_like_tls
@@ -453,6 +454,7 @@ class Handshake:
         if self.over:
             return
         protocol, tls = self.protocol, self.tls
+        data: bytes | None
         try:
             data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -522,9 +524,10 @@ class Handshake:
             # the link delivers those packages and then closes.
             self._finish()
         elif protocol.state is not HANDSHAKE:
-            self._fail("auth" if protocol.auth_failed else "refused", protocol.close_reason)
+            self._fail("auth" if protocol.auth_failed else "refused", protocol.close_reason or "closed")
 
     def _tls_failed(self, exc: ssl.SSLError) -> None:
+        assert self.tls is not None
         self._send(self.tls.take())  # (the alert, if any)
         self._fail("tls", f"TLS handshake failed: {describe(exc)}" if self.server else describe(exc))
 
@@ -633,6 +636,7 @@ class Listener(Acceptor):
             self._refuse(handshake, "retry", f"connection lost during handshake: {exc}")
             return
         first = self.first
+        assert isinstance(first, StreamLink)
         kind, link = self.admit(handshake.protocol.peer_id, lambda handle: StreamLink(self.owner, handle))
         if kind == "refused":  # (it became full since its hello was vetted)
             handshake.sock.close()
@@ -726,12 +730,13 @@ class StreamLink(Link):
         """Serve the socket once CONNECTED and established with the owner (loop
         side): packages that came with the handshake are delivered, what is
         queued is written."""
-        loop = self.loop
-        loop.register(self.sock, self, write=False)
+        loop, sock, protocol = self.loop, self.sock, self.protocol
+        assert loop is not None and sock is not None and protocol is not None, "start_io before adopt"
+        loop.register(sock, self, write=False)
         if self.read_holds:  # (a link that moved to a new socket keeps its holds)
             self._update_interest()
         loop.housekeepers.add(self)
-        events = self.protocol.events_received()
+        events = protocol.events_received()
         if events:
             self._handle_events(events)
         self._write_now()
@@ -739,10 +744,11 @@ class StreamLink(Link):
     # -- reading (loop side) ---------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        protocol = self.protocol
+        protocol, sock = self.protocol, self.sock
+        assert protocol is not None and sock is not None  # (registered only once adopted)
         try:
             if self.tls is None:
-                nbytes = self.sock.recv_into(protocol.get_buffer())
+                nbytes = sock.recv_into(protocol.get_buffer())
             else:
                 nbytes = self._read_tls()
         except (BlockingIOError, InterruptedError):
@@ -773,20 +779,21 @@ class StreamLink(Link):
 
     def _read_tls(self) -> int:
         """Read ciphertext, feed the plaintext to the protocol; return the bytes read."""
-        data = self.sock.recv(CHUNK)
+        sock, tls, protocol, loop = self.sock, self.tls, self.protocol, self.loop
+        assert sock is not None and tls is not None and protocol is not None and loop is not None
+        data = sock.recv(CHUNK)
         if data:
-            tls = self.tls
             tls.feed(data)
             plain = tls.read()
             if plain:
-                self.protocol.receive_data(plain)
+                protocol.receive_data(plain)
             if tls.eof:
-                self.protocol.receive_eof()
+                protocol.receive_eof()
             if tls.pending_out:  # TLS itself wants to answer (e.g. a key update)
                 self._backlog = memoryview(bytes(self._backlog) + tls.take())
                 if not self._write_scheduled:
                     self._write_scheduled = True
-                    self.loop.schedule_write(self)
+                    loop.schedule_write(self)
         return len(data)
 
     def _handle_events(self, events: list) -> None:
@@ -797,7 +804,9 @@ class StreamLink(Link):
         if stop > start:
             self.deliver(events[start:stop] if start or closed else events)
         if closed:
-            reason = self.protocol.close_reason
+            protocol = self.protocol
+            assert protocol is not None
+            reason = protocol.close_reason
             if self.state is CLOSING:
                 self.teardown(self.close_reason)
             elif reason == REASON_EOF:  # (ended without the close signal: the peer is gone)
@@ -826,6 +835,7 @@ class StreamLink(Link):
             finally:
                 self._wlock.release()
         self._write_scheduled = True
+        assert self.loop is not None  # (CONNECTED: adopted, and the owner gave it its loop)
         self.loop.schedule_write(self)
 
     def unwritten(self) -> int:
@@ -905,8 +915,8 @@ class StreamLink(Link):
         Anything else (a partial write, a full kernel buffer, an error) is
         left for the loop side, which also owns every state change.
         """
-        bufs, sendq = self._wbufs, self.sendq
-        if bufs or self._want_write or self.state is not CONNECTED or self.loop.on_loop_side():
+        bufs, sendq, loop = self._wbufs, self.sendq, self.loop
+        if bufs or self._want_write or self.state is not CONNECTED or loop is None or loop.on_loop_side():
             return False
         self._take()
         try:
@@ -930,13 +940,16 @@ class StreamLink(Link):
         header and body buffers); a copy of up to :data:`_JOIN_LIMIT` bytes
         is cheaper. Large bodies still go straight from their own buffer.
         """
+        sock = self.sock
+        assert sock is not None
         if len(bufs) > 2 and sum(map(len, bufs)) <= _JOIN_LIMIT:
-            return self.sock.send(b"".join(bufs))
-        return self.sock.sendmsg(bufs)
+            return sock.send(b"".join(bufs))
+        return sock.sendmsg(bufs)
 
     def _send_tls(self, bufs: list) -> int:
         """``sendmsg`` for TLS: encrypt up to CHUNK bytes of ``bufs``; return how many were taken."""
-        tls = self.tls
+        tls, sock = self.tls, self.sock
+        assert tls is not None and sock is not None
         taken = 0
         if not self._backlog:
             for buf in bufs:
@@ -946,7 +959,7 @@ class StreamLink(Link):
                     break
             self._backlog = memoryview(tls.take())
         try:
-            sent = self.sock.send(self._backlog)
+            sent = sock.send(self._backlog)
         except (BlockingIOError, InterruptedError):
             sent = 0
         self._backlog = self._backlog[sent:] if sent < len(self._backlog) else b""
@@ -1047,22 +1060,32 @@ class StreamLink(Link):
             self._wbufs.clear()
             self._backlog = b""
         if sock is not None:
-            self.loop.unregister(sock)
+            loop = self.loop
+            assert loop is not None  # (a socket is had only once the owner gave the link its loop)
+            loop.unregister(sock)
             sock.close()
         self._want_write = False
         self.protocol = self.tls = None
         return lost
 
+    def _redialling(self) -> tuple:
+        """``(loop, target, policy, backoff)`` of a link that re-dials (loop side)."""
+        loop, target, policy, backoff = self.loop, self.target, self.policy, self._backoff
+        assert loop is not None and target is not None and policy is not None and backoff is not None
+        return loop, target, policy, backoff
+
     def _schedule_attempt(self, delay: float) -> None:
-        self._redial_timer = self.loop.call_later(self._attempt, delay)
+        loop = self._redialling()[0]
+        self._redial_timer = loop.call_later(self._attempt, delay)
 
     def _attempt(self) -> None:
         self._redial_timer = None
         if self.state is not RECONNECTING:
             return
-        deadline = time.monotonic() + self.policy.attempt_timeout
+        loop, target, policy, _ = self._redialling()
+        deadline = time.monotonic() + policy.attempt_timeout
         try:
-            handshake = self.target.attempt(self.loop, self.config, deadline, self._redialled, self._redial_failed)
+            handshake = target.attempt(loop, self.config, deadline, self._redialled, self._redial_failed)
         except ssl.SSLError as exc:
             self.teardown(f"Gave up reconnecting: {describe(exc)}.")
             return
@@ -1077,7 +1100,7 @@ class StreamLink(Link):
             handshake.sock.close()  # (closed meanwhile)
             return
         self._dialing = None
-        self._backoff.succeeded(time.monotonic())
+        self._redialling()[3].succeeded(time.monotonic())
         self.resume(handshake, redialled=True)
 
     def _redial_failed(self, handshake: Handshake, kind: str, detail: str) -> None:
@@ -1085,16 +1108,17 @@ class StreamLink(Link):
             return  # (closed meanwhile)
         self._dialing = None
         if kind in _FATAL_KINDS or detail == REASON_SELF:
-            self.teardown(f"Gave up reconnecting to {self.target.display}: {detail.rstrip('.')}.")
+            target = self._redialling()[1]
+            self.teardown(f"Gave up reconnecting to {target.display}: {detail.rstrip('.')}.")
             return
         self._retry(detail)
 
     def _retry(self, detail: str) -> None:
-        backoff = self._backoff
+        loop, _, _, backoff = self._redialling()
         delay = backoff.next_delay()
         now = time.monotonic()
         if backoff.give_up(now, delay):  # (the next attempt would come too late: end when the time is up)
-            self._redial_timer = self.loop.call_later(self._give_up, max(0.0, backoff.deadline() - now), detail)
+            self._redial_timer = loop.call_later(self._give_up, max(0.0, backoff.deadline() - now), detail)
             return
         log.debug("yoton: connection %r: re-dial failed (%s); next in %.2f s", self.handle.name, detail, delay)
         self._schedule_attempt(delay)
@@ -1102,9 +1126,9 @@ class StreamLink(Link):
     def _give_up(self, detail: str) -> None:
         self._redial_timer = None
         if self.state is RECONNECTING:
-            backoff = self._backoff
+            _, target, _, backoff = self._redialling()
             self.teardown(
-                f"Gave up reconnecting to {self.target.display} after {time.monotonic() - backoff.lost_at:.1f} s "
+                f"Gave up reconnecting to {target.display} after {time.monotonic() - backoff.lost_at:.1f} s "
                 f"({backoff.attempt - 1} attempts; the last: {detail.rstrip('.')}); lost because: "
                 f"{self._lost_reason.rstrip('.')}."
             )
@@ -1112,7 +1136,7 @@ class StreamLink(Link):
     def _stop_redialling(self) -> None:
         timer, self._redial_timer = self._redial_timer, None
         if timer is not None:
-            self.loop.cancel(timer)
+            IOLoop.cancel(timer)
         handshake, self._dialing = self._dialing, None
         if handshake is not None:
             handshake.drop("connection closed")

@@ -48,9 +48,9 @@ log = logging.getLogger("yoton")
 
 __all__ = ["open_bind", "open_connect", "AVAILABLE", "unix_path"]
 
-_AF_UNIX = getattr(socket, "AF_UNIX", None)
+_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
 #: Whether this platform has Unix domain sockets for ipc:// addresses.
-AVAILABLE = _AF_UNIX is not None and sys.platform != "win32"
+AVAILABLE = hasattr(socket, "AF_UNIX") and sys.platform != "win32"
 _PATH_MAX = 104  # bytes (macOS; Linux allows 108)
 
 

@@ -105,6 +105,7 @@ import sys
 import threading
 from itertools import chain
 from operator import eq as _eq
+from typing import Any, Iterator
 
 __all__ = ["MAX_DEPTH", "MEMORY_RATIO", "MEMORY_ALLOWANCE", "HASH_CHECK_MIN", "encode_object", "decode_object"]
 
@@ -156,7 +157,7 @@ _FALSE = b"b\x00"
 # -- encoding -----------------------------------------------------------------
 
 
-def encode_object(value, *, max_depth: int = MAX_DEPTH) -> bytes:
+def encode_object(value: Any, *, max_depth: int = MAX_DEPTH) -> bytes:
     """Encode ``value`` (None, bool, int, float, str, list, tuple, dict) to bytes.
 
     Raises ValueError for unsupported types, ints outside signed 64 bits,
@@ -166,7 +167,7 @@ def encode_object(value, *, max_depth: int = MAX_DEPTH) -> bytes:
     """
     parts: list[bytes] = []
     out = parts.append
-    stack = []  # iterators over the enclosing containers' remaining items
+    stack: list[Iterator[Any]] = []  # iterators over the enclosing containers' remaining items
     deep = []  # the enclosing containers nested deeper than _CYCLE_CHECK_DEPTH
     check_cycles_at = _CYCLE_CHECK_DEPTH  # look for a cycle among them at this many (then doubled)
     it = iter((value,))
@@ -235,7 +236,7 @@ def encode_object(value, *, max_depth: int = MAX_DEPTH) -> bytes:
             it = stack.pop()
 
 
-def _encode_leaf(v) -> bytes:
+def _encode_leaf(v: Any) -> bytes:
     """Encode a str, int or float that was converted from a subclass instance."""
     if type(v) is str:
         try:
@@ -257,7 +258,7 @@ def _int_range_message(v: int) -> str:
     return f"int {shown} does not fit in signed 64 bits"
 
 
-def _as_base_type(v):
+def _as_base_type(v: Any) -> Any:
     """Convert an instance of a subclass of a supported type to that type."""
     if isinstance(v, int):  # bool cannot be subclassed, so this is a true int
         return int.__int__(v)
@@ -286,8 +287,12 @@ class _Refused(Exception):
 
 
 def decode_object(
-    data, *, max_depth: int = MAX_DEPTH, memory_ratio: int = MEMORY_RATIO, memory_allowance: int = MEMORY_ALLOWANCE
-):
+    data: bytes | bytearray | memoryview,
+    *,
+    max_depth: int = MAX_DEPTH,
+    memory_ratio: int = MEMORY_RATIO,
+    memory_allowance: int = MEMORY_ALLOWANCE,
+) -> Any:
     """Decode one value from ``data`` (bytes, bytearray or memoryview).
 
     Empty data decodes to None. Raises ValueError for malformed data, for
@@ -322,7 +327,7 @@ def decode_object(
     return value
 
 
-def _decode_gc_paused(*args):
+def _decode_gc_paused(*args: Any) -> tuple[Any, int]:
     """_decode with automatic garbage collection paused (see the module docstring)."""
     if not _pause_gc():
         return _decode(*args)
@@ -336,7 +341,7 @@ def _decode_gc_paused(*args):
 _BIG_LIST, _BIG_TUPLE, _BIG_DICT, _HUGE_DICT = 0x4C, 0x54, 0x45, 0x44  # (huge: keys checked first)
 
 
-def _decode(buf, end, max_depth, ratio, allowance):
+def _decode(buf: bytes, end: int, max_depth: int, ratio: int, allowance: int) -> tuple[Any, int]:
     """Decode the value at the start of ``buf``; return ``(value, next_pos)``.
 
     Iterative, so deep input cannot exhaust the Python stack. Running off
@@ -356,11 +361,12 @@ def _decode(buf, end, max_depth, ratio, allowance):
     pos = 0
     spent = 0
     limit = allowance
-    stack = []  # the enclosing containers' (items, remaining, tag)
+    stack: list[tuple[list[Any], int, int]] = []  # the enclosing containers' (items, remaining, tag)
     # The innermost open container: the items collected so far, how many it
     # still needs (dicts count keys and values) and its tag. The outermost is a
     # stand-in (tag 0) that takes the one top-level value.
-    items = []
+    items: list[Any] = []
+    value: Any = None
     remaining = 1
     ctag = 0
     while True:
@@ -595,7 +601,7 @@ _REPLAY_MIN = 1024  # from this many keys, CPython's placement of them is replay
 _WALK_PER_KEY, _WALK_BASE = 1, 256  # cycle-walk probes allowed (ordinary keys make almost none)
 
 
-def _check_keys(items: list) -> None:
+def _check_keys(items: list[Any]) -> None:
     """Refuse the dict made of these alternating keys and values if its keys would flood a hash table.
 
     Two ways make building a dict quadratic (see the module docstring):
@@ -635,7 +641,7 @@ def _check_keys(items: list) -> None:
             )
 
 
-def _walk_steps(keys: list, hashes: list, distinct: bool, limit: int) -> int:
+def _walk_steps(keys: list[Any], hashes: list[int], distinct: bool, limit: int) -> int:
     """Replay how CPython builds ``dict(zip(keys, ...))``; return its cycle-walk steps.
 
     The table starts with 8 slots and doubles when a new key finds it

@@ -23,6 +23,7 @@ producing packages; the caller closes the connection with that reason.
 from __future__ import annotations
 
 import struct
+from typing import Any, Union
 
 __all__ = [
     "HEADER",
@@ -77,6 +78,10 @@ def _alias(name: str) -> property:
     )
 
 
+#: A package body: bytes, or a bytearray for a large body read in place.
+Body = Union[bytes, bytearray]
+
+
 class Package:
     """One package: routing fields plus the (encoded) body.
 
@@ -96,7 +101,16 @@ class Package:
         "queue_mark": "Bytes a channel queued before this package (set by the channel; keeps its byte count).",
     }
 
-    def __init__(self, data, slot, source_id, source_seq, dest_id=0, dest_seq=0, recv_seq=0):
+    def __init__(
+        self,
+        data: Body,
+        slot: int,
+        source_id: int,
+        source_seq: int,
+        dest_id: int = 0,
+        dest_seq: int = 0,
+        recv_seq: int = 0,
+    ) -> None:
         self.data = data
         self.slot = slot
         self.source_id = source_id
@@ -117,7 +131,7 @@ class Package:
             len(self.data),
         )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<Package slot={self.slot} src={self.source_id:016x}:{self.source_seq} "
             f"dest={self.dest_id:016x}:{self.dest_seq} len={len(self.data)}>"
@@ -133,20 +147,21 @@ class Package:
     _dest_seq = _alias("dest_seq")
     _recv_seq = _alias("recv_seq")
 
-    def parts(self) -> tuple:
+    def parts(self) -> tuple[bytes, Body]:
         """Return ``(header, body)``: the 56 header bytes and the body, as sent on the wire."""
         return self.header(), self.data
 
     @classmethod
-    def from_header(cls, header):
+    def from_header(cls, header: bytes) -> tuple[Package | None, int | None]:
         """Return ``(package without body, body length)`` for 56 header bytes, or
         ``(None, None)`` if their control field is not yoton's."""
         control, slot, source_id, source_seq, dest_id, dest_seq, length = _unpack_from(header)
         if control != CONTROL:
             return None, None
-        return cls(None, slot, source_id, source_seq, dest_id, dest_seq, 0), length
+        # (yoton 2.2's: a package with no data yet; the caller reads the body)
+        return cls(None, slot, source_id, source_seq, dest_id, dest_seq, 0), length  # type: ignore[arg-type]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"At slot {self.slot}: {self.data!r}"
 
 
@@ -192,7 +207,7 @@ class FrameDecoder:
 
     def __init__(self, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
         self.max_package_size = max_package_size
-        self.packages: list = []
+        self.packages: list[Any] = []
         self.error: str | None = None
         self.peer_closed = False
         self._buf = bytearray(_READ_BUFFER)
@@ -201,9 +216,9 @@ class FrameDecoder:
         self._body: bytearray | None = None  # large body being filled
         self._body_fill = 0
         self._body_size = 0  # its announced length (len(_body) may still be less)
-        self._pending: tuple | None = None  # header fields of that large body
+        self._pending: tuple[int, int, int, int, int] | None = None  # header fields of that large body
 
-    def partial(self) -> tuple | None:
+    def partial(self) -> tuple[int, ...] | None:
         """The large package being received, if any: ``(slot, source_id,
         source_seq, dest_id, dest_seq, bytes received, length)``."""
         fields = self._pending
@@ -237,12 +252,13 @@ class FrameDecoder:
             if self._body_fill == self._body_size:
                 body, fields = self._body, self._pending
                 self._body = self._pending = None
+                assert fields is not None  # (set with _body)
                 self.packages.append(Package(body, *fields))
             return
         self._end += nbytes
         self._parse()
 
-    def receive_data(self, data) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed a bytes-like object (any length, any split)."""
         view = memoryview(data).cast("B")
         while view.nbytes and self.error is None and not self.peer_closed:
@@ -259,6 +275,7 @@ class FrameDecoder:
         hold a view on the old one); the copies add up to less than the body.
         """
         body = self._body
+        assert body is not None  # (called while a large body is being filled)
         grown = bytearray(min(2 * len(body), self._body_size))
         grown[: self._body_fill] = body
         self._body = grown

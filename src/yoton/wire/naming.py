@@ -80,7 +80,7 @@ def _parse_port(text: str) -> int:
         raise ValueError(f"Invalid offset {offset!r} in address port {text!r}.") from None
 
 
-def parse_address(address) -> tuple[str, str, int]:
+def parse_address(address: object) -> tuple[str, str, int]:
     """Split ``[protocol://]host:port`` into ``(protocol, host, port)``.
 
     The protocol is lower-cased and defaults to ``'tcp'``; other protocols
@@ -181,7 +181,7 @@ class UID:
         h = self.get_hex()
         return f"<UID {h[:8]}-{h[8:]}>"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, UID):
             return self._value == other._value
         return NotImplemented

@@ -45,6 +45,7 @@ from __future__ import annotations
 import hmac
 import os
 from enum import Enum
+from typing import Any
 
 from ..errors import HandshakeError
 from .frames import DEFAULT_MAX_PACKAGE_SIZE, FrameDecoder
@@ -177,12 +178,13 @@ class Protocol:
         self.handshake_done = False  # stays True once the handshake (and auth) succeeded
         self._hello_done = False
         self._first = b""
+        self._last_buf: memoryview | None = None
         self.close_reason: str | None = None
         self.auth_failed = False  # closed because the auth_key proofs failed (or were refused)
         self.peer_closed = False  # True when the peer ended it (signal or EOF)
         self.decoder = FrameDecoder(max_package_size)
         self._line = bytearray()
-        self._events: list = []
+        self._events: list[Any] = []
         self.decoder.packages = self._events
         self._out = format_hello(local_id, local_pid) + self._nonce_line() if side == "connect" else b""
 
@@ -212,14 +214,14 @@ class Protocol:
     def buffer_updated(self, nbytes: int) -> None:
         """Account for ``nbytes`` received into the last :meth:`get_buffer` memory."""
         if self.state is OPEN:
-            if self._sniff:
+            if self._sniff and self._last_buf is not None:
                 self._check_first_bytes(self._last_buf[:nbytes])
                 if self.state is not OPEN:
                     return
             self.decoder.buffer_updated(nbytes)
             self._collect()
 
-    def receive_data(self, data) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed received bytes (any amount, any split)."""
         if self.state is HANDSHAKE:
             data = self._receive_lines(bytes(data))
@@ -246,11 +248,11 @@ class Protocol:
 
     # -- output -----------------------------------------------------------
 
-    def partial(self) -> tuple | None:
+    def partial(self) -> tuple[int, ...] | None:
         """The large package being received, if any (see :meth:`FrameDecoder.partial`)."""
         return self.decoder.partial()
 
-    def events_received(self) -> list:
+    def events_received(self) -> list[Any]:
         """Return (and forget) the events since the last call."""
         events = self._events
         if events:
@@ -310,6 +312,8 @@ class Protocol:
             self._open()
 
     def _auth_line(self, line: bytes) -> None:
+        key = self.auth_key
+        assert key is not None  # only called on a keyed handshake
         kind, value = line[:5], line[5:]
         try:
             value = bytes.fromhex(value.decode("ascii"))
@@ -317,11 +321,11 @@ class Protocol:
             value = b""
         if kind == _AUTH_NONCE and self._peer_nonce is None and len(value) == NONCE_SIZE:
             self._peer_nonce = value
-            proof = auth_proof(self.auth_key, self.side, value, self._nonce, self.local_id, self.peer_id)
+            proof = auth_proof(key, self.side, value, self._nonce, self.local_id, self.peer_id)
             self._out += _AUTH_PROOF + proof.hex().encode() + b"\r\n"
         elif kind == _AUTH_PROOF and self._peer_nonce is not None and not self._peer_verified:
             peer_side = "bind" if self.side == "connect" else "connect"
-            expected = auth_proof(self.auth_key, peer_side, self._nonce, self._peer_nonce, self.peer_id, self.local_id)
+            expected = auth_proof(key, peer_side, self._nonce, self._peer_nonce, self.peer_id, self.local_id)
             if not hmac.compare_digest(value, expected):
                 self._auth_fail("wrong key")
                 return
@@ -341,7 +345,7 @@ class Protocol:
         self._events.append(HANDSHAKE_DONE)
         self.decoder.packages = self._events
 
-    def _check_first_bytes(self, data) -> None:
+    def _check_first_bytes(self, data: bytes | bytearray | memoryview) -> None:
         # Without a key, a peer that opens with an auth nonce wants one.
         self._first += bytes(data[: len(_AUTH_NONCE) - len(self._first)])
         if len(self._first) >= len(_AUTH_NONCE) or not data:
