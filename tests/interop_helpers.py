@@ -203,10 +203,11 @@ def killed_and_restarted(impl: str, addr: str, policy) -> None:
     ctx = yoton.Context()
     try:
         peer = start("peer-1")
-        conn = ctx.connect(addr, timeout=5.0, reconnect=policy)
-        reconnected, closed = _record(conn.reconnected), _record(conn.closed)
+        # (the channels first: the peer's state answers our connect at once)
         pub, req = yoton.PubChannel(ctx, "numbers"), yoton.ReqChannel(ctx, "calc")
         mine, theirs = yoton.StateChannel(ctx, "my-state"), yoton.StateChannel(ctx, "peer-state")
+        conn = ctx.connect(addr, timeout=5.0, reconnect=policy)
+        reconnected, closed = _record(conn.reconnected), _record(conn.closed)
         mine.send("mine-1")
         assert wait_for(lambda: theirs.recv() == "peer-1", 5.0), theirs.recv()
         for i in range(10):

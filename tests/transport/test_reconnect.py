@@ -122,7 +122,8 @@ def test_gives_up_after_give_up_after_and_closes_saying_why(make_ctx):
     took = time.monotonic() - t0
     reason = closed[0][2]
     assert reason.startswith(f"Gave up reconnecting to 127.0.0.1:{bound.port} after ") and "attempts" in reason
-    assert "Connection refused" in reason and "Other end dropped the connection" in reason, reason
+    # (the loss: the end of the stream, or a reset when our heartbeat was unread)
+    assert "Connection refused" in reason and ("Other end dropped the connection" in reason or "reset" in reason)
     assert 0.5 <= took < 3.0, took
     assert not conn.is_alive and len(closed) == 1
 
