@@ -273,6 +273,20 @@ MEASUREMENTS += [
         compare_to="oneway_100B",
     ),
     Measurement(
+        "oneway_1MiB_ipc",
+        "one-way 1 MiB, ipc://",
+        "oneway",
+        MiB,
+        BANDWIDTH,
+        {
+            "full": _per_stack(_lossless(1500, 64 * MiB, MiB), None, {"count": 3000, "duration": 2.0, "hwm": 16}),
+            "quick": _per_stack(_lossless(20, 8 * MiB, MiB), None, {"count": 50, "duration": 0.5, "hwm": 16}),
+        },
+        note="Unix socket; as oneway_1MiB",
+        transport="ipc",
+        compare_to="oneway_1MiB",
+    ),
+    Measurement(
         "pingpong_100B_ipc",
         "pub/sub ping-pong 100 B, ipc://",
         "pingpong",

@@ -22,11 +22,12 @@ EXPECTED = {
     "pingpong_100B": ["median_us", "p99_us"],
     "flood": ["rss_peak_MB", "dropped"],
     "oneway_100B_ipc": ["msgs_per_s"],
+    "oneway_1MiB_ipc": ["MB_per_s"],
     "pingpong_100B_ipc": ["median_us", "p99_us"],
     "inproc_oneway_100B": ["msgs_per_s"],
     "inproc_pingpong_100B": ["median_us", "p99_us"],
 }
-ONE_WAY = ("oneway_100B", "oneway_1MiB", "oneway_16MiB", "oneway_100B_ipc", "inproc_oneway_100B")
+ONE_WAY = ("oneway_100B", "oneway_1MiB", "oneway_16MiB", "oneway_100B_ipc", "oneway_1MiB_ipc", "inproc_oneway_100B")
 
 
 def test_quick_run_of_our_stack(tmp_path):
