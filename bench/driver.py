@@ -19,6 +19,13 @@ Measurements (``MEASUREMENTS``):
 5. ``flood`` -- a receiver that sleeps while the sender floods it, then
    drains: its peak RSS and how many messages it dropped under the
    configured ``queue_params`` (pyzmq: default HWM, so the sender blocks).
+6. ``oneway_100B_ipc`` / ``pingpong_100B_ipc`` -- 1. and 4. over a Unix
+   socket (yoton ``ipc://``, pyzmq ``ipc://``); the table adds ours over
+   ipc against ours over TCP.
+7. ``inproc_oneway_100B`` / ``inproc_pingpong_100B`` -- both ends in one
+   process (two threads): ours over ``itc://``, pyzmq over ``inproc://``, and
+   the baselines ``queue.Queue`` and ``multiprocessing.Pipe``; a table of
+   their own.
 
 Counts are sized per stack so one run takes roughly 1-3 s (the original
 yoton does ~9k msgs/s and ~0.2 s per request); senders also stop after a
@@ -41,6 +48,7 @@ import json
 import os
 import platform
 import queue
+import shutil
 import signal
 import socket
 import statistics
@@ -58,7 +66,10 @@ WORKER = HERE / "worker.py"
 RESULTS = HERE / "results"
 MARK = "@@BENCH "
 
-STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq"}
+STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq", "queue": "queue.Queue", "pipe": "mp.Pipe"}
+#: The stacks of the two-process table and of the in-process one.
+NET_STACKS = ("ours", "orig", "zmq")
+INPROC_STACKS = ("ours", "zmq", "queue", "pipe")
 STACK_ALIASES = {
     "ours": "ours",
     "new": "ours",
@@ -69,6 +80,10 @@ STACK_ALIASES = {
     "original": "orig",
     "zmq": "zmq",
     "pyzmq": "zmq",
+    "queue": "queue",
+    "queue.queue": "queue",
+    "pipe": "pipe",
+    "mp.pipe": "pipe",
 }
 MiB = 1 << 20
 
@@ -91,13 +106,17 @@ class Measurement:
     kind: str  # oneway | flood | reqrep | pingpong
     size: int
     metrics: list
-    # per mode ('full' / 'quick'), per stack: worker parameters
+    # per mode ('full' / 'quick'), per stack: worker parameters (a stack without any is not run)
     params: dict = field(default_factory=dict)
     note: str = ""
+    transport: str = "tcp"  # how the two processes talk: "tcp" or "ipc"
+    compare_to: str = ""  # the id of the same measurement over TCP (the table shows ours here/ours there)
+    inproc: bool = False  # both ends in one process (the in-process table)
 
 
-def _per_stack(ours: dict, orig: dict, zmq: dict) -> dict:
-    return {"ours": ours, "orig": orig, "zmq": zmq}
+def _per_stack(ours: dict, orig: dict | None, zmq: dict, **baselines) -> dict:
+    out = {"ours": ours, "orig": orig, "zmq": zmq, **baselines}
+    return {stack: params for stack, params in out.items() if params is not None}
 
 
 def _lossless(count: int, max_queue_bytes: int, size: int) -> dict:
@@ -238,9 +257,115 @@ MEASUREMENTS = [
         },
     ),
 ]
+MEASUREMENTS += [
+    Measurement(
+        "oneway_100B_ipc",
+        "one-way 100 B pub/sub, ipc://",
+        "oneway",
+        100,
+        THROUGHPUT,
+        {
+            "full": _per_stack({"count": 1_500_000, "duration": 2.0}, None, {"count": 3_000_000, "duration": 2.0}),
+            "quick": _per_stack({"count": 5_000, "duration": 0.5}, None, {"count": 20_000, "duration": 0.5}),
+        },
+        note="Unix socket: yoton ipc://PATH, pyzmq ipc://PATH",
+        transport="ipc",
+        compare_to="oneway_100B",
+    ),
+    Measurement(
+        "oneway_1MiB_ipc",
+        "one-way 1 MiB, ipc://",
+        "oneway",
+        MiB,
+        BANDWIDTH,
+        {
+            "full": _per_stack(_lossless(1500, 64 * MiB, MiB), None, {"count": 3000, "duration": 2.0, "hwm": 16}),
+            "quick": _per_stack(_lossless(20, 8 * MiB, MiB), None, {"count": 50, "duration": 0.5, "hwm": 16}),
+        },
+        note="Unix socket; as oneway_1MiB",
+        transport="ipc",
+        compare_to="oneway_1MiB",
+    ),
+    Measurement(
+        "pingpong_100B_ipc",
+        "pub/sub ping-pong 100 B, ipc://",
+        "pingpong",
+        100,
+        LATENCY,
+        {
+            "full": _per_stack(
+                {"count": 5000, "duration": 1.5, "warmup": 20}, None, {"count": 20000, "duration": 1.5, "warmup": 50}
+            ),
+            "quick": _per_stack(
+                {"count": 100, "duration": 0.3, "warmup": 3}, None, {"count": 500, "duration": 0.3, "warmup": 5}
+            ),
+        },
+        note="Unix socket; pyzmq: REQ/REP",
+        transport="ipc",
+        compare_to="pingpong_100B",
+    ),
+    Measurement(
+        "inproc_oneway_100B",
+        "in-process one-way 100 B",
+        "inproc_oneway",
+        100,
+        THROUGHPUT,
+        {
+            "full": _per_stack(
+                {"count": 1_000_000, "duration": 2.0},
+                None,
+                {"count": 3_000_000, "duration": 2.0},
+                queue={"count": 1_000_000, "duration": 2.0},
+                pipe={"count": 1_000_000, "duration": 2.0},
+            ),
+            "quick": _per_stack(
+                {"count": 5_000, "duration": 0.5},
+                None,
+                {"count": 20_000, "duration": 0.5},
+                queue={"count": 20_000, "duration": 0.5},
+                pipe={"count": 20_000, "duration": 0.5},
+            ),
+        },
+        note="ours: two contexts over itc:// (sync-mode subscriber: lossless); pyzmq: PUSH/PULL over inproc://",
+        inproc=True,
+    ),
+    Measurement(
+        "inproc_pingpong_100B",
+        "in-process ping-pong 100 B",
+        "inproc_pingpong",
+        100,
+        LATENCY,
+        {
+            "full": _per_stack(
+                {"count": 5000, "duration": 1.5, "warmup": 20},
+                None,
+                {"count": 20000, "duration": 1.5, "warmup": 50},
+                queue={"count": 20000, "duration": 1.5, "warmup": 50},
+                pipe={"count": 20000, "duration": 1.5, "warmup": 50},
+            ),
+            "quick": _per_stack(
+                {"count": 100, "duration": 0.3, "warmup": 3},
+                None,
+                {"count": 500, "duration": 0.3, "warmup": 5},
+                queue={"count": 500, "duration": 0.3, "warmup": 5},
+                pipe={"count": 500, "duration": 0.3, "warmup": 5},
+            ),
+        },
+        note="ours: pub/sub over itc://; the others: a message and its echo",
+        inproc=True,
+    ),
+]
 BY_ID = {m.id: m for m in MEASUREMENTS}
 
-ROLES = {"oneway": ("recv", "send"), "flood": ("recv", "send"), "reqrep": ("rep", "req"), "pingpong": ("pong", "ping")}
+ROLES = {
+    "oneway": ("recv", "send"),
+    "flood": ("recv", "send"),
+    "reqrep": ("rep", "req"),
+    "pingpong": ("pong", "ping"),
+    "inproc_oneway": ("inproc",),
+    "inproc_pingpong": ("inproc",),
+}
+ONE_WAY = ("oneway", "inproc_oneway")  # (received must equal sent)
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -398,10 +523,14 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
                 missing[stack] = "pyzmq is not installed (pip install -e '.[bench]')"
             else:
                 envs[stack] = dict(base)
+        else:  # the standard library's queue.Queue and multiprocessing.Pipe
+            envs[stack] = dict(base)
     return envs, missing
 
 
 def check_module(stack: str, info: dict, env: dict) -> None:
+    if stack in ("queue", "pipe"):
+        return
     module = info.get("module") or ""
     if stack == "orig" and not module.startswith(env["PYTHONPATH"]):
         raise WorkerError(f"stack orig imported {module}, not the original yoton")
@@ -418,9 +547,15 @@ OUR_POLLER: str | None = None  #: --poller: YOTON_POLLER for our stack (None: th
 
 def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict | None = None) -> dict:
     """Run one repetition of ``m`` for ``stack``; return the combined result."""
+    if m.inproc:
+        return run_inproc(m, stack, params, env)
     server_role, client_role = ROLES[m.kind]
     port = free_port()
     common = dict(params, size=m.size, port=port, deadline=params.get("deadline", 240.0))
+    sock_dir = None
+    if m.transport == "ipc":
+        sock_dir = tempfile.mkdtemp(prefix="ytb-")  # (short: Unix socket paths are limited)
+        common.update(transport="ipc", ipc_path=os.path.join(sock_dir, "b.sock"))
     if stack == "ours" and params.get("max_queue_bytes"):
         common["max_queue_bytes"] = params["max_queue_bytes"]
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
@@ -464,16 +599,35 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
         for w in (client, server):
             if w is not None:
                 w.close()
+        if sock_dir is not None:
+            shutil.rmtree(sock_dir, ignore_errors=True)
     check_module(stack, client_result, env)
     return summarize_run(m, server_result, client_result)
 
 
+def run_inproc(m: Measurement, stack: str, params: dict, env: dict) -> dict:
+    """One repetition of an in-process measurement: one worker runs both ends."""
+    what = "oneway" if m.kind == "inproc_oneway" else "pingpong"
+    common = dict(params, size=m.size, what=what, deadline=params.get("deadline", 240.0))
+    if stack == "ours" and what == "oneway":
+        common.setdefault("queue", [max(10000, params["count"] + 16), "old"])
+    if stack == "ours" and OUR_SPIN is not None:
+        common["spin"] = OUR_SPIN
+    worker = Worker(stack, "inproc", common, env, f"{m.id}/{STACK_NAMES[stack]}/inproc")
+    try:
+        result = worker.wait("result", params.get("timeout", 120.0))
+    finally:
+        worker.close()
+    check_module(stack, result, env)
+    return summarize_run(m, result, result)
+
+
 def summarize_run(m: Measurement, server: dict, client: dict) -> dict:
     out = {"server": _strip(server), "client": _strip(client)}
-    if m.kind in ("oneway", "flood"):
+    if m.kind in ("oneway", "flood", "inproc_oneway"):
         sent, received = client["sent"], server["received"]
         out.update(sent=sent, received=received, end_count=server.get("end_count"))
-        if m.kind == "oneway":
+        if m.kind in ONE_WAY:
             out["msgs_per_s"] = server.get("msgs_per_s")
             out["MB_per_s"] = server.get("MB_per_s")
             out["ok"] = received == sent and server.get("end_count") == sent
@@ -553,15 +707,15 @@ def summarize(m: Measurement, params: dict, runs: list) -> dict:
     for metric in m.metrics:
         values = [r[metric.key] for r in good if r.get(metric.key) is not None]
         summary[metric.key] = statistics.median(values) if values else None
-        if m.kind == "oneway" and not summary["ok"]:
+        if m.kind in ONE_WAY and not summary["ok"]:
             summary[metric.key] = None  # received != sent: an error, never a figure
             summary["mismatch"] = True
-    if m.kind in ("oneway", "flood"):
+    if m.kind in ("oneway", "flood", "inproc_oneway"):
         summary["sent"] = [r["sent"] for r in good]
         summary["received"] = [r["received"] for r in good]
     if m.kind == "flood":
         summary["rss_before_MB"] = _median([r.get("rss_before_MB") for r in good])
-    if m.kind in ("reqrep", "pingpong"):
+    if m.kind in ("reqrep", "pingpong", "inproc_pingpong"):
         summary["n"] = [r["n"] for r in good]
     return summary
 
@@ -594,19 +748,30 @@ def _ratio(a, b) -> float | None:
     return a / b
 
 
-def build_table(results: dict, stacks: list) -> tuple[str, list]:
+def build_table(results: dict, stacks: list, inproc: bool = False) -> tuple[str, list]:
+    """The table of the two-process measurements (``inproc``: of the in-process ones)."""
+    measurements = [m for m in MEASUREMENTS if m.inproc == inproc and m.id in results]
+    stacks = [s for s in (INPROC_STACKS if inproc else NET_STACKS) if s in stacks]
+    if not measurements or not stacks:
+        return "", []
     cols = ["measurement", "unit"] + [STACK_NAMES[s] for s in stacks]
     ratio_cols = []
-    if "ours" in stacks and "zmq" in stacks:
-        ratio_cols.append(("zmq", "ours/pyzmq"))
-    if "ours" in stacks and "orig" in stacks:
-        ratio_cols.append(("orig", "ours/2.2"))
-    cols += [c for _, c in ratio_cols] + ["check"]
+    others = (
+        [("zmq", "ours/pyzmq"), ("queue", "ours/Queue"), ("pipe", "ours/Pipe")]
+        if inproc
+        else [
+            ("zmq", "ours/pyzmq"),
+            ("orig", "ours/2.2"),
+        ]
+    )
+    for other, title in others:
+        if "ours" in stacks and other in stacks:
+            ratio_cols.append((other, title))
+    compare = not inproc and any(m.compare_to in results for m in measurements)
+    cols += [c for _, c in ratio_cols] + (["ipc/tcp"] if compare else []) + ["check"]
     rows = []
-    for m in MEASUREMENTS:
-        res = results.get(m.id)
-        if res is None:
-            continue
+    for m in measurements:
+        res = results[m.id]
         for metric in m.metrics:
             name = m.title + (f" {metric.label}" if metric.label else "")
             row = [name, metric.unit]
@@ -616,6 +781,11 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
             for other, _ in ratio_cols:
                 r = res["ratios"].get(f"{metric.key}:ours/{other}")
                 row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))
+            if compare:  # ours over ipc against ours over TCP
+                there = results.get(m.compare_to, {}).get("stacks", {}).get("ours", {})
+                here = res["stacks"].get("ours", {})
+                r = _ratio(here.get(metric.key), there.get(metric.key)) if m.compare_to else None
+                row.append("-" if r is None else f"{r:.2f}x")
             checks = []
             for s in stacks:
                 st = res["stacks"].get(s)
@@ -626,7 +796,7 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
                 elif not st.get("ok"):
                     checks.append(f"{STACK_NAMES[s]}:MISMATCH")
             if metric is m.metrics[0]:
-                row.append(" ".join(checks) or ("recv=sent" if m.kind == "oneway" else "ok"))
+                row.append(" ".join(checks) or ("recv=sent" if m.kind in ONE_WAY else "ok"))
             else:
                 row.append("")
             rows.append(row)
@@ -663,7 +833,7 @@ def table_notes(results: dict, stacks: list, mode: str) -> str:
                 )
             elif "n" in st and st["n"]:
                 parts.append(f"{STACK_NAMES[s]} n=" + ",".join(str(n) for n in st["n"]))
-        what = "received/sent" if m.kind in ("oneway", "flood") else "round trips"
+        what = "received/sent" if m.kind in ("oneway", "flood", "inproc_oneway") else "round trips"
         line = f"{m.id}: {what}: " + "; ".join(parts)
         if m.kind == "flood":
             q = m.params[mode]
@@ -772,8 +942,9 @@ def parse_args(argv):
     )
     ap.add_argument(
         "--stacks",
-        default="ours,orig,zmq",
-        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq); default all",
+        default="ours,orig,zmq,queue,pipe",
+        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq), and the in-process baselines "
+        "queue (queue.Queue) and pipe (multiprocessing.Pipe); default all",
     )
     ap.add_argument("--only", default="", help="comma-separated measurement ids: " + ", ".join(BY_ID))
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
@@ -808,7 +979,7 @@ def parse_args(argv):
         if not s:
             continue
         if s not in STACK_ALIASES:
-            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq)")
+            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq, queue, pipe)")
         if STACK_ALIASES[s] not in stacks:
             stacks.append(STACK_ALIASES[s])
     if not stacks:
@@ -869,15 +1040,16 @@ def main(argv=None) -> int:
             # Repetitions take turns between the stacks (ours, 2.2, pyzmq, ours, ...):
             # the machine's speed drifts over seconds, and each stack's median
             # then spans the same stretch of time.
-            runs: dict = {stack: [] for stack in stacks}
+            here = [stack for stack in stacks if stack in m.params[mode]]  # (ipc: no 2.2; baselines: in-process)
+            runs: dict = {stack: [] for stack in here}
             for rep in range(1, args.reps + 1):
-                for stack in stacks:
+                for stack in here:
                     params = m.params[mode][stack]
                     runs[stack].append(run_rep(m, stack, params, envs[stack], rep, args.reps, progress, problems))
-            for stack in stacks:
+            for stack in here:
                 res["stacks"][stack] = summarize(m, m.params[mode][stack], runs[stack])
             ours = res["stacks"].get("ours")
-            for other in ("zmq", "orig"):
+            for other in ("zmq", "orig", "queue", "pipe"):
                 theirs = res["stacks"].get(other)
                 if ours is None or theirs is None:
                     continue
@@ -885,6 +1057,10 @@ def main(argv=None) -> int:
                     res["ratios"][f"{mt.key}:ours/{other}"] = _ratio(ours.get(mt.key), theirs.get(mt.key))
             results[m.id] = res
         table, _ = build_table(results, stacks)
+        inproc_table, _ = build_table(results, stacks, inproc=True)
+        if inproc_table:
+            inproc_title = "In one process (two threads; ours: two contexts over itc://):"
+            table = f"{table}\n\n{inproc_title}\n\n{inproc_table}" if table else f"{inproc_title}\n\n{inproc_table}"
         notes = table_notes(results, stacks, mode)
         header = (
             f"yoton benchmark ({mode}, {args.reps} rep(s)), python {platform.python_version()}, "

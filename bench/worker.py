@@ -3,8 +3,9 @@
     python bench/worker.py STACK ROLE 'JSON-PARAMS'
 
 STACK is ``ours`` or ``orig`` (both ``import yoton``; the driver sets
-PYTHONPATH so that it resolves to the right one) or ``zmq`` (pyzmq). ROLE is
-one of:
+PYTHONPATH so that it resolves to the right one) or ``zmq`` (pyzmq); for the
+``inproc`` role also ``queue`` (queue.Queue) or ``pipe``
+(multiprocessing.Pipe), the in-process baselines. ROLE is one of:
 
 =========  ==========================================================  =========
 role       what it does                                                binds?
@@ -15,7 +16,14 @@ rep        request/reply server (yoton RepChannel thread mode / REP)   binds
 req        requester, times round trips (ReqChannel / REQ)             connects
 pong       pub/sub echo: sub 'ping' -> pub 'pong' (zmq: REP)           binds
 ping       pub/sub round trips: pub 'ping', sub 'pong' (zmq: REQ)      connects
+inproc     both sides in this process, in two threads: one-way or      -
+           ping-pong (``what``), over itc:// (ours), inproc:// (zmq),
+           a queue.Queue or a multiprocessing.Pipe
 =========  ==========================================================  =========
+
+Params ``transport`` ("tcp", the default, or "ipc" with ``ipc_path``) choose
+how the two processes of the other roles talk: 127.0.0.1:``port`` or a Unix
+socket (yoton ``ipc://PATH``, pyzmq ``ipc://PATH``).
 
 Protocol with the driver: the worker prints lines ``@@BENCH {json}`` on
 stdout -- ``{"event": "ready", ...}`` once it listens (binding roles) and
@@ -176,6 +184,8 @@ def _zmq():
 
 
 def describe_stack(stack: str) -> dict:
+    if stack in ("queue", "pipe"):
+        return {"module": "(standard library)", "version": f"Python {sys.version.split()[0]}"}
     if stack == "zmq":
         zmq = _zmq()
         return {"module": zmq.__file__, "version": f"pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}"}
@@ -206,6 +216,19 @@ def zmq_socket(kind: str, p: dict):
     return sock
 
 
+def yoton_address(p: dict) -> str:
+    """The address our/2.2's yoton binds and connects to for these params."""
+    if p.get("transport") == "ipc":
+        return "ipc://" + p["ipc_path"]
+    return f"localhost:{p['port']}"
+
+
+def zmq_address(p: dict) -> str:
+    if p.get("transport") == "ipc":
+        return "ipc://" + p["ipc_path"]
+    return f"tcp://127.0.0.1:{p['port']}"
+
+
 def _end_message(n: int) -> bytes:
     return b"END %d" % n
 
@@ -224,12 +247,11 @@ def _parse_end(message: bytes) -> int | None:
 
 def role_recv(stack: str, p: dict) -> dict:
     size, idle, flood = p["size"], p.get("idle", 10.0), p.get("flood", False)
-    port = p["port"]
     if stack == "zmq":
         zmq = _zmq()
         sock = zmq_socket("PULL", p)
         sock.setsockopt(zmq.RCVTIMEO, int(idle * 1000))
-        sock.bind(f"tcp://127.0.0.1:{port}")
+        sock.bind(zmq_address(p))
 
         def recv_first():
             try:
@@ -248,7 +270,7 @@ def role_recv(stack: str, p: dict) -> dict:
     else:
         yoton = _yoton()
         ctx = yoton_context(p)
-        ctx.bind(f"localhost:{port}")
+        ctx.bind(yoton_address(p))
         sub = yoton.SubChannel(ctx, "bench", yoton.BINARY)
         if p.get("sync"):
             sub.set_sync_mode(True)  # lossless: the sender is held back instead
@@ -312,17 +334,16 @@ def role_recv(stack: str, p: dict) -> dict:
 
 def role_send(stack: str, p: dict) -> dict:
     size, count, duration = p["size"], p["count"], p.get("duration", 1e9)
-    port = p["port"]
     payload = b"x" * size
     check_every = max(1, min(1000, count // 100))
     if stack == "zmq":
         sock = zmq_socket("PUSH", p)
-        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.connect(zmq_address(p))
         send = sock.send
     else:
         yoton = _yoton()
         ctx = yoton_context(p)
-        ctx.connect(f"localhost:{port}", timeout=p.get("connect_timeout", 10.0))
+        ctx.connect(yoton_address(p), timeout=p.get("connect_timeout", 10.0))
         pub = yoton.PubChannel(ctx, "bench", yoton.BINARY)
         send = pub.send
     measurement_starts()
@@ -352,10 +373,9 @@ def role_send(stack: str, p: dict) -> dict:
 
 
 def role_rep(stack: str, p: dict) -> dict:
-    port = p["port"]
     if stack == "zmq":
         sock = zmq_socket("REP", p)
-        sock.bind(f"tcp://127.0.0.1:{port}")
+        sock.bind(zmq_address(p))
         emit("ready")
         while True:
             sock.send(sock.recv())
@@ -366,7 +386,7 @@ def role_rep(stack: str, p: dict) -> dict:
             return arg
 
     ctx = yoton_context(p)
-    ctx.bind(f"localhost:{port}")
+    ctx.bind(yoton_address(p))
     rep = Echo(ctx, "bench")
     rep.set_mode("thread")
     emit("ready")
@@ -403,7 +423,7 @@ def _time_round_trips(p: dict, round_trip) -> dict:
 
 def _zmq_requester(p: dict):
     sock = zmq_socket("REQ", p)
-    sock.connect(f"tcp://127.0.0.1:{p['port']}")
+    sock.connect(zmq_address(p))
     payload = b"x" * p["size"]
 
     def round_trip():
@@ -420,7 +440,7 @@ def role_req(stack: str, p: dict) -> dict:
         return _time_round_trips(p, _zmq_requester(p))
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.connect(f"localhost:{p['port']}", timeout=p.get("connect_timeout", 10.0))
+    ctx.connect(yoton_address(p), timeout=p.get("connect_timeout", 10.0))
     req = yoton.ReqChannel(ctx, "bench")
     payload = "x" * p["size"]
 
@@ -439,7 +459,7 @@ def role_pong(stack: str, p: dict) -> dict:
         return role_rep(stack, p)
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.bind(f"localhost:{p['port']}")
+    ctx.bind(yoton_address(p))
     sub = yoton.SubChannel(ctx, "ping", yoton.BINARY)
     pub = yoton.PubChannel(ctx, "pong", yoton.BINARY)
     emit("ready")
@@ -455,7 +475,7 @@ def role_ping(stack: str, p: dict) -> dict:
         return _time_round_trips(p, _zmq_requester(p))
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.connect(f"localhost:{p['port']}", timeout=p.get("connect_timeout", 10.0))
+    ctx.connect(yoton_address(p), timeout=p.get("connect_timeout", 10.0))
     pub = yoton.PubChannel(ctx, "ping", yoton.BINARY)
     sub = yoton.SubChannel(ctx, "pong", yoton.BINARY)
     payload = b"x" * p["size"]
@@ -468,7 +488,166 @@ def role_ping(stack: str, p: dict) -> dict:
     return _time_round_trips(p, round_trip)
 
 
+# -- both sides in one process ------------------------------------------------------------
+
+
+def _inproc_ends(stack: str, p: dict):
+    """``(send_a, recv_a, send_b, recv_b, close)`` for two ends in this process:
+    a sends to b and b to a; a ``recv`` waits up to ``timeout`` s (None at the deadline)."""
+    timeout = p.get("timeout", 10.0)
+    if stack == "queue":
+        import queue as queue_module
+
+        to_a, to_b = queue_module.Queue(), queue_module.Queue()
+
+        def getter(q):
+            def recv():
+                try:
+                    return q.get(timeout=timeout)
+                except queue_module.Empty:
+                    return None
+
+            return recv
+
+        return to_b.put, getter(to_a), to_a.put, getter(to_b), lambda: None
+    if stack == "pipe":
+        import multiprocessing
+
+        end_a, end_b = multiprocessing.Pipe()
+
+        def getter(conn):
+            def recv():
+                return conn.recv_bytes() if conn.poll(timeout) else None
+
+            return recv
+
+        def close():
+            end_a.close()
+            end_b.close()
+
+        return end_a.send_bytes, getter(end_a), end_b.send_bytes, getter(end_b), close
+    if stack == "zmq":
+        zmq = _zmq()
+        ctx = zmq.Context()
+        socks = {}
+        for name, kind in (("a_out", "PUSH"), ("b_in", "PULL"), ("b_out", "PUSH"), ("a_in", "PULL")):
+            socks[name] = ctx.socket(getattr(zmq, kind))
+            socks[name].setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+        socks["b_in"].bind("inproc://bench-ab")
+        socks["a_out"].connect("inproc://bench-ab")
+        socks["a_in"].bind("inproc://bench-ba")
+        socks["b_out"].connect("inproc://bench-ba")
+
+        def getter(sock):
+            def recv():
+                try:
+                    return sock.recv()
+                except zmq.Again:
+                    return None
+
+            return recv
+
+        def close():
+            for sock in socks.values():
+                sock.close(0)
+            ctx.term()
+
+        return socks["a_out"].send, getter(socks["a_in"]), socks["b_out"].send, getter(socks["b_in"]), close
+    yoton = _yoton()
+    ctx_a, ctx_b = yoton_context(p), yoton_context(p)
+    ctx_b.bind("itc://bench")
+    ctx_a.connect("itc://bench", timeout=5.0)
+    pub_ab, sub_ab = yoton.PubChannel(ctx_a, "ab", yoton.BINARY), yoton.SubChannel(ctx_b, "ab", yoton.BINARY)
+    pub_ba, sub_ba = yoton.PubChannel(ctx_b, "ba", yoton.BINARY), yoton.SubChannel(ctx_a, "ba", yoton.BINARY)
+    sub_ab.set_sync_mode(True)  # (lossless: the sender is held back rather than a message dropped)
+    time.sleep(0.05)  # (the NEW_CONNECTION message)
+
+    def getter(sub):
+        def recv():
+            return sub.recv(timeout) or None
+
+        return recv
+
+    def close():
+        ctx_a.close()
+        ctx_b.close()
+
+    return pub_ab.send, getter(sub_ba), pub_ba.send, getter(sub_ab), close
+
+
+def role_inproc(stack: str, p: dict) -> dict:
+    """Both ends in this process, each in a thread of its own: ``what`` is
+    "oneway" (a sends ``count`` messages then END; b counts) or "pingpong"
+    (a sends, b echoes, a times the round trips)."""
+    size, what = p["size"], p["what"]
+    send_a, recv_a, send_b, recv_b, close = _inproc_ends(stack, p)
+    payload = b"x" * size
+    try:
+        if what == "pingpong":
+
+            def echo():
+                while True:
+                    message = recv_b()
+                    if message is None or message == b"STOP":
+                        return
+                    send_b(message)
+
+            thread = threading.Thread(target=echo, daemon=True)
+            thread.start()
+
+            def round_trip():
+                send_a(payload)
+                if recv_a() is None:
+                    raise RuntimeError("no echo within the timeout")
+
+            result = _time_round_trips(p, round_trip)
+            send_a(b"STOP")
+            thread.join(5.0)
+            return result
+        count, duration = p["count"], p.get("duration", 1e9)
+        out: dict = {}
+
+        def sender():
+            t0 = time.perf_counter()
+            deadline, sent = t0 + duration, 0
+            check_every = max(1, min(1000, count // 100))
+            while sent < count:
+                send_a(payload)
+                sent += 1
+                if sent % check_every == 0 and time.perf_counter() >= deadline:
+                    break
+            send_a(_end_message(sent))
+            out["sent"] = sent
+            out["send_elapsed"] = time.perf_counter() - t0
+
+        thread = threading.Thread(target=sender, daemon=True)
+        measurement_starts()
+        thread.start()
+        received = 0
+        end_count = t_first = t_end = None
+        while True:
+            message = recv_b()
+            if message is None:
+                break
+            t_end = time.perf_counter()
+            if t_first is None:
+                t_first = t_end
+            if len(message) != size:
+                end_count = _parse_end(message)
+                break
+            received += 1
+        thread.join(10.0)
+        elapsed = (t_end - t_first) if t_first is not None else 0.0
+        result = dict(out, received=received, end_count=end_count, elapsed=elapsed)
+        if received > 1 and elapsed > 0:
+            result["msgs_per_s"] = (received - 1) / elapsed
+        return result
+    finally:
+        close()
+
+
 ROLES = {
+    "inproc": role_inproc,
     "recv": role_recv,
     "send": role_send,
     "rep": role_rep,
@@ -479,7 +658,8 @@ ROLES = {
 
 
 def main(argv: list) -> int:
-    if len(argv) != 3 or argv[0] not in ("ours", "orig", "zmq") or argv[1] not in ROLES:
+    stacks = ("ours", "orig", "zmq", "queue", "pipe") if argv[1:2] == ["inproc"] else ("ours", "orig", "zmq")
+    if len(argv) != 3 or argv[0] not in stacks or argv[1] not in ROLES:
         sys.stderr.write(__doc__)
         return 2
     stack, role, params = argv[0], argv[1], json.loads(argv[2])

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from _orig import orig_path
@@ -161,3 +163,80 @@ def wait_connections(peers_counts, timeout: float = 10.0):
 def wait_for(cond, timeout: float, what: str = "condition"):
     """helpers.wait_until, processing yoton events; fails at the deadline."""
     return wait_until(cond, timeout, what, pump=True)
+
+
+def _record(signal_) -> list:
+    """A list that collects the signal's emissions as (monotonic time, *args)."""
+
+    class Events(list):
+        pass
+
+    events = Events()
+
+    def handler(*args):
+        events.append((time.monotonic(), *args))
+
+    events.handler = handler  # (kept alive with the list)
+    signal_.bind(handler)
+    return events
+
+
+def killed_and_restarted(impl: str, addr: str, policy) -> None:
+    """Our context connects with ``reconnect=policy`` to a peer process (``impl``)
+    bound at ``addr``; the peer is killed, numbered messages are sent during the
+    outage, a new peer binds the same address: they all arrive once, in order, and
+    the state channels agree again (ours reached the new peer, its state came back)."""
+    import yoton
+
+    peers: list = []
+
+    def start(state: str) -> PeerProcess:
+        peer = PeerProcess(impl, f"bind-{len(peers)}")
+        peers.append(peer)
+        peer.call("sub", slot="numbers", type="txt")
+        peer.call("state_recv", slot="my-state", type="txt")  # (the channel exists before our state comes)
+        peer.call("state_send", slot="peer-state", type="txt", msg=state)
+        peer.call("rep", slot="calc", mode="thread")
+        peer.call("bind", addr=addr)
+        return peer
+
+    ctx = yoton.Context()
+    try:
+        peer = start("peer-1")
+        # (the channels first: the peer's state answers our connect at once)
+        pub, req = yoton.PubChannel(ctx, "numbers"), yoton.ReqChannel(ctx, "calc")
+        mine, theirs = yoton.StateChannel(ctx, "my-state"), yoton.StateChannel(ctx, "peer-state")
+        conn = ctx.connect(addr, timeout=5.0, reconnect=policy)
+        reconnected, closed = _record(conn.reconnected), _record(conn.closed)
+        mine.send("mine-1")
+        assert wait_for(lambda: theirs.recv() == "peer-1", 5.0), theirs.recv()
+        for i in range(10):
+            pub.send(str(i))
+        assert peer.call("recv_n", slot="numbers", type="txt", n=10)["msgs"] == [str(i) for i in range(10)]
+        assert peer.call("state_wait", slot="my-state", type="txt", msg="mine-1")["ok"]
+        assert req.who(1).result(5.0) == [1, "calc"]
+
+        os.kill(peer.pid, signal.SIGKILL)
+        peer.proc.wait(5.0)
+        assert wait_for(lambda: conn.is_reconnecting, 5.0), "the loss was not noticed"
+        assert conn.is_alive and not conn.is_connected and ctx.connection_count == 0
+        for i in range(10, 200):  # during the outage: they wait in the connection's queue
+            pub.send(str(i))
+        peer = start("peer-2")
+        assert wait_for(lambda: reconnected, 10.0), "no re-dial to the new peer"
+        got = peer.call("recv_n", slot="numbers", type="txt", n=190, timeout=10.0)
+        assert got["msgs"] == [str(i) for i in range(10, 200)], f"{len(got['msgs'])} of 190, or out of order"
+        # the states: ours reached the new peer, and the new peer's came back
+        assert peer.call("state_wait", slot="my-state", type="txt", msg="mine-1")["ok"]
+        assert wait_for(lambda: theirs.recv() == "peer-2", 5.0), theirs.recv()
+        pub.send("200")
+        assert peer.call("recv_n", slot="numbers", type="txt", n=1)["msgs"] == ["200"]
+        assert req.add(20, 22).result(5.0) == 42  # (the new peer's replier)
+        assert peer.call("rep_calls", slot="calc")["calls"] == {"add": 1}
+        yoton.process_events()
+        assert closed == [] and reconnected[0][1:] == (conn,) and len(reconnected) == 1
+        assert conn.is_connected and conn.statistics()["reconnects"] == 1 and conn.pid2 == peer.pid
+    finally:
+        ctx.close()
+        for peer in peers:
+            peer.close()

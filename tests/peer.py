@@ -88,6 +88,8 @@ class Peer:
         self.conns = []
         self.closed = []  # [conn index, reason] in the order the signals arrived
         self.timedout = []  # [conn index, value, time.monotonic() when handled]
+        self.reconnected = []  # [conn index, time.monotonic() when handled] (ours only)
+        self.accepted = []  # [bind's conn index, index given to the accepted connection] (ours only)
         self.stream = None  # (thread, stop event, [sent count]) of op_stream_start
         self.handlers = []  # keep signal handlers alive
         self.channels = {}
@@ -128,6 +130,18 @@ class Peer:
         self.handlers += [on_closed, on_timedout]
         conn.closed.bind(on_closed)
         conn.timedout.bind(on_timedout)
+        if hasattr(conn, "reconnected"):  # (ours: reconnect and many peers per bind)
+
+            def on_reconnected(connection):
+                self.reconnected.append([index, time.monotonic()])
+
+            def on_accepted(bind_connection, connection):
+                other = index if connection is bind_connection else self._track(connection)
+                self.accepted.append([index, other])
+
+            self.handlers += [on_reconnected, on_accepted]
+            conn.reconnected.bind(on_reconnected)
+            conn.accepted.bind(on_accepted)
         return index
 
     def _conn_info(self, index):
@@ -138,6 +152,7 @@ class Peer:
             "is_connected": c.is_connected,
             "is_alive": c.is_alive,
             "is_waiting": c.is_waiting,
+            "is_reconnecting": getattr(c, "is_reconnecting", False),
             "id2": format(c.id2 or 0, "016x"),
             "pid2": c.pid2 or 0,
         }
@@ -151,11 +166,32 @@ class Peer:
             "yoton": yoton.__file__,
         }
 
-    def op_bind(self, addr="localhost:0", max_tries=1, name=""):
-        return self._conn_info(self._track(self.ctx.bind(addr, max_tries=max_tries, name=name)))
+    def op_bind(self, addr="localhost:0", max_tries=1, name="", **ours):
+        """``ours``: keyword options only our yoton has (max_connections, mode)."""
+        return self._conn_info(self._track(self.ctx.bind(addr, max_tries=max_tries, name=name, **ours)))
 
-    def op_connect(self, addr, timeout=5.0, name=""):
-        return self._conn_info(self._track(self.ctx.connect(addr, timeout=timeout, name=name)))
+    def op_connect(self, addr, timeout=5.0, name="", reconnect=None):
+        """``reconnect`` (ours only): True, or a dict of ReconnectPolicy fields."""
+        ours = {}
+        if reconnect is not None:
+            ours["reconnect"] = yoton.ReconnectPolicy(**reconnect) if isinstance(reconnect, dict) else reconnect
+        return self._conn_info(self._track(self.ctx.connect(addr, timeout=timeout, name=name, **ours)))
+
+    def op_reconnected_events(self, count=0, timeout=0.0):
+        """The reconnected signals seen so far as [conn, monotonic time handled], waiting up to timeout for count."""
+        self.wait_until(lambda: len(self.reconnected) >= count, timeout)
+        return {"events": self.reconnected}
+
+    def op_accepted_events(self, count=0, timeout=0.0):
+        """The accepted signals seen so far as [bind's conn, accepted conn], waiting up to timeout for count."""
+        self.wait_until(lambda: len(self.accepted) >= count, timeout)
+        return {"events": self.accepted}
+
+    def op_wait_reconnecting(self, conn, timeout=5.0):
+        """Wait until connection conn re-dials; the reply has the stream's sent count seen then."""
+        c = self.conns[conn]
+        ok = self.wait_until(lambda: c.is_reconnecting, timeout)
+        return {"ok": ok, "sent": self.stream[2][0] if self.stream else None}
 
     def op_conn_info(self, conn):
         return self._conn_info(conn)

@@ -1,15 +1,17 @@
 """yoton: let Python processes talk to each other.
 
-A :class:`Context` is a node; contexts ``bind`` and ``connect`` over TCP and
-form a network. Channels attached to a context send and receive on named
-slots: publish/subscribe (:class:`PubChannel`, :class:`SubChannel`),
-request/reply and shared state (:class:`StateChannel`). Signals, timers and
-an embeddable event loop tie it together. The API and the bytes on the wire
-are those of yoton 2.2, so old and new peers interoperate.
+A :class:`Context` is a node; contexts ``bind`` and ``connect`` (over TCP,
+TLS, Unix sockets, or within the process) and form a network. Channels
+attached to a context send and receive on named slots: publish/subscribe
+(:class:`PubChannel`, :class:`SubChannel`), request/reply and shared state
+(:class:`StateChannel`). Signals, timers and an embeddable event loop tie it
+together. The API and the bytes on the wire are those of yoton 2.2, so old
+and new peers interoperate.
 
 Layers, each using only the one below: ``yoton.wire`` (framing, handshake,
-codecs; no I/O) -> ``yoton.transport`` (I/O thread, TCP connections) ->
-``yoton.context`` (routing) -> ``yoton.channels`` (patterns).
+codecs; no I/O) -> ``yoton.transport`` (I/O thread, connections; the
+transport is chosen by the address's scheme, ``yoton.transport.schemes``)
+-> ``yoton.context`` (routing) -> ``yoton.channels`` (patterns).
 
 Diagnostics go to the :mod:`logging` logger ``"yoton"``. yoton adds no
 handler to it: when the application configured no logging at all, Python's
@@ -69,7 +71,14 @@ from .events import (  # noqa: E402
 from .messages import BINARY, OBJECT, TEXT, MessageType  # noqa: E402
 from .wire.frames import Package  # noqa: E402
 from .wire.naming import UID  # noqa: E402
-from .transport.connection import Connection, ConnectionCollection, TcpConnection  # noqa: E402
+from .transport.connection import (  # noqa: E402
+    Connection,
+    ConnectionCollection,
+    IpcConnection,
+    ItcConnection,
+    TcpConnection,
+)
+from .transport.reconnect import ReconnectPolicy  # noqa: E402
 from .context import Context  # noqa: E402
 from .channels import (  # noqa: E402
     BaseChannel,
@@ -120,7 +129,10 @@ __all__ = [
     "UID",
     "Connection",
     "TcpConnection",
+    "IpcConnection",
+    "ItcConnection",
     "ConnectionCollection",
+    "ReconnectPolicy",
     "Context",
     "BaseChannel",
     "PubChannel",

@@ -10,7 +10,8 @@ register and wait through it (never through the context's internals).
 Routing rules (yoton 2.2's; docs/protocol.md section 6):
 
 * Sending: number the package (``source_seq``), stamp it with our id, and
-  queue it on every live (connected) link; with none, keep it in the startup
+  queue it on every live link (connected, or reconnecting: it waits in that
+  link's send queue for the re-dial); with none, keep it in the startup
   queue, which the next link to connect takes over. A bind still waiting
   for its peer holds nothing.
 * Receiving from connection C: a package whose ``source_seq`` is not above
@@ -30,6 +31,9 @@ Routing rules (yoton 2.2's; docs/protocol.md section 6):
   channel registered for its slot, or, for slot 2, handles the context
   message (``NEW_CONNECTION``: channels that asked to hear of new peers --
   state channels -- re-send their state).
+* A link that re-dialled its lost peer announces this context again as a
+  new connection does: the states its own channels set are re-sent, then
+  ``NEW_CONNECTION``, so the peer's states come back.
 
 Limits and flow control (the README's "Flow control" section has the table):
 
@@ -73,7 +77,7 @@ from typing import Any
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
 from .transport import connection as _links
-from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
+from .transport.connection import REASON_CONTEXT, Connection, ConnectionCollection
 from .transport.ioloop import IOLoop, default_spin
 from .transport.link import LinkConfig, package_size, packages_size
 from .transport.sigint import MAIN_THREAD, MainSending
@@ -233,12 +237,14 @@ class Context:
 
     @property
     def connections(self) -> ConnectionCollection:
-        """The connected connections (indexable by position or name)."""
+        """The connected connections (indexable by position or name), including
+        those a bind with ``max_connections`` above 1 made for its further peers."""
         return ConnectionCollection(link.handle for link in self.router.links if link.is_connected)
 
     @property
     def connections_all(self) -> ConnectionCollection:
-        """All connections, including binds still waiting for a peer."""
+        """All connections, including binds still waiting for a peer and
+        connections re-dialling a lost one."""
         return ConnectionCollection(link.handle for link in self.router.links)
 
     @property
@@ -283,26 +289,62 @@ class Context:
 
     # -- connecting ---------------------------------------------------------
 
-    def bind(self, address: str, max_tries: int = 1, name: str = "", *, ssl_context=None) -> TcpConnection:
-        """Listen on ``address`` ('host:port') for one peer context; return the connection.
+    def bind(
+        self,
+        address: str,
+        max_tries: int = 1,
+        name: str = "",
+        *,
+        ssl_context=None,
+        max_connections: int | None = 1,
+        mode: int | None = None,
+    ) -> Connection:
+        """Listen on ``address`` for peer contexts; return the connection.
 
         Returns at once with a waiting connection; the I/O thread accepts the
         first client that completes the yoton handshake and refuses others
         (non-yoton clients get an error line). With ``max_tries`` > 1, other
-        ports after ``port`` are tried when it is taken; ``port1`` (or
-        ``port``) of the returned connection tells which one was bound.
-        Raises :class:`~yoton.errors.BindError` when none is free.
+        ports after ``port`` are tried when it is taken; port 0 lets the
+        system choose a free one; ``port1`` (or ``port``) of the returned
+        connection tells which one was bound. Raises
+        :class:`~yoton.errors.BindError` when none is free (saying which
+        ports were tried and why each failed).
 
-        A ``tls://host:port`` address needs ``ssl_context``, an
-        :class:`ssl.SSLContext` for the server side with a certificate
-        loaded; the yoton handshake and all packages then travel inside TLS.
-        Clients that do not speak TLS are refused.
+        ``max_connections`` (default 1, as yoton 2.2) is how many peers the
+        bind serves at a time; ``None``: no limit. The returned connection is
+        the first peer's; each further peer gets a connection of its own,
+        listed in :attr:`connections` and announced by the returned
+        connection's ``accepted`` signal ``(bind_connection, connection)``
+        (emitted for the first peer too). A bind with 1 stops listening once
+        its peer is connected; with more it keeps listening (refusing peers
+        while full) until ``close()`` is called on the returned connection or
+        the context closes.
+
+        Addresses (the README's "Transports"): ``[tcp://]host:port``;
+        ``tls://host:port`` needs ``ssl_context``, an :class:`ssl.SSLContext`
+        for the server side with a certificate loaded (the yoton handshake and
+        all packages then travel inside TLS; clients that do not speak TLS are
+        refused); ``ipc://PATH``, a Unix domain socket (Linux, macOS), whose
+        file permissions decide who may connect (``mode``, e.g. ``0o600``;
+        default: the umask's); ``itc://NAME``, for contexts of this process
+        (no sockets).
         """
-        conn = TcpConnection(self, name)
-        _links.bind(self.router, conn, address, max_tries, ssl_context)
+        options: dict = {}
+        if max_tries != 1:
+            options["max_tries"] = max_tries
+        if ssl_context is not None:
+            options["ssl_context"] = ssl_context
+        if max_connections != 1:
+            options["max_connections"] = max_connections
+        if mode is not None:
+            options["mode"] = mode
+        conn = _links.connection_class(address)(self, name)
+        _links.bind(self.router, conn, address, **options)
         return conn
 
-    def connect(self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None) -> TcpConnection:
+    def connect(
+        self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, reconnect=False
+    ) -> Connection:
         """Connect to a context bound at ``address``; return the connection.
 
         Retries until ``timeout`` seconds have passed, then raises
@@ -315,9 +357,25 @@ class Context:
         server's certificate for ``host`` with ``ssl_context`` (default:
         ``ssl.create_default_context()``, the system's trusted CAs); a failed
         TLS handshake raises :class:`~yoton.errors.TLSError` (a ``ConnectError``).
+        ``ipc://PATH`` and ``itc://NAME`` reach binds on a Unix socket and in
+        this process.
+
+        ``reconnect`` (``tcp``, ``tls`` and ``ipc``; default False): True, or
+        a :class:`yoton.ReconnectPolicy`, makes the connection re-dial when it
+        loses its peer (the process died, the stream broke; not an orderly
+        close): meanwhile it is ``is_reconnecting`` and sends queue on it
+        within its send queue's bound; after each re-dial ``reconnected`` is
+        emitted and the states of StateChannels are exchanged again;
+        ``closed`` only when it gives up or is closed. The first connect must
+        succeed within ``timeout`` as without it.
         """
-        conn = TcpConnection(self, name)
-        _links.connect(self.router, conn, address, timeout, ssl_context)
+        options: dict = {}
+        if ssl_context is not None:
+            options["ssl_context"] = ssl_context
+        if reconnect is not False and reconnect is not None:
+            options["reconnect"] = reconnect
+        conn = _links.connection_class(address)(self, name)
+        _links.connect(self.router, conn, address, timeout, **options)
         self.router.send(SLOT_CONTEXT, _NEW_CONNECTION)
         return conn
 
@@ -346,7 +404,7 @@ class Context:
             if not loop.on_loop_side():
                 for link in links:  # each flushes for as long as its peer keeps reading
                     link.wait_done()
-        for link in links:
+        for link in list(router.links):  # (also one a bind admitted meanwhile)
             link.teardown(REASON_CONTEXT)  # no-op for those already closed
         self.close_channels()
         router.end_shutdown()
@@ -385,8 +443,9 @@ class Router:
         self._verbose = context._verbose
         self._lock = threading.RLock()
         self._seq = 0
-        self.links: list = []  # every link: waiting, connected, closing
-        self._live: tuple = ()  # the CONNECTED links: where packages go
+        self.links: list = []  # every link: waiting, connected, reconnecting, closing
+        self.listeners: set = set()  # the binds listening (their acceptors)
+        self._live: tuple = ()  # the links packages go to: connected or reconnecting
         self._startup = BoundedQueue(
             max_bytes=config.max_queue_bytes,
             policy=Policy.for_discard_mode(config.discard_mode),
@@ -494,6 +553,40 @@ class Router:
         """``link`` is closing: nothing more goes to it."""
         self._update_live()
 
+    def link_interrupted(self, link) -> None:
+        """``link`` lost its peer and re-dials: packages still queue on it, but
+        it no longer speaks for that peer."""
+        self._update_live()
+
+    def link_resumed(self, link, redialled: bool) -> None:
+        """``link`` is connected again (loop side). The side that re-dialled
+        announces this context as a new connection does: the states its own
+        channels set go out again, then ``NEW_CONNECTION`` (after what was
+        queued meanwhile), so the peer's states come back too."""
+        if self._verbose:
+            log.info("yoton: %016x connected again to %016x (%r)", self.id, link.peer_id, link.handle.name)
+        self._update_live()
+        if not redialled:
+            return
+        for hook in list(self._peer_hooks.values()):
+            peer_joined = hook()
+            if peer_joined is not None:
+                try:
+                    peer_joined(rejoined=True)
+                except Exception:
+                    log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
+        self.send(SLOT_CONTEXT, _NEW_CONNECTION, force=True)
+
+    def listener_opened(self, listener) -> None:
+        """A bind listens (until ``listener.close()``, loop side)."""
+        with self._lock:
+            self.listeners.add(listener)
+
+    def listener_closed(self, listener) -> None:
+        """A bind stopped listening."""
+        with self._lock:
+            self.listeners.discard(listener)
+
     def link_closed(self, link) -> None:
         """``link`` is closed: forget it."""
         with self._lock:
@@ -504,8 +597,8 @@ class Router:
 
     def _update_live(self) -> None:
         with self._lock:
-            self._live = live = tuple(link for link in self.links if link.is_connected)
-            self._direct = {link.peer_id: link for link in live}
+            self._live = tuple(link for link in self.links if link.takes_packages)
+            self._direct = {link.peer_id: link for link in self._live if link.is_connected}
         self.room_changed()  # (senders waiting for a link that left look again)
 
     def room_changed(self) -> None:
@@ -559,7 +652,12 @@ class Router:
     # -- shutting down (Context.close) --------------------------------------------------
 
     def begin_shutdown(self) -> None:
-        """Senders give up (ChannelClosedError), waiting or not; what is staged goes out first."""
+        """Binds stop listening; senders give up (ChannelClosedError), waiting or
+        not; what is staged goes out first."""
+        with self._lock:
+            listeners = list(self.listeners)
+        for listener in listeners:
+            listener.request_close()
         self._closing = True
         self._pressure = True  # (so every send looks: see _wait_room)
         self.room_changed()
@@ -583,7 +681,9 @@ class Router:
         """Attach ``channel``: it sends on ``slot_out`` and takes what arrives on
         ``slot_in`` through ``deliver(packages, link)`` (loop side, in order).
         ``peer_joined()`` is called when a context joins the network
-        (``NEW_CONNECTION``). ValueError if a slot is taken."""
+        (``NEW_CONNECTION``), and ``peer_joined(rejoined=True)`` when a link
+        of this context re-dialled its lost peer (re-send what this context
+        itself set). ValueError if a slot is taken."""
         with self._lock:
             if slot_out is not None and slot_out in self._send_slots:
                 raise ValueError(f"Slot not free: {channel.slot_outgoing} already has a sending channel here")

@@ -21,7 +21,13 @@ EXPECTED = {
     "reqrep_100B": ["median_us", "p99_us"],
     "pingpong_100B": ["median_us", "p99_us"],
     "flood": ["rss_peak_MB", "dropped"],
+    "oneway_100B_ipc": ["msgs_per_s"],
+    "oneway_1MiB_ipc": ["MB_per_s"],
+    "pingpong_100B_ipc": ["median_us", "p99_us"],
+    "inproc_oneway_100B": ["msgs_per_s"],
+    "inproc_pingpong_100B": ["median_us", "p99_us"],
 }
+ONE_WAY = ("oneway_100B", "oneway_1MiB", "oneway_16MiB", "oneway_100B_ipc", "oneway_1MiB_ipc", "inproc_oneway_100B")
 
 
 def test_quick_run_of_our_stack(tmp_path):
@@ -47,8 +53,10 @@ def test_quick_run_of_our_stack(tmp_path):
             assert isinstance(ours[key], (int, float)), (mid, key, ours)
         for run in ours["runs"]:
             assert run["client"]["module"].startswith(str(ROOT / "src")), run["client"]["module"]
+    # ipc rows are shown against our TCP rows; the in-process ones get a table of their own
+    assert "ipc/tcp" in doc["table"] and "In one process" in doc["table"]
 
-    for mid in ("oneway_100B", "oneway_1MiB", "oneway_16MiB"):
+    for mid in ONE_WAY:
         ours = doc["results"][mid]["stacks"]["ours"]
         assert ours["sent"] and ours["received"] == ours["sent"], (mid, ours["sent"], ours["received"])
         for run in ours["runs"]:

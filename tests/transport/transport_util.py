@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import threading
 import time
 
+import pytest
 from helpers import wait_until
 
 import yoton
@@ -163,3 +167,97 @@ def check_pubsub(ctx_a, ctx_b, base: str, timeout: float = 3.0) -> None:
         finally:
             pub.close()
             sub.close()
+
+
+# -- what a test leaves behind ----------------------------------------------------------
+
+
+def _open_fds() -> dict:
+    """fd -> what it points at (``socket:[inode]``, a path, ...) for this process."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the directory listing's own fd, closed by now
+            pass
+    return fds
+
+
+class Resources:
+    """Threads and open fds at one moment; :meth:`assert_back` checks that nothing new is left.
+
+    An fd counts as new when its number was not open before or now points
+    somewhere else (a socket reusing the number has another inode).
+    """
+
+    def __init__(self):
+        self.threads = set(threading.enumerate())
+        self.fds = _open_fds()
+
+    def leaks(self) -> tuple[list, dict]:
+        threads = sorted(t.name for t in threading.enumerate() if t not in self.threads and t.is_alive())
+        fds = {fd: target for fd, target in _open_fds().items() if self.fds.get(fd) != target}
+        return threads, fds
+
+    def assert_back(self, timeout: float = 3.0) -> None:
+        if not wait_for(lambda: self.leaks() == ([], {}), timeout):
+            threads, fds = self.leaks()
+            pytest.fail(f"left behind after close: threads {threads}, fds {fds}")
+
+
+# -- two hosts in network namespaces ---------------------------------------------------------
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+class Netns:
+    """Two network namespaces joined by a veth pair: two hosts with their own addresses."""
+
+    ADDR_A, ADDR_B, PREFIX = "10.199.77.1", "10.199.77.2", 30  # only inside our own namespaces
+
+    def __init__(self):
+        tag = f"{os.getpid() % 100000}"
+        self.ns_a, self.ns_b = f"yoton-a-{tag}", f"yoton-b-{tag}"
+        self.veth_a, self.veth_b = f"yta{tag}", f"ytb{tag}"
+        self.made: list = []
+
+    def setup(self) -> None:
+        """Make the namespaces; raise pytest.skip only if namespaces cannot be made at all."""
+        if shutil.which("ip") is None:
+            pytest.skip("network partition test: iproute2 ('ip') is not installed")
+        if os.geteuid() != 0:
+            pytest.skip(f"network partition test: needs root to make network namespaces (euid {os.geteuid()})")
+        for ns in (self.ns_a, self.ns_b):
+            result = _run("ip", "netns", "add", ns)
+            if result.returncode:
+                pytest.skip(f"network partition test: 'ip netns add' failed: {result.stderr.strip()}")
+            self.made.append(ns)
+        result = _run("ip", "link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_b)
+        if result.returncode:
+            pytest.skip(f"network partition test: cannot make a veth pair: {result.stderr.strip()}")
+        self.made.append("veth")
+        for veth, ns, addr in ((self.veth_a, self.ns_a, self.ADDR_A), (self.veth_b, self.ns_b, self.ADDR_B)):
+            self.check("ip", "link", "set", veth, "netns", ns)
+            self.check("ip", "-n", ns, "addr", "add", f"{addr}/{self.PREFIX}", "dev", veth)
+            self.check("ip", "-n", ns, "link", "set", "lo", "up")
+            self.check("ip", "-n", ns, "link", "set", veth, "up")
+
+    @staticmethod
+    def check(*argv: str) -> None:
+        result = _run(*argv)
+        assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr.strip()}"
+
+    def link(self, up: bool) -> None:
+        self.check("ip", "-n", self.ns_a, "link", "set", self.veth_a, "up" if up else "down")
+
+    def prefix(self, ns: str) -> list:
+        return ["ip", "netns", "exec", ns]
+
+    def cleanup(self) -> None:
+        if "veth" in self.made:
+            _run("ip", "link", "del", self.veth_a)  # if it was never moved (gone with its netns otherwise)
+        for ns in (self.ns_a, self.ns_b):
+            if ns in self.made:
+                _run("ip", "netns", "del", ns)

@@ -4,6 +4,10 @@
 arriving state replaces ours; ``recv`` returns the current state without
 blocking. When a context joins the network (the ``NEW_CONNECTION`` context
 message), every StateChannel re-sends its state so the newcomer learns it.
+When a connection of ours re-dials its lost peer, the states our channels
+set themselves (not those they learned) are re-sent before the context
+announces itself again, so a peer that restarted learns them and answers
+with its own.
 If two channels set the state at about the same time, which one wins is not
 defined.
 """
@@ -24,6 +28,7 @@ class StateChannel(BaseChannel):
     def __init__(self, context, slot_base: str, message_type=None):
         super().__init__(context, slot_base, message_type)
         self._state = b""  # encoded; b'' means no state yet
+        self._own = False  # whether the state was set here (not learned from a peer)
 
     def send(self, message) -> None:
         """Set the state and broadcast it, unless it equals the current state.
@@ -38,6 +43,7 @@ class StateChannel(BaseChannel):
         if body and body != self._state:
             self._router.send(self._slot_out, body)  # raises before anything changes
             self._state = body
+            self._own = True
 
     def recv(self, block=False):
         """Return the current state (never blocks; ``block`` is accepted for compatibility)."""
@@ -51,10 +57,12 @@ class StateChannel(BaseChannel):
 
     def _receive(self, pkg) -> None:
         self._state = bytes(pkg.data)
+        self._own = False
         self._announce()
 
-    def _peer_joined(self) -> None:
-        self.send_last()
+    def _peer_joined(self, rejoined: bool = False) -> None:
+        if self._own or not rejoined:
+            self.send_last()
 
     @property
     def pending(self) -> int:

@@ -2,10 +2,14 @@
 
 A :class:`Connection` is the user's handle (yoton 2.2's class, made by
 ``Context.bind`` and ``Context.connect``): names, addresses, ids, the
-``closed`` and ``timedout`` signals, ``close()`` and ``flush()``. The work is
-done by the :class:`~yoton.transport.link.Link` behind it (for TCP and TLS a
-:class:`~yoton.transport.stream.StreamLink`); the handle forwards to it.
-States, closing and flow control are described in :mod:`.link`.
+``closed``, ``timedout``, ``reconnected`` and ``accepted`` signals,
+``close()`` and ``flush()``. The work is done by the
+:class:`~yoton.transport.link.Link` behind it (for TCP, TLS and Unix
+sockets a :class:`~yoton.transport.stream.StreamLink`, in-process an
+:class:`~yoton.transport.itc.ItcLink`); the handle forwards to it. Which
+transport serves an address is decided by its scheme (:mod:`.schemes`).
+States, closing and flow control are described in :mod:`.link`; binds that
+take many peers in :mod:`.acceptor`; reconnecting in :mod:`.reconnect`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,26 @@ from __future__ import annotations
 import os
 
 from ..events import Signal
-from .link import CONNECTED, NEW, REASON_COMMAND, REASON_CONTEXT, REASON_PROBLEM, TIMEOUT_MIN, WAITING, Link
-from .stream import open_bind, open_connect
+from . import schemes
+from .link import (
+    CONNECTED,
+    NEW,
+    REASON_COMMAND,
+    REASON_CONTEXT,
+    REASON_PROBLEM,
+    RECONNECTING,
+    TIMEOUT_MIN,
+    WAITING,
+    Link,
+)
 
 __all__ = [
     "Connection",
     "TcpConnection",
+    "IpcConnection",
+    "ItcConnection",
     "ConnectionCollection",
+    "connection_class",
     "bind",
     "connect",
     "REASON_COMMAND",
@@ -51,9 +68,12 @@ class ConnectionCollection(list):
 class Connection:
     """One link between this context and another; the user-facing interface.
 
-    Made by :meth:`Context.bind` and :meth:`Context.connect`; use it to read
-    addresses and ids, to watch the :attr:`closed` and :attr:`timedout`
-    signals, and to :meth:`close` the link. A connection is used once.
+    Made by :meth:`Context.bind` and :meth:`Context.connect` (and by a bind
+    with ``max_connections`` above 1 for each further peer); use it to read
+    addresses and ids, to watch the :attr:`closed`, :attr:`timedout`,
+    :attr:`reconnected` and :attr:`accepted` signals, and to :meth:`close`
+    the link. A connection is used once (a reconnecting one re-dials its own
+    peer, but is never bound or connected anew).
     """
 
     _bound = False  # made by a bind (see port)
@@ -63,8 +83,18 @@ class Connection:
         self._name = str(name)
         self._closed_signal = Signal()
         self._timedout_signal = Signal()
+        self._reconnected_signal = Signal()
+        self._accepted_signal = Signal()
         self._timeout = TIMEOUT_MIN
         self._link: Link | None = None
+
+    def _spawn(self) -> Connection:
+        """A new handle like this one (same class, context, name, timeout), for
+        another peer of this bind (the transport's acceptor calls it)."""
+        other = type(self)(self._context, self._name)
+        other._bound = True
+        other._timeout = self._timeout
+        return other
 
     def __repr__(self):
         host, port = self._local
@@ -100,6 +130,23 @@ class Connection:
         return self._timedout_signal
 
     @property
+    def reconnected(self) -> Signal:
+        """Signal ``(connection,)`` each time the connection is connected again
+        after losing its peer: a ``connect(..., reconnect=...)`` that re-dialled,
+        or, on a bind with ``max_connections`` above 1, a peer that re-dialled
+        before the bind noticed the loss."""
+        return self._reconnected_signal
+
+    @property
+    def accepted(self) -> Signal:
+        """Signal ``(bind_connection, connection)`` emitted by the connection a
+        ``bind()`` returned each time that bind admits a peer; ``connection`` is
+        the peer's own (for the first peer, the bind's connection itself; with
+        ``max_connections`` above 1, a new one for each further peer, also listed
+        in ``context.connections``)."""
+        return self._accepted_signal
+
+    @property
     def name(self) -> str:
         """The name given at bind/connect; ``context.connections[name]`` finds it. Settable (a str)."""
         return self._name
@@ -129,8 +176,13 @@ class Connection:
 
     @property
     def is_alive(self) -> bool:
-        """True while waiting for a peer or connected (not closing or closed)."""
-        return self._state in (WAITING, CONNECTED)
+        """True while waiting for a peer, connected or reconnecting (not closing or closed)."""
+        return self._state in (WAITING, CONNECTED, RECONNECTING)
+
+    @property
+    def is_reconnecting(self) -> bool:
+        """True while the connection re-dials a lost peer (``connect(..., reconnect=...)``)."""
+        return self._state is RECONNECTING
 
     @property
     def is_connected(self) -> bool:
@@ -157,24 +209,24 @@ class Connection:
 
     @property
     def hostname1(self) -> str:
-        """Host (IP) of this end."""
+        """Host (IP) of this end (for ``ipc://`` the socket's path, for ``itc://`` the name)."""
         return self._local[0]
 
     @property
     def port1(self) -> int:
-        """Port of this end; after ``bind()`` this is the port peers connect to."""
+        """Port of this end; after ``bind()`` this is the port peers connect to (0 for ipc/itc)."""
         return self._local[1]
 
     @property
     def port(self) -> int:
         """The port of the address: for a bind, the local port it listens (or listened) on,
-        also when ``max_tries`` had to move on from the first; for a connect, the
-        port it connected to."""
+        also when ``max_tries`` had to move on from the first or the system chose
+        it (port 0); for a connect, the port it connected to (0 for ipc/itc)."""
         return self._local[1] if self._bound else self._peer[1]
 
     @property
     def hostname2(self) -> str:
-        """Host (IP) of the other end; '' when not connected."""
+        """Host (IP) of the other end; '' when not connected (ipc/itc: the path or name)."""
         return self._peer[0]
 
     @property
@@ -208,8 +260,9 @@ class Connection:
         """Figures of this connection: ``state``, ``peer`` (its id in hex),
         ``age`` (s), ``bytes_in``/``bytes_out``, ``packages_in``,
         ``queued_bytes``/``queued_packages`` (waiting to be written),
-        ``discarded`` (by a stalled send queue), ``stalled``, ``timed_out``
-        and ``reading_held`` (flow control holds reading)."""
+        ``discarded`` (by a stalled send queue), ``stalled``, ``timed_out``,
+        ``reading_held`` (flow control holds reading) and ``reconnects``
+        (how often it was connected again after losing its peer)."""
         link = self._link
         if link is None:
             return {"state": NEW.value}
@@ -221,12 +274,17 @@ class Connection:
         """Close the connection, telling the other end; a waiting bind stops waiting.
 
         Queued packages and the close signal are flushed while the peer takes
-        them; a peer that takes nothing for a second is dropped.
+        them; a peer that takes nothing for a second is dropped. On the
+        connection a ``bind()`` returned, this also stops the bind listening
+        (with ``max_connections`` above 1: also after its own peer left; the
+        bind's other connections stay). A reconnecting connection stops
+        re-dialling (what it had queued is discarded, counted).
         """
         link = self._link
         if link is None:
             self._close_unlinked(reason or REASON_COMMAND)
         else:
+            link.stop_listening()
             link.request(link.begin_close, reason or REASON_COMMAND, wait=True)
 
     def close_on_problem(self, reason: str | None = None) -> None:
@@ -235,6 +293,7 @@ class Connection:
         if link is None:
             self._close_unlinked(reason or REASON_PROBLEM)
         else:
+            link.stop_listening()
             link.request(link.teardown, reason or REASON_PROBLEM, wait=True)
 
     def _close_unlinked(self, reason: str) -> None:
@@ -254,14 +313,30 @@ class TcpConnection(Connection):
     """A :class:`Connection` over TCP (or TLS, for ``tls://`` addresses)."""
 
 
-def bind(router, connection: Connection, address: str, max_tries: int = 1, ssl_context=None) -> None:
-    """Make ``connection`` (new, made by the context) listen on ``address`` (see
-    :func:`~yoton.transport.stream.open_bind`); ``router`` is the link owner."""
+class IpcConnection(Connection):
+    """A :class:`Connection` over a Unix domain socket (``ipc://PATH`` addresses)."""
+
+
+class ItcConnection(Connection):
+    """A :class:`Connection` between two contexts of this process (``itc://NAME`` addresses)."""
+
+
+def connection_class(address: str) -> type:
+    """The :class:`Connection` class for ``address`` (by its scheme); ValueError for an unknown scheme."""
+    return schemes.lookup(address).connection_class
+
+
+def bind(router, connection: Connection, address: str, **options) -> None:
+    """Make ``connection`` (new, made by the context) listen on ``address``
+    through the transport of its scheme (see :mod:`.schemes`; ``options`` are
+    that transport's: ``max_tries``, ``ssl_context``, ``max_connections``,
+    ``mode``); ``router`` is the link owner."""
     connection._bound = True
-    connection._link = open_bind(router, connection, address, max_tries, ssl_context)
+    connection._link = schemes.open_bind(router, connection, address, **options)
 
 
-def connect(router, connection: Connection, address: str, timeout: float = 1.0, ssl_context=None) -> None:
-    """Connect ``connection`` (new, made by the context) to ``address`` (see
-    :func:`~yoton.transport.stream.open_connect`); ``router`` is the link owner."""
-    connection._link = open_connect(router, connection, address, timeout, ssl_context)
+def connect(router, connection: Connection, address: str, timeout: float = 1.0, **options) -> None:
+    """Connect ``connection`` (new, made by the context) to ``address`` through
+    the transport of its scheme (``options``: ``ssl_context``, ``reconnect``);
+    ``router`` is the link owner."""
+    connection._link = schemes.open_connect(router, connection, address, timeout, **options)

@@ -364,6 +364,9 @@ class IOLoop:
         self._seat = _ReaderSeat()
         self._io_wake_at = 0.0  # when the I/O thread's current wait ends at the latest
         self.spin = default_spin() if spin is None else spin  # seconds a reader polls before it sleeps
+        #: Links whose peer is in this process (loop side): while there are any,
+        #: readers do not poll -- the peer needs the GIL a polling reader takes.
+        self.no_spin = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -473,7 +476,7 @@ class IOLoop:
         # being put to sleep and woken again, which costs more than that.
         wait, serve, clock, monotonic = self._set.wait, self._serve, time.perf_counter, time.monotonic
         interrupted = sigint.interrupted
-        spin = self.spin
+        spin = 0.0 if self.no_spin else self.spin
         spin_end = clock() + spin if spin > 0 else 0.0
         while self.running and not done():
             now = monotonic()

@@ -1,8 +1,9 @@
 """What every transport provides: a link between this context and one peer.
 
 The context (its router) talks to each peer through a :class:`Link`, and to
-nothing else of the transport; a transport (TCP and TLS streams today) is a
-subclass. The contract, both ways:
+nothing else of the transport; a transport (TCP, TLS and Unix-socket
+streams, in-process pairs) is a subclass, reached through the registry in
+:mod:`.schemes`. The contract, both ways:
 
 * The router gives a link its :class:`LinkConfig` and itself as the
   :class:`LinkOwner` the link reports to: packages that arrived, that it is
@@ -18,8 +19,14 @@ which refuses other moves)::
 
     NEW --bind()--> WAITING --(a peer's handshake succeeded)--> CONNECTED
     NEW --connect()--> CONNECTED            (the handshake done before)
+    CONNECTED --(lost, with a reconnect policy)--> RECONNECTING --(re-dialled)--> CONNECTED
     WAITING/CONNECTED --close--> CLOSING --(close signal flushed, the peer's EOF; or 1 s)--> CLOSED
-    any --(peer closed / EOF / broken stream / close_on_problem)--> CLOSED
+    any --(peer closed / EOF / broken stream / close_on_problem / gave up re-dialling)--> CLOSED
+
+A link that is RECONNECTING keeps its send queue: packages still queue on it
+(the router counts it among the links that take packages) and are written
+once it is connected again. Its silence and stall rules keep running, so a
+sender never waits for it longer than the connection's ``timeout``.
 
 Rules the base class keeps for every transport:
 
@@ -35,8 +42,9 @@ Rules the base class keeps for every transport:
   held, the peer's silence is ours: no ``timedout``.
 * ``timedout(conn, True)`` is emitted when nothing arrived for ``timeout``
   seconds, ``timedout(conn, False)`` when data arrives again; ``closed(conn,
-  reason)`` once, when the state becomes CLOSED. Signals are emitted with
-  the user's :class:`~yoton.Connection` (the link's ``handle``).
+  reason)`` once, when the state becomes CLOSED; ``reconnected(conn)`` each
+  time a lost link is connected again. Signals are emitted with the user's
+  :class:`~yoton.Connection` (the link's ``handle``).
 * Everything that changes the state runs on the loop side.
 """
 
@@ -55,12 +63,19 @@ from typing import Protocol as _Interface
 from ..queues import BLOCK, BoundedQueue, Policy
 
 if TYPE_CHECKING:
+    from .acceptor import Acceptor
     from .ioloop import IOLoop
 
 log = logging.getLogger("yoton")
 
 __all__ = [
     "LinkState",
+    "NEW",
+    "WAITING",
+    "CONNECTED",
+    "RECONNECTING",
+    "CLOSING",
+    "CLOSED",
     "LinkConfig",
     "LinkOwner",
     "Link",
@@ -97,21 +112,24 @@ class LinkState(Enum):
     NEW = "NEW"
     WAITING = "WAITING"
     CONNECTED = "CONNECTED"
+    RECONNECTING = "RECONNECTING"
     CLOSING = "CLOSING"
     CLOSED = "CLOSED"
 
 
-NEW, WAITING, CONNECTED, CLOSING, CLOSED = (
+NEW, WAITING, CONNECTED, RECONNECTING, CLOSING, CLOSED = (
     LinkState.NEW,
     LinkState.WAITING,
     LinkState.CONNECTED,
+    LinkState.RECONNECTING,
     LinkState.CLOSING,
     LinkState.CLOSED,
 )
 _TRANSITIONS = {
     NEW: (WAITING, CONNECTED, CLOSED),
     WAITING: (CONNECTED, CLOSED),
-    CONNECTED: (CLOSING, CLOSED),
+    CONNECTED: (RECONNECTING, CLOSING, CLOSED),
+    RECONNECTING: (CONNECTED, CLOSED),
     CLOSING: (CLOSED,),
     CLOSED: (),
 }
@@ -145,6 +163,19 @@ class LinkOwner(_Interface):
 
     def link_closing(self, link: Link) -> None:
         """A link began closing: no more packages for it (loop side)."""
+
+    def link_interrupted(self, link: Link) -> None:
+        """A link lost its peer and re-dials; packages still queue on it (loop side)."""
+
+    def link_resumed(self, link: Link, redialled: bool) -> None:
+        """A RECONNECTING link is CONNECTED again, or a bind's link took its
+        peer's re-dial (``redialled`` is True on the side that dialled; loop side)."""
+
+    def listener_opened(self, listener) -> None:
+        """A bind listens (``listener.close()`` stops it, on the loop side)."""
+
+    def listener_closed(self, listener) -> None:
+        """A bind stopped listening."""
 
     def packages_arrived(self, link: Link, packages: list) -> None:
         """Packages came in on ``link``, in order (loop side)."""
@@ -196,6 +227,10 @@ class Link:
         self.bytes_out = self.bytes_in = 0
         self.packages_in = 0
         self._stall_mark = 0  # bytes_out when the stall began
+        self.reconnects = 0  # how often the link was connected again after a loss
+        #: The bind's :class:`~yoton.transport.acceptor.Acceptor` that admitted
+        #: this link (or, for the link bind() made, the one it belongs to).
+        self.acceptor: Acceptor | None = None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.handle.name!r} {self.state.value}>"
@@ -215,8 +250,14 @@ class Link:
 
     @property
     def is_alive(self) -> bool:
-        """True while waiting for a peer or connected."""
-        return self.state is WAITING or self.state is CONNECTED
+        """True while waiting for a peer, connected, or re-dialling a lost one."""
+        return self.state is WAITING or self.state is CONNECTED or self.state is RECONNECTING
+
+    @property
+    def takes_packages(self) -> bool:
+        """Whether the router queues packages on this link: connected, or
+        re-dialling (they wait in its send queue)."""
+        return self.state is CONNECTED or self.state is RECONNECTING
 
     @property
     def timeout(self) -> float:
@@ -240,6 +281,7 @@ class Link:
             "stalled": self.stalled,
             "timed_out": self.is_timedout,
             "reading_held": bool(self.read_holds),
+            "reconnects": self.reconnects,
         }
 
     # -- sending (any thread) --------------------------------------------------------
@@ -264,7 +306,7 @@ class Link:
 
     def unflushed(self) -> bool:
         """Whether packages wait to be written (while the link can still write them)."""
-        return (bool(self.sendq) or self.unwritten() > 0) and self.state in (WAITING, CONNECTED, CLOSING)
+        return (bool(self.sendq) or self.unwritten() > 0) and self.state in (WAITING, CONNECTED, RECONNECTING, CLOSING)
 
     # -- for transports -----------------------------------------------------------
 
@@ -397,11 +439,19 @@ class Link:
         """Close at once and announce it (loop side, or before I/O started)."""
         raise NotImplementedError
 
+    def stop_listening(self) -> None:
+        """If this is the link a bind made, stop that bind listening (any thread)."""
+        acceptor = self.acceptor
+        if acceptor is not None and acceptor.first is self:
+            acceptor.request_close()
+
     def finish(self, reason: str | None) -> None:
         """The part of teardown every transport shares: CLOSED, queue dropped
         (counted), owner told, ``closed`` emitted (once)."""
         self.set_state(CLOSED)
         self.close_reason = reason = reason or REASON_PROBLEM
+        if self.acceptor is not None:
+            self.acceptor.forget(self)
         self.release_upstream()
         self.sendq.discard_all()  # (never written: counted as discarded)
         log.debug("yoton: connection %r closed: %s", self.handle.name, reason)

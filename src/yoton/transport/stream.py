@@ -1,16 +1,25 @@
-"""The stream transport: links over TCP sockets, plain or inside TLS.
+"""The stream transport: links over TCP sockets (plain or inside TLS) and Unix sockets.
 
 * :func:`open_bind` listens on an address; a :class:`Listener` accepts
   clients and runs a :class:`Handshake` for each (non-blocking, on the loop
-  side); the first one that succeeds is adopted by the bind's link, the
-  others are refused with a reason while the bind keeps waiting.
+  side); the peers whose handshake succeeds are admitted by the bind's
+  :class:`~yoton.transport.acceptor.Acceptor` rules (one peer, as in yoton
+  2.2, or up to ``max_connections``), the others are refused with a reason
+  while the bind keeps listening.
 * :func:`open_connect` dials an address and runs the same :class:`Handshake`
   driver on the loop side, waiting for it in the caller's thread (retrying
-  while the peer is not listening yet, until the timeout).
+  while the peer is not listening yet, until the timeout). With a
+  :class:`~yoton.transport.reconnect.ReconnectPolicy` the link re-dials the
+  same :class:`DialTarget` on the loop side when it loses its peer.
 * :class:`StreamLink` then moves bytes: it reads into the
   :class:`~yoton.wire.protocol.Protocol` (sans-I/O) and delivers the
   packages it cuts out, and writes the send queue with as few system calls
-  as it can (see :meth:`StreamLink._write_locked`).
+  as it can (see :meth:`StreamLink._write_locked`). A link can move to a
+  new socket (:meth:`StreamLink.resume`): its send queue, read holds and
+  figures stay.
+
+The Unix-socket transport (:mod:`.unix`) uses all of this with AF_UNIX
+sockets; only opening and naming differ.
 
 All socket work after the handshake happens on the loop side, except one
 shortcut: a thread that queues packages on an idle connection writes them
@@ -33,8 +42,11 @@ from itertools import chain
 from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandshakeError, TLSError
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
 from ..wire.naming import parse_address
-from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, Protocol
-from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link
+from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, REASON_EOF, REASON_SELF, Protocol
+from .acceptor import Acceptor, check_max_connections
+from .ioloop import IOLoop
+from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, RECONNECTING, WAITING, Link
+from .reconnect import Backoff, ReconnectPolicy
 from .tls import CHUNK, TlsPipe, describe, looks_like_tls
 
 log = logging.getLogger("yoton")
@@ -43,9 +55,13 @@ __all__ = [
     "StreamLink",
     "Listener",
     "Handshake",
+    "DialTarget",
     "open_bind",
     "open_connect",
+    "listen",
+    "dial",
     "split_address",
+    "sock_pair",
     "HANDSHAKE_DEADLINE",
     "MAX_PENDING_HANDSHAKES",
     "LISTEN_BACKLOG",
@@ -72,7 +88,14 @@ _JOIN_LIMIT = 128 * 1024
 _TAKE_BYTES = 256 * 1024
 _TLS_REQUIRED = b"ERROR: TLS required.\r\n"
 #: connect() errors that mean "not listening yet" (or going away): try again.
-_RETRY_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
+#: (ENOENT: a Unix socket's file is not there yet.)
+_RETRY_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOENT}
+#: bind() errors about the port (the next port may be free); others are about the host.
+_PORT_ERRNOS = {errno.EADDRINUSE, errno.EACCES, errno.EPERM} | {
+    getattr(errno, name) for name in ("WSAEADDRINUSE", "WSAEACCES") if hasattr(errno, name)
+}
+#: A re-dial gives up on these kinds of failure (see Handshake); it retries the others.
+_FATAL_KINDS = ("auth", "tls")
 
 
 def _consume(bufs: list, sent: int) -> None:
@@ -84,6 +107,15 @@ def _consume(bufs: list, sent: int) -> None:
     del bufs[:i]
     if sent:
         bufs[0] = memoryview(bufs[0])[sent:]
+
+
+def sock_pair(addr) -> tuple:
+    """``(host, port)`` of a socket address: an IP pair, or ``(path, 0)`` for a Unix socket."""
+    if isinstance(addr, tuple):
+        return addr[:2]
+    if isinstance(addr, (bytes, bytearray)):
+        addr = os.fsdecode(bytes(addr))
+    return (addr or "", 0)
 
 
 def split_address(address, ssl_context) -> tuple:
@@ -110,12 +142,16 @@ def _hostname(address: str) -> str:
 # -- opening --------------------------------------------------------------------------------
 
 
-def open_bind(owner, handle, address: str, max_tries: int = 1, ssl_context=None) -> StreamLink:
-    """Listen on ``address`` for one peer; return the WAITING link (caller's thread).
+def open_bind(
+    owner, handle, address: str, max_tries: int = 1, ssl_context=None, max_connections: int | None = 1
+) -> StreamLink:
+    """Listen on a ``tcp://`` or ``tls://`` ``address``; return the WAITING link (caller's thread).
 
     With ``max_tries`` > 1, ports after the first are tried (``port +
-    int(sqrt(i + 1))`` for try i) when it is taken. Raises
-    :class:`~yoton.errors.BindError` when none is free.
+    int(sqrt(i + 1))`` for try i) when it is taken. Port 0 lets the system
+    choose a free port. Raises :class:`~yoton.errors.BindError` when none is
+    free, naming each port tried and why it failed. ``max_connections``: see
+    :mod:`.acceptor`.
     """
     proto, host, port = split_address(address, ssl_context)
     if proto == "tls" and ssl_context is None:
@@ -123,7 +159,16 @@ def open_bind(owner, handle, address: str, max_tries: int = 1, ssl_context=None)
     max_tries = int(max_tries)
     if max_tries < 1:
         raise ValueError("max_tries must be at least 1")
-    error = None
+    max_connections = check_max_connections(max_connections)
+    sock = _bind_tcp(host, port, max_tries)
+    link = StreamLink(owner, handle)
+    link.local_address = sock.getsockname()[:2]
+    return listen(owner, link, sock, ssl_context, max_connections, f"port {link.local_address[1]}")
+
+
+def _bind_tcp(host: str, port: int, max_tries: int) -> socket.socket:
+    """A listening TCP socket on ``host``, at ``port`` or one of the next ones (see open_bind)."""
+    tried: list = []  # (port, OSError)
     for i in range(max_tries):
         if port >= 2**16:
             break
@@ -133,41 +178,123 @@ def open_bind(owner, handle, address: str, max_tries: int = 1, ssl_context=None)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             sock.listen(LISTEN_BACKLOG)
-            break
+            sock.setblocking(False)
+            return sock
         except OSError as exc:
             sock.close()
-            error = exc
+            tried.append((port, exc))
+            log.info("yoton: cannot bind to %s port %d: %s", host, port, _why(exc))
+            if exc.errno not in _PORT_ERRNOS:
+                break  # (about the host, not the port: every port would fail alike)
             port += int(math.sqrt(i + 1))
+    raise BindError(_bind_failure(host, tried, port >= 2**16))
+
+
+def _why(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def _bind_failure(host: str, tried: list, ran_out: bool) -> str:
+    """The BindError message: which ports were tried and why each failed, and what to do."""
+    reasons: dict = {}
+    for port, exc in tried:
+        reasons.setdefault(_why(exc), []).append(port)
+
+    def ports(numbers: list) -> str:
+        shown = ", ".join(map(str, numbers[:6]))
+        if len(numbers) > 8:
+            shown += f", ..., {numbers[-1]}"
+        elif len(numbers) > 6:
+            shown += ", " + ", ".join(map(str, numbers[6:]))
+        return f"port {shown}" if len(numbers) == 1 else f"ports {shown} ({len(numbers)})"
+
+    if len(tried) == 1:
+        head = f"could not bind to {host} port {tried[0][0]}"
     else:
-        raise BindError(f"could not bind to {host} on any of {max_tries} port(s) tried: {error}")
-    if port >= 2**16:
-        raise BindError(f"could not bind to {host}: ran out of ports ({error})")
-    sock.setblocking(False)
-    link = StreamLink(owner, handle)
-    link.local_address = sock.getsockname()[:2]
+        head = f"could not bind to {host} on any of the {len(tried)} ports tried"
+    detail = "; ".join(f"{ports(numbers)}: {reason}" for reason, numbers in reasons.items())
+    if ran_out:
+        detail += "; then ran out of ports (65535 is the last)"
+    text = f"{head} ({detail})."
+    if tried and all(exc.errno in _PORT_ERRNOS for _, exc in tried):
+        text += " Bind to port 0 to let the system choose a free port, or use a Unix socket (ipc://PATH)."
+    return text
+
+
+def listen(owner, link: StreamLink, sock: socket.socket, ssl_context, max_connections, where: str, cleanup=None):
+    """Make ``link`` (new, its local address set) the WAITING first link of a
+    bind listening on ``sock`` (bound, listening, non-blocking); return it.
+    ``where`` names the bind in log lines; ``cleanup()`` runs once the bind
+    stops listening (after the socket is closed)."""
     link.set_state(WAITING)
-    link.listener = Listener(link, sock, ssl_context)
+    listener = Listener(link, sock, ssl_context, max_connections, where, cleanup)
     loop = owner.io_loop()
     link.loop = loop
     owner.link_attached(link)
-    loop.call_soon(link.listener.start, loop)
+    owner.listener_opened(listener)
+    loop.call_soon(listener.start, loop)
     return link
 
 
-def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=None) -> StreamLink:
-    """Connect to a bind at ``address``; return the CONNECTED link (caller's thread).
+def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=None, reconnect=None) -> StreamLink:
+    """Connect to a bind at a ``tcp://`` or ``tls://`` ``address``; return the CONNECTED link
+    (see :func:`dial`)."""
+    proto, host, port = split_address(address, ssl_context)
+    if proto == "tls" and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
+    family, _, _, _, sockaddr = infos[0]
+    target = DialTarget(family, sockaddr, f"{host}:{port}", ssl_context, _hostname(address) if ssl_context else None)
+    return dial(owner, StreamLink(owner, handle), target, timeout, reconnect)
 
-    The TCP connect and the handshake run on the loop side (the same
+
+class DialTarget:
+    """Where a connect dials, and how (TLS or not): kept by a link that re-dials."""
+
+    def __init__(self, family, sockaddr, display: str, ssl_context=None, server_hostname=None):
+        self.family = family
+        self.sockaddr = sockaddr
+        self.display = display  # for messages: "host:port" or the socket's path
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+
+    def __repr__(self):
+        return f"<DialTarget {self.display}>"
+
+    def attempt(self, loop, config, deadline: float, done, failed) -> Handshake:
+        """A new socket and :class:`Handshake` to dial once (not started). Raises
+        :class:`ssl.SSLError` when the TLS context refuses to start."""
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            tls = TlsPipe(self.ssl_context, False, self.server_hostname) if self.ssl_context else None
+        except ssl.SSLError:
+            sock.close()
+            raise
+        protocol = Protocol("connect", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
+        return Handshake(loop, sock, protocol, tls, deadline, done, failed, connect_to=self.sockaddr)
+
+
+def dial(owner, link: StreamLink, target: DialTarget, timeout: float, reconnect=None) -> StreamLink:
+    """Connect ``link`` (new) to ``target``; return it CONNECTED (caller's thread).
+
+    The connect and the handshake run on the loop side (the same
     :class:`Handshake` a bind runs); this thread waits for them, trying
     again while the peer is not listening, until ``timeout`` seconds have
     passed. Raises :class:`~yoton.errors.ConnectError` (nothing answered in
     time), :class:`~yoton.errors.ConnectHandshakeError` (a peer answered but
     refused us; :class:`~yoton.errors.AuthenticationError` when the auth
-    proofs failed) or :class:`~yoton.errors.TLSError`.
+    proofs failed) or :class:`~yoton.errors.TLSError`. ``reconnect``: a
+    :class:`~yoton.transport.reconnect.ReconnectPolicy` (or True), to re-dial
+    when the peer is lost later.
     """
-    proto, host, port = split_address(address, ssl_context)
-    if proto == "tls" and ssl_context is None:
-        ssl_context = ssl.create_default_context()
+    policy = ReconnectPolicy.from_option(reconnect)
+    where = target.display
     timeout = float(timeout)
     deadline = time.monotonic() + timeout
     loop = owner.io_loop()
@@ -176,27 +303,19 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ConnectError(f"Could not connect to {host}:{port} within {timeout:g} s ({problem}).")
-        try:
-            infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-            family, kind, proto_, _, sockaddr = infos[0]
-            sock = socket.socket(family, kind, proto_)
-        except OSError as exc:
-            raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
-        sock.setblocking(False)
-        try:
-            tls = TlsPipe(ssl_context, False, _hostname(address)) if ssl_context else None
-        except ssl.SSLError as exc:
-            sock.close()
-            raise TLSError(f"Could not connect to {host}:{port}: {describe(exc)}.") from exc
-        protocol = Protocol("connect", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
+            raise ConnectError(f"Could not connect to {where} within {timeout:g} s ({problem}).")
         outcome = _Outcome()
-        handshake = Handshake(loop, sock, protocol, tls, deadline, outcome.done, outcome.failed, connect_to=sockaddr)
+        try:
+            handshake = target.attempt(loop, config, deadline, outcome.done, outcome.failed)
+        except ssl.SSLError as exc:
+            raise TLSError(f"Could not connect to {where}: {describe(exc)}.") from exc
+        except OSError as exc:
+            raise ConnectError(f"Could not connect to {where}: {exc}") from exc
         loop.call_soon(handshake.start)
         outcome.wait(deadline)
         if outcome.result is None:  # (past the deadline, still in progress)
             loop.call_soon(handshake.drop, "connect timed out")
-            raise ConnectError(f"Could not connect to {host}:{port}: handshake timed out.")
+            raise ConnectError(f"Could not connect to {where}: handshake timed out.")
         kind, detail = outcome.result
         if kind == "ok":
             break
@@ -205,13 +324,16 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
             continue
         if kind == "tls":
-            raise TLSError(f"Could not connect to {host}:{port}: TLS handshake failed ({detail}).")
+            raise TLSError(f"Could not connect to {where}: TLS handshake failed ({detail}).")
         if kind == "auth":
             raise AuthenticationError(f"Could not connect: {detail}.")
         if kind == "timeout":
-            raise ConnectError(f"Could not connect to {host}:{port}: handshake timed out.")
+            raise ConnectError(f"Could not connect to {where}: handshake timed out.")
+        if kind == "unreachable":
+            raise ConnectError(f"Could not connect to {where}: {detail}.")
         raise ConnectHandshakeError(f"Could not connect: {detail}")
-    link = StreamLink(owner, handle)
+    link.target = target
+    link.policy = policy
     link.adopt(handshake)
     link.loop = loop
     owner.link_attached(link)
@@ -252,9 +374,13 @@ class Handshake:
     ``done(handshake)`` is called when the yoton handshake succeeded (the
     socket and protocol are then the caller's), ``failed(handshake, kind,
     detail)`` otherwise, ``kind`` being "retry" (refused, reset, or closed
-    before it said anything: the peer is not there yet), "tls", "auth",
+    before it said anything: the peer is not there yet), "unreachable" (the
+    dial failed otherwise: no route, permission denied, ...), "tls", "auth",
     "timeout" or "refused" (it answered, but not as a yoton peer that takes
     us). ``connect_to``: dial that address first (connect side).
+    ``vet(peer_id)`` (bind side): called once the client's hello is read,
+    before it is answered; a reason it returns refuses the client with an
+    ``ERROR:`` line (e.g. a bind that is full).
     """
 
     def __init__(
@@ -268,6 +394,7 @@ class Handshake:
         failed,
         connect_to=None,
         peer=None,
+        vet=None,
     ):
         self.loop = loop
         self.sock = sock
@@ -278,6 +405,7 @@ class Handshake:
         self._connect_to = connect_to
         self.peer = peer  # (host, port) of the other end
         self.server = protocol.side == "bind"
+        self._vet = vet
         self._first = True
         self._heard = False  # the peer sent something
         self.over = False
@@ -290,7 +418,7 @@ class Handshake:
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
-                self._fail("retry" if exc.errno in _RETRY_ERRNOS else "refused", str(exc))
+                self._fail("retry" if exc.errno in _RETRY_ERRNOS else "unreachable", _why(exc))
                 return
             self.loop.register(self.sock, self, write=True)
         else:
@@ -303,11 +431,11 @@ class Handshake:
             return
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
-            self._fail("retry" if error in _RETRY_ERRNOS else "refused", os.strerror(error))
+            self._fail("retry" if error in _RETRY_ERRNOS else "unreachable", _why(OSError(error, os.strerror(error))))
             return
         self.loop.set_interest(self.sock, self, True, False)
         try:
-            self.peer = self.sock.getpeername()[:2]
+            self.peer = sock_pair(self.sock.getpeername())
         except OSError as exc:
             self._fail("retry", str(exc))
             return
@@ -373,6 +501,18 @@ class Handshake:
         else:
             protocol.receive_eof()
         answer = protocol.data_to_send()
+        vet = self._vet
+        if vet is not None and protocol.peer_id:
+            self._vet = None
+            reason = vet(protocol.peer_id)
+            if reason is not None:  # (our hello is not sent: the client learns why instead)
+                answer = b"ERROR: " + reason.encode("ascii", "replace") + b".\r\n"
+                if tls is not None:
+                    tls.write(answer)
+                    answer = tls.take()
+                self._send(answer)
+                self._fail("refused", reason)
+                return
         if answer:
             if tls is not None:
                 tls.write(answer)
@@ -433,34 +573,37 @@ class Handshake:
 # -- a bind's listening socket ----------------------------------------------------------------
 
 
-class Listener:
-    """The listening socket of a waiting bind and its pending handshakes."""
+class Listener(Acceptor):
+    """The listening socket of a bind and its pending handshakes (the peers
+    it admits follow the :class:`~yoton.transport.acceptor.Acceptor` rules)."""
 
-    def __init__(self, link: StreamLink, sock: socket.socket, ssl_context=None):
-        self.link = link
+    resumable = True
+
+    def __init__(self, link: StreamLink, sock: socket.socket, ssl_context, max_connections, where: str, cleanup=None):
+        super().__init__(link, max_connections)
         self.sock = sock
         self.ssl_context = ssl_context
+        self.where = where  # "port N" or the socket's path (log lines)
+        self._cleanup = cleanup
         self.pending: dict = {}  # socket -> Handshake
         self.loop = None
 
     def start(self, loop) -> None:
         """Watch the socket (loop side)."""
-        if self.link.state is not WAITING:
-            self.sock.close()
+        if self.closed:
             return
         self.loop = loop
         loop.register(self.sock, self)
 
     def _on_readable(self) -> None:
-        link = self.link
-        config = link.config
-        while True:
+        config = self.owner.config
+        while not self.closed:
             try:
                 sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("yoton: accept failed on port %d: %s", link.local_address[1], exc)
+                log.warning("yoton: accept failed on %s: %s", self.where, exc)
                 return
             if len(self.pending) >= MAX_PENDING_HANDSHAKES:
                 oldest = next(iter(self.pending.values()))
@@ -476,55 +619,79 @@ class Listener:
                 time.monotonic() + HANDSHAKE_DEADLINE,
                 self._accept,
                 self._refuse,
-                peer=addr[:2],
+                peer=sock_pair(addr),
+                vet=self.refusal,
             )
             self.pending[sock] = handshake
             handshake.start()
 
     def _accept(self, handshake: Handshake) -> None:
         del self.pending[handshake.sock]
-        link = self.link
         try:
             # Asked once, here: a reset arriving later must not stop adopt()
             # half-way (that left the bind WAITING with no listener).
-            handshake.peer = handshake.sock.getpeername()[:2]
+            handshake.peer = sock_pair(handshake.sock.getpeername())
         except OSError as exc:  # reset right after its hello: keep waiting
             handshake.sock.close()
             self._refuse(handshake, "retry", f"connection lost during handshake: {exc}")
             return
-        self.close()
-        link.listener = None
+        first = self.first
+        assert isinstance(first, StreamLink)
+        kind, link = self.admit(handshake.protocol.peer_id, lambda handle: StreamLink(self.owner, handle))
+        if kind == "refused":  # (it became full since its hello was vetted)
+            handshake.sock.close()
+            self._refuse(handshake, kind, link)
+            return
+        if kind == "resume":
+            link.resume(handshake, redialled=False)
+            return
+        if kind == "new":
+            link.local_address = first.local_address
+            link.unix_path = first.unix_path
+            link.loop = self.loop
+            self.owner.link_attached(link)
         link.adopt(handshake)
-        link.owner.link_established(link)
+        self.owner.link_established(link)
         link.start_io()
+        self.admitted(link)
 
     def _refuse(self, handshake: Handshake, kind: str, detail: str) -> None:
         self.pending.pop(handshake.sock, None)
         if kind == "timeout":
             detail = f"no handshake within {HANDSHAKE_DEADLINE:g} s"
-        log.info("yoton: refused client %s on port %d: %s", handshake.peer, self.link.local_address[1], detail)
+        log.info("yoton: refused client %s on %s: %s", handshake.peer, self.where, detail)
 
-    def close(self) -> None:
-        """Stop listening; drop the pending handshakes (loop side, or before it started)."""
+    def stop(self) -> None:
+        """Close the socket; drop the pending handshakes (loop side, or before it started)."""
         for handshake in list(self.pending.values()):
             handshake.drop("bind closed")
         if self.loop is not None:
             self.loop.unregister(self.sock)
         self.sock.close()
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 # -- the link ---------------------------------------------------------------------------------
 
 
 class StreamLink(Link):
-    """A :class:`~yoton.transport.link.Link` over a TCP socket (plain or TLS)."""
+    """A :class:`~yoton.transport.link.Link` over a stream socket: TCP (plain
+    or TLS) or a Unix socket."""
 
     def __init__(self, owner, handle):
         super().__init__(owner, handle)
         self.sock: socket.socket | None = None
         self.protocol: Protocol | None = None
-        self.listener: Listener | None = None
         self.tls: TlsPipe | None = None
+        self.unix_path: str | None = None  # a Unix socket's path (both ends name it)
+        # Re-dialling (connect side, with a reconnect policy):
+        self.target: DialTarget | None = None
+        self.policy: ReconnectPolicy | None = None
+        self._backoff: Backoff | None = None
+        self._redial_timer = None  # the IOLoop timer of the next attempt
+        self._dialing: Handshake | None = None  # the attempt in progress
+        self._lost_reason = ""
         self._wbufs: list = []
         self._write_scheduled = False
         self._want_write = False
@@ -543,15 +710,21 @@ class StreamLink(Link):
 
     def adopt(self, handshake: Handshake) -> None:
         """Take over a socket whose handshake succeeded (before its I/O starts)."""
+        self._take_socket(handshake)
+        self.set_state(CONNECTED)
+
+    def _take_socket(self, handshake: Handshake) -> None:
         sock = handshake.sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != getattr(socket, "AF_UNIX", None):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.local_address = sock.getsockname()[:2]
+            self.peer_address = handshake.peer or sock.getpeername()[:2]
+        else:
+            self.local_address = self.peer_address = (self.unix_path or "", 0)
         self.sock, self.protocol, self.tls = sock, handshake.protocol, handshake.tls
         self._send = self._send_plain if self.tls is None else self._send_tls
-        self.local_address = sock.getsockname()[:2]
-        self.peer_address = handshake.peer or sock.getpeername()[:2]
         self.peer_id, self.peer_pid = self.protocol.peer_id, self.protocol.peer_pid
         self.last_send = self.last_recv = time.monotonic()
-        self.set_state(CONNECTED)
 
     def start_io(self) -> None:
         """Serve the socket once CONNECTED and established with the owner (loop
@@ -560,6 +733,8 @@ class StreamLink(Link):
         loop, sock, protocol = self.loop, self.sock, self.protocol
         assert loop is not None and sock is not None and protocol is not None, "start_io before adopt"
         loop.register(sock, self, write=False)
+        if self.read_holds:  # (a link that moved to a new socket keeps its holds)
+            self._update_interest()
         loop.housekeepers.add(self)
         events = protocol.events_received()
         if events:
@@ -579,10 +754,10 @@ class StreamLink(Link):
         except (BlockingIOError, InterruptedError):
             return
         except ssl.SSLError as exc:
-            self.teardown(f"TLS error: {describe(exc)}.")
+            self.lost(f"TLS error: {describe(exc)}.")
             return
         except OSError as exc:
-            self.teardown(f"Connection broken: {exc}.")
+            self.lost(f"Connection broken: {exc}.")
             return
         if nbytes:
             if self.tls is None:
@@ -631,7 +806,13 @@ class StreamLink(Link):
         if closed:
             protocol = self.protocol
             assert protocol is not None
-            self.teardown(self.close_reason if self.state is CLOSING else protocol.close_reason)
+            reason = protocol.close_reason
+            if self.state is CLOSING:
+                self.teardown(self.close_reason)
+            elif reason == REASON_EOF:  # (ended without the close signal: the peer is gone)
+                self.lost(reason)
+            else:
+                self.teardown(reason)
 
     def set_reading(self, flag: bool) -> None:
         self._update_interest()
@@ -701,7 +882,7 @@ class StreamLink(Link):
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
-                self.teardown(f"Connection broken: {exc}.")
+                self.lost(f"Connection broken: {exc}.")
                 return
             if sent:
                 self.progress(sent)
@@ -793,8 +974,16 @@ class StreamLink(Link):
             if now >= max(self._close_deadline, self.last_send + CLOSE_FLUSH_TIME):
                 self.teardown(self.close_reason)
             return
+        if self.state is RECONNECTING:
+            self.check_silence(now)  # (the stall rule: senders do not wait for ever)
+            return
         if self.state is not CONNECTED:
             return
+        policy = self.policy
+        if policy is not None and policy.dead_after is not None and not self.read_holds:
+            if now - self.last_recv > policy.dead_after:
+                self.lost(f"Nothing from the peer for {policy.dead_after:g} s.")
+                return
         if now - self.last_send >= HEARTBEAT_INTERVAL and not self.sendq and not self._wbufs:
             with self._wlock:
                 if not self._wbufs:
@@ -806,8 +995,8 @@ class StreamLink(Link):
 
     def begin_close(self, reason: str) -> None:
         """Queue the close signal and finish once it is written (loop side)."""
-        if self.state is WAITING:
-            self.teardown(reason)
+        if self.state is WAITING or self.state is RECONNECTING:
+            self.teardown(reason)  # (no peer to flush to)
         elif self.state is CONNECTED:
             self.set_state(CLOSING)
             self.owner.link_closing(self)
@@ -820,13 +1009,14 @@ class StreamLink(Link):
         if self.state is CLOSED:
             return
         loop = self.loop
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        if self.state is WAITING:
+            self.stop_listening()  # (a waiting bind closed: it stops waiting)
+        self._stop_redialling()
+        if loop is not None:
+            loop.housekeepers.discard(self)
         if self.sock is not None:
             if loop is not None:
                 loop.unregister(self.sock)
-                loop.housekeepers.discard(self)
             self.sock.close()
             self.sock = None
         # (Under the writer's lock: a direct send in another thread may be
@@ -835,3 +1025,138 @@ class StreamLink(Link):
             self._wbufs.clear()
             self._backlog = b""
         self.finish(reason)
+
+    # -- losing the peer, re-dialling and moving to a new socket (loop side) -----------
+
+    def lost(self, reason: str) -> None:
+        """The stream broke or ended without the close signal: re-dial if this
+        link has a reconnect policy (and was connected), else close."""
+        if self.policy is None or self.state is not CONNECTED or self.target is None:
+            self.teardown(reason)
+            return
+        lost = self._drop_socket()
+        self.set_state(RECONNECTING)
+        self.owner.link_interrupted(self)
+        now = time.monotonic()
+        if self._backoff is None:
+            self._backoff = Backoff(self.policy)
+        delay = self._backoff.lost(now)
+        log.warning(
+            "yoton: connection %r lost (%s); re-dialling %s%s",
+            self.handle.name,
+            reason.rstrip("."),
+            self.target.display,
+            f" ({lost} bytes already taken for writing were lost with it)" if lost else "",
+        )
+        self._lost_reason = reason
+        self._schedule_attempt(delay)
+
+    def _drop_socket(self) -> int:
+        """Forget the socket (its buffers too); return the bytes that had been taken
+        from the queue for it and are lost with it."""
+        with self._wlock:  # (a direct send in another thread may be using them)
+            sock, self.sock = self.sock, None
+            lost = sum(map(len, self._wbufs)) + len(self._backlog)
+            self._wbufs.clear()
+            self._backlog = b""
+        if sock is not None:
+            loop = self.loop
+            assert loop is not None  # (a socket is had only once the owner gave the link its loop)
+            loop.unregister(sock)
+            sock.close()
+        self._want_write = False
+        self.protocol = self.tls = None
+        return lost
+
+    def _redialling(self) -> tuple:
+        """``(loop, target, policy, backoff)`` of a link that re-dials (loop side)."""
+        loop, target, policy, backoff = self.loop, self.target, self.policy, self._backoff
+        assert loop is not None and target is not None and policy is not None and backoff is not None
+        return loop, target, policy, backoff
+
+    def _schedule_attempt(self, delay: float) -> None:
+        loop = self._redialling()[0]
+        self._redial_timer = loop.call_later(self._attempt, delay)
+
+    def _attempt(self) -> None:
+        self._redial_timer = None
+        if self.state is not RECONNECTING:
+            return
+        loop, target, policy, _ = self._redialling()
+        deadline = time.monotonic() + policy.attempt_timeout
+        try:
+            handshake = target.attempt(loop, self.config, deadline, self._redialled, self._redial_failed)
+        except ssl.SSLError as exc:
+            self.teardown(f"Gave up reconnecting: {describe(exc)}.")
+            return
+        except OSError as exc:  # (no socket: out of file descriptors, ...)
+            self._retry(f"{exc}")
+            return
+        self._dialing = handshake
+        handshake.start()
+
+    def _redialled(self, handshake: Handshake) -> None:
+        if handshake is not self._dialing or self.state is not RECONNECTING:
+            handshake.sock.close()  # (closed meanwhile)
+            return
+        self._dialing = None
+        self._redialling()[3].succeeded(time.monotonic())
+        self.resume(handshake, redialled=True)
+
+    def _redial_failed(self, handshake: Handshake, kind: str, detail: str) -> None:
+        if handshake is not self._dialing or self.state is not RECONNECTING:
+            return  # (closed meanwhile)
+        self._dialing = None
+        if kind in _FATAL_KINDS or detail == REASON_SELF:
+            target = self._redialling()[1]
+            self.teardown(f"Gave up reconnecting to {target.display}: {detail.rstrip('.')}.")
+            return
+        self._retry(detail)
+
+    def _retry(self, detail: str) -> None:
+        loop, _, _, backoff = self._redialling()
+        delay = backoff.next_delay()
+        now = time.monotonic()
+        if backoff.give_up(now, delay):  # (the next attempt would come too late: end when the time is up)
+            self._redial_timer = loop.call_later(self._give_up, max(0.0, backoff.deadline() - now), detail)
+            return
+        log.debug("yoton: connection %r: re-dial failed (%s); next in %.2f s", self.handle.name, detail, delay)
+        self._schedule_attempt(delay)
+
+    def _give_up(self, detail: str) -> None:
+        self._redial_timer = None
+        if self.state is RECONNECTING:
+            _, target, _, backoff = self._redialling()
+            self.teardown(
+                f"Gave up reconnecting to {target.display} after {time.monotonic() - backoff.lost_at:.1f} s "
+                f"({backoff.attempt - 1} attempts; the last: {detail.rstrip('.')}); lost because: "
+                f"{self._lost_reason.rstrip('.')}."
+            )
+
+    def _stop_redialling(self) -> None:
+        timer, self._redial_timer = self._redial_timer, None
+        if timer is not None:
+            IOLoop.cancel(timer)
+        handshake, self._dialing = self._dialing, None
+        if handshake is not None:
+            handshake.drop("connection closed")
+
+    def resume(self, handshake: Handshake, redialled: bool) -> None:
+        """Move to the socket of a new handshake with the same peer context (or,
+        re-dialled, with whoever is at the address now): the send queue, read
+        holds and figures stay; what the old socket held is dropped."""
+        lost = self._drop_socket()
+        if lost:
+            log.info(
+                "yoton: connection %r: %d bytes taken for writing to the old stream were lost with it",
+                self.handle.name,
+                lost,
+            )
+        self._take_socket(handshake)
+        if self.state is RECONNECTING:
+            self.set_state(CONNECTED)
+        self.reconnects += 1
+        log.info("yoton: connection %r connected again (to %016x)", self.handle.name, self.peer_id)
+        self.owner.link_resumed(self, redialled)
+        self.start_io()
+        self.handle.reconnected.emit(self.handle)
