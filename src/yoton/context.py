@@ -112,7 +112,7 @@ def _close_open_contexts() -> None:
     """At interpreter exit, close contexts nicely so queued packages still go out."""
     for ctx in list(_open_contexts):
         try:
-            ctx.close()
+            Context.close(ctx)  # (the blocking close, also for yoton.asyncio's contexts)
         except Exception:
             log.exception("yoton: error closing %r at exit", ctx)
 
@@ -403,6 +403,7 @@ class Router:
         self._pressure = False
         self._room = threading.Condition(threading.Lock())
         self._room_waiters = 0
+        self._room_callbacks: tuple = ()  # called by room_changed (see add_room_callback)
         self._closing = False  # in Context.close(): senders waiting for room give up
         self._discarded_closed = 0  # send-queue discards of links gone since
         self._last_seq: dict = {}  # source id -> last source_seq seen (least recently seen first)
@@ -512,6 +513,27 @@ class Router:
         if self._room_waiters:
             with self._room:
                 self._room.notify_all()
+        for callback in self._room_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("yoton: room callback %r failed", callback)
+
+    def add_room_callback(self, fn) -> None:
+        """Call ``fn()`` whenever senders waiting for room should look again
+        (what wakes a blocking send; for senders that cannot block a thread,
+        such as yoton.asyncio's). Called in any thread, often the loop side:
+        ``fn`` must be quick and never wait."""
+        with self._lock:
+            self._room_callbacks = self._room_callbacks + (fn,)
+
+    def remove_room_callback(self, fn) -> None:
+        """Stop calling ``fn`` (harmless if it is not there)."""
+        with self._lock:
+            callbacks = list(self._room_callbacks)
+            if fn in callbacks:
+                callbacks.remove(fn)
+                self._room_callbacks = tuple(callbacks)
 
     def flushed(self) -> None:
         """A link wrote everything it had (any writer thread)."""
