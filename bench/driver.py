@@ -4,6 +4,8 @@ Every measurement runs with its two sides in separate processes
 (``bench/worker.py``) talking over 127.0.0.1, for each stack:
 
 * ``ours``  -- this repository's yoton (``PYTHONPATH=src``),
+* ``aio``   -- the same through ``yoton.asyncio`` (ours-asyncio: coroutines on an
+  asyncio loop; one-way 100 B and the ping-pong only),
 * ``orig``  -- the original yoton 2.2 from pyzo (``PYTHONPATH=tests/_orig.py:orig_path()``),
 * ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference.
 
@@ -58,10 +60,15 @@ WORKER = HERE / "worker.py"
 RESULTS = HERE / "results"
 MARK = "@@BENCH "
 
-STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq"}
+STACK_NAMES = {"ours": "ours", "aio": "ours-asyncio", "orig": "yoton-2.2", "zmq": "pyzmq"}
+#: The stacks that are this repository's yoton (PYTHONPATH=src, Context(spin=...)).
+OUR_STACKS = ("ours", "aio")
 STACK_ALIASES = {
     "ours": "ours",
     "new": "ours",
+    "aio": "aio",
+    "asyncio": "aio",
+    "ours-asyncio": "aio",
     "orig": "orig",
     "yoton-2.2": "orig",
     "yoton22": "orig",
@@ -96,8 +103,12 @@ class Measurement:
     note: str = ""
 
 
-def _per_stack(ours: dict, orig: dict, zmq: dict) -> dict:
-    return {"ours": ours, "orig": orig, "zmq": zmq}
+def _per_stack(ours: dict, orig: dict, zmq: dict, aio: dict | None = None) -> dict:
+    """Worker parameters per stack; ``aio`` (ours through yoton.asyncio) only where it is measured."""
+    per = {"ours": ours, "orig": orig, "zmq": zmq}
+    if aio is not None:
+        per["aio"] = aio
+    return per
 
 
 def _lossless(count: int, max_queue_bytes: int, size: int) -> dict:
@@ -135,9 +146,13 @@ MEASUREMENTS = [
                 {"count": 1_500_000, "duration": 2.0},
                 {"count": 15_000, "duration": 2.0},
                 {"count": 3_000_000, "duration": 2.0},
+                {"count": 1_500_000, "duration": 2.0},
             ),
             "quick": _per_stack(
-                {"count": 5_000, "duration": 0.5}, {"count": 1_000, "duration": 0.5}, {"count": 20_000, "duration": 0.5}
+                {"count": 5_000, "duration": 0.5},
+                {"count": 1_000, "duration": 0.5},
+                {"count": 20_000, "duration": 0.5},
+                {"count": 5_000, "duration": 0.5},
             ),
         },
     ),
@@ -209,11 +224,13 @@ MEASUREMENTS = [
                 {"count": 5000, "duration": 1.5, "warmup": 20},
                 {"count": 200, "duration": 2.0, "warmup": 2},
                 {"count": 20000, "duration": 1.5, "warmup": 50},
+                {"count": 5000, "duration": 1.5, "warmup": 20},
             ),
             "quick": _per_stack(
                 {"count": 100, "duration": 0.3, "warmup": 3},
                 {"count": 10, "duration": 0.3, "warmup": 1},
                 {"count": 500, "duration": 0.3, "warmup": 5},
+                {"count": 100, "duration": 0.3, "warmup": 3},
             ),
         },
         note="pyzmq: REQ/REP as the reference",
@@ -379,7 +396,7 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base["PYTHONUNBUFFERED"] = "1"
     for stack in stacks:
-        if stack == "ours":
+        if stack in OUR_STACKS:
             envs[stack] = dict(base, PYTHONPATH=str(ROOT / "src"))
         elif stack == "orig":
             try:
@@ -403,8 +420,8 @@ def check_module(stack: str, info: dict, env: dict) -> None:
     module = info.get("module") or ""
     if stack == "orig" and not module.startswith(env["PYTHONPATH"]):
         raise WorkerError(f"stack orig imported {module}, not the original yoton")
-    if stack == "ours" and not module.startswith(str(ROOT / "src")):
-        raise WorkerError(f"stack ours imported {module}, not {ROOT / 'src'}")
+    if stack in OUR_STACKS and not module.startswith(str(ROOT / "src")):
+        raise WorkerError(f"stack {stack} imported {module}, not {ROOT / 'src'}")
 
 
 # -- running one measurement ------------------------------------------------------------------
@@ -418,17 +435,17 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
     server_role, client_role = ROLES[m.kind]
     port = free_port()
     common = dict(params, size=m.size, port=port, deadline=params.get("deadline", 240.0))
-    if stack == "ours" and params.get("max_queue_bytes"):
+    if stack in OUR_STACKS and params.get("max_queue_bytes"):
         common["max_queue_bytes"] = params["max_queue_bytes"]
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
         # Throughput, not dropping: room for every message, so a loss is a bug.
         common["queue"] = [max(10000, params["count"] + 16), "old"]
-        if stack == "ours":  # and bytes for all of them, in the send and the receive queue
+        if stack in OUR_STACKS:  # and bytes for all of them, in the send and the receive queue
             common["max_queue_bytes"] = max(256 << 20, (params["count"] + 16) * (m.size + 64))
     if m.kind == "flood":
         common["flood"] = True
         common.setdefault("idle", 5.0)
-    if stack == "ours" and OUR_SPIN is not None:
+    if stack in OUR_STACKS and OUR_SPIN is not None:
         common["spin"] = OUR_SPIN
     server_params = dict(common, profile=(profile or {}).get(server_role))
     client_params = dict(common, profile=(profile or {}).get(client_role))
@@ -598,6 +615,8 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
         ratio_cols.append(("zmq", "ours/pyzmq"))
     if "ours" in stacks and "orig" in stacks:
         ratio_cols.append(("orig", "ours/2.2"))
+    if "ours" in stacks and "aio" in stacks:
+        ratio_cols.append(("aio", "asyncio/ours"))
     cols += [c for _, c in ratio_cols] + ["check"]
     rows = []
     for m in MEASUREMENTS:
@@ -608,10 +627,14 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
             name = m.title + (f" {metric.label}" if metric.label else "")
             row = [name, metric.unit]
             for s in stacks:
-                st = res["stacks"].get(s, {})
+                st = res["stacks"].get(s)
+                if st is None:  # (not measured for this stack)
+                    row.append("-")
+                    continue
                 row.append(_fmt_number(metric, st.get(metric.key), st.get("mismatch", False)))
             for other, _ in ratio_cols:
-                r = res["ratios"].get(f"{metric.key}:ours/{other}")
+                key = f"{metric.key}:aio/ours" if other == "aio" else f"{metric.key}:ours/{other}"
+                r = res["ratios"].get(key)
                 row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))
             checks = []
             for s in stacks:
@@ -643,7 +666,8 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
 def table_notes(results: dict, stacks: list, mode: str) -> str:
     notes = [
         "Medians over the repetitions; ratios are ours/other (throughput: >1 = ours faster;"
-        " latency, RSS: <1 = ours better). 1 MB = 1e6 bytes.",
+        " latency, RSS: <1 = ours better); asyncio/ours is ours through yoton.asyncio over"
+        " ours blocking. 1 MB = 1e6 bytes.",
     ]
     for m in MEASUREMENTS:
         res = results.get(m.id)
@@ -769,8 +793,8 @@ def parse_args(argv):
     )
     ap.add_argument(
         "--stacks",
-        default="ours,orig,zmq",
-        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq); default all",
+        default="ours,aio,orig,zmq",
+        help="comma-separated stacks: ours, aio (ours-asyncio), orig (yoton-2.2), zmq (pyzmq); default all",
     )
     ap.add_argument("--only", default="", help="comma-separated measurement ids: " + ", ".join(BY_ID))
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
@@ -798,7 +822,7 @@ def parse_args(argv):
         if not s:
             continue
         if s not in STACK_ALIASES:
-            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq)")
+            ap.error(f"unknown stack {s!r} (choose from ours, aio, orig, zmq)")
         if STACK_ALIASES[s] not in stacks:
             stacks.append(STACK_ALIASES[s])
     if not stacks:
@@ -858,12 +882,13 @@ def main(argv=None) -> int:
             # Repetitions take turns between the stacks (ours, 2.2, pyzmq, ours, ...):
             # the machine's speed drifts over seconds, and each stack's median
             # then spans the same stretch of time.
-            runs: dict = {stack: [] for stack in stacks}
+            measured = [stack for stack in stacks if stack in m.params[mode]]  # (aio: some only)
+            runs: dict = {stack: [] for stack in measured}
             for rep in range(1, args.reps + 1):
-                for stack in stacks:
+                for stack in measured:
                     params = m.params[mode][stack]
                     runs[stack].append(run_rep(m, stack, params, envs[stack], rep, args.reps, progress, problems))
-            for stack in stacks:
+            for stack in measured:
                 res["stacks"][stack] = summarize(m, m.params[mode][stack], runs[stack])
             ours = res["stacks"].get("ours")
             for other in ("zmq", "orig"):
@@ -872,6 +897,10 @@ def main(argv=None) -> int:
                     continue
                 for mt in m.metrics:
                     res["ratios"][f"{mt.key}:ours/{other}"] = _ratio(ours.get(mt.key), theirs.get(mt.key))
+            aio = res["stacks"].get("aio")
+            if ours is not None and aio is not None:
+                for mt in m.metrics:
+                    res["ratios"][f"{mt.key}:aio/ours"] = _ratio(aio.get(mt.key), ours.get(mt.key))
             results[m.id] = res
         table, _ = build_table(results, stacks)
         notes = table_notes(results, stacks, mode)

@@ -54,7 +54,9 @@ import asyncio
 import functools
 import inspect
 import logging
+import signal
 import threading
+import time
 import weakref
 
 from yoton import events as _events
@@ -65,6 +67,14 @@ from yoton.channels.pubsub import select_sub_channel
 from yoton.context import Context as _Context
 from yoton.errors import ChannelClosedError, TimeoutError, WouldBlock
 from yoton.events import embed_event_loop, process_events
+from yoton.transport.ioloop import LINGER
+from yoton.transport.sigint import sigint_handler
+
+try:  # (signal's own functions wrap handlers in an enum first: several microseconds a call)
+    from _signal import getsignal as _getsignal
+    from _signal import signal as _setsignal
+except ImportError:  # pragma: no cover (not CPython)
+    _getsignal, _setsignal = signal.getsignal, signal.signal
 
 log = logging.getLogger("yoton")
 
@@ -200,6 +210,118 @@ async def _until(parking: _Parking, attempt, loop, deadline, poll=None):
                     timer.cancel()
         finally:
             parking.unpark(loop, fut)
+
+
+# -- serving the sockets for a moment before parking ----------------------------------------
+
+#: Seconds per second of wall time that coroutines of one context may spend
+#: serving its sockets in vain (nothing came) before they park; see _serve_briefly.
+SPIN_BUDGET = 0.05
+_SPIN_BURST = 0.01  # (at most this much unused budget is saved up)
+
+
+class _SpinBudget:
+    """How much time in vain :func:`_serve_briefly` may still spend (per
+    context), and when a coroutine last served its sockets."""
+
+    __slots__ = ("left", "stamp", "served_at")
+
+    def __init__(self):
+        self.left = _SPIN_BURST
+        self.stamp = time.monotonic()
+        self.served_at = 0.0
+
+    def allowance(self, spin: float) -> float:
+        now = time.monotonic()
+        self.left = min(_SPIN_BURST, self.left + (now - self.stamp) * SPIN_BUDGET)
+        self.stamp = now
+        return min(spin, self.left)
+
+
+_budgets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _serve_briefly(router, ready) -> bool:
+    """Before a coroutine parks: serve the context's sockets in this thread
+    until ``ready()``, for at most the context's ``spin`` seconds.
+
+    What the blocking API does in a waiting thread (see ``Context(spin=...)``):
+    an answer that comes within that time is taken here, without waking the
+    I/O thread and then this loop's thread, which on a loopback costs more
+    than the answer itself. It blocks the loop meanwhile, so time spent in
+    vain (nothing came) is budgeted: at most :data:`SPIN_BUDGET` of the wall
+    time per context. Where this thread may not serve the sockets (another
+    thread does; the portable poller; a main thread whose SIGINT handler is
+    neither callable nor Python's or yoton's) it returns at once. Returns
+    whether ``ready()`` came true while it served.
+    """
+    spin = router.spin
+    if not spin:
+        return False
+    budget = _budgets.get(router)
+    if budget is None:
+        budget = _budgets[router] = _SpinBudget()
+    allowed = budget.allowance(spin)
+    if allowed <= 0:
+        return False
+    started = time.monotonic()
+    if not _wait_in_sockets(router, ready, started + allowed):
+        return False
+    budget.served_at = time.monotonic()
+    if ready():
+        return True
+    budget.left -= time.monotonic() - started
+    router.wake()  # (the I/O thread goes back to the sockets now, not after its linger)
+    return False
+
+
+def _parking(router) -> None:
+    """A coroutine parks: if one of this loop served the sockets a moment ago,
+    the I/O thread may still be staying out of them (it lingers, expecting the
+    reader back): call it back now, or an arrival could wait for its linger."""
+    budget = _budgets.get(router)
+    if budget is not None and time.monotonic() - budget.served_at < 2 * LINGER:
+        router.wake()
+
+
+_MAIN = threading.main_thread()
+
+
+def _wait_in_sockets(router, ready, deadline) -> bool:
+    """``router.wait_until``; in the main thread under a SIGINT handler of the
+    application's (``asyncio.run``'s), that handler is set aside meanwhile.
+
+    yoton serves its sockets in the main thread only while Ctrl-C cannot
+    land in the middle of a pass: under yoton's SIGINT handler, which holds a
+    Ctrl-C back until the pass ends. So for this short wait its handler
+    stands in, and a Ctrl-C it held back goes to the application's handler
+    once that is back: ``asyncio.run`` then cancels its main task as usual.
+    """
+    if threading.current_thread() is not _MAIN:
+        return router.wait_until(ready, deadline)
+    handler = _getsignal(signal.SIGINT)
+    if handler is signal.default_int_handler or handler is sigint_handler or not callable(handler):
+        return router.wait_until(ready, deadline)  # (yoton's own rule decides: see yoton.transport.sigint)
+    interrupted = standing_in = False
+    served = True
+    try:
+        _setsignal(signal.SIGINT, sigint_handler)
+        standing_in = True
+        served = router.wait_until(ready, deadline)
+    except KeyboardInterrupt:
+        if not standing_in:
+            raise  # (the application's handler raised it: not ours to hold)
+        interrupted = True
+    finally:
+        while True:  # (a Ctrl-C held back until here must not keep its handler away)
+            try:
+                _setsignal(signal.SIGINT, handler)
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        handler(signal.SIGINT, None)
+    return served
 
 
 #: One parking per router for senders waiting for room in its send queues.
@@ -410,10 +532,18 @@ class SubChannel(_pubsub.SubChannel):
         no message.
         """
         pkg = self._take()
+        if pkg is _NOTHING and timeout != 0:
+            items = self._queue.items
+            if _serve_briefly(self._router, lambda: items or self._closed):
+                # It waited (serving): let the loop run other tasks first, as
+                # any wait does. A cancellation here has taken nothing.
+                await asyncio.sleep(0)
+            pkg = self._take()
         if pkg is _NOTHING:
             timeout = _check_timeout(timeout)
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
+            _parking(self._router)
             pkg = await _until(self._parking, self._take, loop, deadline)
             if pkg is _NOTHING:
                 raise TimeoutError(f"no message on {self.slot_incoming!r} within {timeout:g} s")
@@ -533,7 +663,12 @@ class Future(_reqrep.Future):
         return self._until_done().__await__()
 
     async def _until_done(self):
+        if not self.done() and self._channel is not None:
+            if _serve_briefly(self._channel.context.router, self.done):
+                await asyncio.sleep(0)  # (it waited: the loop runs other tasks first)
         if not self.done():
+            if self._channel is not None:
+                _parking(self._channel.context.router)
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
 
