@@ -186,6 +186,11 @@ class Context:
     context waits for its sockets: with epoll a thread waiting for a message
     serves its sockets itself; with select (the portable path) the I/O
     thread alone does.
+
+    ``introspect`` (default False) makes the context answer the statistics
+    queries of a monitor anywhere in its network (``yoton monitor``; see
+    :mod:`yoton.introspect`): its id, process, connections and channels
+    with their counters. Off, it answers nothing (it still forwards them).
     """
 
     def __init__(
@@ -198,6 +203,7 @@ class Context:
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         spin: float | None = None,
         poller: str | None = None,
+        introspect: bool = False,
     ):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
@@ -219,6 +225,11 @@ class Context:
         )
         #: The routing engine: what channels and links talk to (see :class:`Router`).
         self.router = Router(self, config, self._queue_params, spin, poller)
+        self._introspection = None
+        if introspect:
+            from .introspect import IntrospectionService  # (a service on top of this layer)
+
+            self._introspection = IntrospectionService(self)
 
     def __repr__(self):
         return f"<yoton.Context {self.id:016x} with {self.connection_count} connection(s)>"
@@ -259,6 +270,11 @@ class Context:
     def max_queue_bytes(self) -> int:
         """Most bytes waiting in any one queue (a channel's receive queue, a send queue)."""
         return self.router.config.max_queue_bytes
+
+    @property
+    def introspect(self) -> bool:
+        """Whether this context answers a monitor's statistics queries (``Context(introspect=True)``)."""
+        return self._introspection is not None
 
     @property
     def spin(self) -> float:
