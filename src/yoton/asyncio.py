@@ -30,6 +30,15 @@ wait it parks an asyncio future that the I/O side resolves with
 selector (no ``add_reader``), so it works on every event loop: the default
 ones, Windows' Proactor loop, uvloop.
 
+Before it parks, a coroutine serves its context's sockets itself for up to
+the context's ``spin`` (as a blocking ``recv`` does): an answer that comes
+within that time costs no thread hand-off. That blocks the loop meanwhile,
+so the time it spends in vain is capped (:data:`SPIN_BUDGET`); a coroutine
+that waited this way yields to the loop once before it takes what came. In
+the main thread under ``asyncio.run``'s SIGINT handler, yoton's handler
+stands in for that moment (a Ctrl-C must not cut an I/O pass in half) and
+hands a held-back Ctrl-C on to asyncio's. ``Context(spin=0)`` turns it off.
+
 Cancellation (``task.cancel()``, ``asyncio.timeout()``, ``wait_for``) leaves
 nothing half done: a cancelled ``recv`` has taken no message, a cancelled
 ``send`` has sent nothing, a cancelled ``await future`` cancels the request
@@ -130,7 +139,7 @@ class _Parking:
     when nothing is parked. Park and unpark happen in the loop's own thread.
     """
 
-    __slots__ = ("_futures", "_scheduled", "__weakref__")
+    __slots__ = ("_futures", "_scheduled")
 
     def __init__(self):
         self._futures: dict = {}  # loop -> its parked futures
