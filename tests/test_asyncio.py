@@ -558,6 +558,35 @@ async def test_serving_in_vain_is_budgeted_and_the_loop_keeps_running():
         assert max(gaps) < 0.25  # no wait blocked the loop for its whole spin
 
 
+async def test_a_coroutine_whose_answers_come_while_it_serves_still_lets_others_run():
+    """Waits that end while serving the sockets never suspend; such a coroutine
+    yields to the loop at least every YIELD_EVERY all the same."""
+    async with ya.Context(spin=0.01) as a, ya.Context(spin=0.01) as b:
+        conn = a.bind("127.0.0.1:0")
+        await b.connect(f"127.0.0.1:{conn.port1}", timeout=5.0)
+        pa, sa = ya.PubChannel(a, "x"), ya.SubChannel(a, "y")
+        pb, sb = ya.PubChannel(b, "y"), ya.SubChannel(b, "x")
+        await until(lambda: conn.is_connected)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        rounds, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 0.3:  # a ping-pong within one loop: answers come while serving
+            await pa.send("ping")
+            await pb.send(await sb.recv(timeout=5.0))
+            await sa.recv(timeout=5.0)
+            rounds += 1
+        ticking.cancel()
+        assert rounds > 10 and ticks >= 30, (rounds, ticks)  # (about one per YIELD_EVERY at least)
+
+
 def test_ctrl_c_under_asyncio_run_cancels_the_main_task_as_usual():
     """In the main thread, asyncio.run (Python 3.11+) has its own SIGINT
     handler; yoton's stands in only while a coroutine serves the sockets, and

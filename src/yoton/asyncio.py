@@ -34,7 +34,8 @@ Before it parks, a coroutine serves its context's sockets itself for up to
 the context's ``spin`` (as a blocking ``recv`` does): an answer that comes
 within that time costs no thread hand-off. That blocks the loop meanwhile,
 so the time it spends in vain is capped (:data:`SPIN_BUDGET`); a coroutine
-that waited this way yields to the loop once before it takes what came. In
+that waits this way yields to the loop at least every millisecond
+(:data:`YIELD_EVERY`), before it takes what came. In
 the main thread under ``asyncio.run``'s SIGINT handler, yoton's handler
 stands in for that moment (a Ctrl-C must not cut an I/O pass in half) and
 hands a held-back Ctrl-C on to asyncio's. ``Context(spin=0)`` turns it off.
@@ -282,6 +283,27 @@ def _serve_briefly(router, ready) -> bool:
     budget.left -= time.monotonic() - started
     router.wake()  # (the I/O thread goes back to the sockets now, not after its linger)
     return False
+
+
+#: A coroutine whose waits end while it serves the sockets does not suspend:
+#: at least this often (seconds) it yields to the loop all the same, so other
+#: tasks run and a cancellation reaches it.
+YIELD_EVERY = 0.001
+
+
+class _Yielded(threading.local):
+    at = 0.0  # (monotonic) when a wait of this thread's loop last yielded
+
+
+_yielded = _Yielded()
+
+
+def _due_to_yield() -> bool:
+    now = time.monotonic()
+    if now - _yielded.at < YIELD_EVERY:
+        return False
+    _yielded.at = now
+    return True
 
 
 def _parking(router) -> None:
@@ -543,10 +565,8 @@ class SubChannel(_pubsub.SubChannel):
         pkg = self._take()
         if pkg is _NOTHING and timeout != 0:
             items = self._queue.items
-            if _serve_briefly(self._router, lambda: items or self._closed):
-                # It waited (serving): let the loop run other tasks first, as
-                # any wait does. A cancellation here has taken nothing.
-                await asyncio.sleep(0)
+            if _serve_briefly(self._router, lambda: items or self._closed) and _due_to_yield():
+                await asyncio.sleep(0)  # (before taking: a cancellation here has taken nothing)
             pkg = self._take()
         if pkg is _NOTHING:
             timeout = _check_timeout(timeout)
@@ -673,8 +693,8 @@ class Future(_reqrep.Future):
 
     async def _until_done(self):
         if not self.done() and self._channel is not None:
-            if _serve_briefly(self._channel.context.router, self.done):
-                await asyncio.sleep(0)  # (it waited: the loop runs other tasks first)
+            if _serve_briefly(self._channel.context.router, self.done) and _due_to_yield():
+                await asyncio.sleep(0)
         if not self.done():
             if self._channel is not None:
                 _parking(self._channel.context.router)
