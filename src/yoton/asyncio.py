@@ -333,21 +333,24 @@ def _wait_in_sockets(router, ready, deadline) -> bool:
     handler = _getsignal(signal.SIGINT)
     if handler is signal.default_int_handler or handler is sigint_handler or not callable(handler):
         return router.wait_until(ready, deadline)  # (yoton's own rule decides: see yoton.transport.sigint)
-    interrupted = standing_in = False
+    interrupted = False
     served = True
     try:
-        _setsignal(signal.SIGINT, sigint_handler)
-        standing_in = True
+        try:
+            _setsignal(signal.SIGINT, sigint_handler)
+        except (ValueError, OSError):  # (not the main interpreter: yoton does not serve here)
+            return False
         served = router.wait_until(ready, deadline)
     except KeyboardInterrupt:
-        if not standing_in:
-            raise  # (the application's handler raised it: not ours to hold)
+        if _getsignal(signal.SIGINT) is not sigint_handler:
+            raise  # (the application's handler raised it, before ours stood in: not ours to hold)
         interrupted = True
     finally:
-        while True:  # (a Ctrl-C held back until here must not keep its handler away)
+        # Put the application's handler back -- whichever line a Ctrl-C cut
+        # short, and even if one lands while doing so (it is then held too).
+        while _getsignal(signal.SIGINT) is sigint_handler:
             try:
                 _setsignal(signal.SIGINT, handler)
-                break
             except KeyboardInterrupt:
                 interrupted = True
     if interrupted:
