@@ -4,6 +4,8 @@ Every measurement runs with its two sides in separate processes
 (``bench/worker.py``) talking over 127.0.0.1, for each stack:
 
 * ``ours``  -- this repository's yoton (``PYTHONPATH=src``),
+* ``aio``   -- the same through ``yoton.asyncio`` (ours-asyncio: coroutines on an
+  asyncio loop; one-way 100 B and the ping-pong only),
 * ``orig``  -- the original yoton 2.2 from pyzo (``PYTHONPATH=tests/_orig.py:orig_path()``),
 * ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference.
 
@@ -66,13 +68,25 @@ WORKER = HERE / "worker.py"
 RESULTS = HERE / "results"
 MARK = "@@BENCH "
 
-STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq", "queue": "queue.Queue", "pipe": "mp.Pipe"}
+STACK_NAMES = {
+    "ours": "ours",
+    "aio": "ours-asyncio",
+    "orig": "yoton-2.2",
+    "zmq": "pyzmq",
+    "queue": "queue.Queue",
+    "pipe": "mp.Pipe",
+}
 #: The stacks of the two-process table and of the in-process one.
-NET_STACKS = ("ours", "orig", "zmq")
+NET_STACKS = ("ours", "aio", "orig", "zmq")
 INPROC_STACKS = ("ours", "zmq", "queue", "pipe")
+#: The stacks that are this repository's yoton (PYTHONPATH=src, Context(spin=...)).
+OUR_STACKS = ("ours", "aio")
 STACK_ALIASES = {
     "ours": "ours",
     "new": "ours",
+    "aio": "aio",
+    "asyncio": "aio",
+    "ours-asyncio": "aio",
     "orig": "orig",
     "yoton-2.2": "orig",
     "yoton22": "orig",
@@ -114,8 +128,10 @@ class Measurement:
     inproc: bool = False  # both ends in one process (the in-process table)
 
 
-def _per_stack(ours: dict, orig: dict | None, zmq: dict, **baselines) -> dict:
-    out = {"ours": ours, "orig": orig, "zmq": zmq, **baselines}
+def _per_stack(ours: dict, orig: dict | None, zmq: dict, aio: dict | None = None, **baselines) -> dict:
+    """Worker parameters per stack; a stack given None (``aio``: ours through yoton.asyncio,
+    measured for some rows only) is not run."""
+    out = {"ours": ours, "orig": orig, "zmq": zmq, "aio": aio, **baselines}
     return {stack: params for stack, params in out.items() if params is not None}
 
 
@@ -154,9 +170,13 @@ MEASUREMENTS = [
                 {"count": 1_500_000, "duration": 2.0},
                 {"count": 15_000, "duration": 2.0},
                 {"count": 3_000_000, "duration": 2.0},
+                {"count": 1_500_000, "duration": 2.0},
             ),
             "quick": _per_stack(
-                {"count": 5_000, "duration": 0.5}, {"count": 1_000, "duration": 0.5}, {"count": 20_000, "duration": 0.5}
+                {"count": 5_000, "duration": 0.5},
+                {"count": 1_000, "duration": 0.5},
+                {"count": 20_000, "duration": 0.5},
+                {"count": 5_000, "duration": 0.5},
             ),
         },
     ),
@@ -228,11 +248,13 @@ MEASUREMENTS = [
                 {"count": 5000, "duration": 1.5, "warmup": 20},
                 {"count": 200, "duration": 2.0, "warmup": 2},
                 {"count": 20000, "duration": 1.5, "warmup": 50},
+                {"count": 5000, "duration": 1.5, "warmup": 20},
             ),
             "quick": _per_stack(
                 {"count": 100, "duration": 0.3, "warmup": 3},
                 {"count": 10, "duration": 0.3, "warmup": 1},
                 {"count": 500, "duration": 0.3, "warmup": 5},
+                {"count": 100, "duration": 0.3, "warmup": 3},
             ),
         },
         note="pyzmq: REQ/REP as the reference",
@@ -504,7 +526,7 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base["PYTHONUNBUFFERED"] = "1"
     for stack in stacks:
-        if stack == "ours":
+        if stack in OUR_STACKS:
             envs[stack] = dict(base, PYTHONPATH=str(ROOT / "src"))
             if OUR_POLLER is not None:
                 envs[stack]["YOTON_POLLER"] = OUR_POLLER
@@ -534,8 +556,8 @@ def check_module(stack: str, info: dict, env: dict) -> None:
     module = info.get("module") or ""
     if stack == "orig" and not module.startswith(env["PYTHONPATH"]):
         raise WorkerError(f"stack orig imported {module}, not the original yoton")
-    if stack == "ours" and not module.startswith(str(ROOT / "src")):
-        raise WorkerError(f"stack ours imported {module}, not {ROOT / 'src'}")
+    if stack in OUR_STACKS and not module.startswith(str(ROOT / "src")):
+        raise WorkerError(f"stack {stack} imported {module}, not {ROOT / 'src'}")
 
 
 # -- running one measurement ------------------------------------------------------------------
@@ -556,17 +578,17 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
     if m.transport == "ipc":
         sock_dir = tempfile.mkdtemp(prefix="ytb-")  # (short: Unix socket paths are limited)
         common.update(transport="ipc", ipc_path=os.path.join(sock_dir, "b.sock"))
-    if stack == "ours" and params.get("max_queue_bytes"):
+    if stack in OUR_STACKS and params.get("max_queue_bytes"):
         common["max_queue_bytes"] = params["max_queue_bytes"]
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
         # Throughput, not dropping: room for every message, so a loss is a bug.
         common["queue"] = [max(10000, params["count"] + 16), "old"]
-        if stack == "ours":  # and bytes for all of them, in the send and the receive queue
+        if stack in OUR_STACKS:  # and bytes for all of them, in the send and the receive queue
             common["max_queue_bytes"] = max(256 << 20, (params["count"] + 16) * (m.size + 64))
     if m.kind == "flood":
         common["flood"] = True
         common.setdefault("idle", 5.0)
-    if stack == "ours" and OUR_SPIN is not None:
+    if stack in OUR_STACKS and OUR_SPIN is not None:
         common["spin"] = OUR_SPIN
     server_params = dict(common, profile=(profile or {}).get(server_role))
     client_params = dict(common, profile=(profile or {}).get(client_role))
@@ -759,10 +781,7 @@ def build_table(results: dict, stacks: list, inproc: bool = False) -> tuple[str,
     others = (
         [("zmq", "ours/pyzmq"), ("queue", "ours/Queue"), ("pipe", "ours/Pipe")]
         if inproc
-        else [
-            ("zmq", "ours/pyzmq"),
-            ("orig", "ours/2.2"),
-        ]
+        else [("zmq", "ours/pyzmq"), ("orig", "ours/2.2"), ("aio", "asyncio/ours")]
     )
     for other, title in others:
         if "ours" in stacks and other in stacks:
@@ -776,10 +795,14 @@ def build_table(results: dict, stacks: list, inproc: bool = False) -> tuple[str,
             name = m.title + (f" {metric.label}" if metric.label else "")
             row = [name, metric.unit]
             for s in stacks:
-                st = res["stacks"].get(s, {})
+                st = res["stacks"].get(s)
+                if st is None:  # (not measured for this stack)
+                    row.append("-")
+                    continue
                 row.append(_fmt_number(metric, st.get(metric.key), st.get("mismatch", False)))
             for other, _ in ratio_cols:
-                r = res["ratios"].get(f"{metric.key}:ours/{other}")
+                key = f"{metric.key}:aio/ours" if other == "aio" else f"{metric.key}:ours/{other}"
+                r = res["ratios"].get(key)
                 row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))
             if compare:  # ours over ipc against ours over TCP
                 there = results.get(m.compare_to, {}).get("stacks", {}).get("ours", {})
@@ -816,7 +839,8 @@ def build_table(results: dict, stacks: list, inproc: bool = False) -> tuple[str,
 def table_notes(results: dict, stacks: list, mode: str) -> str:
     notes = [
         "Medians over the repetitions; ratios are ours/other (throughput: >1 = ours faster;"
-        " latency, RSS: <1 = ours better). 1 MB = 1e6 bytes.",
+        " latency, RSS: <1 = ours better); asyncio/ours is ours through yoton.asyncio over"
+        " ours blocking. 1 MB = 1e6 bytes.",
     ]
     for m in MEASUREMENTS:
         res = results.get(m.id)
@@ -942,9 +966,9 @@ def parse_args(argv):
     )
     ap.add_argument(
         "--stacks",
-        default="ours,orig,zmq,queue,pipe",
-        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq), and the in-process baselines "
-        "queue (queue.Queue) and pipe (multiprocessing.Pipe); default all",
+        default="ours,aio,orig,zmq,queue,pipe",
+        help="comma-separated stacks: ours, aio (ours-asyncio), orig (yoton-2.2), zmq (pyzmq), and the "
+        "in-process baselines queue (queue.Queue) and pipe (multiprocessing.Pipe); default all",
     )
     ap.add_argument("--only", default="", help="comma-separated measurement ids: " + ", ".join(BY_ID))
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
@@ -979,7 +1003,7 @@ def parse_args(argv):
         if not s:
             continue
         if s not in STACK_ALIASES:
-            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq, queue, pipe)")
+            ap.error(f"unknown stack {s!r} (choose from ours, aio, orig, zmq, queue, pipe)")
         if STACK_ALIASES[s] not in stacks:
             stacks.append(STACK_ALIASES[s])
     if not stacks:
@@ -1055,6 +1079,10 @@ def main(argv=None) -> int:
                     continue
                 for mt in m.metrics:
                     res["ratios"][f"{mt.key}:ours/{other}"] = _ratio(ours.get(mt.key), theirs.get(mt.key))
+            aio = res["stacks"].get("aio")
+            if ours is not None and aio is not None:
+                for mt in m.metrics:
+                    res["ratios"][f"{mt.key}:aio/ours"] = _ratio(aio.get(mt.key), ours.get(mt.key))
             results[m.id] = res
         table, _ = build_table(results, stacks)
         inproc_table, _ = build_table(results, stacks, inproc=True)

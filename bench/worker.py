@@ -3,9 +3,11 @@
     python bench/worker.py STACK ROLE 'JSON-PARAMS'
 
 STACK is ``ours`` or ``orig`` (both ``import yoton``; the driver sets
-PYTHONPATH so that it resolves to the right one) or ``zmq`` (pyzmq); for the
-``inproc`` role also ``queue`` (queue.Queue) or ``pipe``
-(multiprocessing.Pipe), the in-process baselines. ROLE is one of:
+PYTHONPATH so that it resolves to the right one), ``aio`` (ours through
+``yoton.asyncio``: the same roles as coroutines on an asyncio loop; recv,
+send, pong and ping) or ``zmq`` (pyzmq); for the ``inproc`` role also
+``queue`` (queue.Queue) or ``pipe`` (multiprocessing.Pipe), the in-process
+baselines. ROLE is one of:
 
 =========  ==========================================================  =========
 role       what it does                                                binds?
@@ -193,14 +195,14 @@ def describe_stack(stack: str) -> dict:
     return {"module": yoton.__file__, "version": f"yoton {getattr(yoton, '__version__', '?')}"}
 
 
-def yoton_context(p: dict):
+def yoton_context(p: dict, factory=None):
     yoton = _yoton()
     queue_params = p.get("queue")
     kwargs = {"max_queue_bytes": p["max_queue_bytes"]} if p.get("max_queue_bytes") else {}
     if p.get("spin") is not None:
         kwargs["spin"] = p["spin"]
     global _spin_used
-    ctx = yoton.Context(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
+    ctx = (factory or yoton.Context)(queue_params=tuple(queue_params) if queue_params else None, **kwargs)
     _spin_used = getattr(ctx, "spin", None)  # (the original yoton has no such thing)
     return ctx
 
@@ -646,6 +648,177 @@ def role_inproc(stack: str, p: dict) -> dict:
         close()
 
 
+# -- ours through yoton.asyncio ------------------------------------------------------------
+# The same measurements with coroutines: the receiver takes what is pending
+# (recv_all) and otherwise awaits recv(); the sender awaits send(); the
+# ping-pong awaits both. Everything runs on one asyncio loop per process.
+
+
+def _aio():
+    import yoton.asyncio as ya
+
+    return ya
+
+
+def role_recv_aio(p: dict) -> dict:
+    import asyncio
+
+    yoton, ya = _yoton(), _aio()
+    size, idle, port = p["size"], p.get("idle", 10.0), p["port"]
+
+    async def main():
+        ctx = yoton_context(p, ya.Context)
+        ctx.bind(f"localhost:{port}")
+        sub = ya.SubChannel(ctx, "bench", yoton.BINARY)
+
+        async def recv_first():
+            try:
+                return [await sub.recv(timeout=idle)]
+            except TimeoutError:
+                return []
+
+        rss_before = rss_now_kib()
+        measurement_starts()
+        emit("ready")
+        count = nbytes = 0
+        end_count = t_first = t_end = None
+        batch = await recv_first()
+        if batch:
+            t_first = time.perf_counter()
+        while batch:
+            t_end = time.perf_counter()
+            last = batch[-1]
+            if len(last) != size:
+                end_count = _parse_end(last)
+                batch = batch[:-1]
+            count += len(batch)
+            nbytes += sum(map(len, batch))
+            if end_count is not None:
+                break
+            batch = sub.recv_all() or await recv_first()
+        return count, nbytes, end_count, t_first, t_end, rss_before, sub.statistics()["discarded"]
+
+    count, nbytes, end_count, t_first, t_end, rss_before, discarded = asyncio.run(main())
+    elapsed = t_end - t_first if t_first is not None else 0.0
+    result = {
+        "received": count,
+        "bytes": nbytes,
+        "end_seen": end_count is not None,
+        "end_count": end_count,
+        "elapsed": elapsed,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": rss_peak_kib(),
+        "discarded": discarded,
+    }
+    if count > 1 and elapsed > 0:
+        result["msgs_per_s"] = (count - 1) / elapsed
+        result["MB_per_s"] = (count - 1) * size / elapsed / 1e6
+    return result
+
+
+def role_send_aio(p: dict) -> dict:
+    import asyncio
+
+    yoton, ya = _yoton(), _aio()
+    size, count, duration = p["size"], p["count"], p.get("duration", 1e9)
+    payload = b"x" * size
+    check_every = max(1, min(1000, count // 100))
+
+    async def main():
+        ctx = yoton_context(p, ya.Context)
+        await ctx.connect(f"localhost:{p['port']}", timeout=p.get("connect_timeout", 10.0))
+        pub = ya.PubChannel(ctx, "bench", yoton.BINARY)
+        send = pub.send
+        measurement_starts()
+        t0 = time.perf_counter()
+        deadline = t0 + duration
+        sent = 0
+        min_count = p.get("min_count", 0)
+        while sent < count:
+            await send(payload)
+            sent += 1
+            if sent % check_every == 0 and sent >= min_count and time.perf_counter() >= deadline:
+                break
+        await send(_end_message(sent))
+        t_sent = time.perf_counter()
+        await ctx.flush(p.get("flush_timeout", 120.0))
+        return sent, t0, t_sent, time.perf_counter()
+
+    sent, t0, t_sent, t_flushed = asyncio.run(main())
+    return {
+        "sent": sent,
+        "send_elapsed": t_sent - t0,
+        "flush_elapsed": t_flushed - t_sent,
+        "send_msgs_per_s": sent / (t_sent - t0) if t_sent > t0 else None,
+    }
+
+
+def role_pong_aio(p: dict) -> dict:
+    import asyncio
+
+    yoton, ya = _yoton(), _aio()
+
+    async def main():
+        ctx = yoton_context(p, ya.Context)
+        ctx.bind(f"localhost:{p['port']}")
+        sub = ya.SubChannel(ctx, "ping", yoton.BINARY)
+        pub = ya.PubChannel(ctx, "pong", yoton.BINARY)
+        emit("ready")
+        while True:
+            await pub.send(await sub.recv())
+
+    asyncio.run(main())
+    return {}
+
+
+def role_ping_aio(p: dict) -> dict:
+    import asyncio
+
+    yoton, ya = _yoton(), _aio()
+    timeout = p.get("timeout", 10.0)
+    payload = b"x" * p["size"]
+
+    async def main():
+        ctx = yoton_context(p, ya.Context)
+        await ctx.connect(f"localhost:{p['port']}", timeout=p.get("connect_timeout", 10.0))
+        pub = ya.PubChannel(ctx, "ping", yoton.BINARY)
+        sub = ya.SubChannel(ctx, "pong", yoton.BINARY)
+        count, duration, warmup = p["count"], p.get("duration", 1e9), p.get("warmup", 3)
+
+        async def round_trip():
+            await pub.send(payload)
+            if await sub.recv(timeout=timeout) != payload:
+                raise RuntimeError("the pong was something else")
+
+        for _ in range(warmup):
+            await round_trip()
+        measurement_starts()
+        samples = []
+        t0 = time.perf_counter()
+        deadline = t0 + duration
+        while len(samples) < count:
+            t = time.perf_counter()
+            await round_trip()
+            now = time.perf_counter()
+            samples.append(now - t)
+            if now >= deadline and len(samples) >= p.get("min_count", 5):
+                break
+        return samples, time.perf_counter() - t0
+
+    samples, total = asyncio.run(main())
+    samples.sort()
+    return {
+        "n": len(samples),
+        "elapsed": total,
+        "median_us": percentile(samples, 50) * 1e6,
+        "p99_us": percentile(samples, 99) * 1e6,
+        "min_us": samples[0] * 1e6,
+        "max_us": samples[-1] * 1e6,
+    }
+
+
+AIO_ROLES = {"recv": role_recv_aio, "send": role_send_aio, "pong": role_pong_aio, "ping": role_ping_aio}
+
 ROLES = {
     "inproc": role_inproc,
     "recv": role_recv,
@@ -658,8 +831,11 @@ ROLES = {
 
 
 def main(argv: list) -> int:
-    stacks = ("ours", "orig", "zmq", "queue", "pipe") if argv[1:2] == ["inproc"] else ("ours", "orig", "zmq")
-    if len(argv) != 3 or argv[0] not in stacks or argv[1] not in ROLES:
+    if argv[1:2] == ["inproc"]:
+        stacks, roles = ("ours", "orig", "zmq", "queue", "pipe"), ROLES
+    else:
+        stacks, roles = ("ours", "aio", "orig", "zmq"), (AIO_ROLES if argv[0:1] == ["aio"] else ROLES)
+    if len(argv) != 3 or argv[0] not in stacks or argv[1] not in roles:
         sys.stderr.write(__doc__)
         return 2
     stack, role, params = argv[0], argv[1], json.loads(argv[2])
@@ -674,7 +850,7 @@ def main(argv: list) -> int:
         if params.get("profile"):
             profiles = _profiles = ThreadProfiles()
             profiles.start()
-        result = ROLES[role](stack, params)
+        result = AIO_ROLES[role](params) if stack == "aio" else ROLES[role](stack, params)
         if profiles is not None:
             profiles.dump(params["profile"])
     except BaseException as exc:  # report, then let the driver decide

@@ -117,7 +117,7 @@ def _close_open_contexts() -> None:
     """At interpreter exit, close contexts nicely so queued packages still go out."""
     for ctx in list(_open_contexts):
         try:
-            ctx.close()
+            Context.close(ctx)  # (the blocking close, also for yoton.asyncio's contexts)
         except Exception:
             log.exception("yoton: error closing %r at exit", ctx)
 
@@ -191,6 +191,11 @@ class Context:
     context waits for its sockets: with epoll a thread waiting for a message
     serves its sockets itself; with select (the portable path) the I/O
     thread alone does.
+
+    ``introspect`` (default False) makes the context answer the statistics
+    queries of a monitor anywhere in its network (``yoton monitor``; see
+    :mod:`yoton.introspect`): its id, process, connections and channels
+    with their counters. Off, it answers nothing (it still forwards them).
     """
 
     def __init__(
@@ -203,6 +208,7 @@ class Context:
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         spin: float | None = None,
         poller: str | None = None,
+        introspect: bool = False,
     ):
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
@@ -224,6 +230,11 @@ class Context:
         )
         #: The routing engine: what channels and links talk to (see :class:`Router`).
         self.router = Router(self, config, self._queue_params, spin, poller)
+        self._introspection = None
+        if introspect:
+            from .introspect import IntrospectionService  # (a service on top of this layer)
+
+            self._introspection = IntrospectionService(self)
 
     def __repr__(self):
         return f"<yoton.Context {self.id:016x} with {self.connection_count} connection(s)>"
@@ -266,6 +277,11 @@ class Context:
     def max_queue_bytes(self) -> int:
         """Most bytes waiting in any one queue (a channel's receive queue, a send queue)."""
         return self.router.config.max_queue_bytes
+
+    @property
+    def introspect(self) -> bool:
+        """Whether this context answers a monitor's statistics queries (``Context(introspect=True)``)."""
+        return self._introspection is not None
 
     @property
     def spin(self) -> float:
@@ -463,6 +479,7 @@ class Router:
         self._pressure = False
         self._room = threading.Condition(threading.Lock())
         self._room_waiters = 0
+        self._room_callbacks: tuple = ()  # called by room_changed (see add_room_callback)
         self._closing = False  # in Context.close(): senders waiting for room give up
         self._discarded_closed = 0  # send-queue discards of links gone since
         self._last_seq: dict = {}  # source id -> last source_seq seen (least recently seen first)
@@ -606,6 +623,27 @@ class Router:
         if self._room_waiters:
             with self._room:
                 self._room.notify_all()
+        for callback in self._room_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("yoton: room callback %r failed", callback)
+
+    def add_room_callback(self, fn) -> None:
+        """Call ``fn()`` whenever senders waiting for room should look again
+        (what wakes a blocking send; for senders that cannot block a thread,
+        such as yoton.asyncio's). Called in any thread, often the loop side:
+        ``fn`` must be quick and never wait."""
+        with self._lock:
+            self._room_callbacks = self._room_callbacks + (fn,)
+
+    def remove_room_callback(self, fn) -> None:
+        """Stop calling ``fn`` (harmless if it is not there)."""
+        with self._lock:
+            callbacks = list(self._room_callbacks)
+            if fn in callbacks:
+                callbacks.remove(fn)
+                self._room_callbacks = tuple(callbacks)
 
     def flushed(self) -> None:
         """A link wrote everything it had (any writer thread)."""

@@ -21,12 +21,13 @@ the peer (:class:`ConnectError` and its kind), busy (:class:`WouldBlock`)::
     +-- WouldBlock (BlockingIOError)          a send that must not wait found no room
     +-- FlushTimeout (TimeoutError)           flush() gave up
     +-- RemoteError (RuntimeError)            a replier could not serve the request
-    +-- TimeoutError (concurrent.futures.TimeoutError)   Future.result() waited too long
+    +-- TimeoutError (TimeoutError, concurrent.futures.TimeoutError)   a wait for a reply or message ran out
     +-- CancelledError (concurrent.futures.CancelledError)   the request was cancelled
 """
 
 from __future__ import annotations
 
+import builtins as _builtins
 import concurrent.futures as _cf
 
 __all__ = [
@@ -126,8 +127,19 @@ class RemoteError(YotonError, RuntimeError):
     remote error text."""
 
 
-class TimeoutError(YotonError, _cf.TimeoutError):  # noqa: A001 - yoton 2.2 name
-    """``Future.result()`` or ``Future.exception()`` waited longer than its timeout."""
+# From Python 3.11 on, concurrent.futures.TimeoutError is the builtin TimeoutError
+# (listing both would repeat a base); before, they are two classes.
+_TIMEOUT_BASES = (_cf.TimeoutError,) + (() if _cf.TimeoutError is _builtins.TimeoutError else (_builtins.TimeoutError,))
+
+
+class TimeoutError(YotonError, *_TIMEOUT_BASES):  # type: ignore[misc]  # noqa: A001 - yoton 2.2 name
+    """A wait for an answer ran out: ``Future.result()`` or ``Future.exception()``
+    waited longer than its timeout, or (``yoton.asyncio``) ``await sub.recv(timeout=...)``
+    got nothing in time.
+
+    Also the builtin ``TimeoutError`` (what ``asyncio.timeout()`` raises) and
+    ``concurrent.futures.TimeoutError`` (what yoton 2.2 raised).
+    """
 
 
 class CancelledError(YotonError, _cf.CancelledError):

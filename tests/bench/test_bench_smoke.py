@@ -107,3 +107,21 @@ def test_quick_run_with_the_original_and_a_spin(tmp_path):
     assert stacks["orig"]["ok"] and stacks["ours"]["ok"]
     assert all("spin" not in run["client"] for run in stacks["orig"]["runs"])
     assert all(run["client"]["spin"] == 0.0001 for run in stacks["ours"]["runs"])
+
+
+def test_quick_run_of_ours_through_asyncio(tmp_path):
+    """The ours-asyncio stack (yoton.asyncio in both workers): one-way with
+    received == sent, the ping-pong, and its ratio to the blocking API."""
+    stdout, doc = _quick_run(tmp_path, "--stacks", "ours,aio", "--only", "oneway_100B,pingpong_100B,reqrep_100B")
+    assert doc["problems"] == []
+    oneway = doc["results"]["oneway_100B"]
+    aio = oneway["stacks"]["aio"]
+    assert aio["ok"] and aio["msgs_per_s"] > 0
+    for run in aio["runs"]:
+        assert run["sent"] > 0 and run["received"] == run["sent"] == run["end_count"]
+        assert run["client"]["module"].startswith(str(ROOT / "src"))
+    assert oneway["ratios"]["msgs_per_s:aio/ours"] > 0
+    pingpong = doc["results"]["pingpong_100B"]
+    assert pingpong["stacks"]["aio"]["median_us"] > 0 and pingpong["ratios"]["median_us:aio/ours"] > 0
+    assert "aio" not in doc["results"]["reqrep_100B"]["stacks"]  # (measured through asyncio: one-way and ping-pong)
+    assert "ours-asyncio" in stdout and "asyncio/ours" in stdout

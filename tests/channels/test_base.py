@@ -46,9 +46,9 @@ def test_byte_cap_applies_the_discard_mode(pair, mode, kept):
     pub, sub = yoton.PubChannel(a, "bytes", yoton.BINARY), yoton.SubChannel(b, "bytes", yoton.BINARY)
     sent = _flood(pub, [1000] * 20)
     _arrived(sub, 20)
-    assert sub.statistics() == {"pending": 5, "pending_bytes": 5000, "discarded": 15}
+    assert sub.statistics() == {"pending": 5, "pending_bytes": 5000, "discarded": 15, "received": 20, "sent": 0}
     assert sub.recv_all() == [sent[i] for i in kept]
-    assert sub.statistics() == {"pending": 0, "pending_bytes": 0, "discarded": 15}
+    assert sub.statistics() == {"pending": 0, "pending_bytes": 0, "discarded": 15, "received": 20, "sent": 0}
     # Room again: the next message is queued, not discarded.
     pub.send(b"after")
     assert sub.recv(3.0) == b"after"
@@ -72,7 +72,7 @@ def test_count_bound_still_applies_under_the_byte_cap(pair, mode):
     pub, sub = yoton.PubChannel(a, "count", yoton.BINARY), yoton.SubChannel(b, "count", yoton.BINARY)
     sent = _flood(pub, [10] * 8)
     _arrived(sub, 8)
-    assert sub.statistics() == {"pending": 3, "pending_bytes": 30, "discarded": 5}
+    assert sub.statistics() == {"pending": 3, "pending_bytes": 30, "discarded": 5, "received": 8, "sent": 0}
     assert sub.recv_all() == (sent[-3:] if mode == "old" else sent[:3])
 
 
@@ -85,10 +85,10 @@ def test_a_package_larger_than_the_cap_still_fits_an_empty_queue(pair, mode):
     pub.send(big)
     _arrived(sub, 3)
     if mode == "old":  # the older ones make room, the big one stays alone
-        assert sub.statistics() == {"pending": 1, "pending_bytes": 3000, "discarded": 2}
+        assert sub.statistics() == {"pending": 1, "pending_bytes": 3000, "discarded": 2, "received": 3, "sent": 0}
         assert sub.recv_all() == [big]
     else:  # the queue was not empty: the big one is the one discarded
-        assert sub.statistics() == {"pending": 2, "pending_bytes": 800, "discarded": 1}
+        assert sub.statistics() == {"pending": 2, "pending_bytes": 800, "discarded": 1, "received": 3, "sent": 0}
         assert sub.recv_all() == small
     pub.send(big)  # into an empty queue: kept in both modes
     assert sub.recv(3.0) == big
@@ -103,7 +103,13 @@ def test_max_queue_bytes_must_be_a_positive_int(bad):
 
 def test_default_max_queue_bytes_is_256_mib(ctx):
     assert ctx().max_queue_bytes == 256 << 20
-    assert yoton.SubChannel(ctx(), "d").statistics() == {"pending": 0, "pending_bytes": 0, "discarded": 0}
+    assert yoton.SubChannel(ctx(), "d").statistics() == {
+        "pending": 0,
+        "pending_bytes": 0,
+        "discarded": 0,
+        "received": 0,
+        "sent": 0,
+    }
 
 
 def test_byte_count_stays_exact_with_a_reader_racing_the_io_thread(pair):

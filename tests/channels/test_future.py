@@ -118,6 +118,7 @@ def test_result_timeout_raises_yoton_timeout_error():
         f.result(0.05)
     assert time.monotonic() - t0 >= 0.04
     assert isinstance(info.value, concurrent.futures.TimeoutError)
+    assert isinstance(info.value, TimeoutError)  # the builtin too (what asyncio.timeout() raises)
     assert isinstance(info.value, yoton.YotonError)
     with pytest.raises(concurrent.futures.TimeoutError):
         f.exception(0.01)

@@ -381,7 +381,14 @@ def test_queue_params_discard(pair, wait_for, mode, expected):
     for i in range(20):
         pub.send(str(i))
     assert wait_for(lambda: sub.statistics()["discarded"] == 15, events=False)
-    assert sub.statistics() == {"pending": 5, "pending_bytes": sum(map(len, expected)), "discarded": 15}
+    assert sub.statistics() == {
+        "pending": 5,
+        "pending_bytes": sum(map(len, expected)),
+        "discarded": 15,
+        "received": 20,
+        "sent": 0,
+    }
+    assert pub.statistics()["sent"] == 20
     assert sub.recv_all() == expected
     pub.send("more")
     assert sub.recv(3.0) == "more"

@@ -8,6 +8,7 @@ read that line (with a deadline) before they start the other side.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import queue
@@ -163,10 +164,10 @@ def test_help_of_yoton_and_each_command(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for command in ("sub", "pub", "req", "state", "serve", "bench", "demo", "exit codes"):
+    for command in ("sub", "pub", "req", "state", "serve", "monitor", "bench", "demo", "exit codes"):
         assert command in text
     assert "_demo-worker" not in text and "_bench-peer" not in text
-    for command in ("sub", "pub", "req", "state", "serve", "bench"):
+    for command in ("sub", "pub", "req", "state", "serve", "monitor", "bench"):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
@@ -557,6 +558,145 @@ def test_tls(cli, tmp_path):
 
 
 # -- bench and demo ----------------------------------------------------------------------
+
+
+# -- monitor --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def network(ctx):
+    """A live three-context network A - B - C (all introspecting), with traffic:
+    A publishes 'news' (C subscribes) every few ms, B serves 'calc', C holds a
+    state. Returns (a, b, c, the address of a second bind of A for the monitor)."""
+    a, b, c = ctx(introspect=True), ctx(introspect=True), ctx(introspect=True)
+    ab = a.bind("127.0.0.1:0")
+    yoton.Context.connect(b, f"127.0.0.1:{ab.port1}", timeout=WAIT)
+    bc = b.bind("127.0.0.1:0")
+    c.connect(f"127.0.0.1:{bc.port1}", timeout=WAIT)
+    for_monitor = a.bind("127.0.0.1:0")
+    pub, sub = yoton.PubChannel(a, "news"), yoton.SubChannel(c, "news")
+
+    class Calc(yoton.RepChannel):
+        def add(self, x, y):
+            return x + y
+
+    Calc(b, "calc").set_mode("thread")
+    yoton.StateChannel(c, "mode").send("on")
+    stop = threading.Event()
+
+    def feed():
+        while not stop.wait(0.005):
+            pub.send("tick")
+            sub.recv_all()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    yield a, b, c, f"127.0.0.1:{for_monitor.port1}"
+    stop.set()
+    feeder.join(WAIT)
+
+
+def hexid(context) -> str:
+    return f"{context.id:016x}"
+
+
+def test_monitor_json_snapshots_of_a_live_three_context_network(network):
+    a, b, c, address = network
+    proc = yoton_cli("monitor", "--connect", address, "--json", "--count", "2", "--interval", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    first, second = map(json.loads, lines)
+    for snap in (first, second):
+        contexts = {ctx["id"]: ctx for ctx in snap["contexts"]}
+        assert set(contexts) == {hexid(a), hexid(b), hexid(c)}
+        # A: its link to B and the monitor's; B: to A and C; C: to B.
+        peers = {cid: {conn["peer"] for conn in ctx["connections"]} for cid, ctx in contexts.items()}
+        assert hexid(b) in peers[hexid(a)] and len(peers[hexid(a)]) == 2
+        assert peers[hexid(b)] == {hexid(a), hexid(c)} and peers[hexid(c)] == {hexid(b)}
+        kinds = {cid: {(ch["kind"], ch["slot"]) for ch in ctx["channels"]} for cid, ctx in contexts.items()}
+        assert kinds[hexid(a)] == {("PubChannel", "news.txt.pub-sub")}
+        assert kinds[hexid(b)] == {("Calc", "calc.obj.req-rep")}
+        assert kinds[hexid(c)] == {("SubChannel", "news.txt.pub-sub"), ("StateChannel", "mode.txt.state")}
+    assert second["time"] > first["time"]
+    # Rates from the second snapshot on: the news flows A -> B -> C.
+    contexts = {ctx["id"]: ctx for ctx in second["contexts"]}
+    (news_out,) = contexts[hexid(a)]["channels"]
+    news_in = next(ch for ch in contexts[hexid(c)]["channels"] if ch["kind"] == "SubChannel")
+    assert news_out["rates"]["sent"] > 10 and news_in["rates"]["received"] > 10
+    (b_to_c,) = [conn for conn in contexts[hexid(b)]["connections"] if conn["peer"] == hexid(c)]
+    assert b_to_c["rates"]["packages_out"] > 10 and b_to_c["rates"]["bytes_out"] > 100
+    assert all("rates" not in conn for ctx in first["contexts"] for conn in ctx["connections"])
+    assert "connected to" in proc.stderr
+
+
+def test_monitor_prints_text_tables_when_not_on_a_terminal(network):
+    a, b, c, address = network
+    proc = yoton_cli("monitor", "--connect", address, "--count", "2", "--interval", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.split("yoton network via ")[1:]
+    assert "3 contexts" in first
+    for context in (a, b, c):
+        assert f"context {hexid(context)}" in first
+    for word in ("CONNECTED", "PubChannel", "news.txt.pub-sub", "Calc", "calc.obj.req-rep", "StateChannel", "msgs in"):
+        assert word in first
+    assert "/s" in second  # (rates from the second on)
+
+
+def test_monitor_live_view_on_a_terminal(network):
+    """On a terminal the view is redrawn in place: rich's tables if installed, else text."""
+    import pty
+    import select
+
+    a, b, c, address = network
+    outputs = {}
+    for mode in ("rich", "plain"):
+        if mode == "rich" and importlib.util.find_spec("rich") is None:
+            continue
+        if outputs:  # (a bind serves one peer: the second monitor gets one of its own)
+            address = f"127.0.0.1:{a.bind('127.0.0.1:0').port1}"
+        master, slave = pty.openpty()
+        extra = ["--plain"] if mode == "plain" else []
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "yoton", "monitor", "--connect", address, "--count", "2", "--interval", "0.3"]
+            + extra,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            env=dict(ENV, COLUMNS="200", LINES="80", TERM="xterm"),
+        )
+        os.close(slave)
+        out = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], WAIT)
+            if not ready:
+                break
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # (the child closed the terminal)
+                break
+            if not data:
+                break
+            out += data
+        os.close(master)
+        assert proc.wait(WAIT) == 0, proc.stderr.read()
+        proc.stderr.close()
+        outputs[mode] = text = out.decode("utf-8", "replace")
+        for context in (a, b, c):
+            assert hexid(context) in text
+        assert "news.txt.pub-sub" in text and "connections" in text
+    assert outputs["plain"].count("\x1b[H\x1b[J") == 2  # (redrawn from the top each time)
+    if "rich" in outputs:
+        assert "┃" in outputs["rich"] or "|" in outputs["rich"]  # (tables)
+
+
+def test_monitor_of_a_network_where_nobody_introspects(peer):
+    context, address = peer()
+    proc = yoton_cli("monitor", "--connect", address, "--count", "1", "--interval", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["contexts"] == []
+    proc = yoton_cli("monitor", "--connect", "127.0.0.1:1", "--timeout", "0.3")
+    assert proc.returncode == 1
+    one_error_line(proc.stderr, "connect")
 
 
 def test_bench_json_results_and_plain_progress():

@@ -55,15 +55,35 @@ class Waiter:
     after making what they wait for true (from any thread, the loop side
     included). The condition is touched only when someone waits on it.
     Without a router (a future made by hand) only the condition is used.
+
+    Waits that are not threads (``yoton.asyncio``'s coroutines) hook in with
+    :meth:`add_callback`: every :meth:`notify` calls the callbacks too.
     """
 
-    __slots__ = ("_router", "_cond", "_waiters", "_reader")
+    __slots__ = ("_router", "_cond", "_waiters", "_reader", "callbacks", "_hook_lock")
 
     def __init__(self, router):
         self._router = router
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0  # threads waiting on the condition
         self._reader: threading.Thread | None = None  # the one lending the loop a hand
+        #: The callbacks :meth:`notify` calls (a tuple, replaced on change: read without a lock).
+        self.callbacks: tuple = ()
+        self._hook_lock = threading.Lock()
+
+    def add_callback(self, fn) -> None:
+        """Call ``fn()`` on every :meth:`notify`, in the notifying thread (often
+        the loop side: ``fn`` must be quick, thread-safe and never wait)."""
+        with self._hook_lock:
+            self.callbacks = self.callbacks + (fn,)
+
+    def remove_callback(self, fn) -> None:
+        """Stop calling ``fn`` (harmless if it is not there)."""
+        with self._hook_lock:
+            callbacks = list(self.callbacks)
+            if fn in callbacks:
+                callbacks.remove(fn)
+                self.callbacks = tuple(callbacks)
 
     def wait(self, ready, deadline: float | None) -> bool:
         """Wait until ``ready()`` or the monotonic ``deadline`` (None: none);
@@ -103,6 +123,11 @@ class Waiter:
                     self._cond.notify()
         if self._reader is not None and self._router is not None and not self._router.on_loop_side():
             self._router.wake()  # (a pass on the loop side wakes the reader by itself)
+        for callback in self.callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("yoton: waiter callback %r failed", callback)
 
     @property
     def others(self) -> int:
@@ -178,6 +203,8 @@ class BaseChannel:
             log_level=logging.INFO,
             on_room=self._on_room,
         )
+        self._count_in = 0  # packages delivered to this channel (loop side)
+        self._count_out = 0  # messages sent (see statistics)
         self._holding: set = set()  # links whose reading we hold (loop side)
         self._delivering = None  # the link of the packages being taken (loop side)
         self._waiter = Waiter(router)
@@ -259,10 +286,19 @@ class BaseChannel:
 
     def statistics(self) -> dict:
         """Counters: ``pending`` messages, their size in ``pending_bytes`` (message
-        bodies), and messages ``discarded`` because the queue was full (in
-        count or in bytes)."""
+        bodies), messages ``discarded`` because the queue was full (in
+        count or in bytes), and since the channel was made: packages
+        ``received`` on its incoming slot (sync status and request
+        signals included) and messages ``sent`` (published, set, requested
+        or replied; not the protocol's own signals)."""
         queue = self._queue
-        return {"pending": len(queue), "pending_bytes": queue.bytes, "discarded": queue.discarded}
+        return {
+            "pending": len(queue),
+            "pending_bytes": queue.bytes,
+            "discarded": queue.discarded,
+            "received": self._count_in,
+            "sent": self._count_out,
+        }
 
     def close(self) -> None:
         """Detach from the context: sending raises, nothing new arrives.
@@ -285,11 +321,13 @@ class BaseChannel:
         body = self._message_type.message_to_bytes(message)
         if body:  # empty messages are not sent (yoton 2.2 rule)
             self._router.send(self._slot_out, body, dest_id, dest_seq, block)
+            self._count_out += 1
 
     # -- receiving --------------------------------------------------------------
 
     def _receive_many(self, pkgs, link=None) -> None:
         """Take packages that arrived on ``link`` from the router, in order (loop side)."""
+        self._count_in += len(pkgs)
         self._delivering = link
         try:
             for pkg in pkgs:
@@ -316,9 +354,10 @@ class BaseChannel:
         if queue.policy is BLOCK and queue.full:
             self._hold(link or self._delivering)
         # Wake one thread waiting on the condition; one that finds more passes
-        # the wake-up on (see _wait_package).
-        if self._waiter.others and queue:
-            self._waiter.notify()
+        # the wake-up on (see _wait_package). Callbacks hear of every arrival.
+        waiter = self._waiter
+        if (waiter.others or waiter.callbacks) and queue:
+            waiter.notify()
         self._announce()
 
     def _hold(self, link) -> None:

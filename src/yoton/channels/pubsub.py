@@ -263,6 +263,7 @@ class SubChannel(BaseChannel):
             super()._receive_many(pkgs, link)
             self._check_full()
             return
+        self._count_in += len(pkgs)
         self._queue_many(pkgs, link)
         self._check_full()
 

@@ -319,6 +319,7 @@ class ReqChannel(BaseChannel):
     _pattern_out = "req-rep"
     _pattern_in = "rep-req"
     _run_mode = 1  # yoton 2.2: a requester is always "event-driven" (here: served by the loop side)
+    _future_class = Future  # (what requests return; yoton.asyncio's is awaitable)
 
     def __init__(self, context, slot_base: str, default_future_timeout=10.0):
         super().__init__(context, slot_base, OBJECT)
@@ -353,7 +354,7 @@ class ReqChannel(BaseChannel):
         if self._closed:  # as in yoton 2.2: a future that is cancelled already
             with self._req_lock:
                 self._counter += 1
-                future = Future(None, body, self._counter, None)
+                future = self._future_class(None, body, self._counter, None)
             future._move(CANCELLED)
             return future
         limit = self._router.max_package_size
@@ -361,10 +362,11 @@ class ReqChannel(BaseChannel):
             raise ValueError(f"request too large to send: {len(body)} bytes encoded, but max_package_size is {limit}")
         with self._req_lock:
             self._counter += 1
-            future = Future(self, body, self._counter, self._default_timeout)
+            future = self._future_class(self, body, self._counter, self._default_timeout)
             self._futures[future._request_id] = future
             start_ticking = not self._ticking
             self._ticking = True
+        self._count_out += 1
         self._announce_request(future)
         if start_ticking:
             self._router.call_later(self._tick, ANNOUNCE_INTERVAL)
@@ -571,7 +573,7 @@ class RepChannel(BaseChannel):
                 return
             mode = self._mode
             if mode == 1:
-                post_event(self._serve, pkg)
+                self._post_serve(pkg)
             else:  # the worker thread's, or (off) _process_events_local's
                 self._work.append(pkg)
                 if mode:
@@ -686,14 +688,26 @@ class RepChannel(BaseChannel):
                 pkg = self._work.popleft()  # (one by one: a worker thread may take some too)
             except IndexError:
                 return
-            post_event(self._serve, pkg)
+            self._post_serve(pkg)
+
+    def _post_serve(self, pkg) -> None:
+        """Have the event loop serve ``pkg`` ('event' mode; yoton.asyncio's uses its asyncio loop)."""
+        post_event(self._serve, pkg)
 
     # -- serving (event loop or worker thread) ------------------------------------
 
     def _serve(self, pkg) -> None:
-        body = self._call(pkg.data)
+        self._send_reply(pkg, self._call(pkg.data))
+
+    def _send_reply(self, pkg, body: bytes, block=True) -> None:
+        """Answer the request ``pkg`` with ``body`` and become free for the next.
+
+        ``block`` as for sending (the reply waits for room in the send
+        queues); :class:`~yoton.errors.WouldBlock` leaves everything as it was.
+        """
         if not self._closed:
-            self._router.send(self._slot_out, body, pkg.source_id, pkg.dest_seq)
+            self._router.send(self._slot_out, body, pkg.source_id, pkg.dest_seq, block)
+            self._count_out += 1
         self._served += 1
         with self._lock:
             if self._state is _Rep.SERVING and self._current == (pkg.source_id, pkg.dest_seq):
@@ -701,22 +715,42 @@ class RepChannel(BaseChannel):
         self._offer_next()
 
     def _call(self, data) -> bytes:
-        name, called = "?", False
+        """Serve a request body: the reply body (an error reply if it failed)."""
+        name = "?"
         try:
-            request = decode_object(data)
-            if not (isinstance(request, tuple) and len(request) == 3):
-                raise ValueError("malformed request")
-            name, args, kwargs = request
-            if not isinstance(name, str) or not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
-                raise ValueError("malformed request")
-            if name.startswith("_") or (name != "echo" and hasattr(RepChannel, name)):
-                raise AttributeError(f"Method {name!r} cannot be called remotely.")
-            method = getattr(self, name, None)
-            if not callable(method):
-                raise AttributeError(f"Method {name!r} not implemented.")
-            called = True
+            name, args, kwargs = self._parse_request(data)
+            method = self._method_for(name)
+        except Exception as exc:
+            return self._error_reply(name, exc, False)
+        try:
             result = method(*args, **kwargs)
-            called = False
+        except Exception as exc:
+            return self._error_reply(name, exc, True)
+        return self._reply_body(name, result)
+
+    @staticmethod
+    def _parse_request(data) -> tuple:
+        """``(name, args, kwargs)`` of a request body; ValueError if malformed."""
+        request = decode_object(data)
+        if not (isinstance(request, tuple) and len(request) == 3):
+            raise ValueError("malformed request")
+        name, args, kwargs = request
+        if not isinstance(name, str) or not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
+            raise ValueError("malformed request")
+        return name, args, kwargs
+
+    def _method_for(self, name: str):
+        """The method a request may call by ``name``; AttributeError if none."""
+        if name.startswith("_") or (name != "echo" and hasattr(RepChannel, name)):
+            raise AttributeError(f"Method {name!r} cannot be called remotely.")
+        method = getattr(self, name, None)
+        if not callable(method):
+            raise AttributeError(f"Method {name!r} not implemented.")
+        return method
+
+    def _reply_body(self, name: str, result) -> bytes:
+        """The reply body for a method's ``result`` (an error reply if it cannot be sent)."""
+        try:
             reply = encode_object(result)
             limit = self._router.max_package_size
             if len(reply) > limit:
@@ -725,16 +759,20 @@ class RepChannel(BaseChannel):
                 )
             return reply
         except Exception as exc:
-            text = error_text(exc)
-            # (the traceback when the method itself raised; our own refusals need none)
-            log.warning(
-                "yoton.RepChannel %r: error handling request %r:\n%s",
-                self._slot_in_name,
-                name,
-                text.rstrip("\n"),
-                exc_info=called,
-            )
-            return encode_object((ERROR_TAG, text))
+            return self._error_reply(name, exc, False)
+
+    def _error_reply(self, name: str, exc: Exception, called: bool) -> bytes:
+        """Log a failed request and return its error reply (2.2's tuple)."""
+        text = error_text(exc)
+        # (the traceback when the method itself raised; our own refusals need none)
+        log.warning(
+            "yoton.RepChannel %r: error handling request %r:\n%s",
+            self._slot_in_name,
+            name,
+            text.rstrip("\n"),
+            exc_info=called,
+        )
+        return encode_object((ERROR_TAG, text))
 
     def _work_loop(self) -> None:
         me = threading.current_thread()

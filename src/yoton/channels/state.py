@@ -30,20 +30,24 @@ class StateChannel(BaseChannel):
         self._state = b""  # encoded; b'' means no state yet
         self._own = False  # whether the state was set here (not learned from a peer)
 
-    def send(self, message) -> None:
+    def send(self, message, block=True) -> None:
         """Set the state and broadcast it, unless it equals the current state.
 
-        Empty messages are ignored. Raises ``ValueError`` for a message the
-        type cannot encode or one over the context's ``max_package_size``
-        (the state is then unchanged), ``ChannelClosedError`` when closed.
+        Empty messages are ignored. ``block`` says how long to wait for room
+        in the send queues, as for ``PubChannel.send``
+        (:class:`~yoton.errors.WouldBlock` when it runs out). Raises
+        ``ValueError`` for a message the type cannot encode or one over the
+        context's ``max_package_size``, ``ChannelClosedError`` when closed;
+        after any of these the state is unchanged.
         """
         if self._closed:
             self._send(message)  # raises ChannelClosedError
         body = self._message_type.message_to_bytes(message)
         if body and body != self._state:
-            self._router.send(self._slot_out, body)  # raises before anything changes
+            self._router.send(self._slot_out, body, block=block)  # raises before anything changes
             self._state = body
             self._own = True
+            self._count_out += 1
 
     def recv(self, block=False):
         """Return the current state (never blocks; ``block`` is accepted for compatibility)."""

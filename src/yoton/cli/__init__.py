@@ -1,16 +1,16 @@
 """The ``yoton`` command line (also ``python -m yoton``).
 
-Commands: ``sub``, ``pub``, ``req``, ``state`` and ``serve`` join a yoton
-network with ``--connect ADDRESS`` or ``--bind ADDRESS``; ``bench`` measures
-this machine; ``demo`` shows two processes talking. ``yoton --help`` and
-``yoton COMMAND --help`` explain each; the README has examples.
+Commands: ``sub``, ``pub``, ``req``, ``state``, ``serve`` and ``monitor``
+join a yoton network with ``--connect ADDRESS`` or ``--bind ADDRESS``;
+``bench`` measures this machine; ``demo`` shows two processes talking.
+``yoton --help`` and ``yoton COMMAND --help`` explain each; the README has
+examples.
 
 Each command lives in a module of this package with an ``add_parser``
 function that registers it (:data:`COMMAND_MODULES`); the shared options
 come from :func:`~yoton.cli.common.add_link_options` and
 ``add_type_options``, and :class:`~yoton.cli.common.Link` joins the network
-as they say, so a new command (``monitor``, planned in issue 15) is one more
-module and one more entry.
+as they say, so a new command is one more module and one more entry.
 
 Standard output carries only data; banners, progress and errors go to
 standard error. Exit codes: 0 done, 1 error (one line on stderr, no
@@ -33,7 +33,7 @@ from .common import CommandError, UsageError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: The modules that register commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("pubsub", "reqrep", "state", "bench", "demo")
+COMMAND_MODULES = ("pubsub", "reqrep", "state", "monitor", "bench", "demo")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
@@ -53,6 +53,7 @@ waits (--timeout S limits each one; 'inf' for no limit):
   sub: the next message               default no limit; S s of silence end it
   pub / state VALUE: sending out      default 5 s
   req: the reply / state: the value   default 5 s
+  monitor: the answers to each query  --interval (default 1 s)
 
 exit codes:
   0 done, 1 error (one line on stderr), 2 usage, 130 interrupted (Ctrl-C),
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="yoton",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Talk to a yoton network from the shell: subscribe, publish, call repliers, "
-        "read and set state, serve an object, benchmark.",
+        "read and set state, serve an object, watch the network, benchmark.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"yoton {yoton.__version__}")

@@ -258,7 +258,8 @@ class Connection:
 
     def statistics(self) -> dict:
         """Figures of this connection: ``state``, ``peer`` (its id in hex),
-        ``age`` (s), ``bytes_in``/``bytes_out``, ``packages_in``,
+        ``age`` (s), ``bytes_in``/``bytes_out``, ``packages_in``/``packages_out``
+        (received; queued for the peer),
         ``queued_bytes``/``queued_packages`` (waiting to be written),
         ``discarded`` (by a stalled send queue), ``stalled``, ``timed_out``,
         ``reading_held`` (flow control holds reading) and ``reconnects``

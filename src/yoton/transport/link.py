@@ -225,7 +225,7 @@ class Link:
         self.held: set = set()  # upstream links held until our send queue has room (loop side)
         self.last_send = self.last_recv = self.created = time.monotonic()
         self.bytes_out = self.bytes_in = 0
-        self.packages_in = 0
+        self.packages_in = self.packages_out = 0
         self._stall_mark = 0  # bytes_out when the stall began
         self.reconnects = 0  # how often the link was connected again after a loss
         #: The bind's :class:`~yoton.transport.acceptor.Acceptor` that admitted
@@ -275,6 +275,7 @@ class Link:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "packages_in": self.packages_in,
+            "packages_out": self.packages_out,
             "queued_bytes": queue.bytes + self.unwritten(),
             "queued_packages": len(queue),
             "discarded": queue.discarded,
@@ -291,6 +292,7 @@ class Link:
         peer, in order. Never waits: a sender waits for room first (see
         :meth:`has_room`). Returns how many packages the queue discarded
         (only while stalled)."""
+        self.packages_out += len(items)  # (queued for the peer; a stalled queue's discards included)
         dropped = self.sendq.put_many(items, total)
         self.kick_writer()
         return dropped

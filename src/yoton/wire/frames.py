@@ -31,6 +31,8 @@ __all__ = [
     "CONTROL",
     "SLOT_DUMMY",
     "SLOT_CONTEXT",
+    "SLOT_INTROSPECT_QUERY",
+    "SLOT_INTROSPECT_SNAPSHOT",
     "SIGNAL_HEARTBEAT",
     "SIGNAL_CLOSE",
     "HEARTBEAT_BYTES",
@@ -47,6 +49,8 @@ CONTROL = int.from_bytes(b"YOTON   ", "little")  # 2314885729178898265
 
 SLOT_DUMMY = 1  #: connection-level signals (heartbeat, close)
 SLOT_CONTEXT = 2  #: context messages such as NEW_CONNECTION
+SLOT_INTROSPECT_QUERY = 3  #: a monitor asks every introspecting context for a snapshot
+SLOT_INTROSPECT_SNAPSHOT = 4  #: an introspecting context answers the monitor
 
 SIGNAL_HEARTBEAT = 0
 SIGNAL_CLOSE = 1
