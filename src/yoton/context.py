@@ -73,7 +73,7 @@ from typing import Any
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
 from .transport import connection as _links
-from .transport.connection import REASON_CONTEXT, ConnectionCollection, TcpConnection
+from .transport.connection import REASON_CONTEXT, Connection, ConnectionCollection, TcpConnection, is_nats_address
 from .transport.ioloop import IOLoop, default_spin
 from .transport.link import LinkConfig, package_size, packages_size
 from .transport.sigint import MAIN_THREAD, MainSending
@@ -302,7 +302,7 @@ class Context:
         _links.bind(self.router, conn, address, max_tries, ssl_context)
         return conn
 
-    def connect(self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None) -> TcpConnection:
+    def connect(self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, **options) -> Connection:
         """Connect to a context bound at ``address``; return the connection.
 
         Retries until ``timeout`` seconds have passed, then raises
@@ -315,9 +315,23 @@ class Context:
         server's certificate for ``host`` with ``ssl_context`` (default:
         ``ssl.create_default_context()``, the system's trusted CAs); a failed
         TLS handshake raises :class:`~yoton.errors.TLSError` (a ``ConnectError``).
+
+        A ``nats://host:port`` address (several comma-separated for a
+        cluster) attaches the context to a NATS network instead (needs
+        ``pip install 'yoton[nats]'``); ``options`` are for it: ``network``,
+        ``keep_state`` and nats-py's connect() options (see
+        :mod:`yoton.transport.nats` and the README's "Scaling out with NATS").
         """
-        conn = TcpConnection(self, name)
-        _links.connect(self.router, conn, address, timeout, ssl_context)
+        conn: Connection
+        if is_nats_address(address):
+            from .transport import nats  # (nats-py is imported only here)
+
+            conn = nats.open_connection(self, address, timeout, name, ssl_context, **options)
+        elif options:
+            raise TypeError(f"connect() got unexpected keyword arguments {sorted(options)} (they are for nats://)")
+        else:
+            conn = TcpConnection(self, name)
+            _links.connect(self.router, conn, address, timeout, ssl_context)
         self.router.send(SLOT_CONTEXT, _NEW_CONNECTION)
         return conn
 
@@ -507,6 +521,24 @@ class Router:
             self._live = live = tuple(link for link in self.links if link.is_connected)
             self._direct = {link.peer_id: link for link in live}
         self.room_changed()  # (senders waiting for a link that left look again)
+        self._interest_changed()  # (a link that relays for others may listen to more)
+
+    def _interest_changed(self, settle: bool = False) -> None:
+        """Tell the links that the receiving slots or the live links changed
+        (with ``settle``: a new channel's, wait until they follow; not under _lock)."""
+        for link in list(self.links):
+            link.interest_changed(settle)
+
+    def receiving_slots(self) -> dict:
+        """The slots channels here receive on: slot number -> slot name (a
+        snapshot, any thread; for transports that subscribe per slot)."""
+        with self._lock:
+            return {slot: channel.slot_incoming for slot, channel in self._recv_slots.items()}
+
+    def relays(self, link) -> bool:
+        """Whether packages arriving on ``link`` are forwarded to other live
+        links (this context is a gateway for them), any thread."""
+        return any(other is not link for other in self._live)
 
     def room_changed(self) -> None:
         """A send queue drained, stalled or left (any thread): wake waiting senders."""
@@ -597,6 +629,8 @@ class Router:
             if peer_joined is not None:
                 self._peer_hooks[channel] = weakref.WeakMethod(peer_joined)
             self._channels.add(channel)
+        if slot_in is not None:
+            self._interest_changed(settle=True)  # (a NATS link subscribes before the channel is used)
 
     def unregister(self, channel) -> None:
         """Detach ``channel`` from its slots."""
@@ -609,6 +643,7 @@ class Router:
                 del self._deliver[slot]
             self._peer_hooks.pop(channel, None)
             self._channels.discard(channel)
+        self._interest_changed()
 
     def channels(self) -> list:
         """The channels attached now."""
@@ -893,6 +928,8 @@ class Router:
                 if peer_joined is not None:
                     try:
                         peer_joined()
+                    except ChannelClosedError:
+                        pass  # (this context is closing: nobody needs our state from it)
                     except Exception:
                         log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
         elif text == _CLOSE_CONNECTION:

@@ -22,6 +22,7 @@ __all__ = [
     "ConnectionCollection",
     "bind",
     "connect",
+    "is_nats_address",
     "REASON_COMMAND",
     "REASON_PROBLEM",
     "REASON_CONTEXT",
@@ -252,6 +253,11 @@ class Connection:
 
 class TcpConnection(Connection):
     """A :class:`Connection` over TCP (or TLS, for ``tls://`` addresses)."""
+
+
+def is_nats_address(address) -> bool:
+    """Whether ``address`` names NATS servers (``nats://...``: see :mod:`yoton.transport.nats`)."""
+    return isinstance(address, str) and address.lstrip().lower().startswith("nats://")
 
 
 def bind(router, connection: Connection, address: str, max_tries: int = 1, ssl_context=None) -> None:
