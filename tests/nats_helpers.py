@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -145,6 +146,14 @@ class NatsServer:
         except (OSError, ValueError):
             return 0
 
+    def jetstream_ready(self) -> bool:
+        """Whether this node knows JetStream's meta leader (a cluster elected one)."""
+        try:
+            meta = self.monitor("jsz").get("meta_cluster") or {}
+        except (OSError, ValueError):
+            return False
+        return bool(meta.get("leader"))
+
     def stop(self) -> None:
         """Kill it (SIGKILL, by its pid) and reap it."""
         proc = self.proc
@@ -191,6 +200,8 @@ def start_cluster(binary: str, workdir: Path, size: int = 3, jetstream: bool = F
                 )
                 nodes.append(node.start())
             wait_until(lambda: all(n.routes_up() >= size - 1 for n in nodes), timeout, "the cluster's routes")
+            if jetstream:
+                wait_until(lambda: all(n.jetstream_ready() for n in nodes), timeout, "JetStream's meta leader")
             return nodes
         except (RuntimeError, AssertionError):
             for node in nodes:
@@ -198,3 +209,82 @@ def start_cluster(binary: str, workdir: Path, size: int = 3, jetstream: bool = F
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of a server, to cut one client off:
+    :meth:`cut` drops its connections and refuses new ones until :meth:`mend`."""
+
+    def __init__(self, target_port: int):
+        self.target = (HOST, target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((HOST, 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.closed = False
+        self.pairs: list = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="nats-test-proxy").start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self.pairs.append((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every connection through the proxy; refuse new ones."""
+        self.open = False
+        with self._lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def mend(self) -> None:
+        """Let clients connect again."""
+        self.open = True
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()

@@ -68,6 +68,24 @@ ids are 16 lower-case hex digits; :func:`slot_subject` names a slot's)::
   what a held link receives meanwhile waits in its receive buffer (at most
   ``max_queue_bytes``; beyond that it is dropped and counted in
   ``statistics()['discarded_incoming']``).
+* **Lossless mode** (``connect(..., lossless=True)``; needs JetStream): the
+  network's packages go through the stream ``yoton-<network>`` (subjects
+  ``yoton.<network>.>``, kept ``lossless_max_age`` seconds, default an
+  hour). A publisher sends its next message only once the stream stored
+  the last one (retried, in order, after a failure); while the server is
+  unreachable, sends wait in the send queue and the link never stalls:
+  senders wait (or get ``WouldBlock``), nothing is discarded. Each context
+  reads the stream through a durable pull consumer of its own
+  (``yoton-<context id>``), asking for more only while its receive buffer
+  has room (a held link, e.g. a full sync-mode subscriber, holds the
+  consumer, not memory), and after a reconnect resumes after the last
+  message it got. So every package reaches every lossless context of the
+  network, in order, once (JetStream delivers at least once; the router
+  drops repeats), as long as the stream keeps it. The price: a round trip
+  to the stream per message, and every context reads all of the network's
+  traffic (no per-slot subscriptions, no queue group: a request's
+  announcements go to every replier). Packages of contexts in the core
+  mode on that network are kept in the stream too.
 * **Faults**: no server reachable within ``timeout``: ``ConnectError``
   naming the servers. A server that dies: nats-py reconnects to the others
   (``reconnect_time_wait``, ``max_reconnect_attempts``: nats-py's options).
@@ -90,6 +108,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import json
 import logging
 import re
 import threading
@@ -129,6 +148,11 @@ __all__ = [
 ]
 
 DEFAULT_NETWORK = "default"
+#: Seconds the lossless mode's stream keeps packages by default.
+DEFAULT_MAX_AGE = 3600.0
+#: Lossless mode: messages fetched at a time, and how long a fetch waits.
+FETCH_BATCH = 64
+FETCH_WAIT = 1.0
 QUEUE_GROUP = "yoton"
 #: Large packages being put together at a time (the oldest is dropped beyond).
 MAX_PARTIALS = 16
@@ -208,7 +232,7 @@ if _NatsClient is not None:
             if handler is not None and subject.startswith(self.yoton_prefix):
                 self.stats["in_msgs"] += 1
                 self.stats["in_bytes"] += len(data)
-                handler(data, headers)
+                handler(data, headers, reply)
                 return
             await super()._process_msg(sid, subject, reply, data, headers)
 
@@ -313,7 +337,11 @@ def open_connection(context, address: str, timeout: float = 1.0, name: str = "",
 
     ``options``: ``network`` (default ``"default"``), ``keep_state`` (default
     True: keep states in the server's JetStream key-value bucket when it has
-    JetStream), and nats-py's connect() options (``user``, ``password``,
+    JetStream), ``lossless`` (default False: see the module docstring) with
+    ``lossless_max_age`` (seconds the stream keeps packages, default one
+    hour), ``replicas`` (copies a cluster keeps of the state bucket and the
+    lossless stream when this context makes them; default 1, use 3 in a
+    cluster), and nats-py's connect() options (``user``, ``password``,
     ``token``, ``user_credentials``, ``nkeys_seed``, ``tls_hostname``,
     ``reconnect_time_wait``, ``max_reconnect_attempts``, ...).
     ``ssl_context`` makes the client use TLS. Raises
@@ -326,6 +354,13 @@ def open_connection(context, address: str, timeout: float = 1.0, name: str = "",
     servers = split_servers(address)
     network = _check_network(options.pop("network", DEFAULT_NETWORK))
     keep_state = bool(options.pop("keep_state", True))
+    lossless = bool(options.pop("lossless", False))
+    max_age = float(options.pop("lossless_max_age", DEFAULT_MAX_AGE))
+    if not max_age > 0:
+        raise ValueError(f"lossless_max_age must be a positive number of seconds, not {max_age!r}")
+    replicas = options.pop("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
+        raise ValueError(f"replicas must be an int from 1 to 5, not {replicas!r}")
     timeout = float(timeout)
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
@@ -334,7 +369,7 @@ def open_connection(context, address: str, timeout: float = 1.0, name: str = "",
     if unknown:
         raise TypeError(f"connect() got options that are not nats-py's (or are set by yoton): {sorted(unknown)}")
     conn = NatsConnection(context, name)
-    link = NatsLink(context.router, conn, servers, network, keep_state)
+    link = NatsLink(context.router, conn, servers, network, keep_state, lossless, max_age, replicas)
     conn._link = link
     link.open(timeout, ssl_context, options)
     return conn
@@ -343,11 +378,38 @@ def open_connection(context, address: str, timeout: float = 1.0, name: str = "",
 class NatsLink(Link):
     """A :class:`~yoton.transport.link.Link` to a NATS network (see the module docstring)."""
 
-    def __init__(self, owner, handle, servers: list, network: str, keep_state: bool = True):
+    def __init__(
+        self,
+        owner,
+        handle,
+        servers: list,
+        network: str,
+        keep_state: bool = True,
+        lossless: bool = False,
+        max_age: float = 3600.0,
+        replicas: int = 1,
+    ):
         super().__init__(owner, handle)
         self.servers = tuple(servers)
         self.network = network
         self.keep_state = keep_state
+        self.lossless = lossless
+        self.max_age = max_age
+        self.replicas = replicas
+        self.stream = f"yoton-{network}"  # (lossless: the stream of the network's packages)
+        self._js: Any = None
+        self._pull: Any = None  # (lossless: the subscription to our pull requests' inbox)
+        self._pull_inbox = ""
+        self._pull_subject = ""
+        self._pull_left = 0
+        self._pull_ack: bytes | None = None  # (the ack subject of the last message delivered)
+        self._pull_done: Any = None
+        self._durable = ""
+        self._last_sseq = 0  # (the stream sequence of the last message our consumer delivered)
+        self._reset_wanted = False
+        self._fetcher: Any = None
+        self._room: Any = None  # (lossless: an asyncio.Event, set when the inbox has room)
+        self._unsent: list = []  # (lossless: messages not yet stored, published first)
         prefix = f"yoton.{network}."
         self._prefix = prefix
         self._all = prefix + "all."
@@ -451,6 +513,8 @@ class NatsLink(Link):
         self._update_peer()
         if self.keep_state:
             await self._open_state(max(0.05, deadline - aloop.time()))
+        if self.lossless:
+            await self._open_stream(max(0.05, deadline - aloop.time()))
         try:
             await asyncio.wait_for(self._resubscribe(), max(0.05, deadline - aloop.time()))
         except asyncio.TimeoutError:
@@ -466,10 +530,134 @@ class NatsLink(Link):
             try:
                 self._kv = await js.key_value(self.bucket)
             except BucketNotFoundError:
-                self._kv = await js.create_key_value(bucket=self.bucket, history=1)
+                self._kv = await js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas)
         except (asyncio.TimeoutError, nats_errors.Error) as exc:
             log.info("yoton: NATS %s: states are not kept by the server (%s)", self.network, _describe(exc))
             self._kv = None
+
+    async def _open_stream(self, timeout: float) -> None:
+        """Lossless mode: find or make the network's stream, and our pull consumer on it."""
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
+        js = self._js = self.nc.jetstream(timeout=max(timeout, 2.0))
+        try:
+            try:
+                await js.stream_info(self.stream)
+            except NotFoundError:
+                try:
+                    await js.add_stream(
+                        name=self.stream,
+                        subjects=[self._prefix + ">"],
+                        max_age=self.max_age,
+                        storage=api.StorageType.FILE,
+                        discard=api.DiscardPolicy.OLD,
+                        num_replicas=self.replicas,
+                    )
+                except nats_errors.Error:
+                    await js.stream_info(self.stream)  # (made by another context meanwhile)
+            durable = self._durable = f"yoton-{self.config.local_id:016x}"
+            info = await js.add_consumer(self.stream, self._consumer_config(api.DeliverPolicy.NEW))
+            self._last_sseq = info.delivered.stream_seq  # (the stream's end: we start after it)
+            self._pull_inbox = self.nc.new_inbox()
+            self._pull = await self.nc.subscribe(self._pull_inbox, cb=self._on_pull_status)
+            self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}"
+        except (asyncio.TimeoutError, nats_errors.Error) as exc:
+            self.last_error = f"lossless mode needs JetStream on the server: {_describe(exc)}"
+            raise ConnectError(f"Could not attach to NATS at {', '.join(self.servers)}: {self.last_error}.") from exc
+        self._room = asyncio.Event()
+        self._pull_done = asyncio.Event()
+        self._fetcher = asyncio.get_running_loop().create_task(self._fetch_loop())
+
+    def _consumer_config(self, policy, start: int | None = None):
+        from nats.js import api
+
+        return api.ConsumerConfig(
+            durable_name=self._durable,
+            deliver_policy=policy,
+            opt_start_seq=start,
+            ack_policy=api.AckPolicy.ALL,
+            inactive_threshold=max(60.0, 4 * self.timeout),
+        )
+
+    async def _reset_consumer(self) -> None:
+        """After a reconnect: what the server sent to a pull request of the
+        lost connection would come again only after the ack wait (30 s), so
+        make the consumer anew, starting after the last message we got."""
+        from nats.js import api
+
+        js = self._js
+        try:
+            await js.delete_consumer(self.stream, self._durable)
+        except (asyncio.TimeoutError, nats_errors.Error) as exc:
+            log.debug("yoton: NATS %s: deleting the consumer: %s", self.network, _describe(exc))
+        config = self._consumer_config(api.DeliverPolicy.BY_START_SEQUENCE, self._last_sseq + 1)
+        await js.add_consumer(self.stream, config)
+        self._pull_ack = None
+
+    async def _fetch_loop(self) -> None:
+        """Lossless mode: keep one pull request for FETCH_BATCH messages open on
+        our consumer while the inbox has room (asyncio thread). The server
+        sends each message as soon as it is stored; the client hands it to
+        :meth:`_on_message` as it reads it (like the core subscriptions)."""
+        nc, room, done = self.nc, self._room, self._pull_done
+        request = json.dumps({"batch": FETCH_BATCH, "expires": int(FETCH_WAIT * 1e9)}).encode()
+        while self.state in (NEW, CONNECTED):
+            if not self._has_room_in() or not nc.is_connected:
+                room.clear()
+                if not self._has_room_in() or not nc.is_connected:
+                    await room.wait()  # (set on the loop side after delivering, and when reconnected)
+                continue
+            if self._reset_wanted:
+                try:
+                    await self._reset_consumer()
+                except (asyncio.TimeoutError, nats_errors.Error, OSError) as exc:
+                    self.last_error = _describe(exc)
+                    await asyncio.sleep(0.1)  # (JetStream not ready yet: again shortly)
+                    continue
+                self._reset_wanted = False
+            await self._ack_taken()
+            done.clear()
+            self._pull_left = FETCH_BATCH
+            try:
+                await nc.publish(self._pull_subject, request, reply=self._pull_inbox)
+                await asyncio.wait_for(done.wait(), FETCH_WAIT + 1.0)
+            except (asyncio.TimeoutError, nats_errors.Error, OSError) as exc:
+                if not isinstance(exc, asyncio.TimeoutError):
+                    self.last_error = _describe(exc)
+
+    def _on_delivered(self, reply: bytes) -> None:
+        """A message of our pull request arrived (asyncio thread)."""
+        self._pull_ack = reply
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+        # (9 tokens; 12 or more with a domain and an account hash in front of the stream)
+        tokens = reply.split(b".")
+        if len(tokens) >= 9:
+            try:
+                self._last_sseq = int(tokens[5 if len(tokens) == 9 else 7])
+            except ValueError:
+                pass
+        self._pull_left -= 1
+        if self._pull_left <= 0:
+            self._pull_done.set()
+
+    async def _on_pull_status(self, msg) -> None:
+        """A status for our pull request: it ended (no messages, expired, ...)
+        unless it is a heartbeat."""
+        if (msg.headers or {}).get("Status") != "100":
+            self._pull_done.set()
+
+    async def _ack_taken(self) -> None:
+        """Acknowledge every message delivered so far (AckAll: the last one)."""
+        reply, self._pull_ack = self._pull_ack, None
+        if reply:
+            try:
+                await self.nc.publish(reply.decode(), b"+ACK")
+            except (nats_errors.Error, OSError):
+                pass  # (redelivered later; the router drops what it has seen)
+
+    def _has_room_in(self) -> bool:
+        return not self.read_holds and self._in_added - self._in_taken < self.config.max_queue_bytes // 2
 
     def _abandon(self) -> None:
         """A failed open: close the client and stop the thread (the caller's thread)."""
@@ -516,6 +704,10 @@ class NatsLink(Link):
         self._update_peer()
         log.info("yoton: connection %r: reconnected to NATS at %s", self.handle.name, self.server_url())
         self._start_writer()
+        if self._room is not None:
+            self._reset_wanted = True
+            self._pull_done.set()  # (a pull request open when the link went down is gone)
+            self._room.set()
 
     async def _on_closed(self) -> None:
         loop = self.loop
@@ -575,6 +767,8 @@ class NatsLink(Link):
         """``({(subject, queue)}, {state slots})`` for the channels here."""
         slots = self.owner.receiving_slots()
         state = frozenset(slot for slot, name in slots.items() if name.strip().lower().endswith(".state"))
+        if self.lossless:
+            return set(), state  # (everything comes through the stream's consumer)
         if self.owner.relays(self):
             return {(self._prefix + ">", "")}, state  # a gateway hears everything
         want = {(self._all_subject(SLOT_CONTEXT), ""), (self._to_subject(self.config.local_id), "")}
@@ -624,8 +818,11 @@ class NatsLink(Link):
 
     # -- receiving ------------------------------------------------------------------
 
-    def _on_message(self, data: bytes, headers) -> None:
-        """A message on one of our subjects (asyncio thread, in the server's order)."""
+    def _on_message(self, data: bytes, headers, reply: bytes = b"") -> None:
+        """A message on one of our subjects (asyncio thread, in the server's order);
+        ``reply``: the ack subject of one our lossless consumer delivered."""
+        if reply:
+            self._on_delivered(reply)
         if headers:
             self._on_part(data, headers)
             return
@@ -647,7 +844,7 @@ class NatsLink(Link):
 
     def _arrived(self, packages: list, nbytes: int) -> None:
         """Packages for the router (asyncio thread): into the inbox, bounded."""
-        if self._in_added - self._in_taken >= self.config.max_queue_bytes:
+        if not self.lossless and self._in_added - self._in_taken >= self.config.max_queue_bytes:
             self.discarded_incoming += len(packages)
             if not self._dropping_in:
                 self._dropping_in = True
@@ -687,18 +884,23 @@ class NatsLink(Link):
             if self.is_timedout:
                 self.note_received(0)
             self.deliver(batch)
+        if self._room is not None and self._has_room_in() and self.aio is not None:
+            self.aio.call_soon(self._room.set)
 
     def set_reading(self, flag: bool) -> None:
-        if flag and self._inbox and self.loop is not None:
+        if flag and self.loop is not None:
             self.loop.call_soon(self._deliver_inbox)
 
     def _on_part(self, data: bytes, headers) -> None:
         """A piece of a large package (asyncio thread)."""
-        found = _PART_RE.search(bytes(headers))
-        if found is None:
+        if isinstance(headers, dict):
+            value = str(headers.get(PART_HEADER, "")).strip()
+        else:
+            found = _PART_RE.search(bytes(headers))
+            value = "" if found is None else found.group(1).decode("ascii", "replace")
+        if not value:
             self._refuse_message("a message with headers that is not a piece of a large package")
             return
-        value = found.group(1).decode("ascii", "replace")
         partials = self._partials
         if value == "start":
             if len(data) < HEADER_SIZE:
@@ -795,10 +997,17 @@ class NatsLink(Link):
                 self._kicked = False
                 self._write_scheduled = False  # (a sender may schedule us again from here on)
                 while self.state in (CONNECTED, CLOSING) and nc.is_connected:
+                    if self._unsent and not await self._store_unsent():
+                        break
                     items = self.sendq.take(_TAKE_ITEMS, self._hand, _TAKE_BYTES)
                     if not items:
                         break
                     size = self._in_hand
+                    if self.lossless:
+                        self._unsent = list(self._messages(items))
+                        if not await self._store_unsent():
+                            break
+                        continue
                     try:
                         for subject, payload, headers in self._messages(items):
                             await nc.publish(subject, payload, headers=headers)
@@ -810,12 +1019,38 @@ class NatsLink(Link):
                         self._in_hand = 0
                     self._published += size
                     self.progress(size)
-            if not self.sendq:
+            if not self.sendq and not self._unsent:
                 self.owner.flushed()
                 if self.state is CLOSING:
                     await self._finish_closing()
         except Exception:
             log.exception("yoton: connection %r: the NATS writer failed", self.handle.name)
+
+    async def _store_unsent(self) -> bool:
+        """Lossless mode: publish the messages taken, in order, each once the
+        stream stored the one before; True when all are stored. On a failure
+        they stay (still counted as unwritten) and are tried again: soon while
+        connected, after the reconnect otherwise."""
+        nc, js, unsent = self.nc, self._js, self._unsent
+        while unsent:
+            subject, payload, headers = unsent[0]
+            try:
+                if subject.startswith("$KV."):
+                    await nc.publish(subject, payload, headers=headers)
+                else:
+                    await js.publish(subject, payload, timeout=max(1.0, self.timeout), headers=headers)
+            except (asyncio.TimeoutError, OSError, nats_errors.Error) as exc:
+                self.last_error = _describe(exc)
+                log.debug("yoton: connection %r: storing failed (tried again): %s", self.handle.name, self.last_error)
+                if nc.is_connected:
+                    asyncio.get_running_loop().call_later(0.1, self._start_writer)
+                return False
+            del unsent[0]
+        size, self._in_hand = self._in_hand, 0
+        self._published += size
+        self._confirmed = self._published  # (stored: the server has them)
+        self.progress(size)
+        return True
 
     def _messages(self, items: list):
         """``(subject, payload, headers)`` for queued packages: runs for one
@@ -859,7 +1094,7 @@ class NatsLink(Link):
     def _subject_of(self, slot: int, source: int, dest: int, dest_seq: int, body) -> str:
         if dest:
             return self._to_subject(dest)
-        if dest_seq >= _REF and len(body) == 4 and bytes(body) == _PRE_REQUEST:
+        if dest_seq >= _REF and not self.lossless and len(body) == 4 and bytes(body) == _PRE_REQUEST:
             key = (source, slot, dest_seq)
             announced = self._announced
             if key not in announced:  # the first announcement: to one replier
@@ -916,6 +1151,16 @@ class NatsLink(Link):
         if self.is_timedout:
             self.note_received(0)
 
+    def check_silence(self, now: float) -> None:
+        if not self.lossless:
+            super().check_silence(now)
+            return
+        # Lossless: never stalled (nothing is discarded; senders wait for the
+        # server as long as it takes); timedout as usual.
+        if not self.is_timedout and not self.read_holds and now - self.last_recv > self.timeout:
+            self.is_timedout = True
+            self.handle.timedout.emit(self.handle, True)
+
     def _housekeeping(self, now: float) -> None:
         if self.state is CLOSING:
             if now >= max(self._close_deadline, self.last_send + CLOSE_FLUSH_TIME):
@@ -953,6 +1198,13 @@ class NatsLink(Link):
     async def _close_nats(self) -> None:
         self._closing_nats = True
         nc = self.nc
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+        if self._pull is not None and nc is not None and nc.is_connected:
+            try:  # (our consumer goes with us; else the server drops it once inactive)
+                await self._js.delete_consumer(self.stream, self._durable)
+            except Exception as exc:
+                log.debug("yoton: NATS %s: deleting the consumer: %s", self.network, _describe(exc))
         if nc is not None:
             try:
                 await asyncio.wait_for(nc.close(), 2.0)
