@@ -72,6 +72,7 @@ class NatsServer:
         cluster_port: int | None = None,
         port: int | None = None,
         no_advertise: bool = False,
+        extra: str = "",
     ):
         self.binary = binary
         self.workdir = Path(workdir)
@@ -84,6 +85,7 @@ class NatsServer:
         self.cluster_port = cluster_port or (_free_port() if cluster else None)
         self.http_port = _free_port()
         self.no_advertise = no_advertise
+        self.extra = extra  # (more config lines: tls, authorization, ...)
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / f"{name}.log"
 
@@ -111,6 +113,8 @@ class NatsServer:
                 + (", no_advertise: true" if self.no_advertise else "")
                 + " }"
             )
+        if self.extra:
+            lines.append(self.extra)
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> NatsServer:

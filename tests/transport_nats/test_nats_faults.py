@@ -141,3 +141,40 @@ def test_close_while_the_server_is_down_returns_promptly(nats_servers, nats_ctx)
     assert time.monotonic() - t0 < 4.0
     assert ca.close_reason == "Closed on command." and not ca.is_alive
     assert ca.statistics()["discarded"] == 1  # (counted: never written)
+
+
+def test_credentials_go_as_nats_options(nats_servers, ctx):
+    server = nats_servers(jetstream=False, extra='authorization { user: alice, password: "s3cret" }')
+    a, b = ctx(), ctx()
+    a.connect(server.url, timeout=5, user="alice", password="s3cret", network="auth")
+    b.connect(server.url, timeout=5, user="alice", password="s3cret", network="auth")
+    sub, pub = yoton.SubChannel(b, "x"), yoton.PubChannel(a, "x")
+    pub.send("hello")
+    assert sub.recv(block=5) == "hello"
+    with pytest.raises(yoton.ConnectError, match="(?i)authorization"):
+        ctx().connect(server.url, timeout=1, user="alice", password="wrong")
+
+
+def test_tls_to_the_server_with_an_ssl_context(nats_servers, ctx, tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    tls = (
+        f'tls {{ cert_file: "{(tmp_path / "cert.pem").as_posix()}", key_file: "{(tmp_path / "key.pem").as_posix()}" }}'
+    )
+    server = nats_servers(jetstream=False, extra=tls)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    a, b = ctx(), ctx()
+    a.connect(server.url, timeout=5, ssl_context=client, network="tls")
+    b.connect(server.url, timeout=5, ssl_context=client, network="tls")
+    sub, pub = yoton.SubChannel(b, "x"), yoton.PubChannel(a, "x")
+    pub.send("secret")
+    assert sub.recv(block=5) == "secret"
+    with pytest.raises(yoton.ConnectError):  # (the server's certificate is not trusted by default)
+        ctx().connect(server.url, timeout=1)
