@@ -520,6 +520,9 @@ class NatsLink(Link):
         except asyncio.TimeoutError:
             self.last_error = "subscribing timed out"
             raise ConnectError(self._no_server(timeout)) from None
+        except (OSError, nats_errors.Error) as exc:  # (e.g. the server refused a subscription)
+            self.last_error = _describe(exc)
+            raise ConnectError(f"Could not subscribe at NATS {', '.join(self.servers)}: {self.last_error}.") from exc
 
     async def _open_state(self, timeout: float) -> None:
         """Find or make the key-value bucket that keeps states (JetStream)."""
@@ -1070,6 +1073,15 @@ class NatsLink(Link):
             if frame > limit:
                 yield from self._pieces(subject, header, body, source, seq, limit)
                 subject_now = None
+                if not dest and slot in state_slots and self._kv is not None and not self._stored_too_large:
+                    self._stored_too_large = True
+                    log.warning(
+                        "yoton: connection %r: a state of %d bytes is larger than the server's max_payload "
+                        "(%d): the server does not keep it (it still reaches the contexts there are)",
+                        self.handle.name,
+                        length,
+                        limit,
+                    )
                 continue
             if subject.startswith(self._any):  # (alone: the server picks a replier per message)
                 yield subject, header + bytes(body), None
