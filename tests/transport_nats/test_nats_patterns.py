@@ -283,3 +283,26 @@ def test_many_contexts_one_network(nats_server, nats_ctx):
         got = set()
         wait_until(lambda: got.update(sub.recv_all()) or len(got) == 4, 5, "four messages")
         assert got == {f"from {j}" for j in range(5) if j != k}
+
+
+def test_the_command_line_takes_nats_addresses(nats_server, ctx):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    b = ctx()
+    b.connect(nats_server.url, timeout=5)  # (the command line uses the default network)
+    sub = yoton.SubChannel(b, "cli")
+    out = subprocess.run(
+        [sys.executable, "-m", "yoton", "pub", "--connect", nats_server.url, "cli"],
+        input="hello\nworld\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(src)},
+    )
+    assert out.returncode == 0, out.stderr
+    got: list = []
+    wait_until(lambda: got.extend(sub.recv_all()) or len(got) >= 2, 5, "the lines")
+    assert got == ["hello", "world"]
