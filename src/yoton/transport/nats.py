@@ -409,7 +409,7 @@ class NatsLink(Link):
         self._reset_wanted = False
         self._fetcher: Any = None
         self._room: Any = None  # (lossless: an asyncio.Event, set when the inbox has room)
-        self._unsent: list = []  # (lossless: messages not yet stored, published first)
+        self._unsent: deque = deque()  # (subject, payload, headers) taken, not yet published
         prefix = f"yoton.{network}."
         self._prefix = prefix
         self._all = prefix + "all."
@@ -1000,28 +1000,14 @@ class NatsLink(Link):
                 self._kicked = False
                 self._write_scheduled = False  # (a sender may schedule us again from here on)
                 while self.state in (CONNECTED, CLOSING) and nc.is_connected:
-                    if self._unsent and not await self._store_unsent():
+                    if self._unsent and not await self._publish_unsent():
                         break
                     items = self.sendq.take(_TAKE_ITEMS, self._hand, _TAKE_BYTES)
                     if not items:
                         break
-                    size = self._in_hand
-                    if self.lossless:
-                        self._unsent = list(self._messages(items))
-                        if not await self._store_unsent():
-                            break
-                        continue
-                    try:
-                        for subject, payload, headers in self._messages(items):
-                            await nc.publish(subject, payload, headers=headers)
-                    except (OSError, nats_errors.Error) as exc:
-                        # (the connection broke under us: what was taken is lost, as NATS loses in-flight data)
-                        self.last_error = _describe(exc)
-                        log.info("yoton: connection %r: publishing failed: %s", self.handle.name, self.last_error)
-                    finally:
-                        self._in_hand = 0
-                    self._published += size
-                    self.progress(size)
+                    self._unsent = deque(self._messages(items))
+                    if not await self._publish_unsent():
+                        break
             if not self.sendq and not self._unsent:
                 self.owner.flushed()
                 if self.state is CLOSING:
@@ -1029,29 +1015,34 @@ class NatsLink(Link):
         except Exception:
             log.exception("yoton: connection %r: the NATS writer failed", self.handle.name)
 
-    async def _store_unsent(self) -> bool:
-        """Lossless mode: publish the messages taken, in order, each once the
-        stream stored the one before; True when all are stored. On a failure
-        they stay (still counted as unwritten) and are tried again: soon while
-        connected, after the reconnect otherwise."""
+    async def _publish_unsent(self) -> bool:
+        """Publish the messages made of the packages taken, in order; True when
+        all went. In lossless mode each goes once the stream stored the one
+        before. When the connection is down (or, lossless, the stream did not
+        answer) the rest stays, still counted as unwritten, and goes on after
+        the reconnect (or shortly); it is not handed to nats-py's buffer."""
         nc, js, unsent = self.nc, self._js, self._unsent
+        lossless = self.lossless
         while unsent:
+            if not nc.is_connected:
+                return False
             subject, payload, headers = unsent[0]
             try:
-                if subject.startswith("$KV."):
-                    await nc.publish(subject, payload, headers=headers)
-                else:
+                if lossless and not subject.startswith("$KV."):
                     await js.publish(subject, payload, timeout=max(1.0, self.timeout), headers=headers)
+                else:
+                    await nc.publish(subject, payload, headers=headers)
             except (asyncio.TimeoutError, OSError, nats_errors.Error) as exc:
                 self.last_error = _describe(exc)
-                log.debug("yoton: connection %r: storing failed (tried again): %s", self.handle.name, self.last_error)
+                log.debug("yoton: connection %r: publishing failed (again soon): %s", self.handle.name, self.last_error)
                 if nc.is_connected:
                     asyncio.get_running_loop().call_later(0.1, self._start_writer)
                 return False
-            del unsent[0]
+            unsent.popleft()
         size, self._in_hand = self._in_hand, 0
         self._published += size
-        self._confirmed = self._published  # (stored: the server has them)
+        if lossless:
+            self._confirmed = self._published  # (stored: the server has them)
         self.progress(size)
         return True
 
