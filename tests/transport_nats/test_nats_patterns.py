@@ -160,9 +160,16 @@ def test_load_balanced_over_two_repliers_each_request_answered_once(nats_server,
     assert all(rep.statistics()["refused"] == 0 for _, rep in repliers)
 
 
+def _streams(server) -> set:
+    details = server.monitor("jsz?streams=true&accounts=true").get("account_details", [])
+    return {s["name"] for account in details for s in account.get("stream_detail", [])}
+
+
 def test_state_reaches_a_late_joiner_after_the_setter_left(nats_server, nats_ctx, network):
     a, _ = nats_ctx(nats_server.url)
+    assert f"KV_yoton-{network}" not in _streams(nats_server)  # (made with the first state channel)
     state_a = yoton.StateChannel(a, "mood")
+    assert f"KV_yoton-{network}" in _streams(nats_server)
     state_a.send("sunny")
     a.flush(5)  # (the server confirmed what was published)
     a.close()
@@ -184,8 +191,8 @@ def test_state_reaches_a_late_joiner_after_the_setter_left(nats_server, nats_ctx
 def test_state_without_jetstream_travels_as_over_tcp(nats_servers, nats_ctx):
     server = nats_servers(jetstream=False)
     a, ca = nats_ctx(server.url)
-    assert ca._link._kv is None  # (no JetStream: the server keeps nothing)
     state_a = yoton.StateChannel(a, "mood")
+    assert ca._link._kv is None  # (no JetStream: the server keeps nothing)
     state_a.send("sunny")
     c, _ = nats_ctx(server.url)  # a's channel re-sends it when c joins (NEW_CONNECTION)
     state_c = yoton.StateChannel(c, "mood")

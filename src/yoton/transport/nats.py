@@ -55,7 +55,8 @@ ids are 16 lower-case hex digits; :func:`slot_subject` names a slot's)::
 * **State**: when the server runs JetStream, the key-value bucket
   ``yoton-<network>`` keeps the last broadcast frame of each state slot
   (key: the slot in hex), written by every context with a StateChannel on
-  that slot. A context that subscribes to a state slot reads it first, so
+  that slot (the first such context makes the bucket; ``keep_state=False``
+  leaves it alone). A context that subscribes to a state slot reads it first, so
   it learns the state even when the context that set it is gone. Without
   JetStream the state travels as over TCP (re-sent to newcomers by the
   contexts that hold it). A state set by a peer behind a gateway is kept
@@ -419,6 +420,7 @@ class NatsLink(Link):
         self.aio: _AioThread | None = None
         self.nc: Any = None
         self._kv: Any = None
+        self._kv_tried = False
         self.last_error = ""
         self.reconnects = 0
         # -- receiving (the inbox: filled on the asyncio thread, emptied on the loop side)
@@ -511,8 +513,6 @@ class NatsLink(Link):
             self.last_error = self.last_error or _describe(exc)
             raise ConnectError(self._no_server(timeout)) from exc
         self._update_peer()
-        if self.keep_state:
-            await self._open_state(max(0.05, deadline - aloop.time()))
         if self.lossless:
             await self._open_stream(max(0.05, deadline - aloop.time()))
         try:
@@ -525,7 +525,9 @@ class NatsLink(Link):
             raise ConnectError(f"Could not subscribe at NATS {', '.join(self.servers)}: {self.last_error}.") from exc
 
     async def _open_state(self, timeout: float) -> None:
-        """Find or make the key-value bucket that keeps states (JetStream)."""
+        """Find or make the key-value bucket that keeps states (JetStream), once:
+        when the context first has a state channel."""
+        self._kv_tried = True
         from nats.js.errors import BucketNotFoundError
 
         js = self.nc.jetstream(timeout=timeout)
@@ -796,6 +798,8 @@ class NatsLink(Link):
             self._subs[key] = await nc.subscribe(subject, queue=queue)
         changed = bool(removed or added)
         new_state = state - self._state_slots
+        if new_state and self.keep_state and not self._kv_tried:
+            await self._open_state(5.0)
         self._state_slots = state
         if changed:
             await nc.flush(timeout=5)
