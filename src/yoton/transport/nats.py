@@ -734,6 +734,8 @@ class NatsLink(Link):
     # -- subscriptions (asyncio thread) ----------------------------------------------
 
     def interest_changed(self, settle: bool = False) -> None:
+        """Subscribe to what the channels receive now (see the module docstring);
+        with ``settle``, wait until the server has the subscriptions."""
         aio, loop = self.aio, self.loop
         if aio is None or self.state not in (NEW, CONNECTED):
             return
@@ -895,6 +897,7 @@ class NatsLink(Link):
             self.aio.call_soon(self._room.set)
 
     def set_reading(self, flag: bool) -> None:
+        """Reading resumes: deliver what waited (held, messages wait in the inbox)."""
         if flag and self.loop is not None:
             self.loop.call_soon(self._deliver_inbox)
 
@@ -965,11 +968,13 @@ class NatsLink(Link):
         self._partial_now = None
 
     def partial(self) -> tuple | None:
+        """The large package being put together last, if any (see Link.partial)."""
         return self._partial_now
 
     # -- sending ----------------------------------------------------------------------
 
     def kick_writer(self) -> None:
+        """Have the writer task on the asyncio thread publish what was queued."""
         if self._write_scheduled or self.state is not CONNECTED or not self._started:
             return
         self._write_scheduled = True
@@ -984,9 +989,11 @@ class NatsLink(Link):
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def unwritten(self) -> int:
+        """Bytes taken from the queue and not yet confirmed by the server."""
         return self._in_hand + self._published - self._confirmed
 
     def unflushed(self) -> bool:
+        """Whether packages wait; someone asks (a flush): ping the server to confirm."""
         waiting = super().unflushed()
         if waiting and not self.sendq and not self._in_hand and self.aio is not None:
             self.aio.call_soon(self._start_ping)  # (someone waits for the server to confirm)
@@ -1159,6 +1166,7 @@ class NatsLink(Link):
             self.note_received(0)
 
     def check_silence(self, now: float) -> None:
+        """Stalls and timeouts as for every link; in lossless mode, no stall."""
         if not self.lossless:
             super().check_silence(now)
             return
