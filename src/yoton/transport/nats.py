@@ -56,8 +56,8 @@ ids are 16 lower-case hex digits; :func:`slot_subject` names a slot's)::
   ``yoton-<network>`` keeps the last broadcast frame of each state slot
   (key: the slot in hex), written by every context with a StateChannel on
   that slot (the first such context makes the bucket; ``keep_state=False``
-  leaves it alone). A context that subscribes to a state slot reads it first, so
-  it learns the state even when the context that set it is gone. Without
+  leaves it alone). A context that subscribes to a state slot reads it
+  first, so it learns the state even when the context that set it is gone. Without
   JetStream the state travels as over TCP (re-sent to newcomers by the
   contexts that hold it). A state set by a peer behind a gateway is kept
   only if the gateway itself has a StateChannel on that slot.
@@ -90,7 +90,8 @@ ids are 16 lower-case hex digits; :func:`slot_subject` names a slot's)::
 * **Faults**: no server reachable within ``timeout``: ``ConnectError``
   naming the servers. A server that dies: nats-py reconnects to the others
   (``reconnect_time_wait``, ``max_reconnect_attempts``: nats-py's options).
-  While the link is down nothing is taken from its send queue: sends wait
+  While the link is down nothing is taken from its send queue (what the
+  writer had taken waits and goes first after the reconnect): sends wait
   there (``max_queue_bytes``; when full, senders wait, and after the
   connection's ``timeout`` it is *stalled*: it discards by the discard mode,
   counted and logged, as for TCP). The link pings the server when nothing
