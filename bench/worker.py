@@ -5,9 +5,10 @@
 STACK is ``ours`` or ``orig`` (both ``import yoton``; the driver sets
 PYTHONPATH so that it resolves to the right one), ``aio`` (ours through
 ``yoton.asyncio``: the same roles as coroutines on an asyncio loop; recv,
-send, pong and ping) or ``zmq`` (pyzmq); for the ``inproc`` role also
-``queue`` (queue.Queue) or ``pipe`` (multiprocessing.Pipe), the in-process
-baselines. ROLE is one of:
+send, pong and ping), ``nats`` (ours, both sides attached to the
+nats-server the driver started, ``params["nats"]``) or ``zmq`` (pyzmq); for
+the ``inproc`` role also ``queue`` (queue.Queue) or ``pipe``
+(multiprocessing.Pipe), the in-process baselines. ROLE is one of:
 
 =========  ==========================================================  =========
 role       what it does                                                binds?
@@ -207,6 +208,20 @@ def yoton_context(p: dict, factory=None):
     return ctx
 
 
+def yoton_attach(ctx, p: dict, binding: bool) -> None:
+    """Link a yoton context to the other side: a bind (``binding``) or
+    connect at :func:`yoton_address`; for the ``nats`` stack, a connect to the NATS
+    server on the run's own network (both sides alike)."""
+    nats = p.get("nats")
+    timeout = p.get("connect_timeout", 10.0)
+    if nats:
+        ctx.connect(nats["url"], timeout=timeout, network=nats["network"])
+    elif binding:
+        ctx.bind(yoton_address(p))
+    else:
+        ctx.connect(yoton_address(p), timeout=timeout)
+
+
 def zmq_socket(kind: str, p: dict):
     zmq = _zmq()
     ctx = zmq.Context.instance()
@@ -272,7 +287,7 @@ def role_recv(stack: str, p: dict) -> dict:
     else:
         yoton = _yoton()
         ctx = yoton_context(p)
-        ctx.bind(yoton_address(p))
+        yoton_attach(ctx, p, True)
         sub = yoton.SubChannel(ctx, "bench", yoton.BINARY)
         if p.get("sync"):
             sub.set_sync_mode(True)  # lossless: the sender is held back instead
@@ -324,7 +339,7 @@ def role_recv(stack: str, p: dict) -> dict:
     if count > 1 and elapsed > 0:
         result["msgs_per_s"] = (count - 1) / elapsed
         result["MB_per_s"] = (count - 1) * size / elapsed / 1e6
-    if stack == "ours":
+    if stack in ("ours", "nats"):
         stats = getattr(sub, "statistics", None)
         if stats is not None:
             result["discarded"] = stats().get("discarded")
@@ -345,7 +360,7 @@ def role_send(stack: str, p: dict) -> dict:
     else:
         yoton = _yoton()
         ctx = yoton_context(p)
-        ctx.connect(yoton_address(p), timeout=p.get("connect_timeout", 10.0))
+        yoton_attach(ctx, p, False)
         pub = yoton.PubChannel(ctx, "bench", yoton.BINARY)
         send = pub.send
     measurement_starts()
@@ -388,7 +403,7 @@ def role_rep(stack: str, p: dict) -> dict:
             return arg
 
     ctx = yoton_context(p)
-    ctx.bind(yoton_address(p))
+    yoton_attach(ctx, p, True)
     rep = Echo(ctx, "bench")
     rep.set_mode("thread")
     emit("ready")
@@ -442,7 +457,7 @@ def role_req(stack: str, p: dict) -> dict:
         return _time_round_trips(p, _zmq_requester(p))
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.connect(yoton_address(p), timeout=p.get("connect_timeout", 10.0))
+    yoton_attach(ctx, p, False)
     req = yoton.ReqChannel(ctx, "bench")
     payload = "x" * p["size"]
 
@@ -461,7 +476,7 @@ def role_pong(stack: str, p: dict) -> dict:
         return role_rep(stack, p)
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.bind(yoton_address(p))
+    yoton_attach(ctx, p, True)
     sub = yoton.SubChannel(ctx, "ping", yoton.BINARY)
     pub = yoton.PubChannel(ctx, "pong", yoton.BINARY)
     emit("ready")
@@ -477,7 +492,7 @@ def role_ping(stack: str, p: dict) -> dict:
         return _time_round_trips(p, _zmq_requester(p))
     yoton = _yoton()
     ctx = yoton_context(p)
-    ctx.connect(yoton_address(p), timeout=p.get("connect_timeout", 10.0))
+    yoton_attach(ctx, p, False)
     pub = yoton.PubChannel(ctx, "ping", yoton.BINARY)
     sub = yoton.SubChannel(ctx, "pong", yoton.BINARY)
     payload = b"x" * p["size"]
@@ -834,7 +849,7 @@ def main(argv: list) -> int:
     if argv[1:2] == ["inproc"]:
         stacks, roles = ("ours", "orig", "zmq", "queue", "pipe"), ROLES
     else:
-        stacks, roles = ("ours", "aio", "orig", "zmq"), (AIO_ROLES if argv[0:1] == ["aio"] else ROLES)
+        stacks, roles = ("ours", "aio", "orig", "zmq", "nats"), (AIO_ROLES if argv[0:1] == ["aio"] else ROLES)
     if len(argv) != 3 or argv[0] not in stacks or argv[1] not in roles:
         sys.stderr.write(__doc__)
         return 2

@@ -482,7 +482,9 @@ class Context(_Context):
         if events is not None:
             _release_events(events)
 
-    async def connect(self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None):  # type: ignore[override]  # (a coroutine where the blocking class waits)
+    async def connect(  # type: ignore[override]  # (a coroutine where the blocking class waits)
+        self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, reconnect=False, **options
+    ):
         """Connect to a context bound at ``address``; return the connection.
 
         As :meth:`yoton.Context.connect` (the same errors), awaited: the
@@ -490,7 +492,9 @@ class Context(_Context):
         the connection is made after all, it is closed.
         """
         loop = self._attach()
-        call = functools.partial(_Context.connect, self, address, timeout, name, ssl_context=ssl_context)
+        call = functools.partial(
+            _Context.connect, self, address, timeout, name, ssl_context=ssl_context, reconnect=reconnect, **options
+        )
         job = loop.run_in_executor(None, call)
         try:
             return await asyncio.shield(job)

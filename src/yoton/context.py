@@ -359,7 +359,7 @@ class Context:
         return conn
 
     def connect(
-        self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, reconnect=False
+        self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, reconnect=False, **options
     ) -> Connection:
         """Connect to a context bound at ``address``; return the connection.
 
@@ -384,8 +384,15 @@ class Context:
         emitted and the states of StateChannels are exchanged again;
         ``closed`` only when it gives up or is closed. The first connect must
         succeed within ``timeout`` as without it.
+
+        A ``nats://host:port`` address (several comma-separated for a
+        cluster) attaches the context to a NATS network instead (needs
+        ``pip install 'yoton[nats]'``); ``options`` are for it: ``network``,
+        ``keep_state``, ``lossless`` and nats-py's connect() options (see
+        :mod:`yoton.transport.nats` and the README's "Scaling out with
+        NATS"). An option the address's transport does not take raises
+        ``ValueError``.
         """
-        options: dict = {}
         if ssl_context is not None:
             options["ssl_context"] = ssl_context
         if reconnect is not False and reconnect is not None:
@@ -617,6 +624,24 @@ class Router:
             self._live = tuple(link for link in self.links if link.takes_packages)
             self._direct = {link.peer_id: link for link in self._live if link.is_connected}
         self.room_changed()  # (senders waiting for a link that left look again)
+        self._interest_changed()  # (a link that relays for others may listen to more)
+
+    def _interest_changed(self, settle: bool = False) -> None:
+        """Tell the links that the receiving slots or the live links changed
+        (with ``settle``: a new channel's, wait until they follow; not under _lock)."""
+        for link in list(self.links):
+            link.interest_changed(settle)
+
+    def receiving_slots(self) -> dict:
+        """The slots channels here receive on: slot number -> slot name (a
+        snapshot, any thread; for transports that subscribe per slot)."""
+        with self._lock:
+            return {slot: channel.slot_incoming for slot, channel in self._recv_slots.items()}
+
+    def relays(self, link) -> bool:
+        """Whether packages arriving on ``link`` are forwarded to other live
+        links (this context is a gateway for them), any thread."""
+        return any(other is not link for other in self._live)
 
     def room_changed(self) -> None:
         """A send queue drained, stalled or left (any thread): wake waiting senders."""
@@ -735,6 +760,8 @@ class Router:
             if peer_joined is not None:
                 self._peer_hooks[channel] = weakref.WeakMethod(peer_joined)
             self._channels.add(channel)
+        if slot_in is not None:
+            self._interest_changed(settle=True)  # (a NATS link subscribes before the channel is used)
 
     def unregister(self, channel) -> None:
         """Detach ``channel`` from its slots."""
@@ -747,6 +774,7 @@ class Router:
                 del self._deliver[slot]
             self._peer_hooks.pop(channel, None)
             self._channels.discard(channel)
+        self._interest_changed()
 
     def channels(self) -> list:
         """The channels attached now."""
@@ -1031,6 +1059,8 @@ class Router:
                 if peer_joined is not None:
                     try:
                         peer_joined()
+                    except ChannelClosedError:
+                        pass  # (this context is closing: nobody needs our state from it)
                     except Exception:
                         log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
         elif text == _CLOSE_CONNECTION:

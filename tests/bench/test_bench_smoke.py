@@ -125,3 +125,26 @@ def test_quick_run_of_ours_through_asyncio(tmp_path):
     assert pingpong["stacks"]["aio"]["median_us"] > 0 and pingpong["ratios"]["median_us:aio/ours"] > 0
     assert "aio" not in doc["results"]["reqrep_100B"]["stacks"]  # (measured through asyncio: one-way and ping-pong)
     assert "ours-asyncio" in stdout and "asyncio/ours" in stdout
+
+
+def test_quick_run_through_nats(tmp_path):
+    """The nats stack: ours through a nats-server the driver starts, beside ours over TCP."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from nats_helpers import why_no_nats
+
+    why = why_no_nats()
+    if why is not None:
+        import pytest
+
+        pytest.skip(f"the nats stack needs nats-py and nats-server: {why}")
+    stdout, doc = _quick_run(tmp_path, "--stacks", "ours,nats", "--only", "oneway_100B,reqrep_100B,flood")
+    assert doc["problems"] == []
+    results = doc["results"]
+    for mid in ("oneway_100B", "reqrep_100B"):
+        via = results[mid]["stacks"]["nats"]
+        assert via["ok"] and via["runs"], via
+        assert all(run["client"]["module"].startswith(str(ROOT / "src")) for run in via["runs"])
+    assert results["oneway_100B"]["stacks"]["nats"]["received"] == results["oneway_100B"]["stacks"]["nats"]["sent"]
+    assert results["reqrep_100B"]["ratios"]["median_us:nats/ours"] > 0
+    assert "nats" not in results["flood"]["stacks"]  # (the nats stack runs some rows only)
+    assert "nats/tcp" in stdout

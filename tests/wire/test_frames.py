@@ -15,6 +15,7 @@ from yoton.wire.frames import (
     FrameDecoder,
     Package,
     pack_header,
+    split_frames,
 )
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -168,3 +169,35 @@ def test_arbitrary_bytes_never_raise(data):
         assert isinstance(p, Package)
     if dec.error is not None:
         assert isinstance(dec.error, str)
+
+
+# -- split_frames: several whole frames in one broker message --------------------------------------
+
+
+def test_split_frames_takes_whole_frames_in_order():
+    a = pack_header(10, 7, 1, 0, 0, 3) + b"abc"
+    signal = HEARTBEAT_BYTES  # (zero-length packages are dropped, as on a stream)
+    b = pack_header(11, 7, 2, 9, 5, 2) + b"de"
+    packages, error = split_frames(a + signal + b)
+    assert error is None
+    assert [(p.slot, p.source_seq, p.dest_id, p.dest_seq, p.data) for p in packages] == [
+        (10, 1, 0, 0, b"abc"),
+        (11, 2, 9, 5, b"de"),
+    ]
+    assert split_frames(b"") == ([], None)
+
+
+@pytest.mark.parametrize(
+    "tail,why",
+    [
+        (b"YOTON  ", "not a whole header"),
+        (b"x" * 56 + b"body", "bad control field"),
+        (pack_header(10, 7, 3, 0, 0, 10) + b"short", "cut short"),
+        (pack_header(10, 7, 3, 0, 0, 1000), "too large"),
+    ],
+)
+def test_split_frames_reports_a_bad_frame_and_keeps_what_came_before(tail, why):
+    good = pack_header(10, 7, 1, 0, 0, 3) + b"abc"
+    packages, error = split_frames(good + tail, max_package_size=100)
+    assert [p.data for p in packages] == [b"abc"]
+    assert why in error

@@ -62,10 +62,11 @@ class PubChannel(BaseChannel):
     _pattern_in = "sub-pub"
 
     def __init__(self, context, slot_base: str, message_type=None):
-        super().__init__(context, slot_base, message_type)
+        # (state first: packages may arrive on the loop side as soon as the base class registers us)
         # source id -> (connection its 'full' came on, when it last said so)
         self._blockers: dict = {}
         self._unblocked = threading.Condition(threading.Lock())
+        super().__init__(context, slot_base, message_type)
 
     def send(self, message, block=True) -> None:
         """Publish ``message`` to all subscribers.
@@ -153,12 +154,13 @@ class SubChannel(BaseChannel):
     _pattern_in = "pub-sub"
 
     def __init__(self, context, slot_base: str, message_type=None):
-        super().__init__(context, slot_base, message_type)
+        # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._sync = False
         self._said_full = False
         self._repeat = None
         self._select_group: tuple = ()
         self._per_package = type(self)._receive is not SubChannel._receive
+        super().__init__(context, slot_base, message_type)
 
     def recv(self, block=True):
         """Return the next message.

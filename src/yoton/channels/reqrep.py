@@ -322,12 +322,13 @@ class ReqChannel(BaseChannel):
     _future_class = Future  # (what requests return; yoton.asyncio's is awaitable)
 
     def __init__(self, context, slot_base: str, default_future_timeout=10.0):
-        super().__init__(context, slot_base, OBJECT)
+        # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._default_timeout = default_future_timeout
         self._futures: dict = {}  # request number -> Future not yet done
         self._counter = 0
         self._req_lock = threading.Lock()
         self._ticking = False
+        super().__init__(context, slot_base, OBJECT)
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -473,7 +474,7 @@ class RepChannel(BaseChannel):
     }
 
     def __init__(self, context, slot_base: str):
-        super().__init__(context, slot_base, OBJECT)
+        # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._mode = 0
         self._lock = threading.Lock()
         # Announced, not yet acknowledged: requester id -> {request number: None}
@@ -486,11 +487,12 @@ class RepChannel(BaseChannel):
         self._ack_progress = 0  # bytes of the acknowledged request's body seen on its way
         self._expired: deque = deque(maxlen=64)  # acknowledged, body never came in time
         self._work: deque = deque()
-        self._work_waiter = Waiter(self._router)  # the worker thread waits here for work
+        self._work_waiter = Waiter(getattr(context, "router", None))  # the worker thread waits here for work
         self._worker: threading.Thread | None = None
         self._served = 0
         self._refused = 0
         self._ticking = False  # one _tick chain at most, however often set_mode is called
+        super().__init__(context, slot_base, OBJECT)
 
     def _set_state(self, new: _Rep, current: tuple[int, int] | None = None) -> None:
         """Move to ``new`` (under _lock); the only place the state changes."""

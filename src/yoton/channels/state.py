@@ -26,9 +26,10 @@ class StateChannel(BaseChannel):
     _pattern_in = "state"
 
     def __init__(self, context, slot_base: str, message_type=None):
-        super().__init__(context, slot_base, message_type)
+        # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._state = b""  # encoded; b'' means no state yet
         self._own = False  # whether the state was set here (not learned from a peer)
+        super().__init__(context, slot_base, message_type)
 
     def send(self, message, block=True) -> None:
         """Set the state and broadcast it, unless it equals the current state.

@@ -192,6 +192,12 @@ class LinkOwner(_Interface):
     def wait_flushed(self, links: Sequence[Link], timeout: float) -> None:
         """Wait until ``links`` wrote what they queued (raise FlushTimeout after ``timeout`` s)."""
 
+    def receiving_slots(self) -> dict:
+        """The slots the context's channels receive on: slot number -> slot name."""
+
+    def relays(self, link: Link) -> bool:
+        """Whether packages arriving on ``link`` are forwarded to other links."""
+
 
 class Link:
     """One link to one peer: state, the send queue with backpressure and
@@ -311,6 +317,14 @@ class Link:
         return (bool(self.sendq) or self.unwritten() > 0) and self.state in (WAITING, CONNECTED, RECONNECTING, CLOSING)
 
     # -- for transports -----------------------------------------------------------
+
+    def interest_changed(self, settle: bool = False) -> None:
+        """The context's receiving slots or its live links changed (any thread).
+
+        A transport that subscribes per slot (NATS) looks again -- with
+        ``settle`` (a channel was made), it returns once its server has the
+        new subscriptions (briefly, never on the loop side); a stream, which
+        carries everything, has nothing to do."""
 
     def kick_writer(self) -> None:
         """Packages were queued (any thread): write them, or have them written."""

@@ -12,6 +12,7 @@ tcp      ``[tcp://]host:port``  :mod:`.stream` over TCP (yoton 2.2's)
 tls      ``tls://host:port``    :mod:`.stream` over TCP inside TLS
 ipc      ``ipc://PATH``         :mod:`.stream` over a Unix socket (:mod:`.unix`)
 itc      ``itc://NAME``         :mod:`.itc`: contexts of this process, no sockets
+nats     ``nats://host:port``   :mod:`.nats`: a NATS network (``yoton[nats]``; connect only)
 =======  ====================  ==============================================
 
 A transport provides two functions and a :class:`~yoton.transport.link.Link`
@@ -25,12 +26,16 @@ subclass (the contract the router talks to):
 
 and registers them with :func:`register` under its scheme, with the options
 it takes; an option it does not take is refused with a ``ValueError``
-before it is called. A new transport (a broker bridge, say) plugs in that
+before it is called (``connect_options=None``: the transport checks its
+own). A transport whose module should load only when its scheme is used
+(``nats``: nats-py is an optional dependency) is named in ``_LAZY`` and
+registers itself when imported. A new transport (a broker bridge, say) plugs in that
 way without any change to routing or channels.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,11 +52,14 @@ class Scheme:
     open_connect: Callable  #: (owner, handle, address, timeout, **options) -> Link
     connection_class: type  #: the Connection class bind/connect return
     bind_options: frozenset = field(default_factory=frozenset)  #: keyword options open_bind takes
-    connect_options: frozenset = field(default_factory=frozenset)  #: keyword options open_connect takes
+    #: keyword options open_connect takes (None: any, the transport checks them)
+    connect_options: frozenset | None = field(default_factory=frozenset)
     summary: str = ""  #: one line for error messages and docs
 
 
 _registry: dict = {}
+#: Schemes whose transport module is imported on first use (it registers itself).
+_LAZY = {"nats": "yoton.transport.nats"}
 _lock = threading.Lock()
 _builtins_loaded = False
 
@@ -119,6 +127,9 @@ def lookup(address) -> Scheme:
     _load_builtins()
     name = scheme_of(address)
     scheme = _registry.get(name)
+    if scheme is None and name in _LAZY:
+        importlib.import_module(_LAZY[name])  # (registers the scheme)
+        scheme = _registry.get(name)
     if scheme is None:
         known = ", ".join(f"{n}://" for n in names())
         raise ValueError(f"unsupported protocol {name!r} in address {address!r} (use one of {known})")
@@ -126,13 +137,15 @@ def lookup(address) -> Scheme:
 
 
 def names() -> list:
-    """The registered schemes."""
+    """The registered schemes (and those whose transport loads on first use)."""
     _load_builtins()
     with _lock:
-        return sorted(_registry)
+        return sorted(set(_registry) | set(_LAZY))
 
 
-def _check(scheme: Scheme, options: dict, allowed: frozenset, what: str) -> None:
+def _check(scheme: Scheme, options: dict, allowed: frozenset | None, what: str) -> None:
+    if allowed is None:
+        return
     for option in options:
         if option not in allowed:
             raise ValueError(f"{option} does not apply to {what} {scheme.name}:// addresses ({scheme.summary})")

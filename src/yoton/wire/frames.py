@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_PACKAGE_SIZE",
     "Package",
     "pack_header",
+    "split_frames",
     "FrameDecoder",
 ]
 
@@ -172,6 +173,40 @@ class Package:
 def pack_header(slot: int, source_id: int, source_seq: int, dest_id: int, dest_seq: int, length: int) -> bytes:
     """Return the 56-byte header of a package with the given fields."""
     return _pack(CONTROL, slot, source_id, source_seq, dest_id, dest_seq, length)
+
+
+def split_frames(data: bytes, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE) -> tuple[list[Any], str | None]:
+    """Cut the packages out of ``data``, a run of whole frames (as a message
+    broker carries them: several packages in one message).
+
+    Returns ``(packages, error)``: the packages in order (zero-length ones,
+    connection signals included, are dropped as on a stream) and None, or
+    the packages before the first bad frame and why it is bad (the rest is
+    not looked at): a control field that is not yoton's, a length over
+    ``max_package_size``, or a frame cut short by the end of ``data``.
+    """
+    packages: list[Any] = []
+    append = packages.append
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            return packages, f"{end - pos} bytes after the last package: not a whole header"
+        control, slot, sid, sseq, did, dseq, length = _unpack_from(data, pos)
+        if control != CONTROL:
+            return packages, "not a yoton package (bad control field)"
+        if length > max_package_size:
+            return packages, f"package too large ({length} bytes; the limit is {max_package_size})"
+        start = pos + HEADER_SIZE
+        pos = start + length
+        if pos > end:
+            return packages, f"a package of {length} bytes cut short after {end - start}"
+        if length:
+            pkg = _new(Package)
+            pkg.data = data[start:pos]
+            pkg.slot, pkg.source_id, pkg.source_seq, pkg.dest_id, pkg.dest_seq = slot, sid, sseq, did, dseq
+            pkg.recv_seq = 0
+            append(pkg)
+    return packages, None
 
 
 class FrameDecoder:
