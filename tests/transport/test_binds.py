@@ -147,6 +147,29 @@ def test_max_connections_admits_that_many_refuses_more_with_a_reason_and_takes_o
     assert a.connection_count == 3
 
 
+def test_a_context_connecting_twice_to_a_many_peer_bind_gets_two_live_connections(make_ctx):
+    """A hello carrying the id of a peer whose link still hears from it is a
+    second connection, not a re-dial: the live link is not taken over."""
+    server, client = make_ctx(), make_ctx()
+    first = server.bind("localhost:0", max_connections=5)
+    accepted = record(first.accepted)
+    c1 = client.connect(f"localhost:{first.port}", timeout=3.0, name="c1")
+    assert wait_for(lambda: len(accepted) == 1)
+    c2 = client.connect(f"localhost:{first.port}", timeout=3.0, name="c2")
+    assert wait_for(lambda: len(accepted) == 2)
+    assert c1.is_connected and c2.is_connected
+    assert server.connection_count == 2 and all(c.id2 == client.id for c in server.connections)
+    assert all(c.statistics()["reconnects"] == 0 for c in server.connections)
+    pub, sub = yoton.PubChannel(client, "twice"), yoton.SubChannel(server, "twice")
+    back, back_sub = yoton.PubChannel(server, "back"), yoton.SubChannel(client, "back")
+    for i in range(20):
+        pub.send(f"m{i}")
+        back.send(f"b{i}")
+    assert [sub.recv(3.0) for _ in range(20)] == [f"m{i}" for i in range(20)]  # (each once: de-duplicated)
+    assert [back_sub.recv(3.0) for _ in range(20)] == [f"b{i}" for i in range(20)]
+    assert c1.is_connected and c2.is_connected and server.connection_count == 2
+
+
 def test_closing_a_bind_still_waiting_stops_it_listening(make_ctx):
     a = make_ctx()
     first = a.bind("localhost:0", max_connections=None)

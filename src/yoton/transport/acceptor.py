@@ -20,8 +20,13 @@ name in the process for in-process links). Rules, for every transport:
   connected (a connection that re-dials after a network cut, see
   :class:`~yoton.transport.reconnect.ReconnectPolicy`; the same context id)
   is taken by that link (where the transport can move a link to a new
-  stream): the connection stays the same, its queued packages go to the new
-  stream, and its ``reconnected`` signal fires. It needs no free place.
+  stream) if nothing has come on the old link for ``RESUME_SILENCE`` s (four
+  heartbeats missed: its stream is dead): the connection stays the same,
+  its queued packages go to the new stream, and its ``reconnected`` signal
+  fires. It needs no free place. While the old link still hears from its
+  peer, the same id dialling in is a second connection of that context and
+  is admitted like any peer: a live link is never taken over (the id in a
+  hello proves nothing).
 * The bind listens until ``close()`` is called on the first connection
   (also after that connection's own peer left), or the context closes.
 
@@ -31,12 +36,17 @@ Everything here runs on the loop side, except :meth:`request_close`.
 from __future__ import annotations
 
 import logging
+import time
 
-from .link import CONNECTED, WAITING, Link
+from .link import CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link
 
 log = logging.getLogger("yoton")
 
-__all__ = ["Acceptor", "check_max_connections"]
+__all__ = ["Acceptor", "check_max_connections", "RESUME_SILENCE"]
+
+#: How long a link must have heard nothing before a hello with its peer's id
+#: is taken as that peer re-dialling (see the module docstring).
+RESUME_SILENCE = 4 * HEARTBEAT_INTERVAL
 
 
 def check_max_connections(value) -> int | None:
@@ -68,11 +78,15 @@ class Acceptor:
     # -- deciding --------------------------------------------------------------------
 
     def redialled(self, peer_id: int) -> Link | None:
-        """The connected link of ours whose peer is ``peer_id`` (it dials in again), if any."""
+        """The connected link of ours whose peer is ``peer_id`` and whose stream
+        has gone silent (that peer dials in again), if any."""
         if not self.resumable or not peer_id:
             return None
+        now = time.monotonic()
         for link in self.links:
-            if link.peer_id == peer_id and link.state is CONNECTED:
+            if link.peer_id != peer_id or link.state is not CONNECTED or link.read_holds:
+                continue  # (held: we are not reading, so its silence says nothing)
+            if now - link.last_recv >= RESUME_SILENCE:
                 return link
         return None
 
