@@ -108,6 +108,30 @@ def test_an_orderly_close_by_the_peer_is_final(pair):
     assert closed[0][2] == "Closed from other end." and not other.is_alive and not other.is_reconnecting
 
 
+def test_a_send_between_losing_the_socket_and_the_state_change_is_queued_not_raised(make_ctx):
+    """lost() and resume() drop the socket before the state leaves CONNECTED:
+    a sending thread's direct write in that gap must leave its package queued
+    (it went out with an AssertionError and the package stayed in a buffer the
+    next drop threw away)."""
+    server, client = make_ctx(), make_ctx()
+    first = server.bind(f"{HOST}:0")
+    conn = client.connect(f"{HOST}:{first.port}", timeout=3.0, reconnect=QUICK)
+    pub, sub = yoton.PubChannel(client, "gap"), yoton.SubChannel(server, "gap")
+    pub.send("before")
+    assert sub.recv(3.0) == "before"
+    link = conn._link
+    with link._wlock:  # (as _drop_socket leaves it: no socket, state still CONNECTED)
+        sock, link.sock = link.sock, None
+    try:
+        link._direct_after = 0.0
+        pub.send("in the gap")  # (the direct write sees no socket and leaves it to the loop side)
+    finally:
+        with link._wlock:
+            link.sock = sock
+    link.kick_writer()
+    assert sub.recv(3.0) == "in the gap"
+
+
 def test_gives_up_after_give_up_after_and_closes_saying_why(make_ctx):
     a, b = make_ctx(), make_ctx()
     bound = a.bind(f"{HOST}:0")

@@ -918,6 +918,8 @@ class StreamLink(Link):
         bufs, sendq, loop = self._wbufs, self.sendq, self.loop
         if bufs or self._want_write or self.state is not CONNECTED or loop is None or loop.on_loop_side():
             return False
+        if self.sock is None:  # (lost or moving to a new stream: the state follows on the loop side)
+            return False
         self._take()
         try:
             sent = self._send_plain(bufs)
