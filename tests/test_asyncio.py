@@ -454,6 +454,22 @@ async def test_an_embedding_set_by_someone_else_is_left_alone():
         yoton.process_events()
 
 
+async def test_an_embedding_set_after_ours_is_left_alone_when_the_context_closes():
+    ctx = ya.Context()
+    yoton.call_later(lambda: None)  # (our embedding is in place)
+    calls = []
+    theirs = lambda: calls.append(1)  # noqa: E731  (a GUI embeds after the context took the events)
+    yoton.embed_event_loop(theirs)
+    try:
+        await ctx.close()
+        assert events.embedding  # still theirs
+        yoton.call_later(lambda: None)
+        assert calls
+    finally:
+        yoton.embed_event_loop(None)
+        yoton.process_events()
+
+
 # -- threads and coroutines on one context --------------------------------------------------
 
 

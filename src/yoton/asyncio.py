@@ -439,7 +439,7 @@ def _drop_events(handle: _EventsOnLoop) -> None:
         if _events_on is not handle:
             return
         _events_on = None
-    embed_event_loop(None)
+    _events.release_event_loop(handle)  # (not a callback someone set after ours)
 
 
 # -- the context -------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ __all__ = [
     "start_event_loop",
     "stop_event_loop",
     "embed_event_loop",
+    "release_event_loop",
     "post_event",
     "is_idle",
     "statistics",
@@ -287,6 +288,16 @@ class EventQueue:
         if callback is not None:
             self._call_callback(callback)
 
+    def unembed(self, callback) -> bool:
+        """Clear the embedding callback if it is ``callback``; return whether it was."""
+        global embedding
+        with self._cond:
+            if self._callback is not callback:
+                return False
+            self._callback = None
+            embedding = False
+            return True
+
     def is_idle(self) -> bool:
         """Return True if no event is queued and none is being run."""
         with self._cond:
@@ -410,6 +421,14 @@ def embed_event_loop(callback) -> None:
     Exceptions from the callback are logged.
     """
     _events.embed(callback)
+
+
+def release_event_loop(callback) -> bool:
+    """Remove ``callback`` as the embedding callback (see
+    :func:`embed_event_loop`) if it still is the one set; return whether it
+    was. For code that embeds for a while and must not remove a callback
+    someone else set meanwhile."""
+    return _events.unembed(callback)
 
 
 # ---------------------------------------------------------------------------
