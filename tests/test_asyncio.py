@@ -402,6 +402,37 @@ async def test_thread_mode_replier_awaits_async_methods_on_the_loop(pair):
     assert await req.where() != threading.get_ident()  # plain methods: in the worker thread
 
 
+def test_thread_mode_replier_answers_with_an_error_when_its_loop_has_stopped():
+    """A worker that hands an async method to a loop that no longer runs must
+    not wait for ever: the requester gets an error reply."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    async def make():
+        ctx = ya.Context()  # (made in the loop: it serves there)
+        conn = ctx.bind("127.0.0.1:0")
+        Calc(ctx, "calc-stopped").set_mode("thread")
+        return ctx, conn.port1
+
+    ctx, port = asyncio.run_coroutine_threadsafe(make(), loop).result(5.0)
+    client = yoton.Context()
+    try:
+        client.connect(f"127.0.0.1:{port}", timeout=5.0)
+        req = yoton.ReqChannel(client, "calc-stopped")
+        assert req.add(1, 2).result(5.0) == 3  # (plain methods: the worker alone)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5.0)
+        assert not loop.is_running()
+        with pytest.raises(yoton.RemoteError, match="asyncio loop stopped"):
+            req.slow_double(4).result(5.0)
+    finally:
+        client.close()
+        if not loop.is_running():
+            loop.run_until_complete(ctx.close())  # (the stopped loop, run once more here to close)
+        loop.close()
+
+
 async def test_a_blocking_future_is_awaitable_only_from_yoton_asyncio():
     # (yoton.Future stays as it was; ya.ReqChannel's futures are ya.Future)
     assert not hasattr(yoton.Future, "__await__") and issubclass(ya.Future, yoton.Future)

@@ -61,6 +61,7 @@ loop, and its methods may be ``async def``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
@@ -379,6 +380,11 @@ async def _send_when_room(parking: _Parking, attempt, timeout, what: str, poll=N
     deadline = None if timeout is None else loop.time() + timeout
     if await _until(parking, attempt, loop, deadline, poll) is _NOTHING:
         raise WouldBlock(f"{what}: no room within {timeout:g} s (the peer is slower than the sender)")
+
+
+#: How often a worker thread waiting for an async method on the serving loop checks that the
+#: loop still runs (a stopped loop would never finish it).
+_AWAIT_CHECK = 0.25
 
 
 # -- yoton's event queue on an asyncio loop -------------------------------------------------
@@ -815,11 +821,24 @@ class RepChannel(_reqrep.RepChannel):
         async def run():
             return await awaitable
 
-        try:
-            result = asyncio.run_coroutine_threadsafe(run(), loop).result()
-        except Exception as exc:
-            return self._error_reply(name, exc, True)
-        return self._reply_body(name, result)
+        future = asyncio.run_coroutine_threadsafe(run(), loop)
+        while True:
+            try:
+                result = future.result(_AWAIT_CHECK)
+            except concurrent.futures.TimeoutError:
+                # (a loop that stopped or closed will never run it: do not wait for ever)
+                if loop.is_closed() or not loop.is_running() or self._closed:
+                    future.cancel()
+                    why = "the channel closed" if self._closed else "its asyncio loop stopped"
+                    exc = RuntimeError(f"method {name!r} was not served: {why}")
+                    return self._error_reply(name, exc, False)
+                continue
+            except concurrent.futures.CancelledError:
+                exc = RuntimeError(f"request {name!r} was cancelled on the replier's side")
+                return self._error_reply(name, exc, False)
+            except Exception as exc:
+                return self._error_reply(name, exc, True)
+            return self._reply_body(name, result)
 
     async def _serve_later(self, pkg, name: str, awaitable) -> None:
         try:
