@@ -109,6 +109,27 @@ def test_a_stale_socket_file_is_removed_and_the_bind_takes_the_path(make_ctx, so
     assert wait_for(lambda: bound.is_connected)
 
 
+def test_the_path_appears_only_once_the_socket_listens(make_ctx, sock_dir, monkeypatch):
+    """Another bind's stale-file check must never find our path bound but not
+    yet listening: it would take it for a dead process's file and remove it."""
+    path = os.path.join(sock_dir, "k.sock")
+    seen = []
+
+    class Watched(socket.socket):
+        def listen(self, *args):
+            seen.append(os.path.exists(path))  # (what another process could see now)
+            return super().listen(*args)
+
+    monkeypatch.setattr(unix.socket, "socket", Watched)
+    conn = make_ctx().bind("ipc://" + path)
+    assert seen == [False] and stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert os.listdir(sock_dir) == ["k.sock"]  # (the temporary name is gone)
+    monkeypatch.undo()
+    peer = make_ctx()
+    peer.connect("ipc://" + path, timeout=3.0)
+    assert wait_for(lambda: conn.is_connected)
+
+
 def test_a_path_in_use_or_not_a_socket_is_left_alone(make_ctx, sock_dir):
     live = os.path.join(sock_dir, "live.sock")
     first = make_ctx().bind(f"ipc://{live}")

@@ -117,17 +117,20 @@ def _bind_unix(path: str, mode: int | None) -> socket.socket:
     sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
     try:
         temporary = f"{path}.{secrets.token_hex(4)}"
-        if mode is None or len(os.fsencode(temporary)) >= _PATH_MAX:
+        if len(os.fsencode(temporary)) >= _PATH_MAX:  # (no room for another name: bind the path itself)
             sock.bind(path)
             if mode is not None:
                 os.chmod(path, mode)
             sock.listen(LISTEN_BACKLOG)
         else:
             # Bound under another name, given its mode, listening, and only then
-            # linked to the path: nobody sees the path with looser permissions.
+            # linked to the path: nobody sees the path with looser permissions,
+            # and no other bind's stale-file check finds it not yet listening
+            # (it would remove it as a dead process's file).
             sock.bind(temporary)
             try:
-                os.chmod(temporary, mode)
+                if mode is not None:
+                    os.chmod(temporary, mode)
                 sock.listen(LISTEN_BACKLOG)
                 os.link(temporary, path)
             finally:
