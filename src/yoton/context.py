@@ -592,14 +592,23 @@ class Router:
         self._update_live()
         if not redialled:
             return
+        self._tell_peer_hooks(rejoined=True)
+        try:
+            self.send(SLOT_CONTEXT, _NEW_CONNECTION, force=True)
+        except ChannelClosedError:
+            pass  # (this context is closing: nobody needs to hear from it)
+
+    def _tell_peer_hooks(self, **kwargs) -> None:
+        """Have the channels that keep a state re-send it (a peer joined, or we re-joined)."""
         for hook in list(self._peer_hooks.values()):
             peer_joined = hook()
             if peer_joined is not None:
                 try:
-                    peer_joined(rejoined=True)
+                    peer_joined(**kwargs)
+                except ChannelClosedError:
+                    pass  # (this context is closing: nobody needs our state from it)
                 except Exception:
                     log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
-        self.send(SLOT_CONTEXT, _NEW_CONNECTION, force=True)
 
     def listener_opened(self, listener) -> None:
         """A bind listens (until ``listener.close()``, loop side)."""
@@ -1054,15 +1063,7 @@ class Router:
     def _context_message(self, link, pkg) -> None:
         text = bytes(pkg.data)
         if text == _NEW_CONNECTION:
-            for hook in list(self._peer_hooks.values()):
-                peer_joined = hook()
-                if peer_joined is not None:
-                    try:
-                        peer_joined()
-                    except ChannelClosedError:
-                        pass  # (this context is closing: nobody needs our state from it)
-                    except Exception:
-                        log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
+            self._tell_peer_hooks()
         elif text == _CLOSE_CONNECTION:
             if link.peer_id == pkg.source_id:  # (only the peer itself may ask)
                 link.begin_close("Closed on request of the other context.")
