@@ -126,6 +126,20 @@ def test_malformed_queries_and_snapshots_are_counted_not_fatal(ctx):
     assert ids(monitor.query(5.0, expect=1)) == [hexid(a)]  # (still answering)
 
 
+def test_a_large_body_on_the_query_slot_is_refused_without_decoding(ctx, monkeypatch):
+    from yoton import introspect
+
+    a, b = ctx(introspect=True), ctx()
+    link(a, b)
+    decoded = []
+    real = introspect._decode
+    monkeypatch.setattr(introspect, "_decode", lambda data: decoded.append(len(data)) or real(data))
+    big = OBJECT.message_to_bytes([{} for _ in range(100_000)])  # (costly to decode, and no query)
+    b.router.send(QUERY_SLOT, big, 0, 1, force=True)
+    wait_until(lambda: a._introspection.dropped == 1, 5.0, "the large body to be refused")
+    assert decoded == []
+
+
 def test_the_service_outlives_a_close_and_a_new_connection(ctx):
     a, b = ctx(introspect=True), ctx()
     link(a, b)

@@ -58,6 +58,7 @@ MAX_LISTED = 1000
 QUERY_SLOT = SLOT_INTROSPECT_QUERY
 SNAPSHOT_SLOT = SLOT_INTROSPECT_SNAPSHOT
 _QUERY_TAG = "yoton-introspect"
+_MAX_QUERY_SIZE = 256  # bytes; bodies over this are not queries and are not decoded
 
 #: The patterns whose slot names a snapshot shows for a channel (its "forward" side).
 _FORWARD = (".pub-sub", ".req-rep", ".state")
@@ -189,6 +190,8 @@ class IntrospectionService(_Endpoint):
 
     @staticmethod
     def _is_query(data) -> bool:
+        if len(data) > _MAX_QUERY_SIZE:  # (a query is ~30 bytes: larger ones are not decoded at all)
+            return False
         try:
             query = _decode(bytes(data))
         except ValueError:

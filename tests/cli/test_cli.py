@@ -720,3 +720,17 @@ def test_demo_still_runs():
     proc = yoton_cli("demo", timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[worker] served 3 requests" in proc.stdout
+
+
+def test_the_monitor_prints_no_control_characters_from_remote_contexts():
+    from yoton.cli.monitor import channel_row, connection_row, context_title
+
+    evil = "x\x1b]0;owned\x07\x1b[2J\x9b31m"
+    cells = [
+        context_title({"id": evil, "program": evil, "host": evil}),
+        *connection_row({"name": evil, "remote": evil, "state": evil}),
+        *channel_row({"kind": evil, "slot": evil}),
+        *connection_row({"name": 7}),  # (not even a string)
+    ]
+    for cell in cells:
+        assert isinstance(cell, str) and not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in cell), repr(cell)

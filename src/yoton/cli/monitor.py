@@ -227,12 +227,21 @@ CONNECTION_COLUMNS = (
 CHANNEL_COLUMNS = ("kind", "slot", "pending", "msgs in", "msgs out", "discarded")
 
 
+#: Control characters (C0, DEL, C1) -> "?": text from remote contexts must not drive the terminal.
+_CONTROLS = {c: "?" for c in (*range(32), *range(127, 160))}
+
+
+def _printable(text: object) -> str:
+    """``text`` (from a remote context: names, slots, programs) without control characters."""
+    return str(text).translate(_CONTROLS)
+
+
 def context_title(snap: dict) -> str:
     """One line about a context: id, program, process, send-side counters."""
     stats = snap.get("statistics")
     if not isinstance(stats, dict):
         stats = {}
-    return (
+    return _printable(
         f"context {snap.get('id', '?')}  {snap.get('program') or '?'} (pid {snap.get('pid', '?')} "
         f"on {snap.get('host', '?')})  queued {_bytes(stats.get('queued_bytes'))}  "
         f"discarded {stats.get('discarded_outgoing', 0)}  refused {stats.get('refused', 0)}"
@@ -241,31 +250,41 @@ def context_title(snap: dict) -> str:
 
 def connection_row(conn: dict) -> tuple:
     """The cells of a connection (see :data:`CONNECTION_COLUMNS`)."""
-    return (
-        conn.get("name") or "-",
-        str(conn.get("state", "?")),
-        str(conn.get("peer", "?")),
-        conn.get("remote") or "-",
-        _age(conn.get("age")),
-        _per_s(conn, "bytes_in", True),
-        _per_s(conn, "bytes_out", True),
-        _per_s(conn, "packages_in"),
-        _per_s(conn, "packages_out"),
-        _bytes(conn.get("queued_bytes")),
-        str(conn.get("discarded", 0)),
-        "yes" if conn.get("timed_out") else "no",
+    return tuple(
+        map(
+            _printable,
+            (
+                conn.get("name") or "-",
+                str(conn.get("state", "?")),
+                str(conn.get("peer", "?")),
+                conn.get("remote") or "-",
+                _age(conn.get("age")),
+                _per_s(conn, "bytes_in", True),
+                _per_s(conn, "bytes_out", True),
+                _per_s(conn, "packages_in"),
+                _per_s(conn, "packages_out"),
+                _bytes(conn.get("queued_bytes")),
+                str(conn.get("discarded", 0)),
+                "yes" if conn.get("timed_out") else "no",
+            ),
+        )
     )
 
 
 def channel_row(channel: dict) -> tuple:
     """The cells of a channel (see :data:`CHANNEL_COLUMNS`)."""
-    return (
-        str(channel.get("kind", "?")) + (" (closed)" if channel.get("closed") else ""),
-        str(channel.get("slot", "?")),
-        str(channel.get("pending", 0)),
-        _per_s(channel, "received"),
-        _per_s(channel, "sent"),
-        str(channel.get("discarded", 0)),
+    return tuple(
+        map(
+            _printable,
+            (
+                str(channel.get("kind", "?")) + (" (closed)" if channel.get("closed") else ""),
+                str(channel.get("slot", "?")),
+                str(channel.get("pending", 0)),
+                _per_s(channel, "received"),
+                _per_s(channel, "sent"),
+                str(channel.get("discarded", 0)),
+            ),
+        )
     )
 
 
