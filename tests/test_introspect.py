@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 from helpers import link, wait_until
@@ -103,13 +104,17 @@ def test_queries_are_answered_at_most_max_answers_per_second(ctx):
 
     b.router.register(Snapshots(), None, SNAPSHOT_SLOT, lambda pkgs, link=None: got.extend(pkgs))
     query = OBJECT.message_to_bytes(("yoton-introspect", 1))
+    t0 = time.monotonic()
     for n in range(5 * MAX_ANSWERS):
         b.router.send(QUERY_SLOT, query, 0, n + 1, force=True)
     wait_until(lambda: len(got) >= MAX_ANSWERS, 5.0, "the first answers")
     service = a._introspection
     wait_until(lambda: service.answered + service.dropped == 5 * MAX_ANSWERS, 5.0, "every query")
-    assert MAX_ANSWERS <= service.answered < 2 * MAX_ANSWERS
-    assert service.dropped > 2 * MAX_ANSWERS
+    took = time.monotonic() - t0
+    # The bucket: a burst of MAX_ANSWERS, then MAX_ANSWERS per second of the time it took.
+    assert MAX_ANSWERS <= service.answered <= MAX_ANSWERS + took * MAX_ANSWERS + 1, (service.answered, took)
+    if took < 1.0:  # (a quick machine: most of the flood refused)
+        assert service.dropped > 2 * MAX_ANSWERS
     assert {pkg.dest_id for pkg in got} == {b.id}  # addressed to the asking context
 
 
