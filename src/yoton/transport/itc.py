@@ -51,7 +51,7 @@ from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandsh
 from ..wire.frames import HEADER, Package
 from ..wire.protocol import REASON_EOF, REASON_PEER_CLOSED, REASON_SELF
 from .acceptor import Acceptor, check_max_connections
-from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link, packages_size
+from .link import CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link, packages_size
 
 log = logging.getLogger("yoton")
 
@@ -243,7 +243,6 @@ class ItcLink(Link):
         self._reading = False  # (loop side) started: we take what the peer queued
         self._pull_scheduled = False
         self._inflight = 0  # bytes taken from our queue, not yet delivered to the peer
-        self._close_deadline = 0.0
         self._no_spin = False  # we keep the loop's readers from polling
 
     def pair(self, peer: ItcLink) -> None:
@@ -337,7 +336,7 @@ class ItcLink(Link):
 
     def _housekeeping(self, now: float) -> None:
         if self.state is CLOSING:
-            if now >= max(self._close_deadline, self.last_send + CLOSE_FLUSH_TIME):
+            if self.closing_overdue(now):
                 self.teardown(self.close_reason)
             return
         if self.state is not CONNECTED:
@@ -363,10 +362,7 @@ class ItcLink(Link):
         if self.state is WAITING:
             self.teardown(reason)
         elif self.state is CONNECTED:
-            self.set_state(CLOSING)
-            self.owner.link_closing(self)
-            self.close_reason = reason
-            self._close_deadline = time.monotonic() + CLOSE_FLUSH_TIME
+            self.start_closing(reason)
             peer = self.peer
             if peer is not None:
                 peer._schedule_pull()  # (it takes the rest, then sees that we close)

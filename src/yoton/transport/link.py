@@ -234,6 +234,7 @@ class Link:
         self.packages_in = self.packages_out = 0
         self._stall_mark = 0  # bytes_out when the stall began
         self.reconnects = 0  # how often the link was connected again after a loss
+        self.close_deadline = 0.0  # CLOSING: no teardown before this (see closing_overdue)
         #: The bind's :class:`~yoton.transport.acceptor.Acceptor` that admitted
         #: this link (or, for the link bind() made, the one it belongs to).
         self.acceptor: Acceptor | None = None
@@ -450,6 +451,21 @@ class Link:
     def begin_close(self, reason: str) -> None:
         """Close nicely: what is queued and the close signal go first (loop side)."""
         raise NotImplementedError
+
+    def start_closing(self, reason: str) -> None:
+        """The part of a nice close every transport shares (a CONNECTED link,
+        loop side): CLOSING, the owner told, the reason kept, the flush clock
+        started; the transport then sends what is queued and its close signal."""
+        self.set_state(CLOSING)
+        self.owner.link_closing(self)
+        self.close_reason = reason
+        self.close_deadline = time.monotonic() + CLOSE_FLUSH_TIME
+
+    def closing_overdue(self, now: float) -> bool:
+        """Whether a CLOSING link should give up flushing and tear down: only
+        after CLOSE_FLUSH_TIME without progress, so a peer that keeps reading
+        gets all that was queued, however long that takes."""
+        return now >= max(self.close_deadline, self.last_send + CLOSE_FLUSH_TIME)
 
     def teardown(self, reason: str | None) -> None:
         """Close at once and announce it (loop side, or before I/O started)."""

@@ -476,7 +476,6 @@ class NatsLink(Link):
         self._announced: OrderedDict = OrderedDict()
         self._subjects: dict = {}  # (kind, number) -> subject (a cache)
         self._stored_too_large = False
-        self._close_deadline = 0.0
         self._closing_nats = False
 
     # -- opening (the caller's thread) -------------------------------------------------
@@ -1204,7 +1203,7 @@ class NatsLink(Link):
 
     def _housekeeping(self, now: float) -> None:
         if self.state is CLOSING:
-            if now >= max(self._close_deadline, self.last_send + CLOSE_FLUSH_TIME):
+            if self.closing_overdue(now):
                 self.teardown(self.close_reason)
             return
         if self.state is not CONNECTED:
@@ -1218,10 +1217,7 @@ class NatsLink(Link):
     def begin_close(self, reason: str) -> None:
         """Publish what is queued, then close (loop side)."""
         if self.state is CONNECTED:
-            self.set_state(CLOSING)
-            self.owner.link_closing(self)
-            self.close_reason = reason
-            self._close_deadline = time.monotonic() + CLOSE_FLUSH_TIME
+            self.start_closing(reason)
             if self.aio is not None:
                 self.aio.call_soon(self._start_writer)
 

@@ -45,7 +45,7 @@ from ..wire.naming import parse_address
 from ..wire.protocol import CONNECTION_CLOSED, HANDSHAKE, HANDSHAKE_DONE, REASON_EOF, REASON_SELF, Protocol
 from .acceptor import Acceptor, check_max_connections
 from .ioloop import IOLoop
-from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, RECONNECTING, WAITING, Link
+from .link import CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, RECONNECTING, WAITING, Link
 from .reconnect import Backoff, ReconnectPolicy
 from .tls import CHUNK, TlsPipe, describe, looks_like_tls
 
@@ -695,7 +695,6 @@ class StreamLink(Link):
         self._wbufs: list = []
         self._write_scheduled = False
         self._want_write = False
-        self._close_deadline = 0.0
         self._close_sent = False  # CLOSING: the close signal is in _wbufs
         self._write_shut = False
         # One writer at a time: the loop side or a direct send. Reentrant: a
@@ -971,9 +970,7 @@ class StreamLink(Link):
 
     def _housekeeping(self, now: float) -> None:
         if self.state is CLOSING:
-            # Give up only after CLOSE_FLUSH_TIME without progress: a peer that
-            # keeps reading gets all that was queued, however long that takes.
-            if now >= max(self._close_deadline, self.last_send + CLOSE_FLUSH_TIME):
+            if self.closing_overdue(now):
                 self.teardown(self.close_reason)
             return
         if self.state is RECONNECTING:
@@ -1000,10 +997,7 @@ class StreamLink(Link):
         if self.state is WAITING or self.state is RECONNECTING:
             self.teardown(reason)  # (no peer to flush to)
         elif self.state is CONNECTED:
-            self.set_state(CLOSING)
-            self.owner.link_closing(self)
-            self.close_reason = reason
-            self._close_deadline = time.monotonic() + CLOSE_FLUSH_TIME
+            self.start_closing(reason)
             self._write_now()  # (queued packages first, then the close signal)
 
     def teardown(self, reason: str | None) -> None:
