@@ -157,7 +157,7 @@ class SubChannel(BaseChannel):
         # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._sync = False
         self._said_full = False
-        self._repeat = None
+        self._repeat: list | None = None
         self._select_group: tuple = ()
         self._per_package = type(self)._receive is not SubChannel._receive
         super().__init__(context, slot_base, message_type)

@@ -31,15 +31,19 @@ Everything here runs on the loop side, except :meth:`request_close`.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Callable
 
 from .link import CONNECTED, WAITING, Link
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 log = logging.getLogger("yoton")
 
 __all__ = ["Acceptor", "check_max_connections"]
 
 
-def check_max_connections(value) -> int | None:
+def check_max_connections(value: object) -> int | None:
     """``max_connections`` as given to bind(): a positive int, or None (no limit)."""
     if value is None:
         return None
@@ -62,7 +66,7 @@ class Acceptor:
         self.closed = False
         first.acceptor = self
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.first.handle.name!r}, {len(self.links)} peer(s)>"
 
     # -- deciding --------------------------------------------------------------------
@@ -86,7 +90,7 @@ class Acceptor:
             return f"this bind takes no more peers (max_connections={self.max_connections})"
         return None
 
-    def admit(self, peer_id: int, make_link) -> tuple:
+    def admit(self, peer_id: int, make_link: Callable[[Connection], Link]) -> tuple:
         """Place a peer whose handshake succeeded: ``("resume", link)`` (its old
         link takes it), ``("first", link)``, ``("new", link)`` (``make_link(handle)``
         made it, NEW) or ``("refused", reason)``."""
