@@ -173,7 +173,7 @@ class SubChannel(BaseChannel):
         self._per_package = type(self)._receive is not SubChannel._receive
         super().__init__(context, slot_base, message_type)
 
-    def recv(self, block: bool | float = True) -> Any:
+    def recv(self, block: bool | float | None = True) -> Any:
         """Return the next message.
 
         ``block`` True waits for one, False returns at once, a number waits at
