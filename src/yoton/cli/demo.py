@@ -6,10 +6,12 @@ and a remote error, and the connection signals.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import yoton
 
@@ -20,7 +22,7 @@ def _say(who: str, text: str) -> None:
     print(f"[{who}] {text}", flush=True)
 
 
-def _process_events_until(predicate, timeout: float) -> bool:
+def _process_events_until(predicate: Callable[[], object], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         remaining = deadline - time.monotonic()
@@ -81,19 +83,19 @@ def demo() -> int:
 class _Calculator(yoton.RepChannel):
     """The demo worker's replier: requesters call these methods by name."""
 
-    def __init__(self, context, slot_base):
+    def __init__(self, context: yoton.Context, slot_base: str) -> None:
         super().__init__(context, slot_base)
         self.finished = False
 
-    def add(self, a, b):
+    def add(self, a: Any, b: Any) -> Any:
         """Return a + b."""
         return a + b
 
-    def divide(self, a, b):
+    def divide(self, a: Any, b: Any) -> Any:
         """Return a / b (raises for b == 0, which the requester sees)."""
         return a / b
 
-    def done(self):
+    def done(self) -> bool:
         """Tell the worker it may finish."""
         self.finished = True
         return True
@@ -128,7 +130,7 @@ def demo_worker(port: int) -> int:
     return 0
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``demo`` (and the hidden ``_demo-worker`` it starts)."""
     p = commands.add_parser(
         "demo",

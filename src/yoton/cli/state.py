@@ -42,7 +42,7 @@ examples:
 )
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``state``."""
     p = commands.add_parser(
         "state",
@@ -58,7 +58,7 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run_state, parser=p)
 
 
-def run_state(args) -> int:
+def run_state(args: argparse.Namespace) -> int:
     """``yoton state``."""
     say = Say(args.parser.prog, args.quiet)
     fmt = Formats(args.type, args.json)
