@@ -11,7 +11,7 @@ from typing import IO, Any, Literal
 
 import yoton
 
-from .common import CommandError, Deadline, Output, Say, dumps, seconds
+from .common import CommandError, Commands, Deadline, Output, Say, dumps, seconds
 
 DATA, COUNT, RPC = "yoton-bench.data", "yoton-bench.count", "yoton-bench.rpc"
 PAYLOAD = b"x" * 100
@@ -41,7 +41,7 @@ def _duration(text: str) -> float:
     return value
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``bench`` (and the hidden ``_bench-peer`` it starts)."""
     p = commands.add_parser(
         "bench",

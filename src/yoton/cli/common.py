@@ -16,7 +16,7 @@ import re
 import ssl
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import yoton
 
@@ -40,6 +40,15 @@ class UsageError(CommandError):
 
 
 # -- option parsing -----------------------------------------------------------
+
+
+class Commands(Protocol):
+    """What each command module's ``add_parser(commands)`` is given: the
+    ``yoton`` parser's sub-commands (``parser.add_subparsers()``)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add the sub-command ``name`` and return its parser."""
+        ...
 
 
 def seconds(text: str) -> float | None:

@@ -6,14 +6,16 @@ and a remote error, and the connection signals.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yoton
+
+if TYPE_CHECKING:
+    from .common import Commands
 
 DEMO_TIMEOUT = 10.0
 
@@ -130,7 +132,7 @@ def demo_worker(port: int) -> int:
     return 0
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``demo`` (and the hidden ``_demo-worker`` it starts)."""
     p = commands.add_parser(
         "demo",

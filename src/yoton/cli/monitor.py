@@ -19,6 +19,7 @@ from yoton.introspect import Monitor
 
 from .common import (
     CommandError,
+    Commands,
     Deadline,
     Link,
     Output,
@@ -57,7 +58,7 @@ CONNECTION_RATES = ("bytes_in", "bytes_out", "packages_in", "packages_out")
 CHANNEL_RATES = ("received", "sent")
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``monitor``."""
     p = commands.add_parser(
         "monitor",

@@ -14,6 +14,7 @@ from .common import (
     NOTHING,
     TICK,
     CommandError,
+    Commands,
     Deadline,
     Formats,
     Link,
@@ -81,7 +82,7 @@ examples:
 )
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``sub`` and ``pub``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(

@@ -16,6 +16,7 @@ from .common import (
     DEFAULT_TIMEOUT,
     TICK,
     CommandError,
+    Commands,
     Deadline,
     Link,
     Output,
@@ -67,7 +68,7 @@ example:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``req`` and ``serve``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(

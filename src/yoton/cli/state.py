@@ -9,6 +9,7 @@ import yoton
 from .common import (
     DEFAULT_TIMEOUT,
     CommandError,
+    Commands,
     Deadline,
     Formats,
     Link,
@@ -42,7 +43,7 @@ examples:
 )
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``state``."""
     p = commands.add_parser(
         "state",
