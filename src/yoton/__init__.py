@@ -36,6 +36,7 @@ if _sys.version_info < (3, 8):
     )
 
 import os as _os  # noqa: E402
+import typing as _typing  # noqa: E402, F401 - (for the type comment of __getattr__: this file must parse in Python 2)
 
 # yoton 2.2's module paths: found in _compat22/ (see the module docstring).
 __path__.append(_os.path.join(_os.path.dirname(__file__), "_compat22"))  # noqa: F821
@@ -163,7 +164,7 @@ _COMPAT22_CHANNEL_MODULES = (
 )
 
 
-def __getattr__(name):
+def __getattr__(name):  # type: (str) -> _typing.Any
     if name in _COMPAT22_MODULES or name in _COMPAT22_CHANNEL_MODULES:
         import importlib
 

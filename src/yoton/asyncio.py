@@ -69,6 +69,7 @@ import signal
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator
 
 from yoton import events as _events
 from yoton.channels import pubsub as _pubsub
@@ -80,6 +81,15 @@ from yoton.errors import ChannelClosedError, TimeoutError, WouldBlock
 from yoton.events import embed_event_loop, process_events
 from yoton.transport.ioloop import LINGER
 from yoton.transport.sigint import sigint_handler
+
+if TYPE_CHECKING:
+    import ssl
+
+    from yoton.context import Router
+    from yoton.messages import MessageType
+    from yoton.transport.connection import Connection
+    from yoton.transport.reconnect import ReconnectPolicy
+    from yoton.wire.frames import Package
 
 try:  # (signal's own functions wrap handlers in an enum first: several microseconds a call)
     from _signal import getsignal as _getsignal
@@ -107,14 +117,14 @@ BLOCKER_POLL = 0.1
 _NOTHING = object()  # "not yet" (None and friends can be real values)
 
 
-def _running_loop():
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
 
 
-def _check_timeout(timeout):
+def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
@@ -122,7 +132,7 @@ def _check_timeout(timeout):
     return float(timeout)
 
 
-def _resolve(fut) -> None:
+def _resolve(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -143,11 +153,11 @@ class _Parking:
 
     __slots__ = ("_futures", "_scheduled")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._futures: dict = {}  # loop -> its parked futures
         self._scheduled: set = set()  # loops with a wake-up on its way
 
-    def park(self, loop):
+    def park(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         fut = loop.create_future()
         futures = self._futures.get(loop)
         if futures is None:
@@ -156,7 +166,7 @@ class _Parking:
             futures.append(fut)
         return fut
 
-    def unpark(self, loop, fut) -> None:
+    def unpark(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> None:
         futures = self._futures.get(loop)
         if futures is not None:
             try:
@@ -179,14 +189,20 @@ class _Parking:
                 except RuntimeError:  # that loop is closed: its futures are gone with it
                     scheduled.discard(loop)
 
-    def _wake(self, loop) -> None:
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled.discard(loop)  # (first: a notify from now on schedules again)
         for fut in self._futures.get(loop, ()):
             if not fut.done():
                 fut.set_result(None)
 
 
-async def _until(parking: _Parking, attempt, loop, deadline, poll=None):
+async def _until(
+    parking: _Parking,
+    attempt: Callable[[], Any],
+    loop: asyncio.AbstractEventLoop,
+    deadline: float | None,
+    poll: Callable[[], float | None] | None = None,
+) -> Any:
     """Call ``attempt()`` until it returns something else than ``_NOTHING``
     (returned), each time the parking is notified; ``_NOTHING`` at the
     ``deadline`` (``loop.time()``; None: none). ``poll()`` (optional): at most
@@ -237,7 +253,7 @@ class _SpinBudget:
 
     __slots__ = ("left", "stamp", "served_at")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.left = _SPIN_BURST
         self.stamp = time.monotonic()
         self.served_at = 0.0
@@ -252,7 +268,7 @@ class _SpinBudget:
 _budgets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _serve_briefly(router, ready) -> bool:
+def _serve_briefly(router: Router, ready: Callable[[], object]) -> bool:
     """Before a coroutine parks: serve the context's sockets in this thread
     until ``ready()``, for at most the context's ``spin`` seconds.
 
@@ -307,7 +323,7 @@ def _due_to_yield() -> bool:
     return True
 
 
-def _parking(router) -> None:
+def _parking(router: Router) -> None:
     """A coroutine parks: if one of this loop served the sockets a moment ago,
     the I/O thread may still be staying out of them (it lingers, expecting the
     reader back): call it back now, or an arrival could wait for its linger."""
@@ -319,7 +335,7 @@ def _parking(router) -> None:
 _MAIN = threading.main_thread()
 
 
-def _wait_in_sockets(router, ready, deadline) -> bool:
+def _wait_in_sockets(router: Router, ready: Callable[[], object], deadline: float | None) -> bool:
     """``router.wait_until``; in the main thread under a SIGINT handler of the
     application's (``asyncio.run``'s), that handler is set aside meanwhile.
 
@@ -364,7 +380,7 @@ _rooms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _rooms_lock = threading.Lock()
 
 
-def _room_parking(router) -> _Parking:
+def _room_parking(router: Router) -> _Parking:
     with _rooms_lock:
         parking = _rooms.get(router)
         if parking is None:
@@ -373,7 +389,13 @@ def _room_parking(router) -> _Parking:
         return parking
 
 
-async def _send_when_room(parking: _Parking, attempt, timeout, what: str, poll=None) -> None:
+async def _send_when_room(
+    parking: _Parking,
+    attempt: Callable[[], Any],
+    timeout: float | None,
+    what: str,
+    poll: Callable[[], float | None] | None = None,
+) -> None:
     """Retry the non-blocking ``attempt()`` (True when sent, ``_NOTHING`` on
     WouldBlock) whenever there may be room; WouldBlock after ``timeout`` s."""
     loop = asyncio.get_running_loop()
@@ -393,7 +415,7 @@ _AWAIT_CHECK = 0.25
 class _EventsOnLoop:
     """The embedding callback that has yoton's events processed on one asyncio loop."""
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.users = 0  # contexts attached to it
 
@@ -403,7 +425,7 @@ class _EventsOnLoop:
         except RuntimeError:  # the loop is closed: stop sending the events there
             _drop_events(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<yoton.asyncio events on {self.loop!r}>"
 
 
@@ -411,7 +433,7 @@ _events_lock = threading.Lock()
 _events_on: _EventsOnLoop | None = None
 
 
-def _use_events(loop) -> _EventsOnLoop | None:
+def _use_events(loop: asyncio.AbstractEventLoop) -> _EventsOnLoop | None:
     """Have yoton's events processed on ``loop`` (counted per context); None if
     another loop processes them (a GUI's, or another asyncio loop still open)."""
     global _events_on
@@ -461,20 +483,20 @@ class Context(_Context):
     the asyncio loop this context is used in (see the module docstring).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._loop = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._events: _EventsOnLoop | None = None
         loop = _running_loop()
         if loop is not None:
             self._attach(loop)
 
     @property
-    def asyncio_loop(self):
+    def asyncio_loop(self) -> asyncio.AbstractEventLoop | None:
         """The asyncio loop this context is used in (None before it is used in one)."""
         return self._loop
 
-    def _attach(self, loop=None):
+    def _attach(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.AbstractEventLoop:
         """Use ``loop`` (default: the running one) from now on; return it."""
         loop = loop or asyncio.get_running_loop()
         if self._loop is not loop:
@@ -489,8 +511,15 @@ class Context(_Context):
             _release_events(events)
 
     async def connect(  # type: ignore[override]  # (a coroutine where the blocking class waits)
-        self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, reconnect=False, **options
-    ):
+        self,
+        address: str,
+        timeout: float = 1.0,
+        name: str = "",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reconnect: bool | ReconnectPolicy | None = False,
+        **options: Any,
+    ) -> Connection:
         """Connect to a context bound at ``address``; return the connection.
 
         As :meth:`yoton.Context.connect` (the same errors), awaited: the
@@ -525,15 +554,15 @@ class Context(_Context):
             self._detach()
             self._loop = None
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Context:
         self._attach()
         return self
 
-    async def __aexit__(self, *exc_info):
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
 
-def _close_unwanted(job) -> None:
+def _close_unwanted(job: asyncio.Future[Connection]) -> None:
     # A connect whose await was cancelled: close what it made after all.
     if job.cancelled() or job.exception() is not None:
         return
@@ -541,7 +570,7 @@ def _close_unwanted(job) -> None:
     asyncio.get_running_loop().run_in_executor(None, conn.close)
 
 
-def _attach_context(context) -> None:
+def _attach_context(context: _Context) -> None:
     """A channel made in a running loop on a yoton.asyncio context: the context uses that loop."""
     if isinstance(context, Context) and context.asyncio_loop is None:
         loop = _running_loop()
@@ -559,13 +588,15 @@ class SubChannel(_pubsub.SubChannel):
     (the pending messages) are the blocking channel's and never wait.
     """
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: _Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         super().__init__(context, slot_base, message_type)
         self._parking = _Parking()
         self._waiter.add_callback(self._parking.notify)  # (every arrival, and close)
         _attach_context(context)
 
-    async def recv(self, timeout=None):
+    async def recv(self, timeout: float | None = None) -> Any:
         """Wait for the next message and return it.
 
         ``timeout`` None waits for ever; a number of seconds raises
@@ -591,14 +622,14 @@ class SubChannel(_pubsub.SubChannel):
                 raise TimeoutError(f"no message on {self.slot_incoming!r} within {timeout:g} s")
         return self._decode(pkg)
 
-    def _pop(self):
+    def _pop(self) -> Package | None:
         """The oldest pending package, or None (never waits)."""
         pkg = self._wait_package(False)
         if self._said_full:
             self._check_ok()
         return pkg
 
-    def _take(self):
+    def _take(self) -> Any:
         pkg = self._pop()
         if pkg is None:
             if self.closed:
@@ -606,16 +637,16 @@ class SubChannel(_pubsub.SubChannel):
             return _NOTHING
         return pkg
 
-    def __aiter__(self):
+    def __aiter__(self) -> SubChannel:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Any:
         try:
             return await self.recv()
         except ChannelClosedError:
             raise StopAsyncIteration from None
 
-    def __next__(self):
+    def __next__(self) -> Any:
         pkg = self._pop()
         if pkg is None:
             raise StopIteration
@@ -625,12 +656,14 @@ class SubChannel(_pubsub.SubChannel):
 class PubChannel(_pubsub.PubChannel):
     """A :class:`yoton.PubChannel` whose :meth:`send` is a coroutine (it waits for room)."""
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: _Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         super().__init__(context, slot_base, message_type)
         self._room = _room_parking(self._router)
         _attach_context(context)
 
-    async def send(self, message, timeout=None) -> None:  # type: ignore[override]  # (a coroutine where the blocking class waits)
+    async def send(self, message: Any, timeout: float | None = None) -> None:  # type: ignore[override]  # (a coroutine where the blocking class waits)
         """Publish ``message`` to all subscribers.
 
         Returns once it is queued for every connection. While the way is not
@@ -647,7 +680,7 @@ class PubChannel(_pubsub.PubChannel):
             pass
         timeout = _check_timeout(timeout)
 
-        def attempt():
+        def attempt() -> Any:
             try:
                 _pubsub.PubChannel.send(self, message, False)
                 return True
@@ -656,10 +689,10 @@ class PubChannel(_pubsub.PubChannel):
 
         await _send_when_room(self._room, attempt, timeout, f"send on {self.slot_outgoing!r}", self._blocker_poll)
 
-    def _blocker_poll(self):
+    def _blocker_poll(self) -> float | None:
         return BLOCKER_POLL if self._blockers else None
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         super()._receive(pkg)  # (a sync-mode subscriber's 'full' or 'ok')
         self._room.notify()
 
@@ -668,16 +701,18 @@ class StateChannel(_state.StateChannel):
     """A :class:`yoton.StateChannel` whose :meth:`send` is a coroutine (it waits for room);
     ``recv`` never waits and stays a plain call."""
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: _Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         super().__init__(context, slot_base, message_type)
         self._room = _room_parking(self._router)
         _attach_context(context)
 
-    async def send(self, message, timeout=None) -> None:  # type: ignore[override]  # (a coroutine where the blocking class waits)
+    async def send(self, message: Any, timeout: float | None = None) -> None:  # type: ignore[override]  # (a coroutine where the blocking class waits)
         """Set the state and broadcast it (unless it equals the current one);
         waits for room as :meth:`PubChannel.send` does."""
 
-        def attempt():
+        def attempt() -> Any:
             try:
                 _state.StateChannel.send(self, message, False)
                 return True
@@ -701,10 +736,10 @@ class Future(_reqrep.Future):
     the repliers, unless one has it already).
     """
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._until_done().__await__()
 
-    async def _until_done(self):
+    async def _until_done(self) -> Any:
         if not self.done() and self._channel is not None:
             if _serve_briefly(self._channel.context.router, self.done) and _due_to_yield():
                 await asyncio.sleep(0)
@@ -714,7 +749,7 @@ class Future(_reqrep.Future):
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
 
-            def done_soon():  # (any thread: the reply came, or the request was cancelled)
+            def done_soon() -> None:  # (any thread: the reply came, or the request was cancelled)
                 try:
                     loop.call_soon_threadsafe(_resolve, fut)
                 except RuntimeError:  # (the loop closed meanwhile)
@@ -737,7 +772,7 @@ class ReqChannel(_reqrep.ReqChannel):
 
     _future_class = Future
 
-    def __init__(self, context, slot_base: str, default_future_timeout=10.0):
+    def __init__(self, context: _Context, slot_base: str, default_future_timeout: float | None = 10.0) -> None:
         super().__init__(context, slot_base, default_future_timeout)
         _attach_context(context)
 
@@ -754,13 +789,13 @@ class RepChannel(_reqrep.RepChannel):
     loop while the worker waits.
     """
 
-    def __init__(self, context, slot_base: str):
-        self._loop = None
+    def __init__(self, context: _Context, slot_base: str) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set = set()
         super().__init__(context, slot_base)
         _attach_context(context)
 
-    def set_mode(self, mode) -> None:
+    def set_mode(self, mode: str | int) -> None:
         """Serve requests: ``'off'``, ``'event'`` (on the asyncio loop) or ``'thread'``;
         see :meth:`yoton.RepChannel.set_mode`."""
         loop = _running_loop()
@@ -768,13 +803,13 @@ class RepChannel(_reqrep.RepChannel):
             self._loop = loop
         super().set_mode(mode)
 
-    def _serving_loop(self):
+    def _serving_loop(self) -> asyncio.AbstractEventLoop | None:
         for loop in (self._loop, getattr(self._context, "asyncio_loop", None)):
             if loop is not None and not loop.is_closed():
                 return loop
         return None
 
-    def _post_serve(self, pkg) -> None:
+    def _post_serve(self, pkg: Package) -> None:
         loop = self._serving_loop()
         if loop is None:
             super()._post_serve(pkg)  # (no loop known yet: whoever processes yoton's events)
@@ -784,7 +819,7 @@ class RepChannel(_reqrep.RepChannel):
         except RuntimeError:  # (closed meanwhile)
             super()._post_serve(pkg)
 
-    def _serve(self, pkg) -> None:
+    def _serve(self, pkg: Package) -> None:
         name = "?"
         try:
             name, args, kwargs = self._parse_request(pkg.data)
@@ -809,7 +844,7 @@ class RepChannel(_reqrep.RepChannel):
             body = self._reply_body(name, result)
         self._reply(pkg, body)
 
-    def _await_elsewhere(self, name: str, awaitable) -> bytes:
+    def _await_elsewhere(self, name: str, awaitable: Awaitable[Any]) -> bytes:
         """Run ``awaitable`` on the serving loop from a thread that has none (the worker)."""
         loop = self._serving_loop()
         if loop is None:
@@ -818,7 +853,7 @@ class RepChannel(_reqrep.RepChannel):
             exc = RuntimeError(f"method {name!r} is async, but no asyncio loop runs for this replier")
             return self._error_reply(name, exc, False)
 
-        async def run():
+        async def run() -> Any:
             return await awaitable
 
         future = asyncio.run_coroutine_threadsafe(run(), loop)
@@ -840,7 +875,7 @@ class RepChannel(_reqrep.RepChannel):
                 return self._error_reply(name, exc, True)
             return self._reply_body(name, result)
 
-    async def _serve_later(self, pkg, name: str, awaitable) -> None:
+    async def _serve_later(self, pkg: Package, name: str, awaitable: Awaitable[Any]) -> None:
         try:
             result = await awaitable
         except asyncio.CancelledError:
@@ -858,7 +893,7 @@ class RepChannel(_reqrep.RepChannel):
         except ChannelClosedError:
             pass  # (the context is closing: no one waits for the reply any more)
 
-    def _reply(self, pkg, body: bytes) -> None:
+    def _reply(self, pkg: Package, body: bytes) -> None:
         """Send a reply: a thread may wait for room; an asyncio loop never does."""
         try:
             if _running_loop() is None:
@@ -873,8 +908,8 @@ class RepChannel(_reqrep.RepChannel):
         except ChannelClosedError:
             pass  # (the context is closing)
 
-    async def _reply_when_room(self, pkg, body: bytes) -> None:
-        def attempt():
+    async def _reply_when_room(self, pkg: Package, body: bytes) -> None:
+        def attempt() -> Any:
             try:
                 self._send_reply(pkg, body, False)
                 return True

@@ -72,7 +72,7 @@ import time
 import weakref
 from collections import deque
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
 from .queues import BoundedQueue, Policy
@@ -84,6 +84,13 @@ from .transport.sigint import MAIN_THREAD, MainSending
 from .transport.stream import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
 from .wire.naming import new_id
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .transport.link import Link
+    from .transport.reconnect import ReconnectPolicy
+    from .wire.frames import Package
 
 log = logging.getLogger("yoton")
 
@@ -122,7 +129,7 @@ def _close_open_contexts() -> None:
             log.exception("yoton: error closing %r at exit", ctx)
 
 
-def _check_queue_params(queue_params):
+def _check_queue_params(queue_params: object) -> tuple[int, str]:
     if queue_params is None:
         return DEFAULT_QUEUE_PARAMS
     if not isinstance(queue_params, (tuple, list)) or len(queue_params) != 2:
@@ -137,13 +144,13 @@ def _check_queue_params(queue_params):
     return (size, mode)
 
 
-def _check_byte_limit(name: str, value) -> int:
+def _check_byte_limit(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int (bytes), not {value!r}")
     return value
 
 
-def _check_spin(value) -> float:
+def _check_spin(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"spin must be a number of seconds from 0 to 1, not {value!r}")
     return float(value)
@@ -200,16 +207,16 @@ class Context:
 
     def __init__(
         self,
-        verbose=0,
-        queue_params=None,
+        verbose: int = 0,
+        queue_params: tuple[int, str] | None = None,
         *,
         max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE,
-        auth_key=None,
+        auth_key: bytes | str | None = None,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         spin: float | None = None,
         poller: str | None = None,
         introspect: bool = False,
-    ):
+    ) -> None:
         self._verbose = int(verbose)
         self._queue_params = _check_queue_params(queue_params)
         max_package_size = _check_byte_limit("max_package_size", max_package_size)
@@ -236,7 +243,7 @@ class Context:
 
             self._introspection = IntrospectionService(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<yoton.Context {self.id:016x} with {self.connection_count} connection(s)>"
 
     # -- properties ---------------------------------------------------------
@@ -311,7 +318,7 @@ class Context:
         max_tries: int = 1,
         name: str = "",
         *,
-        ssl_context=None,
+        ssl_context: ssl.SSLContext | None = None,
         max_connections: int | None = 1,
         mode: int | None = None,
     ) -> Connection:
@@ -359,7 +366,14 @@ class Context:
         return conn
 
     def connect(
-        self, address: str, timeout: float = 1.0, name: str = "", *, ssl_context=None, reconnect=False, **options
+        self,
+        address: str,
+        timeout: float = 1.0,
+        name: str = "",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reconnect: bool | ReconnectPolicy | None = False,
+        **options: Any,
     ) -> Connection:
         """Connect to a context bound at ``address``; return the connection.
 
@@ -516,7 +530,7 @@ class Router:
                     _open_contexts.add(context)
             return self.loop
 
-    def wait_until(self, done, deadline: float | None) -> bool:
+    def wait_until(self, done: Callable[[], object], deadline: float | None) -> bool:
         """Wait in this thread for ``done()``, serving the loop meanwhile (see
         :meth:`IOLoop.run_until <yoton.transport.ioloop.IOLoop.run_until>`);
         False at once if this thread cannot (then wait your own way)."""
@@ -534,7 +548,7 @@ class Router:
         loop = self.loop
         return loop is not None and loop.on_loop_side()
 
-    def call_soon(self, func, *args) -> None:
+    def call_soon(self, func: Callable[..., object], *args: Any) -> None:
         """Run ``func(*args)`` on the loop side (soon; at once if this thread is on it)."""
         loop = self.loop
         if loop is None:
@@ -544,23 +558,23 @@ class Router:
         else:
             loop.call_soon(func, *args)
 
-    def call_later(self, func, delay: float, *args):
+    def call_later(self, func: Callable[..., object], delay: float, *args: Any) -> list:
         """Run ``func(*args)`` on the loop side after ``delay`` s; returns a handle for :meth:`cancel`."""
         return self.io_loop().call_later(func, delay, *args)
 
     @staticmethod
-    def cancel(handle) -> None:
+    def cancel(handle: list) -> None:
         """Cancel a call made with :meth:`call_later` (harmless if it ran)."""
         IOLoop.cancel(handle)
 
     # -- links (the transport calls these) ------------------------------------------
 
-    def link_attached(self, link) -> None:
+    def link_attached(self, link: Link) -> None:
         """A link was made (bind: waiting; connect: connected, its I/O about to start)."""
         with self._lock:
             self.links.append(link)
 
-    def link_established(self, link) -> None:
+    def link_established(self, link: Link) -> None:
         """``link`` is connected: packages go to it from now on; the first one
         takes the startup queue (any thread; a ``connect()`` calls it before
         it returns)."""
@@ -573,16 +587,16 @@ class Router:
                 link.enqueue(items, packages_size(items))
             self._update_live()
 
-    def link_closing(self, link) -> None:
+    def link_closing(self, link: Link) -> None:
         """``link`` is closing: nothing more goes to it."""
         self._update_live()
 
-    def link_interrupted(self, link) -> None:
+    def link_interrupted(self, link: Link) -> None:
         """``link`` lost its peer and re-dials: packages still queue on it, but
         it no longer speaks for that peer."""
         self._update_live()
 
-    def link_resumed(self, link, redialled: bool) -> None:
+    def link_resumed(self, link: Link, redialled: bool) -> None:
         """``link`` is connected again (loop side). The side that re-dialled
         announces this context as a new connection does: the states its own
         channels set go out again, then ``NEW_CONNECTION`` (after what was
@@ -598,7 +612,7 @@ class Router:
         except ChannelClosedError:
             pass  # (this context is closing: nobody needs to hear from it)
 
-    def _tell_peer_hooks(self, **kwargs) -> None:
+    def _tell_peer_hooks(self, **kwargs: Any) -> None:
         """Have the channels that keep a state re-send it (a peer joined, or we re-joined)."""
         for hook in list(self._peer_hooks.values()):
             peer_joined = hook()
@@ -610,17 +624,17 @@ class Router:
                 except Exception:
                     log.exception("yoton: %r failed to re-send its state", peer_joined.__self__)
 
-    def listener_opened(self, listener) -> None:
+    def listener_opened(self, listener: Any) -> None:
         """A bind listens (until ``listener.close()``, loop side)."""
         with self._lock:
             self.listeners.add(listener)
 
-    def listener_closed(self, listener) -> None:
+    def listener_closed(self, listener: Any) -> None:
         """A bind stopped listening."""
         with self._lock:
             self.listeners.discard(listener)
 
-    def link_closed(self, link) -> None:
+    def link_closed(self, link: Link) -> None:
         """``link`` is closed: forget it."""
         with self._lock:
             if link in self.links:
@@ -647,7 +661,7 @@ class Router:
         with self._lock:
             return {slot: channel.slot_incoming for slot, channel in self._recv_slots.items()}
 
-    def relays(self, link) -> bool:
+    def relays(self, link: Link) -> bool:
         """Whether packages arriving on ``link`` are forwarded to other live
         links (this context is a gateway for them), any thread."""
         return any(other is not link for other in self._live)
@@ -663,7 +677,7 @@ class Router:
             except Exception:
                 log.exception("yoton: room callback %r failed", callback)
 
-    def add_room_callback(self, fn) -> None:
+    def add_room_callback(self, fn: Callable[[], object]) -> None:
         """Call ``fn()`` whenever senders waiting for room should look again
         (what wakes a blocking send; for senders that cannot block a thread,
         such as yoton.asyncio's). Called in any thread, often the loop side:
@@ -671,7 +685,7 @@ class Router:
         with self._lock:
             self._room_callbacks = self._room_callbacks + (fn,)
 
-    def remove_room_callback(self, fn) -> None:
+    def remove_room_callback(self, fn: Callable[[], object]) -> None:
         """Stop calling ``fn`` (harmless if it is not there)."""
         with self._lock:
             callbacks = list(self._room_callbacks)
@@ -685,7 +699,7 @@ class Router:
             with self._flush_cond:
                 self._flush_cond.notify_all()
 
-    def wait_flushed(self, links: list, timeout: float, startup: bool = False) -> None:
+    def wait_flushed(self, links: Sequence[Link], timeout: float, startup: bool = False) -> None:
         """Wait until ``links`` wrote everything (and, with ``startup``, the
         startup queue is empty while some link may take it); FlushTimeout."""
         self.pump_now()  # (what is staged counts as sent: it goes to the queues first)
@@ -697,7 +711,7 @@ class Router:
             self._flush_waiters += 1
             try:
                 while True:
-                    left = [link for link in links if link.unflushed()]
+                    left: list[object] = [link for link in links if link.unflushed()]
                     if startup and self._startup and self.links:
                         left.append("the startup queue")  # (a waiting bind's peer would take it)
                     if not left:
@@ -749,7 +763,14 @@ class Router:
 
     # -- channels (the channel layer calls these) ----------------------------
 
-    def register(self, channel, slot_out: int | None, slot_in: int | None, deliver=None, peer_joined=None) -> None:
+    def register(
+        self,
+        channel: Any,
+        slot_out: int | None,
+        slot_in: int | None,
+        deliver: Callable[[list, Link], object] | None = None,
+        peer_joined: Callable[..., object] | None = None,
+    ) -> None:
         """Attach ``channel``: it sends on ``slot_out`` and takes what arrives on
         ``slot_in`` through ``deliver(packages, link)`` (loop side, in order).
         ``peer_joined()`` is called when a context joins the network
@@ -772,7 +793,7 @@ class Router:
         if slot_in is not None:
             self._interest_changed(settle=True)  # (a NATS link subscribes before the channel is used)
 
-    def unregister(self, channel) -> None:
+    def unregister(self, channel: Any) -> None:
         """Detach ``channel`` from its slots."""
         with self._lock:
             for table in (self._send_slots, self._recv_slots):
@@ -789,11 +810,11 @@ class Router:
         """The channels attached now."""
         return list(self._channels)
 
-    def hold_reading(self, link, key) -> None:
+    def hold_reading(self, link: Link, key: Hashable) -> None:
         """Stop reading from ``link`` until :meth:`release_reading` with ``key`` (loop side)."""
         link.hold_reading(key)
 
-    def release_reading(self, link, key) -> None:
+    def release_reading(self, link: Link, key: Hashable) -> None:
         """Let ``link`` read again as far as ``key`` is concerned (any thread)."""
         self.call_soon(link.release_reading, key)
 
@@ -808,12 +829,20 @@ class Router:
         return None
 
     @staticmethod
-    def link_listens(link) -> tuple:
+    def link_listens(link: Link) -> tuple[bool, float]:
         """``(listening, timeout)``: whether the peer on ``link`` can still be
         heard from (connected, not timed out), and the link's timeout."""
         return link.is_connected and not link.is_timedout, link.timeout
 
-    def send(self, slot: int, body, dest_id: int = 0, dest_seq: int = 0, block=True, force: bool = False) -> None:
+    def send(
+        self,
+        slot: int,
+        body: bytes,
+        dest_id: int = 0,
+        dest_seq: int = 0,
+        block: bool | float = True,
+        force: bool = False,
+    ) -> None:
         """Number a package and queue it on every live link (any thread).
 
         Raises ``ValueError`` for a body over ``max_package_size``. While a
@@ -900,7 +929,7 @@ class Router:
             if not self._pressure and link.queue_full():
                 self._pressure = True
 
-    def _wait_room(self, size: int, block) -> None:
+    def _wait_room(self, size: int, block: bool | float) -> None:
         """Wait until every live link has room for ``size`` more bytes or is
         stalled (a sending thread; see the module docstring). ``block``:
         True waits as long as it takes, False not at all, a number at most
@@ -940,7 +969,7 @@ class Router:
 
     # -- routing (loop side: the I/O thread, or a thread in IOLoop.run_until) --
 
-    def packages_arrived(self, link, packages: list) -> None:
+    def packages_arrived(self, link: Link, packages: list) -> None:
         """Route the packages that arrived on ``link``, in order (loop side).
 
         Each package follows the rules at the top of this module; the
@@ -1022,7 +1051,7 @@ class Router:
         for source in list(islice(last_seq, len(last_seq) - MAX_SOURCES * 7 // 8)):
             del last_seq[source]
 
-    def _refuse(self, link, why: str, source: int) -> None:
+    def _refuse(self, link: Link, why: str, source: int) -> None:
         """Count a package refused by the routing rules; log once per connection and reason.
 
         A direct peer's package that another link delivers ahead of its own
@@ -1050,7 +1079,7 @@ class Router:
                     source,
                 )
 
-    def _forward(self, link, pkg) -> None:
+    def _forward(self, link: Link, pkg: Package) -> None:
         """Queue a package from ``link`` on every other live link (loop side)."""
         item = (pkg.header(), pkg.data)
         size = HEADER_SIZE + len(pkg.data)
@@ -1060,7 +1089,7 @@ class Router:
                 if other.queue_full():
                     other.hold_upstream(link)  # (TCP then slows the sender down)
 
-    def _context_message(self, link, pkg) -> None:
+    def _context_message(self, link: Link, pkg: Package) -> None:
         text = bytes(pkg.data)
         if text == _NEW_CONNECTION:
             self._tell_peer_hooks()

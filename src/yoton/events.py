@@ -52,6 +52,7 @@ import time
 import weakref
 from collections import deque
 from numbers import Real
+from typing import Any, Callable, Literal, Sequence
 
 __all__ = [
     "Signal",
@@ -79,7 +80,7 @@ log = logging.getLogger("yoton")
 _monotonic = time.monotonic
 
 
-def _describe(func) -> str:
+def _describe(func: object) -> str:
     """Return a short, safe text naming *func* for log messages."""
     try:
         return repr(func)
@@ -115,7 +116,7 @@ class EventQueue:
         self._queue: deque = deque()
         self.discarded = 0  # events discarded because the queue was full
         self._dropping = False
-        self._callback = None
+        self._callback: Callable[[], object] | None = None
         # True once the embedding callback was told about the current batch.
         self._callback_told = False
         # Bumped by stop(); loops started earlier see the change and return.
@@ -128,7 +129,9 @@ class EventQueue:
 
     # -- posting ------------------------------------------------------------
 
-    def post(self, func, args=(), kwargs=None, front: bool = False) -> None:
+    def post(
+        self, func: Callable[..., object], args: tuple = (), kwargs: dict | None = None, front: bool = False
+    ) -> None:
         """Queue ``func(*args, **kwargs)``; at the front if *front* is true."""
         item = (func, args, kwargs or {})
         with self._cond:
@@ -146,7 +149,7 @@ class EventQueue:
         if callback is not None:
             self._call_callback(callback)
 
-    def post_many(self, items) -> None:
+    def post_many(self, items: Sequence[tuple[Callable[..., object], tuple, dict]]) -> None:
         """Queue several ``(func, args, kwargs)`` triples in order, at the back."""
         full = None
         with self._cond:
@@ -161,7 +164,7 @@ class EventQueue:
         if callback is not None:
             self._call_callback(callback)
 
-    def _discard(self, count: int):
+    def _discard(self, count: int) -> int | None:
         # (with the lock) Count; return the queue's length if this discard is to
         # be logged (once until the queue is processed), else None. The caller
         # logs it after releasing the lock: a logging handler may post events.
@@ -179,7 +182,7 @@ class EventQueue:
             length,
         )
 
-    def _note_posted(self):
+    def _note_posted(self) -> Callable[[], object] | None:
         """Wake a waiter; return the embedding callback if it must be called.
 
         Called with the lock held, right after something was queued.
@@ -193,14 +196,14 @@ class EventQueue:
         return callback
 
     @staticmethod
-    def _call_callback(callback) -> None:
+    def _call_callback(callback: Callable[[], object]) -> None:
         if _deferring.active:  # (see deferred_callbacks)
             _deferring.pending.append(callback)
             return
         EventQueue._run_callback(callback)
 
     @staticmethod
-    def _run_callback(callback) -> None:
+    def _run_callback(callback: Callable[[], object]) -> None:
         try:
             callback()
         except Exception:
@@ -209,7 +212,7 @@ class EventQueue:
     # -- processing ---------------------------------------------------------
 
     @staticmethod
-    def _timeout_for(block):
+    def _timeout_for(block: bool | float | None) -> float | None:
         """Translate a ``block`` argument into a wait time (None = forever)."""
         if block is None or block is False:
             return 0.0
@@ -222,11 +225,11 @@ class EventQueue:
             return None
         return timeout
 
-    def process_events(self, block=False) -> None:
+    def process_events(self, block: bool | float = False) -> None:
         """Run the events queued now; see the module-level :func:`process_events`."""
         self._process(self._timeout_for(block), None)
 
-    def _process(self, timeout, stop_gen) -> None:
+    def _process(self, timeout: float | None, stop_gen: int | None) -> None:
         cond = self._cond
         with cond:
             if not self._queue and timeout != 0:
@@ -274,7 +277,7 @@ class EventQueue:
 
     # -- embedding and state ------------------------------------------------
 
-    def embed(self, callback) -> None:
+    def embed(self, callback: Callable[[], object] | None) -> None:
         """Set (or with None clear) the callback told about new events."""
         if callback is not None and not callable(callback):
             raise ValueError("embed_event_loop() needs a callable or None.")
@@ -288,7 +291,7 @@ class EventQueue:
         if callback is not None:
             self._call_callback(callback)
 
-    def unembed(self, callback) -> bool:
+    def unembed(self, callback: Callable[[], object] | None) -> bool:
         """Clear the embedding callback if it is ``callback``; return whether it was."""
         global embedding
         with self._cond:
@@ -320,7 +323,7 @@ embedding = False
 class _Deferring(threading.local):
     active = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pending: list = []
 
 
@@ -339,26 +342,25 @@ class deferred_callbacks:  # noqa: N801 (used like a function)
 
     __slots__ = ("_outer",)
 
-    def __enter__(self):
+    def __enter__(self) -> deferred_callbacks:
         self._outer = _deferring.active
         _deferring.active = True
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._outer:
             return False
         _deferring.active = False
         pending = _deferring.pending
         if pending:
-            seen: set = set()
-            callbacks = [c for c in pending if id(c) not in seen and not seen.add(id(c))]  # (each once)
+            callbacks = list({id(c): c for c in pending}.values())  # (each once, in first-posted order)
             pending.clear()
             for callback in callbacks:
                 EventQueue._run_callback(callback)
         return False
 
 
-def post_event(func, *args, front: bool = False, **kwargs) -> None:
+def post_event(func: Callable[..., object], *args: Any, front: bool = False, **kwargs: Any) -> None:
     """Queue ``func(*args, **kwargs)`` on the event queue (internal hook).
 
     Thread-safe. With ``front=True`` the call goes before everything already
@@ -378,7 +380,7 @@ def is_idle() -> bool:
     return _events.is_idle()
 
 
-def process_events(block=False) -> None:
+def process_events(block: bool | float = False) -> None:
     """Run the events that are queued at the moment of the call.
 
     ``block`` says what to do when nothing is queued: ``False`` (default)
@@ -410,7 +412,7 @@ def stop_event_loop() -> None:
     _events.stop()
 
 
-def embed_event_loop(callback) -> None:
+def embed_event_loop(callback: Callable[[], object] | None) -> None:
     """Hook yoton's event queue into another event loop, e.g. a GUI's.
 
     ``callback`` takes no arguments and is called, from whichever thread
@@ -423,7 +425,7 @@ def embed_event_loop(callback) -> None:
     _events.embed(callback)
 
 
-def release_event_loop(callback) -> bool:
+def release_event_loop(callback: Callable[[], object] | None) -> bool:
     """Remove ``callback`` as the embedding callback (see
     :func:`embed_event_loop`) if it still is the one set; return whether it
     was. For code that embeds for a while and must not remove a callback
@@ -441,7 +443,7 @@ class _Entry:
 
     __slots__ = ("deadline", "func", "args", "cancelled")
 
-    def __init__(self, deadline, func, args):
+    def __init__(self, deadline: float, func: Callable[..., object], args: tuple) -> None:
         self.deadline = deadline
         self.func = func
         self.args = args
@@ -468,7 +470,7 @@ class _Scheduler:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
-    def schedule(self, deadline: float, func, *args) -> _Entry:
+    def schedule(self, deadline: float, func: Callable[..., object], *args: Any) -> _Entry:
         """Call ``func(*args)`` from the timer thread at *deadline* (monotonic)."""
         entry = _Entry(deadline, func, args)
         with self._cond:
@@ -550,7 +552,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def call_later(func, timeout=0.0, *args, **kwargs) -> None:
+def call_later(func: Callable[..., object], timeout: float = 0.0, *args: Any, **kwargs: Any) -> None:
     """Call ``func(*args, **kwargs)`` through the event queue.
 
     ``timeout`` 0 queues the call behind what is already queued; a negative
@@ -579,7 +581,7 @@ class _WeakMethodHandler:
 
     __slots__ = ("_self_ref", "_func")
 
-    def __init__(self, method, self_ref):
+    def __init__(self, method: Any, self_ref: weakref.ref[Any]) -> None:
         self._self_ref = self_ref
         self._func = method.__func__
 
@@ -587,13 +589,13 @@ class _WeakMethodHandler:
     def alive(self) -> bool:
         return self._self_ref() is not None
 
-    def matches(self, func) -> bool:
+    def matches(self, func: object) -> bool:
         obj = self._self_ref()
         return (
             obj is not None and getattr(func, "__self__", None) is obj and getattr(func, "__func__", None) is self._func
         )
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         obj = self._self_ref()
         if obj is None:
             return None  # the object is gone: drop silently
@@ -607,7 +609,7 @@ class _WeakMethodHandler:
         return f"<method {name} of {object.__repr__(obj)}>"
 
 
-def _make_handler(func):
+def _make_handler(func: Callable[..., object]) -> Callable[..., object]:
     """Return what a signal stores for *func*: a weak wrapper or *func* itself."""
     obj = getattr(func, "__self__", None)
     if obj is not None and hasattr(func, "__func__"):
@@ -619,7 +621,7 @@ def _make_handler(func):
     return func
 
 
-def _handler_matches(handler, func) -> bool:
+def _handler_matches(handler: Callable[..., object], func: object) -> bool:
     if isinstance(handler, _WeakMethodHandler):
         return handler.matches(func)
     if handler is func:
@@ -630,7 +632,7 @@ def _handler_matches(handler, func) -> bool:
         return False
 
 
-def _handler_alive(handler) -> bool:
+def _handler_alive(handler: Callable[..., object]) -> bool:
     return not isinstance(handler, _WeakMethodHandler) or handler.alive
 
 
@@ -651,11 +653,11 @@ class Signal:
         self._handlers: tuple = ()
 
     @property
-    def type(self):
+    def type(self) -> type[Signal]:
         """The class of this signal (e.g. ``Signal`` or ``Timer``)."""
         return self.__class__
 
-    def bind(self, func) -> None:
+    def bind(self, func: Callable[..., object]) -> None:
         """Add *func* as a handler; binding an already bound handler does nothing.
 
         Raises ValueError if *func* is not callable.
@@ -670,7 +672,7 @@ class Signal:
                 return
             self._handlers = handlers + (_make_handler(func),)
 
-    def unbind(self, func=None) -> None:
+    def unbind(self, func: Callable[..., object] | None = None) -> None:
         """Remove the handler *func*, or all handlers if *func* is None.
 
         Removing a handler that is not bound is harmless.
@@ -692,7 +694,7 @@ class Signal:
             self._handlers = tuple(h for h in self._handlers if _handler_alive(h))
             return self._handlers
 
-    def emit(self, *args, **kwargs) -> None:
+    def emit(self, *args: Any, **kwargs: Any) -> None:
         """Queue a call ``handler(*args, **kwargs)`` for every bound handler.
 
         Thread-safe; the handlers run when events are processed.
@@ -701,7 +703,7 @@ class Signal:
         if handlers:
             _events.post_many([(handler, args, kwargs) for handler in handlers])
 
-    def emit_now(self, *args, **kwargs) -> None:
+    def emit_now(self, *args: Any, **kwargs: Any) -> None:
         """Call every bound handler with the given arguments right away.
 
         Runs in the calling thread; a handler's exception is logged and the
@@ -719,7 +721,7 @@ class Signal:
 # ---------------------------------------------------------------------------
 
 
-def _check_interval(value) -> float:
+def _check_interval(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError("Timer interval must be a number (seconds).")
     value = float(value)
@@ -739,7 +741,7 @@ class Timer(Signal):
     application drops its last reference to it.
     """
 
-    def __init__(self, interval=1.0, oneshot=True) -> None:
+    def __init__(self, interval: float = 1.0, oneshot: bool = True) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._interval = _check_interval(interval)
@@ -758,7 +760,7 @@ class Timer(Signal):
         return self._interval
 
     @interval.setter
-    def interval(self, value) -> None:
+    def interval(self, value: float) -> None:
         self._interval = _check_interval(value)
 
     @property
@@ -767,7 +769,7 @@ class Timer(Signal):
         return self._oneshot
 
     @oneshot.setter
-    def oneshot(self, value) -> None:
+    def oneshot(self, value: bool) -> None:
         self._oneshot = bool(value)
 
     @property
@@ -775,7 +777,7 @@ class Timer(Signal):
         """True between :meth:`start` and :meth:`stop` (or a oneshot expiry)."""
         return self._armed is not None
 
-    def start(self, interval=None, oneshot=None) -> None:
+    def start(self, interval: float | None = None, oneshot: bool | None = None) -> None:
         """Start the timer, optionally setting *interval* and *oneshot* first.
 
         Starting a running timer restarts it: the next expiry is *interval*
@@ -805,7 +807,7 @@ class Timer(Signal):
             self._armed = None
             _scheduler.cancel(armed[1])
 
-    def _expired(self, token, deadline) -> None:
+    def _expired(self, token: object, deadline: float) -> None:
         """Run from the event queue when a deadline has passed."""
         with self._lock:
             armed = self._armed
@@ -835,12 +837,12 @@ class Event:
 
     __slots__ = ("func", "args", "kwargs")
 
-    def __init__(self, func, *args, **kwargs):
+    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         if not callable(func):
             raise ValueError("Event needs a callable.")
         self.func, self.args, self.kwargs = func, args, kwargs
 
-    def dispatch(self):
+    def dispatch(self) -> Any:
         """Call the function with the stored arguments."""
         return self.func(*self.args, **self.kwargs)
 
@@ -848,7 +850,7 @@ class Event:
         return f"<yoton.Event {_describe(self.func)}>"
 
 
-def _as_call(event):
+def _as_call(event: object) -> Callable[[], object]:
     """The callable to queue for an event: its ``dispatch``, or the event itself if callable."""
     dispatch = getattr(event, "dispatch", None)
     if callable(dispatch):
@@ -867,23 +869,23 @@ class YotonApplication:
     callables).
     """
 
-    def call_later(self, func, timeout=0.0, *args, **kwargs) -> None:
+    def call_later(self, func: Callable[..., object], timeout: float = 0.0, *args: Any, **kwargs: Any) -> None:
         """Same as :func:`yoton.call_later`."""
         call_later(func, timeout, *args, **kwargs)
 
-    def post_event(self, event) -> None:
+    def post_event(self, event: object) -> None:
         """Queue ``event`` (dispatched by the thread processing events)."""
         _events.post(_as_call(event))
 
-    def post_event_asap(self, event) -> None:
+    def post_event_asap(self, event: object) -> None:
         """Queue ``event`` in front of everything already queued."""
         _events.post(_as_call(event), front=True)
 
-    def post_event_later(self, event, delay) -> None:
+    def post_event_later(self, event: object, delay: float) -> None:
         """Queue ``event`` after ``delay`` seconds."""
         _scheduler.schedule(_monotonic() + float(delay), _events.post, _as_call(event))
 
-    def process_events(self, block=False) -> None:
+    def process_events(self, block: bool | float = False) -> None:
         """Same as :func:`yoton.process_events`."""
         _events.process_events(block)
 
@@ -895,7 +897,7 @@ class YotonApplication:
         """Same as :func:`yoton.stop_event_loop`."""
         _events.stop()
 
-    def embed_event_loop(self, callback) -> None:
+    def embed_event_loop(self, callback: Callable[[], object] | None) -> None:
         """Same as :func:`yoton.embed_event_loop`."""
         _events.embed(callback)
 

@@ -32,9 +32,17 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from .messages import OBJECT
 from .wire.frames import SLOT_INTROSPECT_QUERY, SLOT_INTROSPECT_SNAPSHOT
+
+if TYPE_CHECKING:
+    from .channels.base import BaseChannel
+    from .context import Context
+    from .transport.connection import Connection
+    from .transport.link import Link
+    from .wire.frames import Body, Package
 
 log = logging.getLogger("yoton")
 
@@ -64,11 +72,11 @@ _MAX_QUERY_SIZE = 256  # bytes; bodies over this are not queries and are not dec
 _FORWARD = (".pub-sub", ".req-rep", ".state")
 
 
-def _encode(value) -> bytes:
+def _encode(value: Any) -> bytes:
     return OBJECT.message_to_bytes(value)
 
 
-def _decode(data):
+def _decode(data: Body) -> Any:
     return OBJECT.message_from_bytes(data)
 
 
@@ -76,14 +84,14 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}" if host or port else ""
 
 
-def _slot_name(channel) -> str:
+def _slot_name(channel: BaseChannel) -> str:
     out, into = channel.slot_outgoing, channel.slot_incoming
     if out and out.lower().endswith(_FORWARD):
         return out
     return into or out
 
 
-def _connection(conn) -> dict:
+def _connection(conn: Connection) -> dict:
     stats = conn.statistics()
     stats.update(
         name=conn.name,
@@ -95,13 +103,13 @@ def _connection(conn) -> dict:
     return stats
 
 
-def _channel(channel) -> dict:
+def _channel(channel: BaseChannel) -> dict:
     stats = channel.statistics()
     stats.update(kind=type(channel).__name__, slot=_slot_name(channel), closed=channel.closed)
     return stats
 
 
-def snapshot(context) -> dict:
+def snapshot(context: Context) -> dict:
     """A snapshot of ``context``: what its introspection service answers.
 
     Keys: ``version``, ``id`` (hex), ``pid``, ``host``, ``program``
@@ -155,7 +163,7 @@ class IntrospectionService(_Endpoint):
     slot_outgoing = "(introspection snapshots)"
     slot_incoming = "(introspection queries)"
 
-    def __init__(self, context):
+    def __init__(self, context: Context) -> None:
         self._context = context
         self._router = context.router
         self._tokens = float(MAX_ANSWERS)
@@ -164,7 +172,7 @@ class IntrospectionService(_Endpoint):
         self.dropped = 0
         self._router.register(self, SNAPSHOT_SLOT, QUERY_SLOT, self._queries)
 
-    def _queries(self, pkgs, link=None) -> None:
+    def _queries(self, pkgs: list[Package], link: Link | None = None) -> None:
         """Answer the queries that arrived (loop side: quick, never waits)."""
         for pkg in pkgs:
             if not self._allowed() or not self._is_query(pkg.data):
@@ -189,7 +197,7 @@ class IntrospectionService(_Endpoint):
         return True
 
     @staticmethod
-    def _is_query(data) -> bool:
+    def _is_query(data: Body) -> bool:
         if len(data) > _MAX_QUERY_SIZE:  # (a query is ~30 bytes: larger ones are not decoded at all)
             return False
         try:
@@ -211,7 +219,7 @@ class Monitor(_Endpoint):
     slot_outgoing = "(introspection queries)"
     slot_incoming = "(introspection snapshots)"
 
-    def __init__(self, context):
+    def __init__(self, context: Context) -> None:
         self._context = context
         self._router = context.router
         self._numbers = itertools.count(1)
@@ -249,7 +257,7 @@ class Monitor(_Endpoint):
                 self.ignored += 1
         return snapshots
 
-    def _snapshots(self, pkgs, link=None) -> None:
+    def _snapshots(self, pkgs: list[Package], link: Link | None = None) -> None:
         # Loop side: keep the bodies that answer the current query, one per context.
         with self._cond:
             for pkg in pkgs:

@@ -9,6 +9,7 @@ and ``CancelledError``; and 2.2's submodules ``channels_base``,
 """
 
 import os as _os
+from typing import Any as _Any
 
 from ..errors import CancelledError, TimeoutError  # noqa: F401 - (re-exported here, as in yoton 2.2)
 from ..messages import BINARY, OBJECT, TEXT, MessageType  # noqa: F401 - (idem)
@@ -41,7 +42,7 @@ _COMPAT22_MODULES = (
 )
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> _Any:
     # FileWrapper (yoton.sugar) imports this package: imported here on first use, not above.
     if name == "FileWrapper":
         from ..sugar.filewrapper import FileWrapper

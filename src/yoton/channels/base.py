@@ -33,12 +33,19 @@ import threading
 import time
 import weakref
 from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..errors import ChannelClosedError
 from ..events import Signal, post_event
 from ..messages import as_message_type
 from ..queues import BLOCK, BoundedQueue, Policy
 from ..wire.naming import slot_hash
+
+if TYPE_CHECKING:
+    from ..context import Context, Router
+    from ..messages import MessageType
+    from ..transport.link import Link
+    from ..wire.frames import Package
 
 log = logging.getLogger("yoton")
 
@@ -62,7 +69,7 @@ class Waiter:
 
     __slots__ = ("_router", "_cond", "_waiters", "_reader", "callbacks", "_hook_lock")
 
-    def __init__(self, router):
+    def __init__(self, router: Router | None) -> None:
         self._router = router
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0  # threads waiting on the condition
@@ -71,13 +78,13 @@ class Waiter:
         self.callbacks: tuple = ()
         self._hook_lock = threading.Lock()
 
-    def add_callback(self, fn) -> None:
+    def add_callback(self, fn: Callable[[], object]) -> None:
         """Call ``fn()`` on every :meth:`notify`, in the notifying thread (often
         the loop side: ``fn`` must be quick, thread-safe and never wait)."""
         with self._hook_lock:
             self.callbacks = self.callbacks + (fn,)
 
-    def remove_callback(self, fn) -> None:
+    def remove_callback(self, fn: Callable[[], object]) -> None:
         """Stop calling ``fn`` (harmless if it is not there)."""
         with self._hook_lock:
             callbacks = list(self.callbacks)
@@ -85,7 +92,7 @@ class Waiter:
                 callbacks.remove(fn)
                 self.callbacks = tuple(callbacks)
 
-    def wait(self, ready, deadline: float | None) -> bool:
+    def wait(self, ready: Callable[[], Any], deadline: float | None) -> bool:
         """Wait until ``ready()`` or the monotonic ``deadline`` (None: none);
         return ``ready()``."""
         if ready():
@@ -135,7 +142,7 @@ class Waiter:
         return self._waiters
 
 
-def _emit_received_of(channel_ref) -> None:
+def _emit_received_of(channel_ref: weakref.ref[BaseChannel]) -> None:
     channel = channel_ref()
     if channel is not None:
         channel._emit_received()
@@ -144,11 +151,11 @@ def _emit_received_of(channel_ref) -> None:
 _data = attrgetter("data")
 
 
-def _body_size(pkg) -> int:
+def _body_size(pkg: Package) -> int:
     return len(pkg.data)
 
 
-def _bodies_size(pkgs) -> int:
+def _bodies_size(pkgs: Iterable[Package]) -> int:
     return sum(map(len, map(_data, pkgs)))
 
 
@@ -171,7 +178,9 @@ class BaseChannel:
     _pattern_in = ""  # '' means the channel does not receive
     # (or override _messaging_patterns(), as channels written for yoton 2.2 do)
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         from ..context import Context
 
         if not isinstance(context, Context):
@@ -206,7 +215,7 @@ class BaseChannel:
         self._count_in = 0  # packages delivered to this channel (loop side)
         self._count_out = 0  # messages sent (see statistics)
         self._holding: set = set()  # links whose reading we hold (loop side)
-        self._delivering = None  # the link of the packages being taken (loop side)
+        self._delivering: Link | None = None  # the link of the packages being taken (loop side)
         self._waiter = Waiter(router)
         peer_joined = getattr(self, "_peer_joined", None)
         router.register(
@@ -231,15 +240,15 @@ class BaseChannel:
             )
         return self._pattern_out, self._pattern_in
 
-    def message_to_bytes(self, message) -> bytes:
+    def message_to_bytes(self, message: Any) -> bytes:
         """Encode ``message`` with this channel's message type (yoton 2.2 had this on channels)."""
         return self._message_type.message_to_bytes(message)
 
-    def message_from_bytes(self, data):
+    def message_from_bytes(self, data: bytes | bytearray | memoryview) -> Any:
         """Decode ``data`` with this channel's message type (yoton 2.2 had this on channels)."""
         return self._message_type.message_from_bytes(data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._queue)} pending"
         return f"<{type(self).__name__} {self._slot_out_name or self._slot_in_name!r} {state}>"
 
@@ -275,12 +284,12 @@ class BaseChannel:
         return self._slot_in_name
 
     @property
-    def context(self):
+    def context(self) -> Context:
         """The :class:`~yoton.Context` this channel belongs to."""
         return self._context
 
     @property
-    def message_type(self):
+    def message_type(self) -> MessageType:
         """The :class:`~yoton.MessageType` of this channel."""
         return self._message_type
 
@@ -315,7 +324,7 @@ class BaseChannel:
 
     # -- sending ----------------------------------------------------------------
 
-    def _send(self, message, dest_id: int = 0, dest_seq: int = 0, block=True) -> None:
+    def _send(self, message: Any, dest_id: int = 0, dest_seq: int = 0, block: bool | float = True) -> None:
         if self._closed:
             raise ChannelClosedError(f"cannot send on closed {type(self).__name__} {self._slot_out_name!r}")
         body = self._message_type.message_to_bytes(message)
@@ -325,7 +334,7 @@ class BaseChannel:
 
     # -- receiving --------------------------------------------------------------
 
-    def _receive_many(self, pkgs, link=None) -> None:
+    def _receive_many(self, pkgs: list[Package], link: Link | None = None) -> None:
         """Take packages that arrived on ``link`` from the router, in order (loop side)."""
         self._count_in += len(pkgs)
         self._delivering = link
@@ -338,11 +347,11 @@ class BaseChannel:
         finally:
             self._delivering = None
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         """Take a package from the context (loop side)."""
         self._queue_many((pkg,))
 
-    def _queue_many(self, pkgs, link=None) -> None:
+    def _queue_many(self, pkgs: Sequence[Package], link: Link | None = None) -> None:
         """Queue packages for readers by the queue's policy (loop side).
 
         A full BLOCK queue (sync mode) takes them anyway and holds reading
@@ -360,7 +369,7 @@ class BaseChannel:
             waiter.notify()
         self._announce()
 
-    def _hold(self, link) -> None:
+    def _hold(self, link: Link | None) -> None:
         """Hold reading from ``link`` until our queue has room (loop side)."""
         if link is not None and link not in self._holding:
             self._holding.add(link)
@@ -396,7 +405,7 @@ class BaseChannel:
         self._emit_pending = False
         self._received_signal.emit_now(self)
 
-    def _wait_package(self, block):
+    def _wait_package(self, block: bool | float | None) -> Package | None:
         """Pop the oldest package, waiting as ``block`` says; None if none."""
         queue = self._queue
         items = queue.items  # (its deque: a truth test without a Python call)
@@ -424,8 +433,8 @@ class BaseChannel:
             self._waiter.notify()  # (pass the wake-up on: there is more)
         return pkg
 
-    def _decode(self, pkg):
+    def _decode(self, pkg: Package) -> Any:
         return self._message_type.message_from_bytes(pkg.data)
 
-    def _empty(self):
+    def _empty(self) -> Any:
         return self._message_type.empty_message()

@@ -29,11 +29,18 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import WouldBlock
 from ..messages import BinaryMessageType
 from ..queues import BLOCK, Policy
 from .base import BaseChannel
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..messages import MessageType
+    from ..transport.link import Link
+    from ..wire.frames import Package
 
 __all__ = ["PubChannel", "SubChannel", "select_sub_channel"]
 
@@ -46,7 +53,7 @@ BLOCK_EXPIRY = 10.0
 MAX_BLOCKERS = 1024
 
 
-def _deadline(block):
+def _deadline(block: bool | float) -> float | None:
     """The monotonic deadline for a ``block`` argument (None: no limit or no wait)."""
     if block is True or block is False:
         return None
@@ -61,14 +68,16 @@ class PubChannel(BaseChannel):
     _pattern_out = "pub-sub"
     _pattern_in = "sub-pub"
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         # (state first: packages may arrive on the loop side as soon as the base class registers us)
         # source id -> (connection its 'full' came on, when it last said so)
         self._blockers: dict = {}
         self._unblocked = threading.Condition(threading.Lock())
         super().__init__(context, slot_base, message_type)
 
-    def send(self, message, block=True) -> None:
+    def send(self, message: Any, block: bool | float = True) -> None:
         """Publish ``message`` to all subscribers.
 
         Returns once the message is queued for every connection. ``block``
@@ -92,7 +101,7 @@ class PubChannel(BaseChannel):
                 block = max(0.0, deadline - time.monotonic())
         self._send(message, 0, 0, block)
 
-    def _wait_unblocked(self, block, deadline) -> None:
+    def _wait_unblocked(self, block: bool | float, deadline: float | None) -> None:
         with self._unblocked:
             while not self._closed:
                 now = time.monotonic()
@@ -108,7 +117,7 @@ class PubChannel(BaseChannel):
                     wait = min(wait, deadline - now)
                 self._unblocked.wait(wait)
 
-    def _blocked_for(self, now: float):
+    def _blocked_for(self, now: float) -> float | None:
         """Forget blockers that no longer count; return how long to wait before
         looking again (None: not blocked). Under _unblocked."""
         wait = None
@@ -123,7 +132,7 @@ class PubChannel(BaseChannel):
             wait = left if wait is None else min(wait, left)
         return wait
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         status = bytes(pkg.data)
         link = self._delivering
         with self._unblocked:
@@ -153,16 +162,18 @@ class SubChannel(BaseChannel):
     _pattern_out = "sub-pub"
     _pattern_in = "pub-sub"
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._sync = False
         self._said_full = False
-        self._repeat = None
+        self._repeat: list | None = None
         self._select_group: tuple = ()
         self._per_package = type(self)._receive is not SubChannel._receive
         super().__init__(context, slot_base, message_type)
 
-    def recv(self, block=True):
+    def recv(self, block: bool | float | None = True) -> Any:
         """Return the next message.
 
         ``block`` True waits for one, False returns at once, a number waits at
@@ -200,15 +211,15 @@ class SubChannel(BaseChannel):
         decode = self._message_type.message_from_bytes
         return [decode(pkg.data) for pkg in pkgs]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Any:
         if not self._queue:
             raise StopIteration
         return self.recv(False)
 
-    def next(self):
+    def next(self) -> Any:
         """Return the next pending message, or raise StopIteration if there is none."""
         return self.__next__()
 
@@ -256,11 +267,11 @@ class SubChannel(BaseChannel):
             self._say(self._said_full)
             self._repeat = self._router.call_later(self._repeat_status, REPEAT_STATUS)
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         self._queue_many((pkg,))
         self._check_full()
 
-    def _receive_many(self, pkgs, link=None) -> None:
+    def _receive_many(self, pkgs: list[Package], link: Link | None = None) -> None:
         if self._per_package:  # a subclass hooks _receive: one call per package
             super()._receive_many(pkgs, link)
             self._check_full()
@@ -273,7 +284,7 @@ class SubChannel(BaseChannel):
         if self._sync and not self._said_full and len(self._queue) > FULL_MARK:
             self._say(True)
 
-    def _send(self, message, dest_id: int = 0, dest_seq: int = 0, block=True) -> None:
+    def _send(self, message: Any, dest_id: int = 0, dest_seq: int = 0, block: bool | float = True) -> None:
         # Status messages are text on the wire, whatever this channel's type;
         # they never wait (recv sends them, and so does the loop side).
         if self._closed:
@@ -294,7 +305,7 @@ class SubChannel(BaseChannel):
         super().close()
 
 
-def select_sub_channel(*channels):
+def select_sub_channel(*channels: SubChannel) -> SubChannel | None:
     """Return the SubChannel holding the oldest pending message, or None.
 
     Then call ``recv_selected()`` on it to get its messages older than the

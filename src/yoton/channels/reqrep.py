@@ -54,12 +54,17 @@ import threading
 import time
 from collections import deque
 from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import CancelledError, ChannelClosedError, RemoteError, TimeoutError
 from ..events import post_event
 from ..messages import OBJECT
 from ..wire.codec import decode_object, encode_object
 from .base import BaseChannel, Waiter
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..wire.frames import Body, Package
 
 log = logging.getLogger("yoton")
 
@@ -127,14 +132,16 @@ class Future:
     replier took it within the auto-cancel timeout.
     """
 
-    def __init__(self, req_channel, req, request_id, timeout=10.0):
+    def __init__(
+        self, req_channel: ReqChannel | None, req: bytes, request_id: int, timeout: float | None = 10.0
+    ) -> None:
         self._channel = req_channel
         self._request = req  # encoded request body
         self._request_id = request_id
         self._state = PENDING
-        self._result = None
-        self._exception = None
-        self._raw = None  # the reply body, until result()/exception() decodes it
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._raw: Body | None = None  # the reply body, until result()/exception() decodes it
         self._replier = 0  # id of the replier that acknowledged the request
         self._callbacks: list = []
         self._lock = threading.Lock()  # guards the state and the result
@@ -142,7 +149,7 @@ class Future:
         self._announced = 0.0
         self._set_cancel_at(timeout)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<yoton.Future #{self._request_id} {self._state.value}>"
 
     def _move(self, new: FutureState) -> bool:
@@ -153,7 +160,7 @@ class Future:
         self._state = new
         return True
 
-    def set_auto_cancel_timeout(self, timeout) -> None:
+    def set_auto_cancel_timeout(self, timeout: float | None) -> None:
         """Cancel the request if no replier has taken it ``timeout`` seconds from now.
 
         None means wait for a replier for ever; a timeout of 0 or less raises
@@ -163,7 +170,7 @@ class Future:
             raise ValueError(f"the auto-cancel timeout must be positive (or None), not {timeout!r}")
         self._set_cancel_at(timeout)
 
-    def _set_cancel_at(self, timeout) -> None:
+    def _set_cancel_at(self, timeout: float | None) -> None:
         self._cancel_at = None if timeout is None else time.monotonic() + float(timeout)
 
     def cancel(self) -> bool:
@@ -195,7 +202,7 @@ class Future:
         """The future is done: wake the threads waiting for it."""
         self._waiter.notify(everyone=True)
 
-    def _wait(self, timeout) -> None:
+    def _wait(self, timeout: float | None) -> None:
         if not self.done():
             deadline = None if timeout is None else time.monotonic() + timeout
             if not self._waiter.wait(self.done, deadline):
@@ -203,7 +210,7 @@ class Future:
         if self._state is CANCELLED:
             raise CancelledError(f"request #{self._request_id} was cancelled")
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> Any:
         """Wait (at most ``timeout`` s; None: no limit) and return the reply.
 
         Raises the request's exception (:class:`~yoton.errors.RemoteError` for
@@ -216,7 +223,7 @@ class Future:
             raise self._exception
         return self._result
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like :meth:`result`; return the exception of the request, or None."""
         self._wait(timeout)
         self._decode()
@@ -240,11 +247,11 @@ class Future:
             else:
                 self._result = value
 
-    def _set_reply(self, body) -> None:
+    def _set_reply(self, body: Body) -> None:
         """Complete the future with a reply body, decoded later (loop side)."""
         self._finish(None, None, body)
 
-    def result_or_cancel(self, timeout=1.0):
+    def result_or_cancel(self, timeout: float | None = 1.0) -> Any:
         """Return the result if it comes within ``timeout`` s; else cancel and return None."""
         try:
             return self.result(timeout)
@@ -252,7 +259,7 @@ class Future:
             self.cancel()
             return None
 
-    def add_done_callback(self, fn) -> None:
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:
         """Call ``fn(future)`` once the future is done (through the yoton event queue).
 
         Added to a future that is already done, it is scheduled at once.
@@ -275,11 +282,11 @@ class Future:
                 raise RuntimeError(f"future is {self._state.value}, not PENDING")
             return True
 
-    def set_result(self, result) -> None:
+    def set_result(self, result: Any) -> None:
         """Complete the future with ``result``."""
         self._finish(result, None)
 
-    def set_exception(self, exception) -> None:
+    def set_exception(self, exception: BaseException | str) -> None:
         """Complete the future with ``exception`` (a str becomes ``Exception(text)``, as in
         yoton 2.2; anything else that is not an exception raises ValueError)."""
         if isinstance(exception, str):
@@ -288,7 +295,7 @@ class Future:
             raise ValueError(f"set_exception() needs an exception, not {exception!r}")
         self._finish(None, exception)
 
-    def _finish(self, result, exception, raw=None) -> None:
+    def _finish(self, result: Any, exception: BaseException | None, raw: Body | None = None) -> None:
         with self._lock:
             if not self._move(FINISHED):
                 return  # (done already)
@@ -321,7 +328,7 @@ class ReqChannel(BaseChannel):
     _run_mode = 1  # yoton 2.2: a requester is always "event-driven" (here: served by the loop side)
     _future_class = Future  # (what requests return; yoton.asyncio's is awaitable)
 
-    def __init__(self, context, slot_base: str, default_future_timeout=10.0):
+    def __init__(self, context: Context, slot_base: str, default_future_timeout: float | None = 10.0) -> None:
         # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._default_timeout = default_future_timeout
         self._futures: dict = {}  # request number -> Future not yet done
@@ -330,11 +337,11 @@ class ReqChannel(BaseChannel):
         self._ticking = False
         super().__init__(context, slot_base, OBJECT)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Callable[..., Future]:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        def request(*args, **kwargs):
+        def request(*args: Any, **kwargs: Any) -> Future:
             return self._post(name, args, kwargs)
 
         request.__name__ = name
@@ -347,7 +354,7 @@ class ReqChannel(BaseChannel):
         stats["pending_requests"] = len(self._futures)
         return stats
 
-    def _process_events_local(self, dummy=None) -> None:
+    def _process_events_local(self, dummy: object = None) -> None:
         """Nothing to do (yoton 2.2 name): requests and replies are handled on the loop side."""
 
     def _post(self, name: str, args: tuple, kwargs: dict) -> Future:
@@ -397,7 +404,7 @@ class ReqChannel(BaseChannel):
         if self._ticking:
             self._router.call_later(self._tick, ANNOUNCE_INTERVAL / 2)
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         if pkg.dest_id != self._router.id:
             return  # (acknowledgements and replies are addressed to the requester)
         seq = pkg.dest_seq
@@ -430,7 +437,7 @@ class ReqChannel(BaseChannel):
 _MODE_NAMES = {"off": 0, "event": 1, "thread": 2, "event-driven": 1, "thread-driven": 2}
 
 
-def _mode_number(mode):
+def _mode_number(mode: object) -> int | None:
     """0, 1 or 2 for a mode yoton 2.2 accepts (names in any case, or values equal to 0, 1, 2); else None."""
     if isinstance(mode, str):
         return _MODE_NAMES.get(mode.lower())
@@ -473,7 +480,7 @@ class RepChannel(BaseChannel):
         _Rep.SERVING: (_Rep.IDLE,),
     }
 
-    def __init__(self, context, slot_base: str):
+    def __init__(self, context: Context, slot_base: str) -> None:
         # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._mode = 0
         self._lock = threading.Lock()
@@ -506,7 +513,7 @@ class RepChannel(BaseChannel):
         """The mode (yoton 2.2's name): 0 off, 1 event, 2 thread."""
         return self._mode
 
-    def set_mode(self, mode) -> None:
+    def set_mode(self, mode: str | int) -> None:
         """Serve requests: ``'off'`` (0), ``'event'`` (1) or ``'thread'`` (2).
 
         yoton 2.2's spellings work too: ``'event-driven'``, ``'thread-driven'``,
@@ -540,7 +547,7 @@ class RepChannel(BaseChannel):
         stats.update(served=self._served, offers=sum(map(len, list(self._offers.values()))), refused=self._refused)
         return stats
 
-    def echo(self, arg1, sleep=0.0):
+    def echo(self, arg1: Any, sleep: float = 0.0) -> tuple[Any, str]:
         """Return ``(arg1, hex(context id))`` after sleeping ``sleep`` seconds."""
         if sleep:
             time.sleep(sleep)
@@ -548,7 +555,7 @@ class RepChannel(BaseChannel):
 
     # -- I/O thread -------------------------------------------------------------
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         # Also when off: a replier served by _process_events_local needs the offers.
         seq = pkg.dest_seq
         if seq >= REF:
@@ -594,7 +601,7 @@ class RepChannel(BaseChannel):
         if len(offers) < MAX_OFFERS:
             offers[n] = None
 
-    def _refuse_body(self, pkg, key) -> None:
+    def _refuse_body(self, pkg: Package, key: tuple[int, int]) -> None:
         """A request body this replier did not acknowledge (or no longer waits for)."""
         self._refused += 1
         if key in self._expired:  # (it came too late: tell its requester, who waits)
@@ -662,7 +669,7 @@ class RepChannel(BaseChannel):
 
     # -- serving in the application's thread (yoton 2.2's mode-0 interface) -------
 
-    def _process_events_local(self, dummy=None) -> None:
+    def _process_events_local(self, dummy: object = None) -> None:
         """Serve, in the calling thread, the requests this replier has taken; then take the next.
 
         yoton 2.2's way to run a replier that is off (mode 0) from the
@@ -692,16 +699,16 @@ class RepChannel(BaseChannel):
                 return
             self._post_serve(pkg)
 
-    def _post_serve(self, pkg) -> None:
+    def _post_serve(self, pkg: Package) -> None:
         """Have the event loop serve ``pkg`` ('event' mode; yoton.asyncio's uses its asyncio loop)."""
         post_event(self._serve, pkg)
 
     # -- serving (event loop or worker thread) ------------------------------------
 
-    def _serve(self, pkg) -> None:
+    def _serve(self, pkg: Package) -> None:
         self._send_reply(pkg, self._call(pkg.data))
 
-    def _send_reply(self, pkg, body: bytes, block=True) -> None:
+    def _send_reply(self, pkg: Package, body: bytes, block: bool | float = True) -> None:
         """Answer the request ``pkg`` with ``body`` and become free for the next.
 
         ``block`` as for sending (the reply waits for room in the send
@@ -716,7 +723,7 @@ class RepChannel(BaseChannel):
                 self._set_state(_Rep.IDLE)
         self._offer_next()
 
-    def _call(self, data) -> bytes:
+    def _call(self, data: Body) -> bytes:
         """Serve a request body: the reply body (an error reply if it failed)."""
         name = "?"
         try:
@@ -731,7 +738,7 @@ class RepChannel(BaseChannel):
         return self._reply_body(name, result)
 
     @staticmethod
-    def _parse_request(data) -> tuple:
+    def _parse_request(data: Body) -> tuple:
         """``(name, args, kwargs)`` of a request body; ValueError if malformed."""
         request = decode_object(data)
         if not (isinstance(request, tuple) and len(request) == 3):
@@ -741,7 +748,7 @@ class RepChannel(BaseChannel):
             raise ValueError("malformed request")
         return name, args, kwargs
 
-    def _method_for(self, name: str):
+    def _method_for(self, name: str) -> Callable[..., Any]:
         """The method a request may call by ``name``; AttributeError if none."""
         if name.startswith("_") or (name != "echo" and hasattr(RepChannel, name)):
             raise AttributeError(f"Method {name!r} cannot be called remotely.")
@@ -750,7 +757,7 @@ class RepChannel(BaseChannel):
             raise AttributeError(f"Method {name!r} not implemented.")
         return method
 
-    def _reply_body(self, name: str, result) -> bytes:
+    def _reply_body(self, name: str, result: Any) -> bytes:
         """The reply body for a method's ``result`` (an error reply if it cannot be sent)."""
         try:
             reply = encode_object(result)

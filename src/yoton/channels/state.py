@@ -14,7 +14,14 @@ defined.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import BaseChannel
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..messages import MessageType
+    from ..wire.frames import Package
 
 __all__ = ["StateChannel"]
 
@@ -25,13 +32,15 @@ class StateChannel(BaseChannel):
     _pattern_out = "state"
     _pattern_in = "state"
 
-    def __init__(self, context, slot_base: str, message_type=None):
+    def __init__(
+        self, context: Context, slot_base: str, message_type: MessageType | type[MessageType] | None = None
+    ) -> None:
         # (state first: packages may arrive on the loop side as soon as the base class registers us)
         self._state = b""  # encoded; b'' means no state yet
         self._own = False  # whether the state was set here (not learned from a peer)
         super().__init__(context, slot_base, message_type)
 
-    def send(self, message, block=True) -> None:
+    def send(self, message: Any, block: bool | float = True) -> None:
         """Set the state and broadcast it, unless it equals the current state.
 
         Empty messages are ignored. ``block`` says how long to wait for room
@@ -50,7 +59,7 @@ class StateChannel(BaseChannel):
             self._own = True
             self._count_out += 1
 
-    def recv(self, block=False):
+    def recv(self, block: bool | float = False) -> Any:
         """Return the current state (never blocks; ``block`` is accepted for compatibility)."""
         state = self._state
         return self._message_type.message_from_bytes(state) if state else self._empty()
@@ -60,7 +69,7 @@ class StateChannel(BaseChannel):
         if self._state and not self._closed:
             self._router.send(self._slot_out, self._state)
 
-    def _receive(self, pkg) -> None:
+    def _receive(self, pkg: Package) -> None:
         self._state = bytes(pkg.data)
         self._own = False
         self._announce()

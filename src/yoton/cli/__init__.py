@@ -96,7 +96,7 @@ def _stdout_gone() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the ``yoton`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     try:
         parser = build_parser()
@@ -130,7 +130,7 @@ def _one_line(text: str) -> str:
     return lines[0] + (f" ({'; '.join(line.rstrip('.') for line in lines[1:])})" if len(lines) > 1 else "")
 
 
-def _fail(args, message: str) -> int:
+def _fail(args: argparse.Namespace, message: str) -> int:
     sys.stderr.write(f"{args.parser.prog}: {message}\n")
     sys.stderr.flush()
     return EXIT_ERROR

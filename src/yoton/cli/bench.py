@@ -7,10 +7,11 @@ import argparse
 import subprocess
 import sys
 import time
+from typing import IO, Any, Literal
 
 import yoton
 
-from .common import CommandError, Deadline, Output, Say, dumps, seconds
+from .common import CommandError, Commands, Deadline, Output, Say, dumps, seconds
 
 DATA, COUNT, RPC = "yoton-bench.data", "yoton-bench.count", "yoton-bench.rpc"
 PAYLOAD = b"x" * 100
@@ -40,7 +41,7 @@ def _duration(text: str) -> float:
     return value
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``bench`` (and the hidden ``_bench-peer`` it starts)."""
     p = commands.add_parser(
         "bench",
@@ -66,15 +67,15 @@ class PlainProgress:
     """Progress as text on stderr: a bar redrawn in place on a terminal, else
     one line per measurement."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.label, self.total, self.drawn = "", 1.0, 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> PlainProgress:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def start(self, label: str, total: float) -> None:
@@ -113,7 +114,7 @@ class RichProgress:
     refresh thread would compete with the measurement for the GIL.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -125,15 +126,15 @@ class RichProgress:
             console=Console(stderr=True),
             auto_refresh=False,
         )
-        self.task = None
+        self.task: Any = None  # (rich's TaskID, once started)
         self.total = 1.0
         self.drawn = 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> RichProgress:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.progress.stop()
         return False
 
@@ -160,7 +161,7 @@ class _Silent(PlainProgress):
         pass
 
 
-def make_progress(plain: bool = False, quiet: bool = False):
+def make_progress(plain: bool = False, quiet: bool = False) -> PlainProgress | RichProgress:
     """A rich progress display if rich is installed (and not ``plain``), else plain text."""
     if quiet:
         return _Silent()
@@ -175,7 +176,7 @@ def make_progress(plain: bool = False, quiet: bool = False):
 # -- the measurements -------------------------------------------------------------------
 
 
-def _oneway(pub, counts, duration: float, progress) -> dict:
+def _oneway(pub: yoton.PubChannel, counts: Any, duration: float, progress: Any) -> dict:
     progress.start("one-way pub/sub, 100 B", duration)
     send = pub.send
     sent = 0
@@ -201,7 +202,7 @@ def _oneway(pub, counts, duration: float, progress) -> dict:
     return result
 
 
-def _roundtrip(req, duration: float, progress) -> dict:
+def _roundtrip(req: yoton.ReqChannel, duration: float, progress: Any) -> dict:
     progress.start("req/rep round trip, 100 B", duration)
     text = PAYLOAD.decode()
     for _ in range(20):  # warm-up
@@ -228,7 +229,7 @@ def _roundtrip(req, duration: float, progress) -> dict:
     return result
 
 
-def run_bench(args) -> int:
+def run_bench(args: argparse.Namespace) -> int:
     """``yoton bench``."""
     say = Say(args.parser.prog, args.quiet)
     out = Output()

@@ -16,6 +16,7 @@ import re
 import ssl
 import sys
 import time
+from typing import Any, Protocol
 
 import yoton
 
@@ -41,7 +42,16 @@ class UsageError(CommandError):
 # -- option parsing -----------------------------------------------------------
 
 
-def seconds(text: str):
+class Commands(Protocol):
+    """What each command module's ``add_parser(commands)`` is given: the
+    ``yoton`` parser's sub-commands (``parser.add_subparsers()``)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add the sub-command ``name`` and return its parser."""
+        ...
+
+
+def seconds(text: str) -> float | None:
     """argparse type: a positive number of seconds, or ``inf`` (returned as None: no limit)."""
     word = text.strip().lower()
     if word in ("inf", "infinity", "none", "never"):
@@ -58,7 +68,7 @@ def seconds(text: str):
 
 
 class _Unset:
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<not given>"
 
 
@@ -66,7 +76,7 @@ class _Unset:
 UNSET = _Unset()
 
 
-def limit(timeout, default):
+def limit(timeout: Any, default: Any) -> Any:
     """``timeout`` (seconds or None for no limit) if it was given, else ``default``."""
     return default if timeout is UNSET else timeout
 
@@ -139,7 +149,7 @@ _LITERAL_START = tuple("[({'\"")
 _KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.DOTALL)
 
 
-def parse_value(text: str, use_json: bool = False):
+def parse_value(text: str, use_json: bool = False) -> Any:
     """A value given as text: a Python literal (JSON with ``use_json``).
 
     Text that is not a literal is taken as the string itself (``hello``,
@@ -157,7 +167,7 @@ def parse_value(text: str, use_json: bool = False):
         return text
 
 
-def parse_args_kwargs(words, use_json: bool = False):
+def parse_args_kwargs(words: list[str], use_json: bool = False) -> tuple[list, dict]:
     """Request arguments: ``NAME=VALUE`` is a keyword argument, anything else positional."""
     args, kwargs = [], {}
     for word in words:
@@ -188,7 +198,7 @@ class Formats:
         self.message_type = TYPES[type_name]
         self.json = use_json
 
-    def parse(self, item):
+    def parse(self, item: str | bytes) -> Any:
         """A message from a command-line word (str) or a stdin line (bytes, no newline)."""
         if self.type_name == "binary":
             text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
@@ -207,24 +217,24 @@ class Formats:
             return parse_value(text, self.json)
         return text
 
-    def plain(self, message) -> str:
+    def plain(self, message: Any) -> str:
         """A message as one piece of text for stdout (text as it is; else a literal)."""
         if self.type_name == "text":
             return message
         return repr(message)
 
-    def jsonable(self, message):
+    def jsonable(self, message: Any) -> Any:
         """A message as a JSON-encodable value (binary: base64 text)."""
         if self.type_name == "binary":
             return base64.b64encode(message).decode("ascii")
         return message
 
-    def show(self, message) -> str:
+    def show(self, message: Any) -> str:
         """A message as text for stdout: :meth:`plain`, or JSON with ``--json``."""
         return dumps(self.jsonable(message)) if self.json else self.plain(message)
 
 
-def dumps(value) -> str:
+def dumps(value: Any) -> str:
     """JSON on one line; :class:`CommandError` for what JSON cannot hold."""
     try:
         return json.dumps(value, ensure_ascii=False)
@@ -235,10 +245,10 @@ def dumps(value) -> str:
 class Output:
     """Standard output: the data only, flushed after every item."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.stream = sys.stdout
         try:
-            self.stream.reconfigure(errors="backslashreplace")
+            self.stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # (a replaced stdout may lack it)
         except (AttributeError, ValueError):
             pass
 
@@ -272,7 +282,7 @@ class Say:
 class Deadline:
     """The end of a wait of ``seconds`` (None: no end)."""
 
-    def __init__(self, seconds_):
+    def __init__(self, seconds_: float | None) -> None:
         self.seconds = seconds_
         self.end = None if seconds_ is None else time.monotonic() + seconds_
 
@@ -305,15 +315,15 @@ class _Marked(yoton.MessageType):
         """The inner type's name (so the slot is the same)."""
         return self.inner.message_type_name()
 
-    def message_to_bytes(self, message) -> bytes:
+    def message_to_bytes(self, message: Any) -> bytes:
         """As the inner type."""
         return self.inner.message_to_bytes(message)
 
-    def message_from_bytes(self, data):
+    def message_from_bytes(self, data: bytes | bytearray | memoryview) -> Any:
         """As the inner type."""
         return self.inner.message_from_bytes(data)
 
-    def empty_message(self):
+    def empty_message(self) -> Any:
         """:data:`NOTHING`."""
         return NOTHING
 
@@ -343,7 +353,7 @@ def read_auth_key(path: str) -> bytes:
     return key
 
 
-def make_context(args, **kwargs) -> yoton.Context:
+def make_context(args: argparse.Namespace, **kwargs: Any) -> yoton.Context:
     """A Context with the auth key of ``--auth-key-file`` (if given)."""
     path = getattr(args, "auth_key_file", None)
     if path:
@@ -351,7 +361,7 @@ def make_context(args, **kwargs) -> yoton.Context:
     return yoton.Context(**kwargs)
 
 
-def _ssl_context(args, binding: bool) -> ssl.SSLContext:
+def _ssl_context(args: argparse.Namespace, binding: bool) -> ssl.SSLContext:
     try:
         if binding:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -377,7 +387,7 @@ class Link:
     binds again on the same port. Peers coming and going are told on stderr.
     """
 
-    def __init__(self, ctx: yoton.Context, args, say: Say, keep_listening: bool = False):
+    def __init__(self, ctx: yoton.Context, args: argparse.Namespace, say: Say, keep_listening: bool = False) -> None:
         self.ctx = ctx
         self.say = say
         self.binding = args.bind is not None
@@ -473,7 +483,7 @@ class Link:
         self.check()  # (tell it)
 
 
-def flush(ctx: yoton.Context, link: Link, timeout) -> None:
+def flush(ctx: yoton.Context, link: Link, timeout: float | None) -> None:
     """Wait until everything sent was written to the network; CommandError if it was not."""
     try:
         ctx.flush(FOREVER if timeout is None else timeout)

@@ -10,8 +10,12 @@ import os
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 import yoton
+
+if TYPE_CHECKING:
+    from .common import Commands
 
 DEMO_TIMEOUT = 10.0
 
@@ -20,7 +24,7 @@ def _say(who: str, text: str) -> None:
     print(f"[{who}] {text}", flush=True)
 
 
-def _process_events_until(predicate, timeout: float) -> bool:
+def _process_events_until(predicate: Callable[[], object], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         remaining = deadline - time.monotonic()
@@ -81,19 +85,19 @@ def demo() -> int:
 class _Calculator(yoton.RepChannel):
     """The demo worker's replier: requesters call these methods by name."""
 
-    def __init__(self, context, slot_base):
+    def __init__(self, context: yoton.Context, slot_base: str) -> None:
         super().__init__(context, slot_base)
         self.finished = False
 
-    def add(self, a, b):
+    def add(self, a: Any, b: Any) -> Any:
         """Return a + b."""
         return a + b
 
-    def divide(self, a, b):
+    def divide(self, a: Any, b: Any) -> Any:
         """Return a / b (raises for b == 0, which the requester sees)."""
         return a / b
 
-    def done(self):
+    def done(self) -> bool:
         """Tell the worker it may finish."""
         self.finished = True
         return True
@@ -128,7 +132,7 @@ def demo_worker(port: int) -> int:
     return 0
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``demo`` (and the hidden ``_demo-worker`` it starts)."""
     p = commands.add_parser(
         "demo",

@@ -13,11 +13,13 @@ import argparse
 import datetime
 import sys
 import time
+from typing import Any, Callable
 
 from yoton.introspect import Monitor
 
 from .common import (
     CommandError,
+    Commands,
     Deadline,
     Link,
     Output,
@@ -56,7 +58,7 @@ CONNECTION_RATES = ("bytes_in", "bytes_out", "packages_in", "packages_out")
 CHANNEL_RATES = ("received", "sent")
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``monitor``."""
     p = commands.add_parser(
         "monitor",
@@ -74,7 +76,7 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run_monitor, parser=p)
 
 
-def run_monitor(args) -> int:
+def run_monitor(args: argparse.Namespace) -> int:
     """``yoton monitor``."""
     say = Say(args.parser.prog, args.quiet)
     interval = args.interval if args.interval is not None else 1.0
@@ -112,7 +114,7 @@ class Rates:
     """Adds a ``rates`` dict (per second, since the previous snapshot of the same
     context) to each connection and channel seen in both snapshots."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.previous: dict = {}  # context id -> its last snapshot
 
     def add(self, contexts: list) -> None:
@@ -129,7 +131,9 @@ class Rates:
         self.previous = seen
 
     @staticmethod
-    def _rate(snap, before, section, key, fields, elapsed) -> None:
+    def _rate(
+        snap: dict, before: dict, section: str, key: Callable[[dict], tuple], fields: Any, elapsed: float
+    ) -> None:
         old = {key(item): item for item in _items(before, section)}
         for item in _items(snap, section):
             prior = old.get(key(item))
@@ -137,27 +141,27 @@ class Rates:
                 item["rates"] = {f: (_number(item.get(f)) - _number(prior.get(f))) / elapsed for f in fields}
 
 
-def _items(snap, section) -> list:
+def _items(snap: dict, section: str) -> list:
     items = snap.get(section)
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
-def _number(value) -> float:
+def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def _connection_key(item) -> tuple:
+def _connection_key(item: dict) -> tuple:
     return (item.get("peer"), item.get("local"), item.get("remote"))
 
 
-def _channel_key(item) -> tuple:
+def _channel_key(item: dict) -> tuple:
     return (item.get("kind"), item.get("slot"))
 
 
 # -- views --------------------------------------------------------------------------------------
 
 
-def make_view(args, where: str):
+def make_view(args: argparse.Namespace, where: str) -> JsonView | RichView | TextView:
     """JSON lines, a rich live view (a terminal, rich installed), or plain text."""
     if args.json:
         return JsonView()
@@ -173,7 +177,7 @@ def make_view(args, where: str):
 class JsonView:
     """One JSON object per snapshot and line on stdout."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.out = Output()
 
     def show(self, now: float, contexts: list) -> None:
@@ -184,7 +188,7 @@ class JsonView:
         """Nothing to clean up."""
 
 
-def _bytes(value) -> str:
+def _bytes(value: object) -> str:
     value = _number(value)
     for unit in ("B", "kB", "MB", "GB"):
         if abs(value) < 1000 or unit == "GB":
@@ -193,7 +197,7 @@ def _bytes(value) -> str:
     return f"{value:.1f} GB"  # (not reached)
 
 
-def _per_s(item, field, bytes_: bool = False) -> str:
+def _per_s(item: dict, field: str, bytes_: bool = False) -> str:
     rates = item.get("rates")
     if not isinstance(rates, dict):
         return "-"
@@ -201,7 +205,7 @@ def _per_s(item, field, bytes_: bool = False) -> str:
     return f"{_bytes(value)}/s" if bytes_ else f"{value:,.0f}/s"
 
 
-def _age(value) -> str:
+def _age(value: object) -> str:
     value = _number(value)
     if value < 120:
         return f"{value:.1f} s"

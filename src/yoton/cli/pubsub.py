@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any, Iterable, Iterator
 
 import yoton
 
@@ -13,6 +14,7 @@ from .common import (
     NOTHING,
     TICK,
     CommandError,
+    Commands,
     Deadline,
     Formats,
     Link,
@@ -80,7 +82,7 @@ examples:
 )
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``sub`` and ``pub``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(
@@ -113,7 +115,7 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run_pub, parser=p)
 
 
-def run_sub(args) -> int:
+def run_sub(args: argparse.Namespace) -> int:
     """``yoton sub``."""
     say = Say(args.parser.prog, args.quiet)
     fmt = Formats(args.type, args.json)
@@ -168,7 +170,7 @@ def run_sub(args) -> int:
         ctx.close()
 
 
-def _print(out: Output, say: Say, fmt: Formats, slot: str, message) -> None:
+def _print(out: Output, say: Say, fmt: Formats, slot: str, message: Any) -> None:
     try:
         text = dumps({"slot": slot, "message": fmt.jsonable(message)}) if fmt.json else fmt.plain(message)
     except CommandError as exc:  # (an object message JSON cannot hold: tell, go on)
@@ -177,7 +179,7 @@ def _print(out: Output, say: Say, fmt: Formats, slot: str, message) -> None:
     out.line(text)
 
 
-def _stdin_messages(fmt: Formats):
+def _stdin_messages(fmt: Formats) -> Iterator[Any]:
     """The messages on stdin: one a line, without its line ending; empty lines skipped."""
     for number, line in enumerate(sys.stdin.buffer, 1):
         line = line.rstrip(b"\n").rstrip(b"\r")
@@ -188,14 +190,14 @@ def _stdin_messages(fmt: Formats):
                 raise CommandError(f"line {number} of stdin: {exc}") from None
 
 
-def run_pub(args) -> int:
+def run_pub(args: argparse.Namespace) -> int:
     """``yoton pub``."""
     say = Say(args.parser.prog, args.quiet)
     fmt = Formats(args.type, args.json)
     if args.message is not None:
         if not args.message:
             raise CommandError("an empty message cannot be sent (yoton sends nothing for it)")
-        messages = [fmt.parse(args.message)]  # (a bad literal fails before connecting)
+        messages: Iterable[Any] | None = [fmt.parse(args.message)]  # (a bad literal fails before connecting)
     else:
         messages = None
     # (a smaller send queue than the default 256 MiB: memory stays low and the

@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import os
 import sys
+from typing import Any, Callable
 
 import yoton
 
@@ -15,6 +16,7 @@ from .common import (
     DEFAULT_TIMEOUT,
     TICK,
     CommandError,
+    Commands,
     Deadline,
     Link,
     Output,
@@ -66,7 +68,7 @@ example:
 """
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``req`` and ``serve``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = commands.add_parser(
@@ -103,7 +105,7 @@ def _callable_remotely(name: str) -> bool:
     return not name.startswith("_") and (name == "echo" or not hasattr(yoton.RepChannel, name))
 
 
-def run_req(args) -> int:
+def run_req(args: argparse.Namespace) -> int:
     """``yoton req``."""
     say = Say(args.parser.prog, args.quiet)
     if not _callable_remotely(args.method) or not args.method.isidentifier():
@@ -147,7 +149,7 @@ def run_req(args) -> int:
 # -- serve --------------------------------------------------------------------------
 
 
-def load_target(spec: str):
+def load_target(spec: str) -> Any:
     """The object ``module[:attr.path]`` or ``file.py[:attr.path]`` names (CommandError if none)."""
     where, _, path = spec.partition(":")
     if not where:
@@ -181,8 +183,8 @@ def load_target(spec: str):
     return obj
 
 
-def _delegate(target, name: str):
-    def method(self, *args, **kwargs):
+def _delegate(target: object, name: str) -> Callable[..., Any]:
+    def method(self: object, *args: Any, **kwargs: Any) -> Any:
         return getattr(target, name)(*args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
@@ -190,7 +192,7 @@ def _delegate(target, name: str):
     return method
 
 
-def _public_callables(target) -> list:
+def _public_callables(target: object) -> list:
     names = getattr(target, "__all__", None)
     if not isinstance(names, (list, tuple)):
         names = dir(target)
@@ -207,7 +209,7 @@ def _public_callables(target) -> list:
     return found
 
 
-def make_replier(ctx: yoton.Context, slot: str, target):
+def make_replier(ctx: yoton.Context, slot: str, target: Any) -> tuple[yoton.RepChannel, list, list]:
     """A RepChannel on ``slot`` serving ``target``; return it, the names served
     and those that cannot be (they belong to the RepChannel API)."""
     if isinstance(target, type) and issubclass(target, yoton.RepChannel):
@@ -241,7 +243,7 @@ def make_replier(ctx: yoton.Context, slot: str, target):
     return cls(ctx, slot), names, hidden
 
 
-def run_serve(args) -> int:
+def run_serve(args: argparse.Namespace) -> int:
     """``yoton serve``."""
     say = Say(args.parser.prog, args.quiet)
     target = load_target(args.target)

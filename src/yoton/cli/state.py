@@ -9,6 +9,7 @@ import yoton
 from .common import (
     DEFAULT_TIMEOUT,
     CommandError,
+    Commands,
     Deadline,
     Formats,
     Link,
@@ -42,7 +43,7 @@ examples:
 )
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``state``."""
     p = commands.add_parser(
         "state",
@@ -58,7 +59,7 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run_state, parser=p)
 
 
-def run_state(args) -> int:
+def run_state(args: argparse.Namespace) -> int:
     """``yoton state``."""
     say = Say(args.parser.prog, args.quiet)
     fmt = Formats(args.type, args.json)

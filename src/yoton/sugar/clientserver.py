@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from ..errors import NoServerError
 from ..wire.naming import parse_address
@@ -52,15 +53,15 @@ class RequestServer(threading.Thread):
 
     def __init__(
         self,
-        address,
-        async_val=False,
-        verbose=0,
+        address: str,
+        async_val: bool = False,
+        verbose: int = 0,
         *,
         max_request_size: int = 1 << 20,
         client_timeout: float = 10.0,
         max_clients: int = 64,
         max_threads: int = 16,
-    ):
+    ) -> None:
         super().__init__(daemon=True, name=f"yoton-requestserver-{address}")
         _, host, port = parse_address(address)
         self._async = bool(async_val)
@@ -172,12 +173,12 @@ class RequestServer(threading.Thread):
         self._clients[conn] = client
         self._sel.register(conn, selectors.EVENT_READ, client)
 
-    def _drop(self, client, why: str) -> None:
+    def _drop(self, client: _Client, why: str) -> None:
         log.info("yoton: RequestServer dropped client %s: %s", client.addr, why)
         self._forget(client)
         client.sock.close()
 
-    def _forget(self, client) -> None:
+    def _forget(self, client: _Client) -> None:
         if self._clients.pop(client.sock, None) is not None:
             self._sel.unregister(client.sock)
 
@@ -185,7 +186,7 @@ class RequestServer(threading.Thread):
         for client in [c for c in self._clients.values() if now >= c.deadline]:
             self._drop(client, f"no complete request within {self.client_timeout:g} s")
 
-    def _on_client(self, client) -> bool:
+    def _on_client(self, client: _Client) -> bool:
         """Read what a client sent; handle its request once complete. Returns
         whether a request was taken to be answered."""
         try:
@@ -225,7 +226,7 @@ class RequestServer(threading.Thread):
                     name="yoton-requestserver-handler",
                 ).start()
 
-    def _handler_thread(self, job) -> None:
+    def _handler_thread(self, job: tuple | None) -> None:
         while job is not None:
             self._serve(*job)
             with self._done_lock:  # (take the next waiting request, if any)
@@ -233,7 +234,7 @@ class RequestServer(threading.Thread):
                 if job is None:
                     self._handlers -= 1
 
-    def _serve(self, conn: socket.socket, addr, request: bytes, deadline: float) -> None:
+    def _serve(self, conn: socket.socket, addr: Any, request: bytes, deadline: float) -> None:
         with conn:
             try:
                 reply = self.handle_request(request.decode("utf-8", "replace"))
@@ -258,7 +259,7 @@ class _Client:
 
     __slots__ = ("sock", "addr", "deadline", "data")
 
-    def __init__(self, sock, addr, deadline: float):
+    def __init__(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         self.sock, self.addr, self.deadline, self.data = sock, addr, deadline, bytearray()
 
 
@@ -293,7 +294,7 @@ def _read_until_crlf(sock: socket.socket, limit: int, deadline: float | None, pa
         data += chunk
 
 
-def do_request(address, request: str, timeout=-1):
+def do_request(address: str, request: str, timeout: float | None = -1) -> str | None:
     """Send ``request`` to a RequestServer at ``address`` and return the reply text.
 
     A CRLF is appended to the request if it has none; the reply is returned
@@ -310,7 +311,7 @@ def do_request(address, request: str, timeout=-1):
     if not request.endswith("\r\n"):
         request += "\r\n"
     limited = timeout is not None and timeout > 0
-    deadline = time.monotonic() + timeout if limited else None
+    deadline = time.monotonic() + timeout if timeout is not None and limited else None
     try:
         sock = socket.create_connection((host, port), timeout=timeout if limited else None)
     except OSError as exc:

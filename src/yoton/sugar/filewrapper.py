@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from typing import IO, Iterable, NoReturn
 
 from ..channels import PubChannel, SubChannel
 
@@ -34,7 +35,9 @@ class FileWrapper:
 
     errors = "strict"  #: what a text file reports; text is always valid UTF-8 here
 
-    def __init__(self, channel, chunksize=0, echo=None, isatty=False):
+    def __init__(
+        self, channel: PubChannel | SubChannel, chunksize: int = 0, echo: PubChannel | None = None, isatty: bool = False
+    ) -> None:
         if not isinstance(channel, (PubChannel, SubChannel)):
             raise ValueError(f"FileWrapper needs a PubChannel or SubChannel, not {type(channel).__name__}")
         if echo is not None and not isinstance(echo, PubChannel):
@@ -60,7 +63,7 @@ class FileWrapper:
         return "UTF-8"
 
     @property
-    def newlines(self):
+    def newlines(self) -> None:
         """None: newlines are passed through untranslated."""
         return None
 
@@ -70,18 +73,18 @@ class FileWrapper:
         return self._softspace
 
     @softspace.setter
-    def softspace(self, value) -> None:
+    def softspace(self, value: object) -> None:
         self._softspace = bool(value)
 
     def isatty(self) -> bool:
         """Return the ``isatty`` value given at construction."""
         return self._isatty
 
-    def fileno(self):
+    def fileno(self) -> NoReturn:
         """Raise ``io.UnsupportedOperation`` (an OSError): there is no OS-level file behind a channel."""
         raise io.UnsupportedOperation("a FileWrapper has no file descriptor")
 
-    def _real_file(self):
+    def _real_file(self) -> IO[str] | None:
         """In a forked child: the real stream this wrapper stands for (None if it is neither)."""
         if self is sys.stdout:
             return sys.__stdout__
@@ -101,7 +104,7 @@ class FileWrapper:
 
     # -- writing ----------------------------------------------------------------
 
-    def write(self, message) -> int:
+    def write(self, message: str) -> int:
         """Send ``message`` (str) over the channel; return its length."""
         if not isinstance(self._channel, PubChannel):
             raise OSError("this FileWrapper is not writable (it wraps a SubChannel)")
@@ -123,7 +126,7 @@ class FileWrapper:
             self._channel.send(message)
         return len(message)
 
-    def writelines(self, lines) -> None:
+    def writelines(self, lines: Iterable[str]) -> None:
         """Write each string of ``lines``."""
         for line in lines:
             self.write(line)
@@ -142,7 +145,7 @@ class FileWrapper:
 
     # -- reading ----------------------------------------------------------------
 
-    def _next_message(self, block) -> str:
+    def _next_message(self, block: bool | float | None) -> str:
         if not isinstance(self._channel, SubChannel):
             raise OSError("this FileWrapper is not readable (it wraps a PubChannel)")
         message = self._channel.recv(block)
@@ -150,12 +153,12 @@ class FileWrapper:
             self._echo.send(message)
         return message
 
-    def read(self, block=None) -> str:
+    def read(self, block: bool | float | None = None) -> str:
         """Return the next message, or '' if none. ``block``: None or False returns at once,
         True waits for one, a number waits at most that many seconds."""
         return self._next_message(block)
 
-    def readline(self, size=0) -> str:
+    def readline(self, size: int | None = 0) -> str:
         """Wait for the next message and return it, with a newline appended if it has none.
 
         With ``size`` > 0 at most that many characters are returned (the rest

@@ -19,7 +19,7 @@ class SimpleSocket(Context):
     message per :meth:`recv`.
     """
 
-    def __init__(self, verbose=False):
+    def __init__(self, verbose: bool | int = False) -> None:
         super().__init__(verbose)
         self._pub = PubChannel(self, "text")
         self._sub = SubChannel(self, "text")
@@ -28,7 +28,7 @@ class SimpleSocket(Context):
         """Send a text message to the other end."""
         self._pub.send(s)
 
-    def recv(self, block=None) -> str:
+    def recv(self, block: bool | float | None = None) -> str:
         """Receive a text message, or '' if none (or closed and drained).
 
         ``block`` as in ``SubChannel.recv``: None (the default, as in yoton

@@ -37,8 +37,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING, Callable
 
 from .link import CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 log = logging.getLogger("yoton")
 
@@ -49,7 +53,7 @@ __all__ = ["Acceptor", "check_max_connections", "RESUME_SILENCE"]
 RESUME_SILENCE = 4 * HEARTBEAT_INTERVAL
 
 
-def check_max_connections(value) -> int | None:
+def check_max_connections(value: object) -> int | None:
     """``max_connections`` as given to bind(): a positive int, or None (no limit)."""
     if value is None:
         return None
@@ -72,7 +76,7 @@ class Acceptor:
         self.closed = False
         first.acceptor = self
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.first.handle.name!r}, {len(self.links)} peer(s)>"
 
     # -- deciding --------------------------------------------------------------------
@@ -100,7 +104,7 @@ class Acceptor:
             return f"this bind takes no more peers (max_connections={self.max_connections})"
         return None
 
-    def admit(self, peer_id: int, make_link) -> tuple:
+    def admit(self, peer_id: int, make_link: Callable[[Connection], Link]) -> tuple:
         """Place a peer whose handshake succeeded: ``("resume", link)`` (its old
         link takes it), ``("first", link)``, ``("new", link)`` (``make_link(handle)``
         made it, NEW) or ``("refused", reason)``."""

@@ -15,6 +15,7 @@ take many peers in :mod:`.acceptor`; reconnecting in :mod:`.reconnect`.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from ..events import Signal
 from . import schemes
@@ -28,7 +29,12 @@ from .link import (
     TIMEOUT_MIN,
     WAITING,
     Link,
+    LinkOwner,
+    LinkState,
 )
+
+if TYPE_CHECKING:
+    from ..context import Context
 
 __all__ = [
     "Connection",
@@ -49,7 +55,7 @@ __all__ = [
 class ConnectionCollection(list):
     """A list of connections that can also be indexed by connection name."""
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: SupportsIndex | slice | str) -> Any:
         if isinstance(key, str):
             for conn in self:
                 if conn.name == key:
@@ -57,7 +63,7 @@ class ConnectionCollection(list):
             raise KeyError(f"no connection named {key!r}")
         return list.__getitem__(self, key)
 
-    def get(self, name, default=None):
+    def get(self, name: str, default: Any = None) -> Any:
         """Return the connection called ``name``, or ``default``."""
         for conn in self:
             if conn.name == name:
@@ -78,7 +84,7 @@ class Connection:
 
     _bound = False  # made by a bind (see port)
 
-    def __init__(self, context, name: str = ""):
+    def __init__(self, context: Context, name: str = "") -> None:
         self._context = context
         self._name = str(name)
         self._closed_signal = Signal()
@@ -96,14 +102,14 @@ class Connection:
         other._timeout = self._timeout
         return other
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         host, port = self._local
         return f"<{type(self).__name__} {self._name!r} {self._state.value} {host}:{port}>"
 
     # -- the link behind --------------------------------------------------------------
 
     @property
-    def _state(self):
+    def _state(self) -> LinkState:
         link = self._link
         return NEW if link is None else link.state
 
@@ -327,7 +333,7 @@ def connection_class(address: str) -> type:
     return schemes.lookup(address).connection_class
 
 
-def bind(router, connection: Connection, address: str, **options) -> None:
+def bind(router: LinkOwner, connection: Connection, address: str, **options: Any) -> None:
     """Make ``connection`` (new, made by the context) listen on ``address``
     through the transport of its scheme (see :mod:`.schemes`; ``options`` are
     that transport's: ``max_tries``, ``ssl_context``, ``max_connections``,
@@ -336,7 +342,7 @@ def bind(router, connection: Connection, address: str, **options) -> None:
     connection._link = schemes.open_bind(router, connection, address, **options)
 
 
-def connect(router, connection: Connection, address: str, timeout: float = 1.0, **options) -> None:
+def connect(router: LinkOwner, connection: Connection, address: str, timeout: float = 1.0, **options: Any) -> None:
     """Connect ``connection`` (new, made by the context) to ``address`` through
     the transport of its scheme (``options``: ``ssl_context``, ``reconnect``);
     ``router`` is the link owner."""

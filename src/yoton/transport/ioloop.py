@@ -71,7 +71,7 @@ import threading
 import time
 from collections import deque
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from .. import events as _events_module
 from ..events import deferred_callbacks
@@ -116,7 +116,7 @@ _WRITE = selectors.EVENT_WRITE
 class _EpollSet:
     """An epoll set whose fds report once per arming (EPOLLONESHOT)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ep = select.epoll()
         self._map: dict[int, list[Any]] = {}  # fd -> [handler, mask]
 
@@ -129,18 +129,18 @@ class _EpollSet:
             flags |= select.EPOLLOUT
         return flags
 
-    def register(self, sock, mask: int, handler) -> None:
+    def register(self, sock: socket.socket, mask: int, handler: Any) -> None:
         fd = sock.fileno()
         self._ep.register(fd, self._flags(mask))
         self._map[fd] = [handler, mask]
 
-    def modify(self, sock, mask: int, handler) -> None:
+    def modify(self, sock: socket.socket, mask: int, handler: Any) -> None:
         fd = sock.fileno()
         entry = self._map[fd]
         entry[0], entry[1] = handler, mask
         self._ep.modify(fd, self._flags(mask))
 
-    def unregister(self, sock) -> None:
+    def unregister(self, sock: socket.socket) -> None:
         fd = sock.fileno()
         if fd < 0 or self._map.pop(fd, None) is None:
             raise KeyError(sock)
@@ -181,17 +181,17 @@ class _EpollSet:
 class _SelectorSet:
     """The portable fallback: a :mod:`selectors` selector, waited on by the I/O thread only."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
         self._parked: dict = {}  # sock -> handler, watched for nothing for now (mask 0)
 
-    def register(self, sock, mask: int, handler) -> None:
+    def register(self, sock: socket.socket, mask: int, handler: Any) -> None:
         if mask:
             self._sel.register(sock, mask, handler)
         else:
             self._parked[sock] = handler
 
-    def modify(self, sock, mask: int, handler) -> None:
+    def modify(self, sock: socket.socket, mask: int, handler: Any) -> None:
         if sock in self._parked:
             del self._parked[sock]
             self.register(sock, mask, handler)
@@ -201,7 +201,7 @@ class _SelectorSet:
             self._sel.unregister(sock)
             self._parked[sock] = handler
 
-    def unregister(self, sock) -> None:
+    def unregister(self, sock: socket.socket) -> None:
         if self._parked.pop(sock, None) is None:
             self._sel.unregister(sock)
 
@@ -226,7 +226,7 @@ class _SelectorSet:
 class _Waker:
     """The wake-up socketpair, registered like any socket."""
 
-    def __init__(self, loop: IOLoop, sock: socket.socket):
+    def __init__(self, loop: IOLoop, sock: socket.socket) -> None:
         self.loop, self.sock = loop, sock
 
     def _on_readable(self) -> None:
@@ -272,7 +272,7 @@ class _ReaderSeat:
     State is guarded by the seat's condition; the I/O thread waits on it.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()  # (entered with C-level `with` where we only notify)
         self.cond = threading.Condition(self.lock)
         self.reader: threading.Thread | None = None
@@ -339,7 +339,7 @@ class IOLoop:
     ``poller`` is "epoll" or "select" (default: :func:`default_poller`).
     """
 
-    def __init__(self, name: str = "yoton-io", spin: float | None = None, poller: str | None = None):
+    def __init__(self, name: str = "yoton-io", spin: float | None = None, poller: str | None = None) -> None:
         poller = default_poller() if poller is None else poller
         if poller not in POLLERS or (poller == "epoll" and not _HAVE_EPOLL):
             choices = "'epoll' or 'select'" if _HAVE_EPOLL else "'select' (no epoll here)"
@@ -396,19 +396,19 @@ class IOLoop:
             except (BlockingIOError, OSError):
                 pass  # already full of wake-up bytes, or shutting down
 
-    def call_soon(self, func, *args) -> None:
+    def call_soon(self, func: Callable[..., object], *args: Any) -> None:
         """Run ``func(*args)`` on the loop side."""
         self._calls.append((func, args))
         if threading.current_thread() is not self._leader:
             self.wake()
 
-    def schedule_write(self, conn) -> None:
+    def schedule_write(self, conn: Any) -> None:
         """Have the loop write what ``conn`` has queued (it provides ``_write_now()``)."""
         self._dirty.append(conn)
         if threading.current_thread() is not self._leader:
             self.wake()
 
-    def call_later(self, func, delay: float, *args) -> list:
+    def call_later(self, func: Callable[..., object], delay: float, *args: Any) -> list:
         """Run ``func(*args)`` on the loop side after ``delay`` seconds.
 
         The order of the arguments is that of :func:`yoton.call_later`.
@@ -430,7 +430,7 @@ class IOLoop:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def run_until(self, done, deadline: float | None) -> bool:
+    def run_until(self, done: Callable[[], object], deadline: float | None) -> bool:
         """Wait in the calling thread for ``done()`` to become true, serving
         the loop meanwhile, until the ``time.monotonic()`` ``deadline`` (None:
         no limit). See the module docstring for why.
@@ -469,7 +469,7 @@ class IOLoop:
             if main:
                 guard.__exit__(None, None, None)
 
-    def _read(self, done, deadline: float | None, me: threading.Thread, main: bool) -> None:
+    def _read(self, done: Callable[[], object], deadline: float | None, me: threading.Thread, main: bool) -> None:
         # The reader's loop (see run_until). It polls without sleeping for
         # self.spin seconds after it comes and after each pass with events:
         # an answer due within tens of microseconds is then taken without
@@ -507,18 +507,18 @@ class IOLoop:
 
     # -- loop side ----------------------------------------------------------
 
-    def register(self, sock, handler, write: bool = False) -> None:
+    def register(self, sock: socket.socket, handler: Any, write: bool = False) -> None:
         """Watch ``sock`` for reading (and writing) on behalf of ``handler``."""
         self._set.register(sock, _READ | (_WRITE if write else 0), handler)
 
-    def set_interest(self, sock, handler, read: bool, write: bool) -> None:
+    def set_interest(self, sock: socket.socket, handler: Any, read: bool, write: bool) -> None:
         """Watch ``sock`` for reading and/or writing, or neither (paused)."""
         try:
             self._set.modify(sock, (_READ if read else 0) | (_WRITE if write else 0), handler)
         except (KeyError, ValueError, OSError):
             pass
 
-    def unregister(self, sock) -> None:
+    def unregister(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (harmless if it is not watched)."""
         try:
             self._set.unregister(sock)

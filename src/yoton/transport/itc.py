@@ -46,12 +46,25 @@ import hmac
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandshakeError
 from ..wire.frames import HEADER, Package
 from ..wire.protocol import REASON_EOF, REASON_PEER_CLOSED, REASON_SELF
 from .acceptor import Acceptor, check_max_connections
-from .link import CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, WAITING, Link, packages_size
+from .link import (
+    CLOSED,
+    CLOSING,
+    CONNECTED,
+    HEARTBEAT_INTERVAL,
+    WAITING,
+    Link,
+    LinkOwner,
+    packages_size,
+)
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 log = logging.getLogger("yoton")
 
@@ -78,7 +91,7 @@ def itc_name(address: str) -> str:
 # -- opening ------------------------------------------------------------------------------
 
 
-def open_bind(owner, handle, address: str, max_connections: int | None = 1) -> ItcLink:
+def open_bind(owner: LinkOwner, handle: Connection, address: str, max_connections: int | None = 1) -> ItcLink:
     """Register ``itc://NAME`` in this process; return the WAITING link. BindError
     if another bind of this process has the name."""
     name = itc_name(address)
@@ -126,7 +139,7 @@ class _Offer:
         self.event.set()
 
 
-def open_connect(owner, handle, address: str, timeout: float = 1.0) -> ItcLink:
+def open_connect(owner: LinkOwner, handle: Connection, address: str, timeout: float = 1.0) -> ItcLink:
     """Connect to the bind of ``itc://NAME`` in this process (waiting up to
     ``timeout`` s for the name to be bound); return the CONNECTED link.
     Raises :class:`~yoton.errors.ConnectError` (nobody bound it in time),
@@ -172,7 +185,7 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0) -> ItcLink:
 class ItcBind(Acceptor):
     """A name bound in this process and the links it admitted."""
 
-    def __init__(self, first: ItcLink, name: str, max_connections):
+    def __init__(self, first: ItcLink, name: str, max_connections: int | None) -> None:
         super().__init__(first, max_connections)
         self.name = name
 
@@ -235,7 +248,7 @@ class ItcLink(Link):
     takes a batch from the peer's send queue and delivers it to its owner.
     """
 
-    def __init__(self, owner, handle, name: str):
+    def __init__(self, owner: LinkOwner, handle: Connection, name: str) -> None:
         super().__init__(owner, handle)
         self.name = name
         self.local_address = self.peer_address = (name, 0)
@@ -347,7 +360,7 @@ class ItcLink(Link):
             peer._on_its_side(peer.note_received, 0)  # (our loop runs: the peer hears from us)
         self.check_silence(now)
 
-    def _on_its_side(self, func, *args) -> None:
+    def _on_its_side(self, func: Callable[..., object], *args: Any) -> None:
         # Run func on this link's loop side (from the other end's).
         loop = self.loop
         if loop is not None and loop.running:

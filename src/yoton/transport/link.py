@@ -57,13 +57,14 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from itertools import chain
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence
 from typing import Protocol as _Interface
 
 from ..queues import BLOCK, BoundedQueue, Policy
 
 if TYPE_CHECKING:
     from .acceptor import Acceptor
+    from .connection import Connection
     from .ioloop import IOLoop
 
 log = logging.getLogger("yoton")
@@ -96,12 +97,12 @@ REASON_PROBLEM = "Unspecified problem"
 REASON_CONTEXT = "Closed by the context."
 
 
-def package_size(item) -> int:
+def package_size(item: tuple[bytes, bytes]) -> int:
     """Bytes of a queued package, a ``(header, body)`` pair."""
     return len(item[0]) + len(item[1])
 
 
-def packages_size(items) -> int:
+def packages_size(items: Iterable[tuple[bytes, bytes]]) -> int:
     """Bytes of queued packages (``(header, body)`` pairs)."""
     return sum(map(len, chain.from_iterable(items)))
 
@@ -171,10 +172,10 @@ class LinkOwner(_Interface):
         """A RECONNECTING link is CONNECTED again, or a bind's link took its
         peer's re-dial (``redialled`` is True on the side that dialled; loop side)."""
 
-    def listener_opened(self, listener) -> None:
+    def listener_opened(self, listener: Any) -> None:
         """A bind listens (``listener.close()`` stops it, on the loop side)."""
 
-    def listener_closed(self, listener) -> None:
+    def listener_closed(self, listener: Any) -> None:
         """A bind stopped listening."""
 
     def packages_arrived(self, link: Link, packages: list) -> None:
@@ -204,7 +205,7 @@ class Link:
     stalls, read holds, silence detection, figures. Transports subclass it
     and provide the I/O (see :class:`~yoton.transport.stream.StreamLink`)."""
 
-    def __init__(self, owner: LinkOwner, handle):
+    def __init__(self, owner: LinkOwner, handle: Connection) -> None:
         self.owner = owner
         self.config = owner.config
         self.handle = handle  # the Connection the user sees (signals are emitted with it)
@@ -239,7 +240,7 @@ class Link:
         #: this link (or, for the link bind() made, the one it belongs to).
         self.acceptor: Acceptor | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.handle.name!r} {self.state.value}>"
 
     # -- state ----------------------------------------------------------------
@@ -294,7 +295,7 @@ class Link:
 
     # -- sending (any thread) --------------------------------------------------------
 
-    def enqueue(self, items, total: int) -> int:
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> int:
         """Queue packages (``(header, body)`` pairs of ``total`` bytes) for the
         peer, in order. Never waits: a sender waits for room first (see
         :meth:`has_room`). Returns how many packages the queue discarded
@@ -368,7 +369,7 @@ class Link:
 
     # -- flow control (loop side) ----------------------------------------------------
 
-    def hold_reading(self, key) -> None:
+    def hold_reading(self, key: Hashable) -> None:
         """Stop reading from the peer until :meth:`release_reading` with the
         same ``key``. TCP then slows the peer down."""
         if not self.read_holds:
@@ -377,7 +378,7 @@ class Link:
         else:
             self.read_holds.add(key)
 
-    def release_reading(self, key) -> None:
+    def release_reading(self, key: Hashable) -> None:
         """Drop one reason to hold reading; read again when none is left."""
         if key in self.read_holds:
             self.read_holds.discard(key)
@@ -492,7 +493,7 @@ class Link:
         self.handle.closed.emit(self.handle, reason)
         self.done.set()
 
-    def request(self, action, reason: str, wait: bool) -> None:
+    def request(self, action: Callable[[str], None], reason: str, wait: bool) -> None:
         """Run ``action(reason)`` (begin_close or teardown) on the loop side,
         from any thread; with ``wait``, until CLOSED (not from the loop side)."""
         if self.state is CLOSED:

@@ -116,14 +116,19 @@ import re
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterator
 
 from ..errors import ConnectError
 from ..wire.frames import CONTROL, HEADER, HEADER_SIZE, SLOT_CONTEXT, Package, split_frames
 from ..wire.naming import slot_hash
 from . import schemes
 from .connection import Connection
-from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, NEW, Link, packages_size
+from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, NEW, Link, LinkOwner, packages_size
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..context import Context
 
 try:
     from nats import errors as nats_errors
@@ -216,7 +221,7 @@ def slot_subject(slot_name: str, network: str = DEFAULT_NETWORK) -> str:
     return f"yoton.{_check_network(network)}.all.{slot_hash(slot_name.strip().lower()):016x}"
 
 
-def _check_network(network) -> str:
+def _check_network(network: object) -> str:
     if not isinstance(network, str) or not _NETWORK_RE.match(network):
         raise ValueError(f"a NATS network name is 1-64 letters, digits, '_' or '-', not {network!r}")
     return network
@@ -283,11 +288,11 @@ class _AioThread:
         finally:
             loop.close()
 
-    def submit(self, coro) -> concurrent.futures.Future:
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
         """Run ``coro`` on the loop (any thread)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def call_soon(self, func, *args) -> None:
+    def call_soon(self, func: Callable[..., object], *args: Any) -> None:
         """Run ``func(*args)`` on the loop (any thread); nothing once it stopped."""
         try:
             self.loop.call_soon_threadsafe(func, *args)
@@ -312,7 +317,7 @@ class NatsConnection(Connection):
     :mod:`yoton.transport.nats` for what each means over NATS).
     """
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         link = self._link
         network = link.network if isinstance(link, NatsLink) else "?"
         return f"<NatsConnection {self.name!r} {self._state.value} network {network!r} via {self.server or '-'}>"
@@ -336,12 +341,19 @@ class NatsConnection(Connection):
         return link.server_url() if isinstance(link, NatsLink) else ""
 
 
-def is_nats_address(address) -> bool:
+def is_nats_address(address: object) -> bool:
     """Whether ``address`` names NATS servers (``nats://...``)."""
     return isinstance(address, str) and address.lstrip().lower().startswith("nats://")
 
 
-def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=None, **options) -> NatsLink:
+def open_connect(
+    owner: LinkOwner,
+    handle: Connection,
+    address: str,
+    timeout: float = 1.0,
+    ssl_context: ssl.SSLContext | None = None,
+    **options: Any,
+) -> NatsLink:
     """The ``nats`` scheme's connect (see :mod:`yoton.transport.schemes`):
     attach ``handle`` (a new :class:`NatsConnection`) to the NATS network at
     ``address``; return its link once the context's channels are subscribed.
@@ -385,7 +397,7 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
     return link
 
 
-def open_bind(owner, handle, address: str, **options) -> NatsLink:
+def open_bind(owner: LinkOwner, handle: Connection, address: str, **options: Any) -> NatsLink:
     """The ``nats`` scheme's bind: there is none (ValueError); contexts meet at the server."""
     raise ValueError(
         f"cannot bind to {address!r}: a NATS network is joined with connect('nats://...'); "
@@ -393,7 +405,14 @@ def open_bind(owner, handle, address: str, **options) -> NatsLink:
     )
 
 
-def open_connection(context, address: str, timeout: float = 1.0, name: str = "", ssl_context=None, **options):
+def open_connection(
+    context: Context,
+    address: str,
+    timeout: float = 1.0,
+    name: str = "",
+    ssl_context: ssl.SSLContext | None = None,
+    **options: Any,
+) -> NatsConnection:
     """Attach ``context`` to the NATS network at ``address`` and return the
     :class:`NatsConnection` (what ``context.connect(address, ...)`` does;
     the options are :func:`open_connect`'s)."""
@@ -407,15 +426,15 @@ class NatsLink(Link):
 
     def __init__(
         self,
-        owner,
-        handle,
+        owner: LinkOwner,
+        handle: Connection,
         servers: list,
         network: str,
         keep_state: bool = True,
         lossless: bool = False,
         max_age: float = 3600.0,
         replicas: int = 1,
-    ):
+    ) -> None:
         super().__init__(owner, handle)
         self.servers = tuple(servers)
         self.network = network
@@ -480,7 +499,7 @@ class NatsLink(Link):
 
     # -- opening (the caller's thread) -------------------------------------------------
 
-    def open(self, timeout: float, ssl_context, options: dict) -> None:
+    def open(self, timeout: float, ssl_context: ssl.SSLContext | None, options: dict) -> None:
         """Connect to the servers, subscribe, read the kept states; then CONNECTED
         and established with the owner. Raises ConnectError (after cleaning up)."""
         owner = self.owner
@@ -505,7 +524,7 @@ class NatsLink(Link):
         why = self.last_error or "no answer"
         return f"Could not connect to NATS at {', '.join(self.servers)} within {timeout:g} s ({why})."
 
-    async def _open(self, timeout: float, ssl_context, options: dict) -> None:
+    async def _open(self, timeout: float, ssl_context: ssl.SSLContext | None, options: dict) -> None:
         aloop = asyncio.get_running_loop()
         deadline = aloop.time() + timeout
         nc = _Client()
@@ -599,7 +618,7 @@ class NatsLink(Link):
         self._pull_done = asyncio.Event()
         self._fetcher = asyncio.get_running_loop().create_task(self._fetch_loop())
 
-    def _consumer_config(self, policy, start: int | None = None):
+    def _consumer_config(self, policy: Any, start: int | None = None) -> Any:
         from nats.js import api
 
         return api.ConsumerConfig(
@@ -671,7 +690,7 @@ class NatsLink(Link):
         if self._pull_left <= 0:
             self._pull_done.set()
 
-    async def _on_pull_status(self, msg) -> None:
+    async def _on_pull_status(self, msg: Any) -> None:
         """A status for our pull request: it ended (no messages, expired, ...)
         unless it is a heartbeat."""
         if (msg.headers or {}).get("Status") != "100":
@@ -720,7 +739,7 @@ class NatsLink(Link):
 
     # -- nats-py's callbacks (asyncio thread) ----------------------------------------
 
-    async def _on_error(self, exc) -> None:
+    async def _on_error(self, exc: BaseException) -> None:
         self.last_error = _describe(exc)
         log.debug("yoton: NATS %s: %s", self.network, self.last_error)
 
@@ -852,7 +871,7 @@ class NatsLink(Link):
 
     # -- receiving ------------------------------------------------------------------
 
-    def _on_message(self, data: bytes, headers, reply: bytes = b"") -> None:
+    def _on_message(self, data: bytes, headers: dict | bytes | None, reply: bytes = b"") -> None:
         """A message on one of our subjects (asyncio thread, in the server's order);
         ``reply``: the ack subject of one our lossless consumer delivered."""
         if reply:
@@ -926,7 +945,7 @@ class NatsLink(Link):
         if flag and self.loop is not None:
             self.loop.call_soon(self._deliver_inbox)
 
-    def _on_part(self, data: bytes, headers) -> None:
+    def _on_part(self, data: bytes, headers: dict | bytes) -> None:
         """A piece of a large package (asyncio thread)."""
         if isinstance(headers, dict):
             value = str(headers.get(PART_HEADER, "")).strip()
@@ -1082,7 +1101,7 @@ class NatsLink(Link):
         self.progress(size)
         return True
 
-    def _messages(self, items: list):
+    def _messages(self, items: list) -> Iterator[tuple[str | None, bytes, dict | None]]:
         """``(subject, payload, headers)`` for queued packages: runs for one
         subject joined up to the server's max_payload, large ones in pieces."""
         limit = self.nc.max_payload
@@ -1122,7 +1141,9 @@ class NatsLink(Link):
         if parts:
             yield subject_now, b"".join(parts), None
 
-    def _pieces(self, subject: str, header: bytes, body, source: int, seq: int, limit: int):
+    def _pieces(
+        self, subject: str, header: bytes, body: bytes | memoryview, source: int, seq: int, limit: int
+    ) -> Iterator[tuple[str | None, bytes, dict | None]]:
         step = max(1024, limit - _PART_MARGIN)
         view = memoryview(body).cast("B")
         first = step - HEADER_SIZE
@@ -1130,7 +1151,7 @@ class NatsLink(Link):
         for offset in range(first, len(view), step):
             yield subject, bytes(view[offset : offset + step]), {PART_HEADER: f"{source:x}.{seq}.{offset}"}
 
-    def _subject_of(self, slot: int, source: int, dest: int, dest_seq: int, body) -> str:
+    def _subject_of(self, slot: int, source: int, dest: int, dest_seq: int, body: bytes | memoryview) -> str:
         if dest:
             return self._to_subject(dest)
         if dest_seq >= _REF and not self.lossless and len(body) == 4 and bytes(body) == _PRE_REQUEST:

@@ -43,11 +43,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any, Callable
 
 __all__ = ["ReconnectPolicy", "Backoff"]
 
 
-def _seconds(name: str, value, allow_none: bool = False, allow_zero: bool = True) -> None:
+def _seconds(name: str, value: Any, allow_none: bool = False, allow_zero: bool = True) -> None:
     if value is None and allow_none:
         return
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
@@ -82,7 +83,7 @@ class ReconnectPolicy:
     give_up_after: float | None = None
     dead_after: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _seconds("initial_delay", self.initial_delay)
         _seconds("max_delay", self.max_delay)
         _seconds("attempt_timeout", self.attempt_timeout, allow_zero=False)
@@ -98,7 +99,7 @@ class ReconnectPolicy:
             raise ValueError(f"jitter must be a number from 0 to 1, not {jitter!r}")
 
     @classmethod
-    def from_option(cls, value) -> ReconnectPolicy | None:
+    def from_option(cls, value: object) -> ReconnectPolicy | None:
         """The policy for ``connect(reconnect=value)``: False/None (off), True (the defaults) or a policy."""
         if value is None or value is False:
             return None
@@ -108,7 +109,7 @@ class ReconnectPolicy:
             return value
         raise ValueError(f"reconnect must be True, False or a yoton.ReconnectPolicy, not {value!r}")
 
-    def delay(self, attempt: int, rand=random.random) -> float:
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """The delay before attempt number ``attempt`` (0 for the first one)."""
         base = min(self.max_delay, self.initial_delay * self.factor ** min(attempt, 64))
         return base * (1.0 - self.jitter * rand())

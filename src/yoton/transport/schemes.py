@@ -38,7 +38,11 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .link import Link, LinkOwner
 
 __all__ = ["Scheme", "register", "lookup", "scheme_of", "names", "open_bind", "open_connect"]
 
@@ -113,7 +117,7 @@ def _load_builtins() -> None:
         _builtins_loaded = True
 
 
-def scheme_of(address) -> str:
+def scheme_of(address: object) -> str:
     """The scheme of ``address``: the part before ``://``, lower case; ``tcp`` without one."""
     if not isinstance(address, str):
         raise ValueError(f"Address should be a string, not {type(address).__name__}.")
@@ -122,7 +126,7 @@ def scheme_of(address) -> str:
     return address.partition("://")[0].strip().lower()
 
 
-def lookup(address) -> Scheme:
+def lookup(address: object) -> Scheme:
     """The transport for ``address``; ValueError for a scheme nobody registered."""
     _load_builtins()
     name = scheme_of(address)
@@ -151,14 +155,14 @@ def _check(scheme: Scheme, options: dict, allowed: frozenset | None, what: str) 
             raise ValueError(f"{option} does not apply to {what} {scheme.name}:// addresses ({scheme.summary})")
 
 
-def open_bind(owner, handle, address: str, **options):
+def open_bind(owner: LinkOwner, handle: Connection, address: str, **options: Any) -> Link:
     """Listen on ``address`` with its scheme's transport; return the WAITING link."""
     scheme = lookup(address)
     _check(scheme, options, scheme.bind_options, "binding to")
     return scheme.open_bind(owner, handle, address, **options)
 
 
-def open_connect(owner, handle, address: str, timeout: float, **options):
+def open_connect(owner: LinkOwner, handle: Connection, address: str, timeout: float, **options: Any) -> Link:
     """Connect to ``address`` with its scheme's transport; return the CONNECTED link."""
     scheme = lookup(address)
     _check(scheme, options, scheme.connect_options, "connecting to")

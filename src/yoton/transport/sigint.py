@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .ioloop import IOLoop
 
 __all__ = ["MAIN_THREAD", "MainSending", "MainServing", "main_may_serve", "sigint_handler"]
 
 MAIN_THREAD = threading.main_thread()
 
-_serving_loop = None  # the IOLoop whose run_until() the main thread is in
+_serving_loop: IOLoop | None = None  # the IOLoop whose run_until() the main thread is in
 _sending = 0  # > 0 while the main thread is inside MainSending
 _pending: tuple | None = None  # (signum, frame) held back until the block ends
 
@@ -41,7 +46,7 @@ except ImportError:  # pragma: no cover (not CPython)
     _getsignal = signal.getsignal
 
 
-def sigint_handler(signum, frame):
+def sigint_handler(signum: int, frame: FrameType | None) -> None:
     """yoton's SIGINT handler: KeyboardInterrupt, as Python's default, but
     raised only once the main thread has finished a yoton I/O pass or send."""
     global _pending
@@ -85,14 +90,14 @@ class MainSending:
 
     __slots__ = ("_on",)
 
-    def __enter__(self):
+    def __enter__(self) -> MainSending:
         global _sending
         self._on = threading.current_thread() is MAIN_THREAD and (_sending or main_may_serve())
         if self._on:
             _sending += 1
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         global _sending
         if self._on:
             _sending -= 1
@@ -108,15 +113,15 @@ class MainServing:
 
     __slots__ = ("_loop",)
 
-    def __init__(self, loop):
+    def __init__(self, loop: IOLoop) -> None:
         self._loop = loop
 
-    def __enter__(self):
+    def __enter__(self) -> MainServing:
         global _serving_loop
         _serving_loop = self._loop
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         global _serving_loop
         _serving_loop = None
         _raise_pending()

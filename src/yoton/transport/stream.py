@@ -38,6 +38,7 @@ import ssl
 import threading
 import time
 from itertools import chain
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandshakeError, TLSError
 from ..wire.frames import CLOSE_BYTES, HEARTBEAT_BYTES
@@ -48,6 +49,10 @@ from .ioloop import IOLoop
 from .link import CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, RECONNECTING, WAITING, Link
 from .reconnect import Backoff, ReconnectPolicy
 from .tls import CHUNK, TlsPipe, describe, looks_like_tls
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .link import LinkConfig, LinkOwner
 
 log = logging.getLogger("yoton")
 
@@ -109,7 +114,7 @@ def _consume(bufs: list, sent: int) -> None:
         bufs[0] = memoryview(bufs[0])[sent:]
 
 
-def sock_pair(addr) -> tuple:
+def sock_pair(addr: Any) -> tuple:
     """``(host, port)`` of a socket address: an IP pair, or ``(path, 0)`` for a Unix socket."""
     if isinstance(addr, tuple):
         return addr[:2]
@@ -118,7 +123,7 @@ def sock_pair(addr) -> tuple:
     return (addr or "", 0)
 
 
-def split_address(address, ssl_context) -> tuple:
+def split_address(address: str, ssl_context: ssl.SSLContext | None) -> tuple:
     """Parse a ``tcp://`` or ``tls://`` address and check it against ``ssl_context``:
     ``(protocol, host, port)``."""
     proto, host, port = parse_address(address)
@@ -143,7 +148,12 @@ def _hostname(address: str) -> str:
 
 
 def open_bind(
-    owner, handle, address: str, max_tries: int = 1, ssl_context=None, max_connections: int | None = 1
+    owner: LinkOwner,
+    handle: Connection,
+    address: str,
+    max_tries: int = 1,
+    ssl_context: ssl.SSLContext | None = None,
+    max_connections: int | None = 1,
 ) -> StreamLink:
     """Listen on a ``tcp://`` or ``tls://`` ``address``; return the WAITING link (caller's thread).
 
@@ -223,7 +233,15 @@ def _bind_failure(host: str, tried: list, ran_out: bool) -> str:
     return text
 
 
-def listen(owner, link: StreamLink, sock: socket.socket, ssl_context, max_connections, where: str, cleanup=None):
+def listen(
+    owner: LinkOwner,
+    link: StreamLink,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    max_connections: int | None,
+    where: str,
+    cleanup: Callable[[], object] | None = None,
+) -> StreamLink:
     """Make ``link`` (new, its local address set) the WAITING first link of a
     bind listening on ``sock`` (bound, listening, non-blocking); return it.
     ``where`` names the bind in log lines; ``cleanup()`` runs once the bind
@@ -238,7 +256,14 @@ def listen(owner, link: StreamLink, sock: socket.socket, ssl_context, max_connec
     return link
 
 
-def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=None, reconnect=None) -> StreamLink:
+def open_connect(
+    owner: LinkOwner,
+    handle: Connection,
+    address: str,
+    timeout: float = 1.0,
+    ssl_context: ssl.SSLContext | None = None,
+    reconnect: ReconnectPolicy | bool | None = None,
+) -> StreamLink:
     """Connect to a bind at a ``tcp://`` or ``tls://`` ``address``; return the CONNECTED link
     (see :func:`dial`)."""
     proto, host, port = split_address(address, ssl_context)
@@ -256,17 +281,31 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
 class DialTarget:
     """Where a connect dials, and how (TLS or not): kept by a link that re-dials."""
 
-    def __init__(self, family, sockaddr, display: str, ssl_context=None, server_hostname=None):
+    def __init__(
+        self,
+        family: int,
+        sockaddr: Any,
+        display: str,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
         self.family = family
         self.sockaddr = sockaddr
         self.display = display  # for messages: "host:port" or the socket's path
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<DialTarget {self.display}>"
 
-    def attempt(self, loop, config, deadline: float, done, failed) -> Handshake:
+    def attempt(
+        self,
+        loop: IOLoop,
+        config: LinkConfig,
+        deadline: float,
+        done: Callable[[Handshake], object],
+        failed: Callable[[Handshake, str, str], object],
+    ) -> Handshake:
         """A new socket and :class:`Handshake` to dial once (not started). Raises
         :class:`ssl.SSLError` when the TLS context refuses to start."""
         sock = socket.socket(self.family, socket.SOCK_STREAM)
@@ -280,7 +319,13 @@ class DialTarget:
         return Handshake(loop, sock, protocol, tls, deadline, done, failed, connect_to=self.sockaddr)
 
 
-def dial(owner, link: StreamLink, target: DialTarget, timeout: float, reconnect=None) -> StreamLink:
+def dial(
+    owner: LinkOwner,
+    link: StreamLink,
+    target: DialTarget,
+    timeout: float,
+    reconnect: ReconnectPolicy | bool | None = None,
+) -> StreamLink:
     """Connect ``link`` (new) to ``target``; return it CONNECTED (caller's thread).
 
     The connect and the handshake run on the loop side (the same
@@ -345,15 +390,15 @@ def dial(owner, link: StreamLink, target: DialTarget, timeout: float, reconnect=
 class _Outcome:
     """How a connect's handshake ended, told by the loop side to the waiting caller."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.event = threading.Event()
-        self.result = None  # ("ok", None) or (kind, detail)
+        self.result: tuple[str, Any] | None = None  # ("ok", None) or (kind, detail)
 
-    def done(self, handshake) -> None:
+    def done(self, handshake: Handshake) -> None:
         self.result = ("ok", None)
         self.event.set()
 
-    def failed(self, handshake, kind: str, detail: str) -> None:
+    def failed(self, handshake: Handshake, kind: str, detail: str) -> None:
         self.result = (kind, detail)
         self.event.set()
 
@@ -385,17 +430,17 @@ class Handshake:
 
     def __init__(
         self,
-        loop,
+        loop: IOLoop,
         sock: socket.socket,
         protocol: Protocol,
         tls: TlsPipe | None,
         deadline: float,
-        done,
-        failed,
-        connect_to=None,
-        peer=None,
-        vet=None,
-    ):
+        done: Callable[[Handshake], object],
+        failed: Callable[[Handshake, str, str], object],
+        connect_to: Any = None,
+        peer: tuple | None = None,
+        vet: Callable[[int], str | None] | None = None,
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.protocol = protocol
@@ -579,16 +624,24 @@ class Listener(Acceptor):
 
     resumable = True
 
-    def __init__(self, link: StreamLink, sock: socket.socket, ssl_context, max_connections, where: str, cleanup=None):
+    def __init__(
+        self,
+        link: StreamLink,
+        sock: socket.socket,
+        ssl_context: ssl.SSLContext | None,
+        max_connections: int | None,
+        where: str,
+        cleanup: Callable[[], object] | None = None,
+    ) -> None:
         super().__init__(link, max_connections)
         self.sock = sock
         self.ssl_context = ssl_context
         self.where = where  # "port N" or the socket's path (log lines)
         self._cleanup = cleanup
         self.pending: dict = {}  # socket -> Handshake
-        self.loop = None
+        self.loop: IOLoop | None = None
 
-    def start(self, loop) -> None:
+    def start(self, loop: IOLoop) -> None:
         """Watch the socket (loop side)."""
         if self.closed:
             return
@@ -611,6 +664,7 @@ class Listener(Acceptor):
             sock.setblocking(False)
             protocol = Protocol("bind", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
             tls = TlsPipe(self.ssl_context, True) if self.ssl_context is not None else None
+            assert self.loop is not None  # (started: it watches the socket)
             handshake = Handshake(
                 self.loop,
                 sock,
@@ -679,7 +733,7 @@ class StreamLink(Link):
     """A :class:`~yoton.transport.link.Link` over a stream socket: TCP (plain
     or TLS) or a Unix socket."""
 
-    def __init__(self, owner, handle):
+    def __init__(self, owner: LinkOwner, handle: Connection) -> None:
         super().__init__(owner, handle)
         self.sock: socket.socket | None = None
         self.protocol: Protocol | None = None
@@ -702,8 +756,8 @@ class StreamLink(Link):
         # teardown takes it to empty the buffers.
         self._wlock = threading.RLock()
         self._direct_after = 0.0
-        self._backlog = b""  # TLS: ciphertext the kernel has not taken yet
-        self._send = None
+        self._backlog: bytes | memoryview = b""  # TLS: ciphertext the kernel has not taken yet
+        self._send: Callable[[list], int] = None  # type: ignore[assignment]  # (set by adopt(), before any send)
 
     # -- setting up --------------------------------------------------------------------
 

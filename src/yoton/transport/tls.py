@@ -64,7 +64,7 @@ class TlsPipe:
             self.handshake_done = True
         return True
 
-    def feed(self, data) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Give ciphertext received from the peer."""
         self.incoming.write(data)
 
@@ -85,7 +85,7 @@ class TlsPipe:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def write(self, data) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt plaintext; the ciphertext waits in :meth:`take`."""
         self.obj.write(data)
 

@@ -39,10 +39,16 @@ import secrets
 import socket
 import stat
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import BindError, ConnectError
 from .acceptor import check_max_connections
 from .stream import LISTEN_BACKLOG, DialTarget, StreamLink, dial, listen
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .link import LinkOwner
+    from .reconnect import ReconnectPolicy
 
 log = logging.getLogger("yoton")
 
@@ -70,7 +76,9 @@ def _unavailable(what: str) -> str:
     return f"{what}: ipc:// addresses need Unix domain sockets (Linux, macOS); use tcp://localhost:0 on this platform"
 
 
-def open_bind(owner, handle, address: str, max_connections: int | None = 1, mode: int | None = None) -> StreamLink:
+def open_bind(
+    owner: LinkOwner, handle: Connection, address: str, max_connections: int | None = 1, mode: int | None = None
+) -> StreamLink:
     """Listen on the Unix socket of an ``ipc://PATH`` address; return the WAITING link.
 
     ``mode``: the socket file's permission bits (e.g. ``0o600``; default:
@@ -95,7 +103,13 @@ def open_bind(owner, handle, address: str, max_connections: int | None = 1, mode
     return listen(owner, link, sock, None, max_connections, f"ipc://{path}", lambda: _unlink_if_ours(path, inode))
 
 
-def open_connect(owner, handle, address: str, timeout: float = 1.0, reconnect=None) -> StreamLink:
+def open_connect(
+    owner: LinkOwner,
+    handle: Connection,
+    address: str,
+    timeout: float = 1.0,
+    reconnect: ReconnectPolicy | bool | None = None,
+) -> StreamLink:
     """Connect to the bind at an ``ipc://PATH`` address; return the CONNECTED link
     (see :func:`~yoton.transport.stream.dial`: retried while the file is
     missing or nobody listens, until ``timeout``)."""
