@@ -458,6 +458,7 @@ class NatsLink(Link):
         self.discarded_incoming = 0
         self._dropping_in = False
         self._malformed = 0
+        self._take_failed = False  # (a message made _on_message fail: logged once)
         self._partials: OrderedDict = OrderedDict()  # (source, seq) -> [fields, bytearray, length]
         self._partial_now: tuple | None = None
         # -- subscriptions (asyncio thread)
@@ -855,8 +856,26 @@ class NatsLink(Link):
 
     def _on_message(self, data: bytes, headers, reply: bytes = b"") -> None:
         """A message on one of our subjects (asyncio thread, in the server's order);
-        ``reply``: the ack subject of one our lossless consumer delivered."""
-        if reply:
+        ``reply``: in lossless mode, the ack subject of one our consumer delivered
+        (in the core mode a reply subject is another client's and means nothing here).
+
+        Called inside nats-py's read loop, which stops reading for good if an
+        exception reaches it: whatever fails here drops the message, counted
+        in ``statistics()['malformed']`` (the first failure is logged)."""
+        try:
+            self._take_message(data, headers, reply)
+        except Exception:
+            self._malformed += 1
+            if not self._take_failed:
+                self._take_failed = True
+                log.exception(
+                    "yoton: connection %r: a NATS message could not be taken: dropped "
+                    "(further ones are counted in statistics()['malformed'])",
+                    self.handle.name,
+                )
+
+    def _take_message(self, data: bytes, headers, reply: bytes) -> None:
+        if reply and self.lossless:
             self._on_delivered(reply)
         if headers:
             self._on_part(data, headers)
