@@ -357,8 +357,9 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
     ``reconnect_time_wait``, ``max_reconnect_attempts``, ...).
     ``ssl_context`` makes the client use TLS. Raises
     :class:`~yoton.errors.ConnectError` when no server answers within
-    ``timeout`` seconds (or nats-py is missing), ValueError or TypeError for
-    bad arguments.
+    ``timeout`` seconds (or nats-py is missing), ValueError for bad
+    arguments and for options it does not take (``reconnect``: NATS
+    reconnects by itself, see nats-py's ``max_reconnect_attempts``).
     """
     if not isinstance(address, str):
         raise ValueError(f"Address should be a string, not {type(address).__name__}.")
@@ -376,13 +377,26 @@ def open_connect(owner, handle, address: str, timeout: float = 1.0, ssl_context=
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     _check_client()
-    unknown = set(options) - (_nats_option_names() - _RESERVED)
-    if unknown:
-        raise TypeError(f"connect() got options that are not nats-py's (or are set by yoton): {sorted(unknown)}")
+    _check_options(options)
     link = NatsLink(owner, handle, servers, network, keep_state, lossless, max_age, replicas)
     handle._link = link
     link.open(timeout, ssl_context, options)
     return link
+
+
+def _check_options(options: dict) -> None:
+    """ValueError for an option the link does not take (as the scheme registry says)."""
+    if "reconnect" in options:
+        raise ValueError(
+            "reconnect does not apply to nats:// addresses: NATS reconnects by itself "
+            "(nats-py's max_reconnect_attempts=, reconnect_time_wait=)"
+        )
+    reserved = sorted(set(options) & _RESERVED)
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: set by yoton's NATS transport, not an option of connect()")
+    unknown = sorted(set(options) - _nats_option_names())
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not an option of connect() to nats:// addresses, nor of nats-py's")
 
 
 def open_bind(owner, handle, address: str, **options) -> NatsLink:
