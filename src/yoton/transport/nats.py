@@ -211,8 +211,18 @@ def split_servers(address: str) -> list:
 
 
 def slot_subject(slot_name: str, network: str = DEFAULT_NETWORK) -> str:
-    """The NATS subject of broadcasts on the slot named ``slot_name`` (e.g.
-    ``"news.TEXT.pub-sub"``, a channel's ``slot_outgoing``), in ``network``."""
+    """The NATS subject of broadcasts on the slot named ``slot_name`` (a
+    channel's ``slot_outgoing`` or ``slot_incoming``), in ``network``:
+
+    >>> import yoton
+    >>> ctx = yoton.Context()
+    >>> pub = yoton.PubChannel(ctx, "news")  # (TEXT messages)
+    >>> pub.slot_outgoing
+    'news.txt.pub-sub'
+    >>> slot_subject(pub.slot_outgoing, "lab")
+    'yoton.lab.all.00001068f4300755'
+    >>> ctx.close()
+    """
     return f"yoton.{_check_network(network)}.all.{slot_hash(slot_name.strip().lower()):016x}"
 
 
