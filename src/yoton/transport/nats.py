@@ -24,7 +24,10 @@ ids are 16 lower-case hex digits; :func:`slot_subject` names a slot's)::
   (header ``Yoton-Part: start``: its frame's beginning) and continuations
   (``Yoton-Part: <source id>.<seq>.<offset>``: the next bytes of its body),
   published back to back; the receiver puts it together (at most
-  :data:`MAX_PARTIALS` at a time; one cut short by a disconnect is dropped).
+  :data:`MAX_PARTIALS` at a time, whose bytes count against the receive
+  bound, ``max_queue_bytes``: beyond it the oldest unfinished one is dropped
+  and counted in ``discarded_incoming``; one cut short by a disconnect is
+  dropped; a first piece longer than its header says is refused).
 * **Subscriptions**: a context subscribes to ``all.<slot>`` for each slot
   its channels receive on (and slot 2, context messages), to ``to.<its
   id>``, and, for each RepChannel's slot, to ``any.<slot>`` in the queue
@@ -485,6 +488,7 @@ class NatsLink(Link):
         self._take_failed = False  # (a message made _on_message fail: logged once)
         self._partials: OrderedDict = OrderedDict()  # (source, seq) -> [fields, bytearray, length]
         self._partial_now: tuple | None = None
+        self._dropping_parts = False  # (unfinished ones dropped over the receive bound: logged once)
         # -- subscriptions (asyncio thread)
         self._subs: dict = {}  # (subject, queue) -> nats Subscription
         self._state_slots: frozenset = frozenset()
@@ -989,13 +993,19 @@ class NatsLink(Link):
             if control != CONTROL or length > self.config.max_package_size:
                 self._refuse_message("a large package's first piece with a bad header")
                 return
-            body = bytearray(data[HEADER_SIZE:])
             key = (sid, sseq)
+            if len(data) - HEADER_SIZE > length:
+                self._forget_partial(key)
+                self._refuse_message("a large package's first piece longer than its header says")
+                return
+            body = bytearray(data[HEADER_SIZE:])
             partials[key] = [(slot, sid, sseq, did, dseq), body, length]
             partials.move_to_end(key)
             while len(partials) > MAX_PARTIALS:
                 old, _ = partials.popitem(last=False)
+                self.discarded_incoming += 1
                 log.warning("yoton: connection %r: dropped an unfinished large package %r", self.handle.name, old)
+            self._bound_partials(key)
             self._part_progress(key)
             return
         try:
@@ -1010,11 +1020,48 @@ class NatsLink(Link):
             return  # (its beginning was lost, or it was dropped: nothing to add to)
         fields, body, length = entry
         if offset != len(body) or len(body) + len(data) > length:
-            del partials[key]
+            self._forget_partial(key)
             log.warning("yoton: connection %r: a large package %r arrived out of order: dropped", self.handle.name, key)
             return
         body += data
+        self._bound_partials(key)
         self._part_progress(key)
+
+    def _bound_partials(self, key: tuple) -> None:
+        """The packages being put together count against the receive bound
+        (``max_queue_bytes``) with the inbox: while over it, drop the oldest
+        of them, counted in ``discarded_incoming``, but not ``key``, the one
+        that grew (so one package larger than the bound still gets through,
+        as over TCP)."""
+        partials = self._partials
+        held = self._in_added - self._in_taken + sum(len(entry[1]) for entry in partials.values())
+        bound = self.config.max_queue_bytes
+        if held <= bound:
+            return
+        for old in list(partials):
+            if held <= bound:
+                break
+            if old == key:
+                continue
+            held -= len(partials[old][1])
+            self._forget_partial(old)
+            self.discarded_incoming += 1
+            if not self._dropping_parts:
+                self._dropping_parts = True
+                log.warning(
+                    "yoton: connection %r: large packages being put together hold more than the receive bound "
+                    "(%d bytes): dropped the oldest unfinished one %r (further ones are counted in "
+                    "statistics()['discarded_incoming'])",
+                    self.handle.name,
+                    bound,
+                    old,
+                )
+
+    def _forget_partial(self, key: tuple) -> None:
+        if self._partials.pop(key, None) is not None:
+            now = self._partial_now
+            if now is not None and now[1:3] == key:
+                self._partial_now = None
 
     def _part_progress(self, key: tuple) -> None:
         fields, body, length = self._partials[key]
@@ -1317,7 +1364,8 @@ class NatsLink(Link):
     def statistics(self) -> dict:
         """Figures of the link (see Connection.statistics) and NATS's own:
         ``network``, ``server``, ``reconnects``, ``subscriptions``,
-        ``discarded_incoming`` (dropped: receive buffer full), ``malformed``
+        ``discarded_incoming`` (dropped: receive buffer full, or an unfinished
+        large package beyond the bound), ``malformed``
         (NATS messages on yoton's subjects that were not yoton packages)."""
         stats = super().statistics()
         stats.update(
