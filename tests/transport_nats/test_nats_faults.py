@@ -64,6 +64,47 @@ def test_without_nats_py_connect_says_what_to_install(ctx, monkeypatch):
         ctx().connect("nats://127.0.0.1:4222")
 
 
+class _NoHook:
+    pass
+
+
+class _SyncHook:
+    def _process_msg(self, sid, subject, reply, data, headers):
+        pass
+
+
+class _OtherHook:
+    async def _process_msg(self, sid, subject, reply, data, headers, extra):
+        pass
+
+
+@pytest.mark.parametrize("client", [_NoHook, _SyncHook, _OtherHook])
+def test_a_nats_py_whose_message_hook_changed_is_a_connect_error(ctx, monkeypatch, client):
+    # The link overrides nats-py's private Client._process_msg: a release that
+    # changed it is refused at connect time, saying so, before any connection.
+    monkeypatch.setattr(nats_transport, "_NatsClient", client)
+    c = ctx()
+    with pytest.raises(yoton.ConnectError, match=r"nats-py .* is not supported .*_process_msg"):
+        c.connect("nats://127.0.0.1:4222")
+    assert len(c.connections_all) == 0
+
+
+def test_the_extras_pin_nats_py_below_its_next_major():
+    # (the message hook above is nats-py's private API: a new major is tested before it is allowed)
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    import importlib.metadata
+    import pathlib
+
+    pyproject = pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    installed = int(importlib.metadata.version("nats-py").split(".")[0])
+    for extra in ("nats", "dev"):
+        (spec,) = [r for r in extras[extra] if r.replace(" ", "").startswith("nats-py")]
+        upper = [part for part in spec.replace(" ", "")[len("nats-py") :].split(",") if part.startswith("<")]
+        assert upper, f"the {extra} extra does not bound nats-py: {spec!r}"
+        assert installed < int(upper[0].lstrip("<").split(".")[0]), (spec, installed)
+
+
 def test_core_imports_nothing_of_nats():
     import subprocess
     import sys

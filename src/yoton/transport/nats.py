@@ -261,14 +261,31 @@ def _check_client() -> None:
         raise ConnectError(
             f"nats:// addresses need the nats-py package: pip install 'yoton[nats]' ({_MISSING})"
         ) from _MISSING
-    names = list(inspect.signature(_NatsClient._process_msg).parameters)
-    if names != ["self", "sid", "subject", "reply", "data", "headers"]:
-        import nats
+    # _Client overrides nats-py's private message hook: make sure it is still the one
+    # this module was written for (pyproject pins nats-py below its next major).
+    hook = getattr(_NatsClient, "_process_msg", None)
+    if hook is None:
+        why = "its client has no _process_msg"
+    elif not inspect.iscoroutinefunction(hook):
+        why = "its client's _process_msg is no longer a coroutine"
+    else:
+        try:
+            names = list(inspect.signature(hook).parameters)
+        except (TypeError, ValueError) as exc:
+            names = [f"? ({exc})"]
+        why = f"its client's _process_msg takes {names}"
+        if names == ["self", "sid", "subject", "reply", "data", "headers"]:
+            return
+    try:
+        from importlib.metadata import version
 
-        raise ConnectError(
-            f"nats-py {getattr(nats, '__version__', '?')} is not supported by yoton's NATS transport "
-            f"(its client's message hook changed: {names})"
-        )
+        installed = version("nats-py")
+    except Exception:  # (not installed as a distribution)
+        installed = "?"
+    raise ConnectError(
+        f"nats-py {installed} is not supported by yoton's NATS transport "
+        f"({why}; yoton[nats] installs a supported version)"
+    )
 
 
 def _nats_option_names() -> set:
