@@ -21,6 +21,16 @@ def test_examples_in_the_docs_give_what_they_show(name):
     assert result.failed == 0 and result.attempted > 0, result
 
 
+@pytest.mark.parametrize("module", ["yoton.transport.nats"])
+def test_examples_in_docstrings_give_what_they_show(module):
+    tests = doctest.DocTestFinder().find(importlib.import_module(module))
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0 and result.attempted > 0, result
+
+
 # -- docs/design.md names the code's own files, classes and functions ----------------------
 
 ROOT = DOCS.parent

@@ -44,10 +44,13 @@ def test_bad_arguments(ctx, nats_server):
         c.connect("nats://127.0.0.1:4222,,nats://127.0.0.1:4223")
     with pytest.raises(ValueError, match="nats://"):
         c.connect("nats://127.0.0.1:4222,tcp://127.0.0.1:4223")
-    with pytest.raises(TypeError, match="no_such_option"):
+    # an option the transport does not take is a ValueError, as for every scheme (transport/schemes.py)
+    with pytest.raises(ValueError, match="no_such_option"):
         c.connect(nats_server.url, no_such_option=1)
-    with pytest.raises(TypeError, match="no_echo"):
+    with pytest.raises(ValueError, match="no_echo: set by yoton"):
         c.connect(nats_server.url, no_echo=False)  # (the link sets it)
+    with pytest.raises(ValueError, match="NATS reconnects by itself.*max_reconnect_attempts"):
+        c.connect(nats_server.url, reconnect=True)
     with pytest.raises(ValueError, match="network does not apply"):
         c.connect("127.0.0.1:4222", network="x")  # (options are for nats:// only)
     with pytest.raises(ValueError, match="nats"):
@@ -59,6 +62,47 @@ def test_without_nats_py_connect_says_what_to_install(ctx, monkeypatch):
     monkeypatch.setattr(nats_transport, "_MISSING", ImportError("No module named 'nats'"))
     with pytest.raises(yoton.ConnectError, match=r"pip install 'yoton\[nats\]'"):
         ctx().connect("nats://127.0.0.1:4222")
+
+
+class _NoHook:
+    pass
+
+
+class _SyncHook:
+    def _process_msg(self, sid, subject, reply, data, headers):
+        pass
+
+
+class _OtherHook:
+    async def _process_msg(self, sid, subject, reply, data, headers, extra):
+        pass
+
+
+@pytest.mark.parametrize("client", [_NoHook, _SyncHook, _OtherHook])
+def test_a_nats_py_whose_message_hook_changed_is_a_connect_error(ctx, monkeypatch, client):
+    # The link overrides nats-py's private Client._process_msg: a release that
+    # changed it is refused at connect time, saying so, before any connection.
+    monkeypatch.setattr(nats_transport, "_NatsClient", client)
+    c = ctx()
+    with pytest.raises(yoton.ConnectError, match=r"nats-py .* is not supported .*_process_msg"):
+        c.connect("nats://127.0.0.1:4222")
+    assert len(c.connections_all) == 0
+
+
+def test_the_extras_pin_nats_py_below_its_next_major():
+    # (the message hook above is nats-py's private API: a new major is tested before it is allowed)
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    import importlib.metadata
+    import pathlib
+
+    pyproject = pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    installed = int(importlib.metadata.version("nats-py").split(".")[0])
+    for extra in ("nats", "dev"):
+        (spec,) = [r for r in extras[extra] if r.replace(" ", "").startswith("nats-py")]
+        upper = [part for part in spec.replace(" ", "")[len("nats-py") :].split(",") if part.startswith("<")]
+        assert upper, f"the {extra} extra does not bound nats-py: {spec!r}"
+        assert installed < int(upper[0].lstrip("<").split(".")[0]), (spec, installed)
 
 
 def test_core_imports_nothing_of_nats():

@@ -24,7 +24,10 @@ ids are 16 lower-case hex digits; :func:`slot_subject` names a slot's)::
   (header ``Yoton-Part: start``: its frame's beginning) and continuations
   (``Yoton-Part: <source id>.<seq>.<offset>``: the next bytes of its body),
   published back to back; the receiver puts it together (at most
-  :data:`MAX_PARTIALS` at a time; one cut short by a disconnect is dropped).
+  :data:`MAX_PARTIALS` at a time, whose bytes count against the receive
+  bound, ``max_queue_bytes``: beyond it the oldest unfinished one is dropped
+  and counted in ``discarded_incoming``; one cut short by a disconnect is
+  dropped; a first piece longer than its header says is refused).
 * **Subscriptions**: a context subscribes to ``all.<slot>`` for each slot
   its channels receive on (and slot 2, context messages), to ``to.<its
   id>``, and, for each RepChannel's slot, to ``any.<slot>`` in the queue
@@ -216,8 +219,18 @@ def split_servers(address: str) -> list:
 
 
 def slot_subject(slot_name: str, network: str = DEFAULT_NETWORK) -> str:
-    """The NATS subject of broadcasts on the slot named ``slot_name`` (e.g.
-    ``"news.TEXT.pub-sub"``, a channel's ``slot_outgoing``), in ``network``."""
+    """The NATS subject of broadcasts on the slot named ``slot_name`` (a
+    channel's ``slot_outgoing`` or ``slot_incoming``), in ``network``:
+
+    >>> import yoton
+    >>> ctx = yoton.Context()
+    >>> pub = yoton.PubChannel(ctx, "news")  # (TEXT messages)
+    >>> pub.slot_outgoing
+    'news.txt.pub-sub'
+    >>> slot_subject(pub.slot_outgoing, "lab")
+    'yoton.lab.all.00001068f4300755'
+    >>> ctx.close()
+    """
     return f"yoton.{_check_network(network)}.all.{slot_hash(slot_name.strip().lower()):016x}"
 
 
@@ -253,14 +266,31 @@ def _check_client() -> None:
         raise ConnectError(
             f"nats:// addresses need the nats-py package: pip install 'yoton[nats]' ({_MISSING})"
         ) from _MISSING
-    names = list(inspect.signature(_NatsClient._process_msg).parameters)
-    if names != ["self", "sid", "subject", "reply", "data", "headers"]:
-        import nats
+    # _Client overrides nats-py's private message hook: make sure it is still the one
+    # this module was written for (pyproject pins nats-py below its next major).
+    hook = getattr(_NatsClient, "_process_msg", None)
+    if hook is None:
+        why = "its client has no _process_msg"
+    elif not inspect.iscoroutinefunction(hook):
+        why = "its client's _process_msg is no longer a coroutine"
+    else:
+        try:
+            names = list(inspect.signature(hook).parameters)
+        except (TypeError, ValueError) as exc:
+            names = [f"? ({exc})"]
+        why = f"its client's _process_msg takes {names}"
+        if names == ["self", "sid", "subject", "reply", "data", "headers"]:
+            return
+    try:
+        from importlib.metadata import version
 
-        raise ConnectError(
-            f"nats-py {getattr(nats, '__version__', '?')} is not supported by yoton's NATS transport "
-            f"(its client's message hook changed: {names})"
-        )
+        installed = version("nats-py")
+    except Exception:  # (not installed as a distribution)
+        installed = "?"
+    raise ConnectError(
+        f"nats-py {installed} is not supported by yoton's NATS transport "
+        f"({why}; yoton[nats] installs a supported version)"
+    )
 
 
 def _nats_option_names() -> set:
@@ -369,8 +399,9 @@ def open_connect(
     ``reconnect_time_wait``, ``max_reconnect_attempts``, ...).
     ``ssl_context`` makes the client use TLS. Raises
     :class:`~yoton.errors.ConnectError` when no server answers within
-    ``timeout`` seconds (or nats-py is missing), ValueError or TypeError for
-    bad arguments.
+    ``timeout`` seconds (or nats-py is missing), ValueError for bad
+    arguments and for options it does not take (``reconnect``: NATS
+    reconnects by itself, see nats-py's ``max_reconnect_attempts``).
     """
     if not isinstance(address, str):
         raise ValueError(f"Address should be a string, not {type(address).__name__}.")
@@ -388,13 +419,26 @@ def open_connect(
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     _check_client()
-    unknown = set(options) - (_nats_option_names() - _RESERVED)
-    if unknown:
-        raise TypeError(f"connect() got options that are not nats-py's (or are set by yoton): {sorted(unknown)}")
+    _check_options(options)
     link = NatsLink(owner, handle, servers, network, keep_state, lossless, max_age, replicas)
     handle._link = link
     link.open(timeout, ssl_context, options)
     return link
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """ValueError for an option the link does not take (as the scheme registry says)."""
+    if "reconnect" in options:
+        raise ValueError(
+            "reconnect does not apply to nats:// addresses: NATS reconnects by itself "
+            "(nats-py's max_reconnect_attempts=, reconnect_time_wait=)"
+        )
+    reserved = sorted(set(options) & _RESERVED)
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: set by yoton's NATS transport, not an option of connect()")
+    unknown = sorted(set(options) - _nats_option_names())
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not an option of connect() to nats:// addresses, nor of nats-py's")
 
 
 def open_bind(owner: LinkOwner, handle: Connection, address: str, **options: Any) -> NatsLink:
@@ -477,8 +521,10 @@ class NatsLink(Link):
         self.discarded_incoming = 0
         self._dropping_in = False
         self._malformed = 0
+        self._take_failed = False  # (a message made _on_message fail: logged once)
         self._partials: OrderedDict = OrderedDict()  # (source, seq) -> [fields, bytearray, length]
         self._partial_now: tuple | None = None
+        self._dropping_parts = False  # (unfinished ones dropped over the receive bound: logged once)
         # -- subscriptions (asyncio thread)
         self._subs: dict = {}  # (subject, queue) -> nats Subscription
         self._state_slots: frozenset = frozenset()
@@ -873,8 +919,26 @@ class NatsLink(Link):
 
     def _on_message(self, data: bytes, headers: dict | bytes | None, reply: bytes = b"") -> None:
         """A message on one of our subjects (asyncio thread, in the server's order);
-        ``reply``: the ack subject of one our lossless consumer delivered."""
-        if reply:
+        ``reply``: in lossless mode, the ack subject of one our consumer delivered
+        (in the core mode a reply subject is another client's and means nothing here).
+
+        Called inside nats-py's read loop, which stops reading for good if an
+        exception reaches it: whatever fails here drops the message, counted
+        in ``statistics()['malformed']`` (the first failure is logged)."""
+        try:
+            self._take_message(data, headers, reply)
+        except Exception:
+            self._malformed += 1
+            if not self._take_failed:
+                self._take_failed = True
+                log.exception(
+                    "yoton: connection %r: a NATS message could not be taken: dropped "
+                    "(further ones are counted in statistics()['malformed'])",
+                    self.handle.name,
+                )
+
+    def _take_message(self, data: bytes, headers: dict | bytes | None, reply: bytes) -> None:
+        if reply and self.lossless:
             self._on_delivered(reply)
         if headers:
             self._on_part(data, headers)
@@ -964,13 +1028,19 @@ class NatsLink(Link):
             if control != CONTROL or length > self.config.max_package_size:
                 self._refuse_message("a large package's first piece with a bad header")
                 return
-            body = bytearray(data[HEADER_SIZE:])
             key = (sid, sseq)
+            if len(data) - HEADER_SIZE > length:
+                self._forget_partial(key)
+                self._refuse_message("a large package's first piece longer than its header says")
+                return
+            body = bytearray(data[HEADER_SIZE:])
             partials[key] = [(slot, sid, sseq, did, dseq), body, length]
             partials.move_to_end(key)
             while len(partials) > MAX_PARTIALS:
                 old, _ = partials.popitem(last=False)
+                self.discarded_incoming += 1
                 log.warning("yoton: connection %r: dropped an unfinished large package %r", self.handle.name, old)
+            self._bound_partials(key)
             self._part_progress(key)
             return
         try:
@@ -985,11 +1055,48 @@ class NatsLink(Link):
             return  # (its beginning was lost, or it was dropped: nothing to add to)
         fields, body, length = entry
         if offset != len(body) or len(body) + len(data) > length:
-            del partials[key]
+            self._forget_partial(key)
             log.warning("yoton: connection %r: a large package %r arrived out of order: dropped", self.handle.name, key)
             return
         body += data
+        self._bound_partials(key)
         self._part_progress(key)
+
+    def _bound_partials(self, key: tuple) -> None:
+        """The packages being put together count against the receive bound
+        (``max_queue_bytes``) with the inbox: while over it, drop the oldest
+        of them, counted in ``discarded_incoming``, but not ``key``, the one
+        that grew (so one package larger than the bound still gets through,
+        as over TCP)."""
+        partials = self._partials
+        held = self._in_added - self._in_taken + sum(len(entry[1]) for entry in partials.values())
+        bound = self.config.max_queue_bytes
+        if held <= bound:
+            return
+        for old in list(partials):
+            if held <= bound:
+                break
+            if old == key:
+                continue
+            held -= len(partials[old][1])
+            self._forget_partial(old)
+            self.discarded_incoming += 1
+            if not self._dropping_parts:
+                self._dropping_parts = True
+                log.warning(
+                    "yoton: connection %r: large packages being put together hold more than the receive bound "
+                    "(%d bytes): dropped the oldest unfinished one %r (further ones are counted in "
+                    "statistics()['discarded_incoming'])",
+                    self.handle.name,
+                    bound,
+                    old,
+                )
+
+    def _forget_partial(self, key: tuple) -> None:
+        if self._partials.pop(key, None) is not None:
+            now = self._partial_now
+            if now is not None and now[1:3] == key:
+                self._partial_now = None
 
     def _part_progress(self, key: tuple) -> None:
         fields, body, length = self._partials[key]
@@ -1291,7 +1398,8 @@ class NatsLink(Link):
     def statistics(self) -> dict:
         """Figures of the link (see Connection.statistics) and NATS's own:
         ``network``, ``server``, ``reconnects``, ``subscriptions``,
-        ``discarded_incoming`` (dropped: receive buffer full), ``malformed``
+        ``discarded_incoming`` (dropped: receive buffer full, or an unfinished
+        large package beyond the bound), ``malformed``
         (NATS messages on yoton's subjects that were not yoton packages)."""
         stats = super().statistics()
         stats.update(
