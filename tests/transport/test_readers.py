@@ -151,14 +151,15 @@ def test_after_a_long_wait_the_io_thread_sleeps_until_told_and_serves_again(make
     loop = b.router.loop
     quiet = yoton.SubChannel(b, "quiet")
     got = []
-    reader = threading.Thread(target=lambda: got.append(quiet.recv(ioloop.DEEP_AFTER * 6)), daemon=True)
+    reader = threading.Thread(target=lambda: got.append(quiet.recv(30.0)), daemon=True)
     reader.start()
     # While one reader stays in, the I/O thread stops looking every LINGER s
     # and sleeps until the reader tells it that it left.
     wait_until(lambda: loop._seat.out is ioloop._Out.DEEP, what="the I/O thread to sleep until told")
     assert loop._seat.reader is reader
-    reader.join(5.0)
-    assert got == [""]
+    yoton.PubChannel(a, "quiet").send("for the reader")  # (it serves its socket itself, then leaves)
+    reader.join(10.0)
+    assert got == ["for the reader"]
     served = _count_readers(b.connections[0])
     late = yoton.SubChannel(b, "late")
     yoton.PubChannel(a, "late").send("while nobody waits")
