@@ -757,6 +757,126 @@ def summarize_run(m: Measurement, server: dict, client: dict) -> dict:
     return out
 
 
+# -- a chain of relays (--hops N) -------------------------------------------------------------
+
+#: Per hop count: the one-way run (100 B, received must equal sent) and the ping-pong.
+HOPS_PARAMS = {
+    "oneway": {"full": {"count": 1_000_000, "duration": 2.0}, "quick": {"count": 5_000, "duration": 0.5}},
+    "pingpong": {
+        "full": {"count": 3000, "duration": 1.5, "warmup": 20},
+        "quick": {"count": 100, "duration": 0.3, "warmup": 3},
+    },
+}
+#: A relay's send queues: small, so backpressure (not memory) carries a flood down the chain.
+RELAY_QUEUE_BYTES = 16 * MiB
+
+
+def run_chain(kind: str, hops: int, params: dict, env: dict) -> dict:
+    """One repetition of the one-way (``kind`` "oneway") or ping-pong run
+    of ours through ``hops`` relay contexts (separate processes): the binding
+    side, relay 1 connected to it, relay 2 to relay 1, ..., and the sender
+    (or pinger) connected to the last relay. 0 hops is a direct link."""
+    m = BY_ID["oneway_100B" if kind == "oneway" else "pingpong_100B"]
+    server_role, client_role = ROLES[kind]
+    ports = [free_port() for _ in range(hops + 1)]
+    common = dict(params, size=m.size, deadline=params.get("deadline", 240.0))
+    if kind == "oneway":  # room for every message at the ends, as in oneway_100B
+        common["queue"] = [max(10000, params["count"] + 16), "old"]
+        common["max_queue_bytes"] = max(256 << 20, (params["count"] + 16) * (m.size + 64))
+    if OUR_SPIN is not None:
+        common["spin"] = OUR_SPIN
+    label = f"hops{hops}/{kind}"
+    timeout = params.get("timeout", 120.0)
+    workers: list = []
+    try:
+        server = Worker("ours", server_role, dict(common, port=ports[0]), env, f"{label}/{server_role}")
+        workers.append(server)
+        server_ready = server.wait("ready", 60)
+        for k in range(1, hops + 1):
+            relay_params = dict(common, port=ports[k], upstream_port=ports[k - 1], max_queue_bytes=RELAY_QUEUE_BYTES)
+            relay_params.pop("queue", None)
+            relay = Worker("ours", "relay", relay_params, env, f"{label}/relay{k}")
+            workers.append(relay)
+            relay.wait("ready", 60)
+        client = Worker("ours", client_role, dict(common, port=ports[hops]), env, f"{label}/{client_role}")
+        workers.append(client)
+        if kind == "oneway":
+            server_result = server.wait("result", timeout)
+            client_result = client.wait("result", 30)
+        else:
+            client_result = client.wait("result", timeout)
+            server_result = server_ready
+    finally:
+        for w in reversed(workers):
+            w.close()
+    check_module("ours", client_result, env)
+    return summarize_run(m, server_result, client_result)
+
+
+def run_hops(max_hops: int, mode: str, reps: int, env: dict, progress, problems: list) -> dict:
+    """The chain measurement: for 0, 1 and ``max_hops`` relays, one-way
+    throughput and the ping-pong round trip (hop counts take turns, rep by
+    rep); per relay, the round trip it adds and the throughput left as a
+    fraction of one relay's."""
+    counts = sorted({0, 1, max_hops})
+    runs: dict = {(kind, h): [] for kind in HOPS_PARAMS for h in counts}
+    for rep in range(1, reps + 1):
+        for h in counts:
+            for kind, modes in HOPS_PARAMS.items():
+                where = f"hops {h} {kind} rep {rep}/{reps}"
+                t0 = time.monotonic()
+                try:
+                    run = run_chain(kind, h, modes[mode], env)
+                except WorkerError as exc:
+                    problems.append(f"ERROR {where}: {str(exc).splitlines()[0]}")
+                    progress(f"{where}: ERROR {exc}")
+                    run = {"ok": False, "error": str(exc)}
+                else:
+                    m = BY_ID["oneway_100B" if kind == "oneway" else "pingpong_100B"]
+                    values = ", ".join(_fmt_value(metric, run) for metric in m.metrics)
+                    extra = f"  [{run['received']:,} of {run['sent']:,} received]" if "sent" in run else ""
+                    progress(f"{where}: {values}{extra}  ({time.monotonic() - t0:.1f} s)")
+                    if not run.get("ok"):
+                        problems.append(f"!!! MISMATCH {where}: {run.get('problem')}")
+                        progress(problems[-1])
+                runs[(kind, h)].append(run)
+    rows = []
+    for h in counts:
+        oneway = summarize(BY_ID["oneway_100B"], HOPS_PARAMS["oneway"][mode], runs[("oneway", h)])
+        pingpong = summarize(BY_ID["pingpong_100B"], HOPS_PARAMS["pingpong"][mode], runs[("pingpong", h)])
+        rows.append({"hops": h, "oneway": oneway, "pingpong": pingpong})
+    by_hops = {row["hops"]: row for row in rows}
+    direct_rtt = by_hops[0]["pingpong"].get("median_us")
+    one_relay = by_hops[1]["oneway"].get("msgs_per_s")
+    for row in rows:
+        h, rtt, rate = row["hops"], row["pingpong"].get("median_us"), row["oneway"].get("msgs_per_s")
+        row["added_us_per_hop"] = (rtt - direct_rtt) / h if h and rtt is not None and direct_rtt else None
+        row["of_1_hop"] = _ratio(rate, one_relay)
+    return {"counts": counts, "rows": rows}
+
+
+def hops_table(hops: dict) -> str:
+    """The chain measurement as a table."""
+    head = ["relays", "one-way 100 B msgs/s", "of 1 relay", "ping-pong median us", "p99 us", "added per relay us"]
+    lines = []
+    for row in hops["rows"]:
+        ow, pp = row["oneway"], row["pingpong"]
+        lines.append(
+            [
+                str(row["hops"]),
+                "-" if ow.get("msgs_per_s") is None else f"{ow['msgs_per_s']:,.0f}",
+                "-" if row["of_1_hop"] is None else f"{row['of_1_hop']:.2f}",
+                "-" if pp.get("median_us") is None else f"{pp['median_us']:,.0f}",
+                "-" if pp.get("p99_us") is None else f"{pp['p99_us']:,.0f}",
+                "-" if row["added_us_per_hop"] is None else f"{row['added_us_per_hop']:,.0f}",
+            ]
+        )
+    widths = [max(len(head[i]), *(len(line[i]) for line in lines)) for i in range(len(head))]
+    out = ["  ".join(h.rjust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
 def _strip(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("event",)}
 
@@ -1077,6 +1197,14 @@ def parse_args(argv):
         help="our I/O loop's poller: epoll (Linux default; waiting threads serve sockets) or "
         "select (the portable path of macOS and Windows: the I/O thread alone serves)",
     )
+    ap.add_argument(
+        "--hops",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead of the table: ours through a chain of N relay contexts (and 0 and 1), one-way "
+        "throughput and ping-pong round trip, the latency each relay adds",
+    )
     ap.add_argument("--top", type=int, default=12, help="functions per profile listing (default 12)")
     ap.add_argument("--json", default=str(RESULTS / "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -1100,6 +1228,8 @@ def parse_args(argv):
     global OUR_SPIN, OUR_POLLER
     OUR_SPIN = args.spin
     OUR_POLLER = args.poller
+    if args.hops is not None and args.hops < 1:
+        ap.error("--hops needs at least 1 relay")
     if args.reps is None:
         args.reps = 1 if args.quick else 3
     if args.profile is None:
@@ -1133,6 +1263,8 @@ def main(argv=None) -> int:
         if not stacks:
             progress("no stack available")
             return 2
+        if args.hops is not None:
+            return _main_hops(args, mode, envs, started, progress, problems)
         measurements = [m for m in MEASUREMENTS if not args.only or m.id in args.only]
         results = {}
         for m in measurements:
@@ -1228,6 +1360,55 @@ def main(argv=None) -> int:
         return 130
     finally:
         kill_all_workers()
+
+
+def _main_hops(args, mode: str, envs: dict, started: float, progress, problems: list) -> int:
+    """``--hops N``: the chain measurement, its table and JSON (ours only)."""
+    if "ours" not in envs:
+        progress("--hops measures ours: add it to --stacks")
+        return 2
+    hops = run_hops(args.hops, mode, args.reps, envs["ours"], progress, problems)
+    header = (
+        f"yoton chain benchmark ({mode}, {args.reps} rep(s)), ours through 0, 1 and {args.hops} relay "
+        f"context(s), python {platform.python_version()}, {os.cpu_count()} CPU(s), {platform.platform()}"
+    )
+    table = hops_table(hops)
+    notes = (
+        "Each relay is a process with a context bound for the next one down the chain and connected to the "
+        "one up it; one-way: 100 B pub/sub, received == sent; added per relay: (round trip - direct round trip) "
+        "/ relays; of 1 relay: throughput over that through one relay."
+    )
+    print(header)
+    print()
+    print(table)
+    print()
+    print(notes)
+    if problems:
+        print()
+        print("PROBLEMS:")
+        for p in problems:
+            print("  " + p)
+    doc = {
+        "meta": {
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "mode": mode,
+            "reps": args.reps,
+            "stacks": ["ours"],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "elapsed_s": round(time.monotonic() - started, 1),
+        },
+        "hops": hops,
+        "problems": problems,
+        "table": table,
+        "notes": notes,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, default=str))
+    progress(f"wrote {out} ({time.monotonic() - started:.0f} s in all)")
+    return 1 if any(not p.startswith("SKIPPED") for p in problems) else 0
 
 
 def _versions(results: dict) -> dict:

@@ -19,6 +19,9 @@ rep        request/reply server (yoton RepChannel thread mode / REP)   binds
 req        requester, times round trips (ReqChannel / REQ)             connects
 pong       pub/sub echo: sub 'ping' -> pub 'pong' (zmq: REP)           binds
 ping       pub/sub round trips: pub 'ping', sub 'pong' (zmq: REQ)      connects
+relay      a context with no channels between two others (--hops): it  binds and
+           binds at ``port`` and connects to ``upstream_port``;        connects
+           what comes on one link is forwarded to the other (ours)
 inproc     both sides in this process, in two threads: one-way or      -
            ping-pong (``what``), over itc:// (ours), inproc:// (zmq),
            a queue.Queue or a multiprocessing.Pipe
@@ -505,6 +508,21 @@ def role_ping(stack: str, p: dict) -> dict:
     return _time_round_trips(p, round_trip)
 
 
+# -- a relay in a chain (--hops) -----------------------------------------------------------
+
+
+def role_relay(stack: str, p: dict) -> dict:
+    """A context with two links and no channel: yoton forwards what comes on
+    one to the other. It binds for the next context down the chain, then
+    connects to the one up the chain (towards the binding side of the pair)."""
+    ctx = yoton_context(p)
+    ctx.bind(yoton_address(p))
+    ctx.connect(yoton_address(dict(p, port=p["upstream_port"])), timeout=p.get("connect_timeout", 10.0))
+    emit("ready")
+    while True:  # the I/O thread forwards; we wait for the driver to close stdin
+        time.sleep(3600)
+
+
 # -- both sides in one process ------------------------------------------------------------
 
 
@@ -842,6 +860,7 @@ ROLES = {
     "req": role_req,
     "pong": role_pong,
     "ping": role_ping,
+    "relay": role_relay,
 }
 
 

@@ -868,9 +868,9 @@ class Router:
         stage.append((slot, body, dest_id, dest_seq))
         if size <= _STAGE_BODY and len(stage) < self._stage_items:
             loop = self.loop
-            running = loop is not None and loop.running
-            if self._pump_scheduled and running:
+            if self._pump_scheduled and loop is not None and loop.running:
                 return  # (it is cleared before the pump takes the stage: ours is in)
+            running = loop is not None and loop.running
             now = time.monotonic()
             if now < self._pump_after:
                 if loop is None or not running:

@@ -148,3 +148,24 @@ def test_quick_run_through_nats(tmp_path):
     assert results["reqrep_100B"]["ratios"]["median_us:nats/ours"] > 0
     assert "nats" not in results["flood"]["stacks"]  # (the nats stack runs some rows only)
     assert "nats/tcp" in stdout
+
+
+def test_quick_chain_of_relays(tmp_path):
+    """``--hops 2``: ours direct, through one relay and through two; every
+    one-way run loses nothing, every ping-pong comes back, and the table
+    gives the latency a relay adds and the throughput left."""
+    stdout, doc = _quick_run(tmp_path, "--stacks", "ours", "--hops", "2")
+    assert doc["problems"] == []
+    hops = doc["hops"]
+    assert hops["counts"] == [0, 1, 2]
+    for row in hops["rows"]:
+        oneway, pingpong = row["oneway"], row["pingpong"]
+        assert oneway["ok"] and oneway["msgs_per_s"] > 0, row
+        for run in oneway["runs"]:
+            assert run["sent"] > 0 and run["received"] == run["sent"] == run["end_count"]
+            assert run["client"]["module"].startswith(str(ROOT / "src"))
+        assert pingpong["ok"] and pingpong["median_us"] > 0 and all(n > 0 for n in pingpong["n"])
+        if row["hops"]:
+            assert row["added_us_per_hop"] is not None and row["of_1_hop"] > 0
+    assert hops["rows"][1]["of_1_hop"] == 1.0
+    assert "added per relay us" in stdout and "of 1 relay" in stdout

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..errors import ChannelClosedError
 from ..events import Signal, post_event
-from ..messages import as_message_type
+from ..messages import BinaryMessageType, as_message_type
 from ..queues import BLOCK, BoundedQueue, Policy
 from ..wire.naming import slot_hash
 
@@ -190,6 +190,9 @@ class BaseChannel:
         self._context = context
         self._router = router = context.router
         self._message_type = mt = as_message_type(message_type)
+        self._to_bytes = mt.message_to_bytes  # (bound once: the send path's hottest call)
+        # Bytes go out as they are when the type is BINARY itself (no call to make).
+        self._raw_bytes = type(mt) is BinaryMessageType
         type_name = mt.message_type_name()
         pattern_out, pattern_in = self._messaging_patterns()
         if not (pattern_out or pattern_in):
@@ -327,7 +330,7 @@ class BaseChannel:
     def _send(self, message: Any, dest_id: int = 0, dest_seq: int = 0, block: bool | float = True) -> None:
         if self._closed:
             raise ChannelClosedError(f"cannot send on closed {type(self).__name__} {self._slot_out_name!r}")
-        body = self._message_type.message_to_bytes(message)
+        body = message if self._raw_bytes and type(message) is bytes else self._to_bytes(message)
         if body:  # empty messages are not sent (yoton 2.2 rule)
             self._router.send(self._slot_out, body, dest_id, dest_seq, block)
             self._count_out += 1

@@ -77,6 +77,12 @@ from .. import events as _events_module
 from ..events import deferred_callbacks
 from . import sigint
 
+#: Between two polls a spinning reader lets another runnable thread of this
+#: CPU go first: with more busy processes than CPUs (a relay between two
+#: spinning ends), the one with something to do would otherwise wait for
+#: the spinner's time slice to end.
+_yield = getattr(os, "sched_yield", lambda: None)
+
 log = logging.getLogger("yoton")
 
 __all__ = ["IOLoop", "TICK", "SPIN", "LINGER", "DEEP_AFTER", "default_spin", "default_poller", "POLLERS"]
@@ -491,6 +497,7 @@ class IOLoop:
                     started = clock()
                     until = spin_end if timeout is None else min(spin_end, started + timeout)
                     while not events and clock() < until:
+                        _yield()
                         events = wait(0)
                     if not events and clock() >= spin_end:
                         spin_end = 0.0

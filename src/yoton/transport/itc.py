@@ -42,7 +42,6 @@ is never changed after it was sent, so receivers share it safely.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -202,7 +201,9 @@ class ItcBind(Acceptor):
             self._refuse(offer, "refused", REASON_SELF)
             return
         if mine.auth_key or theirs.auth_key:
-            if not (mine.auth_key and theirs.auth_key and hmac.compare_digest(mine.auth_key, theirs.auth_key)):
+            from hmac import compare_digest  # (on first use: see wire.protocol.auth_proof)
+
+            if not (mine.auth_key and theirs.auth_key and compare_digest(mine.auth_key, theirs.auth_key)):
                 if mine.auth_key and theirs.auth_key:
                     detail = "wrong key"
                 elif mine.auth_key:

@@ -34,9 +34,10 @@ import logging
 import math
 import os
 import socket
-import ssl
+import sys
 import threading
 import time
+import types
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,13 +49,39 @@ from .acceptor import Acceptor, check_max_connections
 from .ioloop import IOLoop
 from .link import CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, RECONNECTING, WAITING, Link
 from .reconnect import Backoff, ReconnectPolicy
-from .tls import CHUNK, TlsPipe, describe, looks_like_tls
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .tls import TlsPipe
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .link import LinkConfig, LinkOwner
 
 log = logging.getLogger("yoton")
+
+
+# TLS is imported on first use: ssl and OpenSSL cost a process some 5 MB
+# of memory, which a context without tls:// never needs.
+def _tls() -> types.ModuleType:
+    """The TLS module (imported on first use)."""
+    from . import tls
+
+    return tls
+
+
+def _ssl_errors() -> tuple[type[ssl.SSLError], ...]:
+    """``ssl.SSLError`` once ssl is imported; before, nothing can raise it,
+    and the empty tuple an ``except`` is given then catches nothing."""
+    ssl = sys.modules.get("ssl")
+    return (ssl.SSLError,) if ssl is not None else ()
+
+
+def describe(exc: ssl.SSLError) -> str:
+    """A readable reason for an SSL error (see :func:`yoton.transport.tls.describe`)."""
+    return _tls().describe(exc)
+
 
 __all__ = [
     "StreamLink",
@@ -130,6 +157,8 @@ def split_address(address: str, ssl_context: ssl.SSLContext | None) -> tuple:
     if proto not in ("tcp", "tls"):
         raise ValueError(f"unsupported protocol {proto!r} in address {address!r} (use tcp:// or tls://)")
     if ssl_context is not None:
+        import ssl  # (a context was made with it: already imported)
+
         if not isinstance(ssl_context, ssl.SSLContext):
             raise ValueError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
         if proto != "tls":
@@ -268,6 +297,8 @@ def open_connect(
     (see :func:`dial`)."""
     proto, host, port = split_address(address, ssl_context)
     if proto == "tls" and ssl_context is None:
+        import ssl
+
         ssl_context = ssl.create_default_context()
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
@@ -311,8 +342,8 @@ class DialTarget:
         sock = socket.socket(self.family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            tls = TlsPipe(self.ssl_context, False, self.server_hostname) if self.ssl_context else None
-        except ssl.SSLError:
+            tls = _tls().TlsPipe(self.ssl_context, False, self.server_hostname) if self.ssl_context else None
+        except _ssl_errors():
             sock.close()
             raise
         protocol = Protocol("connect", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
@@ -352,7 +383,7 @@ def dial(
         outcome = _Outcome()
         try:
             handshake = target.attempt(loop, config, deadline, outcome.done, outcome.failed)
-        except ssl.SSLError as exc:
+        except _ssl_errors() as exc:
             raise TLSError(f"Could not connect to {where}: {describe(exc)}.") from exc
         except OSError as exc:
             raise ConnectError(f"Could not connect to {where}: {exc}") from exc
@@ -488,7 +519,7 @@ class Handshake:
         if tls is not None:
             try:
                 tls.do_handshake()
-            except ssl.SSLError as exc:
+            except _ssl_errors() as exc:
                 self._tls_failed(exc)
                 return
             self._send(tls.take())  # (the ClientHello)
@@ -519,7 +550,7 @@ class Handshake:
                 )
                 return
             if data:
-                if self.server and self._first and not looks_like_tls(data):
+                if self.server and self._first and not _tls().looks_like_tls(data):
                     self._send(_TLS_REQUIRED)
                     self._fail("tls", "not a TLS client (plaintext on a tls:// bind)")
                     return
@@ -535,7 +566,7 @@ class Handshake:
                             tls.write(protocol.data_to_send())
                             self._send(tls.take())
                     data = tls.read() or (b"" if tls.eof else None)
-                except ssl.SSLError as exc:
+                except _ssl_errors() as exc:
                     self._tls_failed(exc)
                     return
                 self._send(tls.take())
@@ -663,7 +694,7 @@ class Listener(Acceptor):
                 oldest.drop("too many pending handshakes")
             sock.setblocking(False)
             protocol = Protocol("bind", config.local_id, config.pid, config.max_package_size, auth_key=config.auth_key)
-            tls = TlsPipe(self.ssl_context, True) if self.ssl_context is not None else None
+            tls = _tls().TlsPipe(self.ssl_context, True) if self.ssl_context is not None else None
             assert self.loop is not None  # (started: it watches the socket)
             handshake = Handshake(
                 self.loop,
@@ -806,7 +837,7 @@ class StreamLink(Link):
                 nbytes = self._read_tls()
         except (BlockingIOError, InterruptedError):
             return
-        except ssl.SSLError as exc:
+        except _ssl_errors() as exc:
             self.lost(f"TLS error: {describe(exc)}.")
             return
         except OSError as exc:
@@ -834,7 +865,7 @@ class StreamLink(Link):
         """Read ciphertext, feed the plaintext to the protocol; return the bytes read."""
         sock, tls, protocol, loop = self.sock, self.tls, self.protocol, self.loop
         assert sock is not None and tls is not None and protocol is not None and loop is not None
-        data = sock.recv(CHUNK)
+        data = sock.recv(_tls().CHUNK)
         if data:
             tls.feed(data)
             plain = tls.read()
@@ -1005,12 +1036,12 @@ class StreamLink(Link):
         """``sendmsg`` for TLS: encrypt up to CHUNK bytes of ``bufs``; return how many were taken."""
         tls, sock = self.tls, self.sock
         assert tls is not None and sock is not None
-        taken = 0
+        taken, chunk = 0, _tls().CHUNK
         if not self._backlog:
             for buf in bufs:
                 tls.write(buf)
                 taken += len(buf)
-                if taken >= CHUNK:
+                if taken >= chunk:
                     break
             self._backlog = memoryview(tls.take())
         try:
@@ -1136,7 +1167,7 @@ class StreamLink(Link):
         deadline = time.monotonic() + policy.attempt_timeout
         try:
             handshake = target.attempt(loop, self.config, deadline, self._redialled, self._redial_failed)
-        except ssl.SSLError as exc:
+        except _ssl_errors() as exc:
             self.teardown(f"Gave up reconnecting: {describe(exc)}.")
             return
         except OSError as exc:  # (no socket: out of file descriptors, ...)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import socket
 import stat
 import sys
@@ -130,7 +129,7 @@ def _bind_unix(path: str, mode: int | None) -> socket.socket:
     _clear_stale(path)
     sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
     try:
-        temporary = f"{path}.{secrets.token_hex(4)}"
+        temporary = f"{path}.{os.urandom(4).hex()}"  # (not secrets: it loads OpenSSL's hashes, some MB)
         if len(os.fsencode(temporary)) >= _PATH_MAX:  # (no room for another name: bind the path itself)
             sock.bind(path)
             if mode is not None:

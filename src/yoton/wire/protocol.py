@@ -42,7 +42,6 @@ on :meth:`events_received`.
 
 from __future__ import annotations
 
-import hmac
 import os
 from enum import Enum
 from typing import Any
@@ -113,6 +112,8 @@ def auth_proof(
             verifier_id.to_bytes(8, "big"),
         ]
     )
+    import hmac  # (on first use: it loads OpenSSL's hashes, some MB a context without a key never needs)
+
     return hmac.new(key, message, "sha256").digest()
 
 
@@ -326,7 +327,9 @@ class Protocol:
         elif kind == _AUTH_PROOF and self._peer_nonce is not None and not self._peer_verified:
             peer_side = "bind" if self.side == "connect" else "connect"
             expected = auth_proof(key, peer_side, self._nonce, self._peer_nonce, self.peer_id, self.local_id)
-            if not hmac.compare_digest(value, expected):
+            from hmac import compare_digest
+
+            if not compare_digest(value, expected):
                 self._auth_fail("wrong key")
                 return
             self._peer_verified = True
