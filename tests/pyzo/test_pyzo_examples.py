@@ -196,14 +196,30 @@ def test_every_example_is_run_or_left_out_with_a_reason():
     assert sorted(path.name for path in EXAMPLES.glob("*.py")) == sorted(RUN + LEFT_OUT)
 
 
+#: How often an example runs again with both yotons when their outputs differ: the examples
+#: pace themselves with sleeps, and on a loaded machine yoton 2.2's own run can miss one
+#: (its utest.py then reports a FAIL of its own).
+RETRIES = 2
+
+
 @pytest.mark.parametrize("name", RUN)
-def test_example_prints_the_same_with_ours(name, runs):
+def test_example_prints_the_same_with_ours(name, runs, tmp_path):
     orig, ours = runs["orig", name].result(), runs["ours", name].result()
-    for impl, proc in (("orig", orig), ("ours", ours)):
-        assert proc.returncode == 0, f"{name} with {impl} exited with {proc.returncode}:\n{proc.stderr}"
-    expected = _normalize(name, "orig", orig)
-    assert expected, orig.stdout  # (the example printed something)
-    assert _normalize(name, "ours", ours) == expected
+    tries = []
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            base = tmp_path / f"again{attempt}"
+            orig, ours = _run("orig", name, base), _run("ours", name, base)
+        for impl, proc in (("orig", orig), ("ours", ours)):
+            assert proc.returncode == 0, f"{name} with {impl} exited with {proc.returncode}:\n{proc.stderr}"
+        expected = _normalize(name, "orig", orig)
+        assert expected, orig.stdout  # (the example printed something)
+        got = _normalize(name, "ours", ours)
+        if got == expected:
+            break
+        tries.append((got, expected))
+    else:
+        raise AssertionError(f"{name}: ours printed otherwise than yoton 2.2 in every run: {tries}")
     if name == "event_driven1.py":
         assert "error handling request 'reduce'" in ours.stderr and "I do not like 2." in ours.stderr
     if name == "utest.py":
