@@ -35,6 +35,11 @@ Per example:
   load-balancing test, and how many requests are served before its "stop",
   depend on timing (with 2.2 too): only that they were served is compared.
 
+The examples pace themselves with sleeps; when the outputs differ, both
+implementations run the example again (up to ``RETRIES`` times) before the
+test fails, so a run of 2.2 that a loaded machine made miss its timing does
+not count against ours.
+
 Left out: ``test_networkPackageQueue.py`` (exercises 2.2's internal queue
 class ``yoton.misc.TinyPackageQueue``, which has no counterpart),
 ``test_speed.py`` (a benchmark: prints timings and plots with matplotlib),
