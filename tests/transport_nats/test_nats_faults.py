@@ -182,7 +182,9 @@ def test_close_while_the_server_is_down_returns_promptly(nats_servers, nats_ctx)
     pub.send("never delivered")
     t0 = time.monotonic()
     ca.close()
-    assert time.monotonic() - t0 < 4.0
+    # (about CLOSE_FLUSH_TIME plus nats-py's own close; the bound is loose for a loaded machine,
+    # yet far below a close that waits for a server that never comes back)
+    assert time.monotonic() - t0 < 8.0
     assert ca.close_reason == "Closed on command." and not ca.is_alive
     assert ca.statistics()["discarded"] == 1  # (counted: never written)
 
