@@ -2,9 +2,11 @@
 
 A bind registers its name in this process; a connect finds it and the two
 contexts get a pair of :class:`ItcLink` objects, one each, that feed each
-other. Packages pass by reference: the bodies the sender queued are the
-bodies the receiver's channels get (no copy, no system call per package;
-only the wake-up of the receiving context's loop when it sleeps).
+other. Packages pass by reference: the sending router queues
+:class:`~yoton.wire.frames.Package` objects on the link (no header is packed
+or parsed) and the bodies the sender queued are the bodies the receiver's
+channels get (no copy, no system call per package; only the wake-up of the
+receiving context's loop when it sleeps).
 
 The rules are those of TCP, so code does not care which it runs on:
 
