@@ -66,12 +66,14 @@ once.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import threading
 import time
 import weakref
 from collections import deque
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
@@ -82,7 +84,7 @@ from .transport.ioloop import IOLoop, default_spin
 from .transport.link import LinkConfig, package_size, packages_size
 from .transport.sigint import MAIN_THREAD, MainSending
 from .transport.stream import DIRECT_GAP
-from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT
+from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT, Package
 from .wire.naming import new_id
 
 if TYPE_CHECKING:
@@ -90,7 +92,6 @@ if TYPE_CHECKING:
 
     from .transport.link import Link
     from .transport.reconnect import ReconnectPolicy
-    from .wire.frames import Package
 
 log = logging.getLogger("yoton")
 
@@ -109,6 +110,7 @@ _NEW_CONNECTION = b"NEW_CONNECTION"
 _CLOSE_CONNECTION = b"CLOSE_CONNECTION"
 
 #: Bodies up to this size may wait on the stage (larger ones are pumped at once).
+_BODY = itemgetter(1)  # (of a staged (slot, body, dest_id, dest_seq))
 _STAGE_BODY = 4096
 #: The sender pumps itself when this many packages are staged (so the stage
 #: holds at most 4 MiB of bodies), or fewer: the stage holds at most a
@@ -483,6 +485,7 @@ class Router:
         self.links: list = []  # every link: waiting, connected, reconnecting, closing
         self.listeners: set = set()  # the binds listening (their acceptors)
         self._live: tuple = ()  # the links packages go to: connected or reconnecting
+        self._objects_live = False  # whether one of them queues Package objects (see _pump_objects)
         self._startup = BoundedQueue(
             max_bytes=config.max_queue_bytes,
             policy=Policy.for_discard_mode(config.discard_mode),
@@ -645,6 +648,7 @@ class Router:
     def _update_live(self) -> None:
         with self._lock:
             self._live = tuple(link for link in self.links if link.takes_packages)
+            self._objects_live = any(link.queues_objects for link in self._live)
             self._direct = {link.peer_id: link for link in self._live if link.is_connected}
         self.room_changed()  # (senders waiting for a link that left look again)
         self._interest_changed()  # (a link that relays for others may listen to more)
@@ -908,6 +912,9 @@ class Router:
         count = len(stage)
         if not count:
             return
+        if self._objects_live:
+            self._pump_objects(count)
+            return
         pop, pack, my_id, seq = stage.popleft, HEADER.pack, self.id, self._seq
         items: list[tuple[bytes, Any]] = []
         total = 0
@@ -926,6 +933,37 @@ class Router:
             return
         for link in live:
             link.enqueue(items, total)
+            if not self._pressure and link.queue_full():
+                self._pressure = True
+
+    def _pump_objects(self, count: int) -> None:
+        # _pump when some live link queues Package objects (its peer is in this
+        # process): each such link gets its own (the peer's router numbers
+        # them), the others (header, body) pairs. Under _lock.
+        pop = self._stage.popleft
+        staged = [pop() for _ in range(count)]
+        first = self._seq + 1
+        self._seq += count
+        my_id = self.id
+        total = HEADER_SIZE * count + sum(map(len, map(_BODY, staged)))
+        pairs = None
+        for link in self._live:
+            if link.queues_objects:
+                link.enqueue_objects(
+                    [
+                        Package(body, slot, my_id, seq, dest_id, dest_seq)
+                        for seq, (slot, body, dest_id, dest_seq) in zip(itertools.count(first), staged)
+                    ],
+                    total,
+                )
+            else:
+                if pairs is None:
+                    pack = HEADER.pack
+                    pairs = [
+                        (pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, len(body)), body)
+                        for seq, (slot, body, dest_id, dest_seq) in zip(itertools.count(first), staged)
+                    ]
+                link.enqueue(pairs, total)
             if not self._pressure and link.queue_full():
                 self._pressure = True
 

@@ -271,6 +271,41 @@ def test_max_connections_and_a_mesh_across_transports(make_ctx):
     assert sub.recv(3.0) == "peer1 -itc- hub -itc- peer0 -tcp- far"
 
 
+def test_a_context_with_itc_and_tcp_links_sends_each_its_own_form_in_order(make_ctx):
+    # (the router queues Package objects on an itc link and (header, body) pairs on a tcp one)
+    hub, near, far = make_ctx(), make_ctx(), make_ctx()
+    address = unique()
+    hub.bind(address)
+    tcp = hub.bind(f"{HOST}:0")
+    near.connect(address, timeout=2.0)
+    far.connect(f"{HOST}:{tcp.port}", timeout=3.0)
+    assert wait_for(lambda: hub.connection_count == 2 and tcp.is_connected)
+    subs = [yoton.SubChannel(ctx, "both") for ctx in (near, far)]  # (their queues hold 10000)
+    pub = yoton.PubChannel(hub, "both")
+    for i in range(2000):
+        pub.send(str(i))
+    for sub in subs:
+        got: list = []
+        assert wait_for(lambda: got.extend(sub.recv_all()) or len(got) >= 2000, 10.0), len(got)
+        assert got == [str(i) for i in range(2000)]
+
+
+def test_what_was_sent_before_the_link_came_goes_over_it_first(make_ctx):
+    # (the startup queue holds (header, body) pairs: the itc link takes them as packages)
+    a, b = make_ctx(), make_ctx()
+    address = unique()
+    b.bind(address)
+    sub = yoton.SubChannel(b, "early")
+    pub = yoton.PubChannel(a, "early")
+    for i in range(50):
+        pub.send(f"before {i}")
+    a.connect(address, timeout=2.0)
+    pub.send("after")
+    got: list = []
+    assert wait_for(lambda: got.extend(sub.recv_all()) or len(got) >= 51, 5.0), got
+    assert got == [f"before {i}" for i in range(50)] + ["after"]
+
+
 def test_waiting_threads_do_not_poll_while_the_peer_is_in_this_process(make_ctx):
     # (a polling reader takes the GIL the peer's thread needs to answer: round trips took ~6x as long)
     a, b, bound, conn = itc_pair(make_ctx)

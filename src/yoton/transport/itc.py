@@ -2,9 +2,11 @@
 
 A bind registers its name in this process; a connect finds it and the two
 contexts get a pair of :class:`ItcLink` objects, one each, that feed each
-other. Packages pass by reference: the bodies the sender queued are the
-bodies the receiver's channels get (no copy, no system call per package;
-only the wake-up of the receiving context's loop when it sleeps).
+other. Packages pass by reference: the sending router queues
+:class:`~yoton.wire.frames.Package` objects on the link (no header is packed
+or parsed) and the bodies the sender queued are the bodies the receiver's
+channels get (no copy, no system call per package; only the wake-up of the
+receiving context's loop when it sleeps).
 
 The rules are those of TCP, so code does not care which it runs on:
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import AuthenticationError, BindError, ConnectError, ConnectHandshakeError
@@ -59,7 +62,7 @@ from .link import (
     WAITING,
     Link,
     LinkOwner,
-    packages_size,
+    objects_size,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +75,8 @@ __all__ = ["ItcLink", "ItcBind", "open_bind", "open_connect", "itc_name"]
 #: A pull takes at most this many packages, or bytes (at least one package), at a time.
 _TAKE_COUNT = 4096
 _TAKE_BYTES = 1 << 20
+
+_data = attrgetter("data")
 
 _binds: dict = {}  # name -> ItcBind, for this process
 _binds_lock = threading.Lock()
@@ -281,6 +286,25 @@ class ItcLink(Link):
 
     # -- moving packages ---------------------------------------------------------------
 
+    queues_objects = True  # (the peer takes our Package objects: no header is packed or parsed)
+
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> int:
+        """Queue ``(header, body)`` pairs (the startup queue, packages relayed
+        from another link) as Package objects; see :meth:`Link.enqueue`."""
+        unpack = HEADER.unpack
+        packages = []
+        for header, body in items:
+            _, slot, source_id, source_seq, dest_id, dest_seq, _ = unpack(header)
+            packages.append(Package(body, slot, source_id, source_seq, dest_id, dest_seq))
+        return self.enqueue_objects(packages, total)
+
+    def enqueue_objects(self, packages: list[Package], total: int) -> int:
+        """Queue Package objects for the peer, which takes them as they are."""
+        self.packages_out += len(packages)  # (queued for the peer; a stalled queue's discards included)
+        dropped = self.sendq.put_many(packages, total)
+        self.kick_writer()
+        return dropped
+
     def kick_writer(self) -> None:
         peer = self.peer
         if peer is not None:
@@ -305,7 +329,7 @@ class ItcLink(Link):
 
     def _into_flight(self, items: list) -> None:
         # (the sender's queue lock is held) What leaves the queue is in flight until delivered.
-        self._inflight = packages_size(items)
+        self._inflight = objects_size(items)
 
     def _pull(self) -> None:
         """Take a batch from the peer's send queue and deliver it (loop side)."""
@@ -317,17 +341,15 @@ class ItcLink(Link):
         if items:
             nbytes = src._inflight
             limit = self.config.max_package_size
-            packages: list = []
-            append, unpack = packages.append, HEADER.unpack
-            for header, body in items:
-                _, slot, source_id, source_seq, dest_id, dest_seq, length = unpack(header)
-                if not length:
-                    continue  # (an empty package carries nothing: dropped, as by the frame decoder)
-                if length > limit:
-                    src._inflight = 0
-                    self.teardown(f"Package too large ({length} bytes; the limit is {limit}).")
-                    return
-                append(Package(body, slot, source_id, source_seq, dest_id, dest_seq))
+            packages = items
+            sizes = list(map(len, map(_data, items)))
+            if max(sizes) > limit:
+                length = next(size for size in sizes if size > limit)
+                src._inflight = 0
+                self.teardown(f"Package too large ({length} bytes; the limit is {limit}).")
+                return
+            if 0 in sizes:  # (an empty package carries nothing: dropped, as by the frame decoder)
+                packages = [pkg for pkg, size in zip(items, sizes) if size]
             src.progress(nbytes)
             self.last_recv = time.monotonic()
             self.bytes_in += nbytes

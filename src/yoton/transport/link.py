@@ -30,8 +30,9 @@ sender never waits for it longer than the connection's ``timeout``.
 
 Rules the base class keeps for every transport:
 
-* Packages are ``(header, body)`` pairs queued on a
-  :class:`~yoton.queues.BoundedQueue` bounded by ``max_queue_bytes``, which
+* Packages are ``(header, body)`` pairs (or, for a transport that sets
+  :attr:`Link.queues_objects`, :class:`~yoton.wire.frames.Package` objects)
+  queued on a :class:`~yoton.queues.BoundedQueue` bounded by ``max_queue_bytes``, which
   applies backpressure: senders wait for room (the router does, through
   :meth:`has_room`) while the peer keeps taking data. Once the queue is full
   and the peer has taken nothing for the connection's ``timeout``, the link
@@ -57,12 +58,15 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence
 from typing import Protocol as _Interface
 
 from ..queues import BLOCK, BoundedQueue, Policy
+from ..wire.frames import HEADER_SIZE
 
 if TYPE_CHECKING:
+    from ..wire.frames import Package
     from .acceptor import Acceptor
     from .connection import Connection
     from .ioloop import IOLoop
@@ -105,6 +109,20 @@ def package_size(item: tuple[bytes, bytes]) -> int:
 def packages_size(items: Iterable[tuple[bytes, bytes]]) -> int:
     """Bytes of queued packages (``(header, body)`` pairs)."""
     return sum(map(len, chain.from_iterable(items)))
+
+
+_data = attrgetter("data")
+
+
+def object_size(pkg: Package) -> int:
+    """Bytes of a queued :class:`~yoton.wire.frames.Package` object, its header included."""
+    return HEADER_SIZE + len(pkg.data)
+
+
+def objects_size(packages: Iterable[Package]) -> int:
+    """Bytes of queued :class:`~yoton.wire.frames.Package` objects, their headers included."""
+    sizes = list(map(len, map(_data, packages)))
+    return HEADER_SIZE * len(sizes) + sum(sizes)
 
 
 class LinkState(Enum):
@@ -205,6 +223,12 @@ class Link:
     stalls, read holds, silence detection, figures. Transports subclass it
     and provide the I/O (see :class:`~yoton.transport.stream.StreamLink`)."""
 
+    #: Whether the send queue holds :class:`~yoton.wire.frames.Package`
+    #: objects rather than ``(header, body)`` pairs: a link whose peer is in
+    #: this process hands them over as they are (no header to pack and parse).
+    #: The router then queues with :meth:`enqueue_objects`.
+    queues_objects = False
+
     def __init__(self, owner: LinkOwner, handle: Connection) -> None:
         self.owner = owner
         self.config = owner.config
@@ -224,8 +248,8 @@ class Link:
             name=f"the send queue of connection {handle.name!r}",
             log_level=logging.DEBUG,  # (the stall is logged instead)
             on_room=self._on_room,
-            size_of=package_size,
-            sizes_of=packages_size,
+            size_of=object_size if self.queues_objects else package_size,
+            sizes_of=objects_size if self.queues_objects else packages_size,
         )
         self.stalled = False  # full, and the peer took nothing for `timeout` s
         self.read_holds: set = set()  # why reading is held (loop side); empty: reading
@@ -304,6 +328,14 @@ class Link:
         dropped = self.sendq.put_many(items, total)
         self.kick_writer()
         return dropped
+
+    def enqueue_objects(self, packages: list[Package], total: int) -> int:
+        """Queue :class:`~yoton.wire.frames.Package` objects (this link's own:
+        the peer's router may change them) of ``total`` bytes, headers
+        included, as :meth:`enqueue` does. For links that do not
+        :attr:`queue objects <queues_objects>`, they are queued as pairs."""
+        pairs: list = [(pkg.header(), pkg.data) for pkg in packages]
+        return self.enqueue(pairs, total)
 
     def has_room(self, size: int) -> bool:
         """Whether a sender may queue ``size`` more bytes without waiting: the
