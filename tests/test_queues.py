@@ -239,3 +239,15 @@ def test_a_queue_at_its_item_bound_is_full_and_tells_when_it_drains():
     assert q.full
     q.take()
     assert rooms == [1]
+
+
+def test_put_back_returns_taken_items_to_the_front_in_order_with_their_bytes():
+    q = BoundedQueue(max_items=10, max_bytes=1000, size_of=len)
+    q.put_many([b"a", b"bb", b"ccc", b"dddd"])
+    taken = q.take(2)
+    assert taken == [b"a", b"bb"] and q.bytes == 7
+    q.put_back(taken)
+    assert list(q) == [b"a", b"bb", b"ccc", b"dddd"] and q.bytes == 10
+    assert q.statistics()["discarded"] == 0
+    q.put_back([])  # (nothing: nothing changes)
+    assert len(q) == 4

@@ -82,7 +82,7 @@ from .transport import connection as _links
 from .transport.connection import REASON_CONTEXT, Connection, ConnectionCollection
 from .transport.ioloop import IOLoop, default_spin
 from .transport.link import LinkConfig, package_size, packages_size
-from .transport.sigint import MAIN_THREAD, MainSending
+from .transport.sigint import MAIN_THREAD, MainSending, shield_enter, shield_exit
 from .transport.stream import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT, Package
 from .wire.naming import new_id
@@ -669,6 +669,12 @@ class Router:
         """Whether packages arriving on ``link`` are forwarded to other live
         links (this context is a gateway for them), any thread."""
         return any(other is not link for other in self._live)
+
+    #: In the main thread: ``on = shield_enter()`` begins a block in which a
+    #: Ctrl-C waits; ``shield_exit(undo)`` (if ``on``) ends it, calling
+    #: ``undo()`` first when one came, then raising it (see transport/sigint.py).
+    shield_enter = staticmethod(shield_enter)
+    shield_exit = staticmethod(shield_exit)
 
     def room_changed(self) -> None:
         """A send queue drained, stalled or left (any thread): wake waiting senders."""

@@ -325,6 +325,16 @@ class BoundedQueue:
             room()
         return item
 
+    def put_back(self, items: Sequence[Any]) -> None:
+        """Return ``items``, taken from the front a moment ago, to the front in
+        their order (a reader interrupted before it could hand them on); never
+        refused, dropped or counted as new."""
+        if not items:
+            return
+        with self._lock:
+            self._items.extendleft(reversed(items))
+            self._bytes += sum(map(self._size_of, items))
+
     def take(
         self, count: int | None = None, sink: Callable[[list[Any]], object] | None = None, max_bytes: int | None = None
     ) -> list[Any]:

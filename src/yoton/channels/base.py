@@ -417,8 +417,17 @@ class BaseChannel:
                 return queue.popleft()
             except IndexError:  # (taken meanwhile by another reader)
                 pass
-        if block is False or block is None or self._closed:
+        if not self._wait_ready(block):
             return None
+        return self._pop_after_wait()
+
+    def _wait_ready(self, block: bool | float | None) -> bool:
+        """Wait as ``block`` says until a package is pending; whether one is (it is not taken)."""
+        items = self._queue.items
+        if items:
+            return True
+        if block is False or block is None or self._closed:
+            return False
         if block is True:
             deadline = None
         elif isinstance(block, (int, float)):
@@ -426,11 +435,13 @@ class BaseChannel:
         else:
             raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
         self._waiter.wait(lambda: items or self._closed, deadline)
-        if not items:
-            return None
+        return bool(items)
+
+    def _pop_after_wait(self) -> Package | None:
+        items = self._queue.items
         try:
-            pkg = queue.popleft()
-        except IndexError:
+            pkg = self._queue.popleft()
+        except IndexError:  # (taken meanwhile by another reader)
             return None
         if items and self._waiter.others:
             self._waiter.notify()  # (pass the wake-up on: there is more)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import WouldBlock
@@ -60,6 +61,9 @@ def _deadline(block: bool | float) -> float | None:
     if isinstance(block, bool) or not isinstance(block, (int, float)):
         raise ValueError(f"block must be True, False or a number of seconds, not {block!r}")
     return time.monotonic() + block
+
+
+_MAIN_ID = threading.main_thread().ident  # (the thread Ctrl-C is raised in)
 
 
 class PubChannel(BaseChannel):
@@ -190,6 +194,8 @@ class SubChannel(BaseChannel):
         most that many seconds. Returns the empty message (``''``, ``b''``
         or None) when nothing came, or when the channel is closed and empty.
         """
+        if get_ident() == _MAIN_ID:  # (Ctrl-C lands here: a message taken must not be lost to it)
+            return self._recv_in_main(block)
         items = self._pending
         if items:  # (one is waiting: the common case under load, taken with fewer calls)
             try:
@@ -207,9 +213,59 @@ class SubChannel(BaseChannel):
             return data if type(data) is bytes else bytes(data)
         return self._decode(pkg)
 
+    def _recv_in_main(self, block: bool | float | None) -> Any:
+        # The wait may be interrupted (nothing is taken yet). Taking and
+        # decoding are shielded: a Ctrl-C that comes meanwhile puts the
+        # message back and is raised as the block ends.
+        items = self._pending
+        if not items and not self._wait_ready(block):
+            if self._said_full and len(items) < OK_MARK:
+                self._say(False)
+            return self._empty()
+        router = self._router
+        on = router.shield_enter()
+        pkg = None
+        value = None
+        try:
+            try:
+                pkg = self._queue.popleft()
+            except IndexError:  # (taken meanwhile by another reader)
+                value = self._empty()
+            else:
+                if items and self._waiter.others:
+                    self._waiter.notify()  # (pass the wake-up on: there is more)
+                if self._raw_in:  # (BINARY's decoding, inline)
+                    data = pkg.data
+                    value = data if type(data) is bytes else bytes(data)
+                else:
+                    value = self._decode(pkg)
+            if self._said_full and len(items) < OK_MARK:
+                self._say(False)
+        except BaseException:
+            pkg = None  # (a message that failed to decode is consumed, as without Ctrl-C)
+            raise
+        finally:
+            if on:
+                router.shield_exit(None if pkg is None else self._queue.put_back, (pkg,))
+        return value
+
     def recv_all(self) -> list:
         """Return all pending messages (possibly an empty list)."""
-        return self._decode_all(self._queue.take())
+        if get_ident() != _MAIN_ID:
+            return self._decode_all(self._queue.take())
+        router = self._router
+        on = router.shield_enter()  # (as in recv: a Ctrl-C meanwhile puts them back)
+        pkgs: list = []
+        try:
+            pkgs = self._queue.take()
+            value = self._decode_all(pkgs)
+        except BaseException:
+            pkgs = []
+            raise
+        finally:
+            if on:
+                router.shield_exit(self._queue.put_back if pkgs else None, pkgs)
+        return value
 
     def recv_selected(self) -> list:
         """Return the pending messages older than any pending in the other channels

@@ -27,12 +27,20 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:
     from .ioloop import IOLoop
 
-__all__ = ["MAIN_THREAD", "MainSending", "MainServing", "main_may_serve", "sigint_handler"]
+__all__ = [
+    "MAIN_THREAD",
+    "MainSending",
+    "MainServing",
+    "main_may_serve",
+    "sigint_handler",
+    "shield_enter",
+    "shield_exit",
+]
 
 MAIN_THREAD = threading.main_thread()
 
@@ -79,6 +87,34 @@ def interrupted() -> bool:
 def _raise_pending() -> None:
     global _pending
     if _pending is not None:
+        pending, _pending = _pending, None
+        signal.default_int_handler(*pending)
+
+
+def shield_enter() -> bool:
+    """Begin a block in which Ctrl-C waits (main thread only, the caller
+    checked); False if yoton's handler is not the one installed (nothing
+    then waits). A True must be followed by :func:`shield_exit`."""
+    global _sending
+    if _sending or main_may_serve():
+        _sending += 1
+        return True
+    return False
+
+
+def shield_exit(undo: Callable[[Any], object] | None = None, arg: Any = None) -> None:
+    """End a block begun by :func:`shield_enter` (that returned True). If a
+    Ctrl-C came meanwhile, ``undo(arg)`` runs first, still shielded (a reader
+    puts back what the interrupt keeps from its caller), then KeyboardInterrupt
+    is raised."""
+    global _sending, _pending
+    if undo is not None and _pending is not None and _sending == 1 and _serving_loop is None:
+        undo(arg)
+    _sending -= 1
+    # No Python call from here to the caller's next one: Python runs signal
+    # handlers only at calls (and loop jumps), so a Ctrl-C arriving now is
+    # raised there, after the caller has what we return.
+    if not _sending and _serving_loop is None and _pending is not None:
         pending, _pending = _pending, None
         signal.default_int_handler(*pending)
 
