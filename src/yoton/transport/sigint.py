@@ -96,7 +96,7 @@ def shield_enter() -> bool:
     checked); False if yoton's handler is not the one installed (nothing
     then waits). A True must be followed by :func:`shield_exit`."""
     global _sending
-    if _sending or main_may_serve():
+    if _sending or _getsignal(signal.SIGINT) is sigint_handler or main_may_serve():
         _sending += 1
         return True
     return False
@@ -108,7 +108,7 @@ def shield_exit(undo: Callable[[Any], object] | None = None, arg: Any = None) ->
     puts back what the interrupt keeps from its caller), then KeyboardInterrupt
     is raised."""
     global _sending, _pending
-    if undo is not None and _pending is not None and _sending == 1 and _serving_loop is None:
+    if _pending is not None and undo is not None and _sending == 1 and _serving_loop is None:
         undo(arg)
     _sending -= 1
     # No Python call from here to the caller's next one: Python runs signal
