@@ -1326,35 +1326,18 @@ def main(argv=None) -> int:
             for name, summary in profiles.items():
                 print()
                 print(format_profile(f"profile: ours {name} {summary.get('run', '')}", summary))
-        if problems:
-            print()
-            print("PROBLEMS:")
-            for p in problems:
-                print("  " + p)
+        _print_problems(problems)
+        meta = _meta(mode, args.reps, stacks, started)
+        meta.update(stack_names={s: STACK_NAMES[s] for s in stacks}, versions=_versions(results))
         doc = {
-            "meta": {
-                "date": _dt.datetime.now().isoformat(timespec="seconds"),
-                "mode": mode,
-                "reps": args.reps,
-                "stacks": stacks,
-                "stack_names": {s: STACK_NAMES[s] for s in stacks},
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "cpu_count": os.cpu_count(),
-                "elapsed_s": round(time.monotonic() - started, 1),
-                "versions": _versions(results),
-            },
+            "meta": meta,
             "results": results,
             "profiles": profiles,
             "problems": problems,
             "table": table,
             "notes": notes,
         }
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1, default=str))
-        progress(f"wrote {out} ({time.monotonic() - started:.0f} s in all)")
-        return 1 if any(not p.startswith("SKIPPED") for p in problems) else 0
+        return _write_doc(doc, args.json, started, progress, problems)
     except KeyboardInterrupt:
         progress("interrupted; killing workers")
         return 130
@@ -1383,28 +1366,42 @@ def _main_hops(args, mode: str, envs: dict, started: float, progress, problems: 
     print(table)
     print()
     print(notes)
-    if problems:
-        print()
-        print("PROBLEMS:")
-        for p in problems:
-            print("  " + p)
+    _print_problems(problems)
     doc = {
-        "meta": {
-            "date": _dt.datetime.now().isoformat(timespec="seconds"),
-            "mode": mode,
-            "reps": args.reps,
-            "stacks": ["ours"],
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "elapsed_s": round(time.monotonic() - started, 1),
-        },
+        "meta": _meta(mode, args.reps, ["ours"], started),
         "hops": hops,
         "problems": problems,
         "table": table,
         "notes": notes,
     }
-    out = Path(args.json)
+    return _write_doc(doc, args.json, started, progress, problems)
+
+
+def _print_problems(problems: list) -> None:
+    if problems:
+        print()
+        print("PROBLEMS:")
+        for p in problems:
+            print("  " + p)
+
+
+def _meta(mode: str, reps: int, stacks: list, started: float) -> dict:
+    """The run's description for the JSON document."""
+    return {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "mode": mode,
+        "reps": reps,
+        "stacks": stacks,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _write_doc(doc: dict, path: str, started: float, progress, problems: list) -> int:
+    """Write the JSON document; the exit status (1 if a problem is not a skip)."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, default=str))
     progress(f"wrote {out} ({time.monotonic() - started:.0f} s in all)")
