@@ -103,7 +103,9 @@ def _port_name(port_name: str, impl: str, example: str) -> str:
     key = (port_name, impl, example)
     with _NAMES_LOCK:
         if key not in _NAMES:
-            taken = {port_hash(name) for name in _NAMES.values()}
+            # (and away from pyzo's command server, which tests/pyzo/test_pyzo_commandline.py
+            # runs on its fixed port meanwhile: an example's peer dialling it was served there)
+            taken = {port_hash(name) for name in _NAMES.values()} | {port_hash("pyzoserver")}
             for k in range(100000):
                 candidate = f"{port_name}{TAG}{k}"
                 port = port_hash(candidate)

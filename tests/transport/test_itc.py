@@ -311,7 +311,7 @@ def test_waiting_threads_do_not_poll_while_the_peer_is_in_this_process(make_ctx)
     a, b, bound, conn = itc_pair(make_ctx)
     tcp = a.bind(f"{HOST}:0")
     make_ctx().connect(f"{HOST}:{tcp.port}", timeout=3.0)
-    assert a.router.loop.no_spin == 1 and b.router.loop.no_spin == 1
+    assert wait_for(lambda: a.router.loop.no_spin == 1 and b.router.loop.no_spin == 1)  # (set on each loop side)
     conn.close()
     assert wait_for(lambda: a.router.loop.no_spin == 0 and b.router.loop.no_spin == 0)
     assert a.router.loop.spin == a.spin  # (the setting itself is left alone: TCP peers get it again)
