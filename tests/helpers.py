@@ -39,3 +39,20 @@ def link(binder, connector, timeout: float = 5.0):
     other = connector.connect(f"127.0.0.1:{conn.port1}", timeout=timeout)
     wait_until(lambda: conn.is_connected and other.is_connected, timeout, "the connection")
     return conn
+
+
+class _Events(list):
+    """A list a signal's handler appends to (it holds the handler: signals keep weak references)."""
+
+
+def record(signal_, timed: bool = True) -> list:
+    """Bind a handler to ``signal_`` and return the list it fills: one entry per
+    emission, ``(time.monotonic(), *args)`` (or ``args`` with ``timed=False``)."""
+    events = _Events()
+
+    def handler(*args):
+        events.append((time.monotonic(), *args) if timed else args)
+
+    events.handler = handler  # (kept alive as long as the list)
+    signal_.bind(handler)
+    return events

@@ -16,11 +16,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from _orig import orig_path
-from helpers import wait_until
+from helpers import record, wait_until
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -165,20 +164,7 @@ def wait_for(cond, timeout: float, what: str = "condition"):
     return wait_until(cond, timeout, what, pump=True)
 
 
-def _record(signal_) -> list:
-    """A list that collects the signal's emissions as (monotonic time, *args)."""
-
-    class Events(list):
-        pass
-
-    events = Events()
-
-    def handler(*args):
-        events.append((time.monotonic(), *args))
-
-    events.handler = handler  # (kept alive with the list)
-    signal_.bind(handler)
-    return events
+_record = record  # (the name the interop tests use)
 
 
 def killed_and_restarted(impl: str, addr: str, policy) -> None:

@@ -14,6 +14,7 @@ import time
 import tracemalloc
 
 import pytest
+from helpers import record as record_timed
 from transport_util import HOST, Resources, wait_for
 
 import yoton
@@ -22,19 +23,8 @@ from yoton.errors import BindError, ConnectError, ConnectHandshakeError
 pytestmark = pytest.mark.timeout(60)
 
 
-class _Events(list):
-    pass
-
-
 def record(signal_) -> list:
-    events = _Events()
-
-    def handler(*args):
-        events.append(args)
-
-    events.handler = handler
-    signal_.bind(handler)
-    return events
+    return record_timed(signal_, timed=False)
 
 
 # -- ports ----------------------------------------------------------------------------------

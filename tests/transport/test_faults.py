@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+from helpers import record
 from interop_helpers import SRC, PeerProcess
 from transport_util import HOST, Netns, RawClient, Resources, wait_for
 
@@ -36,19 +37,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="us
 # -- helpers -----------------------------------------------------------------------
 
 
-class _Events(list):
-    pass
-
-
-def _record(signal_) -> list:
-    events = _Events()
-
-    def handler(*args):
-        events.append((time.monotonic(), *args))
-
-    events.handler = handler  # keep the handler alive as long as the list
-    signal_.bind(handler)
-    return events
+_record = record
 
 
 def _exercise_everything(a, b) -> None:

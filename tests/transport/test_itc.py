@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from helpers import record
 from transport_util import HOST, Resources, wait_for
 
 import yoton
@@ -27,21 +28,6 @@ _names = iter(range(10**9))
 def unique(prefix: str = "t") -> str:
     """An itc name no other test of this process uses."""
     return f"itc://{prefix}-{next(_names)}-{time.monotonic_ns()}"
-
-
-class _Events(list):
-    pass
-
-
-def record(signal_) -> list:
-    events = _Events()
-
-    def handler(*args):
-        events.append((time.monotonic(), *args))
-
-    events.handler = handler
-    signal_.bind(handler)
-    return events
 
 
 def itc_pair(make_ctx, a_kwargs=None, b_kwargs=None):

@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+from helpers import record
 from interop_helpers import PeerProcess, killed_and_restarted
 from transport_util import HOST, Netns, free_port, wait_for
 
@@ -28,21 +29,6 @@ from yoton import ReconnectPolicy
 pytestmark = pytest.mark.timeout(60)
 
 QUICK = ReconnectPolicy(initial_delay=0.02, max_delay=0.2, attempt_timeout=1.0)
-
-
-class _Events(list):
-    pass
-
-
-def record(signal_) -> list:
-    events = _Events()
-
-    def handler(*args):
-        events.append((time.monotonic(), *args))
-
-    events.handler = handler
-    signal_.bind(handler)
-    return events
 
 
 @pytest.fixture
