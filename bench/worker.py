@@ -328,6 +328,17 @@ def role_recv(stack: str, p: dict) -> dict:
         if end_count is not None:
             break
         batch = recv_batch()
+    result = _received(count, nbytes, size, end_count, t_first, t_end, rss_before, slept=waited)
+    if stack in ("ours", "nats"):
+        stats = getattr(sub, "statistics", None)
+        if stats is not None:
+            result["discarded"] = stats().get("discarded")
+    return result
+
+
+def _received(count: int, nbytes: int, size: int, end_count, t_first, t_end, rss_before, **extra) -> dict:
+    """A one-way receiver's result: what came, how fast (timed from the first
+    message to the END marker), and memory."""
     elapsed = t_end - t_first if t_first is not None else 0.0
     result = {
         "received": count,
@@ -337,15 +348,11 @@ def role_recv(stack: str, p: dict) -> dict:
         "elapsed": elapsed,
         "rss_before_kib": rss_before,
         "rss_peak_kib": rss_peak_kib(),
-        "slept": waited,
+        **extra,
     }
     if count > 1 and elapsed > 0:
         result["msgs_per_s"] = (count - 1) / elapsed
         result["MB_per_s"] = (count - 1) * size / elapsed / 1e6
-    if stack in ("ours", "nats"):
-        stats = getattr(sub, "statistics", None)
-        if stats is not None:
-            result["discarded"] = stats().get("discarded")
     return result
 
 
@@ -732,21 +739,7 @@ def role_recv_aio(p: dict) -> dict:
         return count, nbytes, end_count, t_first, t_end, rss_before, sub.statistics()["discarded"]
 
     count, nbytes, end_count, t_first, t_end, rss_before, discarded = asyncio.run(main())
-    elapsed = t_end - t_first if t_first is not None else 0.0
-    result = {
-        "received": count,
-        "bytes": nbytes,
-        "end_seen": end_count is not None,
-        "end_count": end_count,
-        "elapsed": elapsed,
-        "rss_before_kib": rss_before,
-        "rss_peak_kib": rss_peak_kib(),
-        "discarded": discarded,
-    }
-    if count > 1 and elapsed > 0:
-        result["msgs_per_s"] = (count - 1) / elapsed
-        result["MB_per_s"] = (count - 1) * size / elapsed / 1e6
-    return result
+    return _received(count, nbytes, size, end_count, t_first, t_end, rss_before, discarded=discarded)
 
 
 def role_send_aio(p: dict) -> dict:
