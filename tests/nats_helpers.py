@@ -292,3 +292,25 @@ class Proxy:
         self.closed = True
         self.cut()
         self.listener.close()
+
+
+def send_to_a_slow_reader(pub, sub, n: int, every: int, pause: float) -> list:
+    """Send ``n`` numbered messages on ``pub`` while a thread reads ``sub``,
+    pausing ``pause`` s after every ``every`` messages; return what it read."""
+    got: list = []
+
+    def read():
+        while len(got) < n:
+            m = sub.recv(block=10)
+            if not m:
+                return
+            got.append(m)
+            if len(got) % every == 0:
+                threading.Event().wait(pause)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(n):
+        pub.send(str(i))
+    reader.join(30)
+    return got

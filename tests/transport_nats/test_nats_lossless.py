@@ -8,11 +8,9 @@ the router drops what it saw twice.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from helpers import wait_until
-from nats_helpers import Proxy
+from nats_helpers import Proxy, send_to_a_slow_reader
 
 import yoton
 
@@ -124,22 +122,7 @@ def test_a_slow_sync_subscriber_holds_the_consumer_not_the_memory(nats_server, n
     sub.set_sync_mode(True)
     pub = yoton.PubChannel(a, "slow")
     n = 400
-    got: list = []
-
-    def read():
-        while len(got) < n:
-            m = sub.recv(block=10)
-            if not m:
-                return
-            got.append(m)
-            if len(got) % 40 == 0:
-                threading.Event().wait(0.02)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    for i in range(n):
-        pub.send(str(i))
-    reader.join(30)
+    got = send_to_a_slow_reader(pub, sub, n, every=40, pause=0.02)
     assert got == [str(i) for i in range(n)]
     assert cb.statistics()["discarded_incoming"] == 0 and sub.statistics()["discarded"] == 0
 

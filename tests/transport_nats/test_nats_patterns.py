@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from helpers import wait_until
+from nats_helpers import send_to_a_slow_reader
 
 import yoton
 from yoton.transport.nats import NatsConnection, slot_subject
@@ -209,22 +210,7 @@ def test_sync_mode_is_lossless_with_a_slow_subscriber(nats_server, nats_ctx):
     pub = yoton.PubChannel(a, "flow")
     wait_until(lambda: _subscribed(a, pub), 5, "the publisher's status subscription")
     n = 600
-    got: list = []
-
-    def read():
-        while len(got) < n:
-            m = sub.recv(block=10)
-            if not m:
-                return
-            got.append(m)
-            if len(got) % 50 == 0:
-                threading.Event().wait(0.01)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    for i in range(n):
-        pub.send(str(i))
-    reader.join(30)
+    got = send_to_a_slow_reader(pub, sub, n, every=50, pause=0.01)
     assert got == [str(i) for i in range(n)]
     assert sub.statistics()["discarded"] == 0
 
