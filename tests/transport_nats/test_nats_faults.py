@@ -197,7 +197,9 @@ def test_credentials_go_as_nats_options(nats_servers, ctx):
     sub, pub = yoton.SubChannel(b, "x"), yoton.PubChannel(a, "x")
     pub.send("hello")
     assert sub.recv(block=5) == "hello"
-    with pytest.raises(yoton.ConnectError, match="(?i)authorization"):
+    # (the server answers "-ERR 'Authorization Violation'" and closes: on a loaded machine the
+    # client may meet the close first, and then reports the reset)
+    with pytest.raises(yoton.ConnectError, match="(?i)authorization|connection reset"):
         ctx().connect(server.url, timeout=1, user="alice", password="wrong")
 
 
