@@ -99,7 +99,8 @@ def test_three_repliers_share_60_requests(ctx):
         assert sorted(rep.served_log) == by_replier[rep.rid]
         # (the counter goes up just after the reply is sent)
         wait_for(lambda: rep.statistics()["served"] == len(rep.served_log), 5, "the served counter")
-        assert rep.threads and threading.current_thread() not in rep.threads  # thread mode
+        # thread mode (a slow replier may have served nothing on a loaded machine)
+        assert bool(rep.threads) == bool(rep.served_log) and threading.current_thread() not in rep.threads
     counts = [len(by_replier[rep.rid]) for rep in reps]
     assert counts[2] < counts[0], f"slowest got {counts[2]}, fastest {counts[0]}"
     assert req.statistics()["pending_requests"] == 0 and len(req._futures) == 0
