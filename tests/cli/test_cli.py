@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -197,8 +198,18 @@ def test_usage_errors_exit_2_and_name_the_problem(free_port, capsys):
         assert out == ""
 
 
-def test_errors_are_one_line_with_exit_code_1(free_port):
-    refused = f"127.0.0.1:{free_port()}"
+def test_errors_are_one_line_with_exit_code_1():
+    # A port held (bound, not listening) for the test: connects are refused, and no
+    # other test can take it meanwhile, as it could a port found free a moment ago.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    try:
+        _errors_are_one_line(f"127.0.0.1:{holder.getsockname()[1]}")
+    finally:
+        holder.close()
+
+
+def _errors_are_one_line(refused: str) -> None:
     proc = yoton_cli("pub", "--connect", refused, "--timeout", "0.3", "news", "hello")
     assert proc.returncode == 1
     one_error_line(proc.stderr, "yoton pub:", "could not connect", "refused")
