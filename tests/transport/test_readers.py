@@ -155,7 +155,7 @@ def test_after_a_long_wait_the_io_thread_sleeps_until_told_and_serves_again(make
     reader.start()
     # While one reader stays in, the I/O thread stops looking every LINGER s
     # and sleeps until the reader tells it that it left.
-    wait_until(lambda: loop._seat.out is ioloop._Out.DEEP, what="the I/O thread to sleep until told")
+    wait_until(lambda: loop._seat.out is ioloop._Out.DEEP, 15.0, "the I/O thread to sleep until told")
     assert loop._seat.reader is reader
     yoton.PubChannel(a, "quiet").send("for the reader")  # (it serves its socket itself, then leaves)
     reader.join(10.0)

@@ -186,7 +186,8 @@ def test_close_while_the_server_is_down_returns_promptly(nats_servers, nats_ctx)
     # yet far below a close that waits for a server that never comes back)
     assert time.monotonic() - t0 < 8.0
     assert ca.close_reason == "Closed on command." and not ca.is_alive
-    assert ca.statistics()["discarded"] == 1  # (counted: never written)
+    # (counted, never written; a context message queued meanwhile may be counted with it)
+    assert ca.statistics()["discarded"] >= 1
 
 
 def test_credentials_go_as_nats_options(nats_servers, ctx):
