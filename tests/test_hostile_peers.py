@@ -247,6 +247,51 @@ def test_a_forged_reply_does_not_complete_a_request(ctx, attacker):
     assert future.result(5.0) == ("pong", 1)
 
 
+def test_a_forged_decline_does_not_send_a_taken_request_elsewhere(ctx, attacker):
+    """'req~' only puts back a direct request, and only from the replier it went to."""
+    requester, replier = ctx(), ctx()
+    link(requester, replier)
+    svc = Slow(replier, "svc")
+    svc.set_mode("thread")
+    conn = requester.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req = yoton.ReqChannel(requester, "svc")
+    _, rep_slot = _reqrep_slots("svc")
+    assert req.ping(0).result(5.0) == ("pong", 0)  # (the next goes straight to the replier)
+    taken = req.ping(1, 0.3)
+    assert taken.running() and req.statistics()["direct"] == 1
+    n = taken._request_id
+    for source in (evil.id, replier.id):  # from the attacker, and in the replier's name
+        evil.send(package(rep_slot, source, 10 + (source & 0xFF), b"req~", dest_id=requester.id, dest_seq=REF + n))
+    assert taken.result(5.0) == ("pong", 1)
+    assert req.statistics()["declined"] == 0 and svc.statistics()["served"] == 2
+
+
+def test_a_flood_of_direct_requests_is_served_one_at_a_time_or_declined(ctx, attacker):
+    from yoton.wire.codec import encode_object
+
+    replier, requester = ctx(), ctx()
+    link(replier, requester)
+    svc = Slow(replier, "svc")
+    svc.set_mode("thread")
+    conn = replier.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req_slot, _ = _reqrep_slots("svc")
+    body = b"req=" + encode_object(("ping", ("x", 0.01), {}))
+    n = 2000
+    evil.send(
+        b"".join(package(req_slot, evil.id, i, body, dest_id=replier.id, dest_seq=REF + i) for i in range(1, n + 1))
+    )
+    # one served at a time, one kept for next, the rest declined: no queue grows
+    wait_until(lambda: svc.statistics()["declined"] >= n - 10, 20.0, "the direct requests to be declined")
+    assert len(svc._work) <= 1
+    req = yoton.ReqChannel(requester, "svc")
+    assert req.ping(1).result(5.0) == ("pong", 1)  # a real requester is served as usual
+    stats = svc.statistics()
+    wait_until(lambda: svc.statistics()["direct"] + svc.statistics()["declined"] == n, 5.0, "every direct request")
+    assert stats["declined"] >= n - 10
+
+
 def test_a_stream_of_announcements_never_followed_by_requests_does_not_starve_real_requesters(ctx, attacker):
     import threading
     import time
@@ -321,6 +366,8 @@ def test_a_request_that_comes_too_late_is_answered_with_an_error(ctx, attacker):
     slow = attacker(conn)  # a requester by hand, slow to follow up
     req_slot, rep_slot = _reqrep_slots("svc")
     slow.send(package(req_slot, slow.id, 1, b"req?", dest_seq=REF + 7))
+    fields, body = slow.read_package(5.0)  # (first, to a direct peer: "I take direct requests")
+    assert (fields[1], fields[4], fields[5], body) == (rep_slot, slow.id, REF + 7, b"req+")
     fields, body = slow.read_package(5.0)
     assert (fields[1], fields[4], fields[5], body) == (rep_slot, slow.id, REF + 7, b"req!")
     time.sleep(ACK_TIMEOUT * 1.5 + 0.2)  # (the scenario: later than the replier waits, ticks included)
@@ -403,8 +450,8 @@ def test_a_request_body_still_on_its_way_after_the_acknowledgement_wait_is_serve
     slow = attacker(conn)  # a requester by hand, with a slow link
     req_slot, rep_slot = _reqrep_slots("svc")
     slow.send(package(req_slot, slow.id, 1, b"req?", dest_seq=REF + 3))
-    fields, body = slow.read_package(5.0)
-    assert body == b"req!"
+    bodies = [slow.read_package(5.0)[1] for _ in range(2)]
+    assert bodies == [b"req+", b"req!"]
     request = package(
         req_slot, slow.id, 2, encode_object(("size", ("x" * (2 << 20),), {})), dest_id=replier.id, dest_seq=3
     )

@@ -838,6 +838,16 @@ class Router:
                 return partial[5]
         return None
 
+    def is_direct_peer(self, peer_id: int) -> bool:
+        """Whether ``peer_id`` is the context at the other end of one of our
+        connected links (any thread; a snapshot)."""
+        return peer_id in self._direct
+
+    def peer_reachable(self, peer_id: int) -> bool:
+        """Whether a link to ``peer_id`` still takes packages: connected, or
+        re-dialling a lost connection (any thread; a snapshot)."""
+        return any(link.peer_id == peer_id for link in self._live)
+
     @staticmethod
     def link_listens(link: Link) -> tuple[bool, float]:
         """``(listening, timeout)``: whether the peer on ``link`` can still be

@@ -545,3 +545,126 @@ def test_a_second_acknowledgement_is_ignored_quietly(ctx, caplog):
         req._receive(Package(ACKNOWLEDGE, 0, replier_id, 1, c.id, REF + future._request_id))
     assert future.running()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- direct requests between our own peers (one round trip) ------------------------------------
+
+
+class Gate(Replier):
+    """A replier whose ``hold`` method waits until the test opens ``gate`` (its
+    served_log records the order of everything served)."""
+
+    def __init__(self, context, slot):
+        super().__init__(context, slot)
+        self.gate = threading.Event()
+
+    def hold(self, i):
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.served_log.append(i)
+        return i
+
+
+def serving(rep, key):
+    """Whether ``rep`` serves request ``key`` (has its body: no acknowledgement timeout any more)."""
+    return rep._state.value == "serving" and rep._current == key
+
+
+@pytest.fixture
+def long_window(monkeypatch):
+    """A direct-request window long enough for a loaded test machine."""
+    monkeypatch.setattr("yoton.channels.reqrep.DIRECT_WINDOW", 60.0)
+
+
+def test_sequential_requests_go_direct_after_the_first(ctx):
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="direct")
+    for i in range(20):
+        assert req.add(i, 1).result(5) == i + 1
+    # the first (and any that came more than DIRECT_WINDOW after a reply) took the 2.2 exchange
+    stats = req.statistics()
+    assert stats["direct"] >= 1 and stats["declined"] == 0 and stats["pending_requests"] == 0
+    wait_for(lambda: rep.statistics()["served"] == 20, 5, "the served counter")
+    assert rep.statistics()["direct"] == stats["direct"] and rep.statistics()["declined"] == 0
+
+
+def test_a_relayed_replier_gets_no_direct_requests(ctx):
+    a, relay, c = ctx(), ctx(), ctx()
+    link(a, relay)
+    link(relay, c)
+    req = yoton.ReqChannel(a, "far")
+    rep = Replier(c, "far", rid="far")
+    rep.set_mode("thread")
+    assert [req.add(i, 1).result(10) for i in range(5)] == [i + 1 for i in range(5)]
+    assert req.statistics()["direct"] == 0 and rep.statistics()["direct"] == 0
+
+
+def test_a_busy_replier_declines_and_the_request_takes_the_usual_way(ctx, long_window):
+    server = ctx()
+    rep = Gate(server, "busy")
+    rep.set_mode("thread")
+    r1, r2 = ctx(), ctx()
+    link(server, r1)
+    link(server, r2)
+    req1, req2 = yoton.ReqChannel(r1, "busy"), yoton.ReqChannel(r2, "busy")
+    assert req1.add(1, 1).result(5) == 2  # (req1 now knows the replier is free)
+    held = req2.hold("r2")
+    wait_for(lambda: serving(rep, (r2.id, held._request_id)), 5, "the replier to serve r2's request")
+    late = req1.add(2, 2)  # straight to the replier, which is busy with another requester: declined
+    wait_for(lambda: req1.statistics()["declined"] == 1, 5, "the decline")
+    assert not late.done() and late._state.value == "PENDING"  # (announced again, waiting its turn)
+    rep.gate.set()
+    assert held.result(5) == "r2" and late.result(5) == 4
+    assert req1.statistics()["direct"] == 1 and rep.statistics()["declined"] == 1
+
+
+def test_a_direct_request_waits_behind_its_requesters_previous_one(ctx, long_window):
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="next")
+    server = ctx()
+    link(hub, server)
+    rep = Gate(server, "next")
+    rep.set_mode("thread")
+    first, second = req.add(0, 1), req.hold("b")  # both announced: served in turn
+    assert first.result(5) == 1
+    wait_for(lambda: serving(rep, (hub.id, second._request_id)), 5, "the replier to serve the second request")
+    third = req.add(3, 3)  # straight to the replier, which still serves our previous one: kept for next
+    wait_for(lambda: rep._parked is not None, 5, "the replier to keep the direct request")
+    rep.gate.set()
+    assert second.result(5) == "b" and third.result(5) == 6
+    assert req.statistics()["declined"] == 0 and rep.statistics()["direct"] == 1
+
+
+def test_a_kept_direct_request_yields_to_a_waiting_requester(ctx, long_window):
+    server = ctx()
+    rep = Gate(server, "fair")
+    rep.set_mode("thread")
+    r1, r2 = ctx(), ctx()
+    link(server, r1)
+    link(server, r2)
+    req1, req2 = yoton.ReqChannel(r1, "fair"), yoton.ReqChannel(r2, "fair")
+    first, held = req1.add(0, 1), req1.hold("r1")
+    assert first.result(5) == 1
+    wait_for(lambda: serving(rep, (r1.id, held._request_id)), 5, "the replier to serve r1's held request")
+    other = req2.hold("r2")  # r2 waits for the replier now
+    wait_for(lambda: r2.id in rep._offers, 5, "r2's announcement")
+    mine = req1.hold("r1-next")  # kept by the replier, then declined: r2 was waiting first
+    wait_for(lambda: rep._parked is not None, 5, "the replier to keep the direct request")
+    rep.gate.set()
+    assert held.result(5) == "r1" and other.result(5) == "r2" and mine.result(5) == "r1-next"
+    assert rep.served_log == ["r1", "r2", "r1-next"]
+    assert req1.statistics()["declined"] == 1
+
+
+def test_a_direct_request_fails_when_the_replier_goes_away(ctx, long_window):
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="gone")
+    server = ctx()
+    link(hub, server)
+    rep = Gate(server, "gone")
+    rep.set_mode("thread")
+    assert req.add(1, 1).result(5) == 2
+    f = req.hold("x")  # direct, and RUNNING at once: it cannot be cancelled
+    assert f.running() and not f.cancel()
+    wait_for(lambda: serving(rep, (hub.id, f._request_id)), 5, "the replier to serve it")
+    server.close()
+    rep.gate.set()
+    with pytest.raises(yoton.RemoteError, match="connection closed before it answered"):
+        f.result(5)
+    assert req.statistics()["pending_requests"] == 0

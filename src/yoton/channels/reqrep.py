@@ -13,7 +13,29 @@ The exchange for request number n (``REF = 2**63``)::
                                         <----   reply (OBJECT), dest_seq=n
 
 So a request goes to the first replier that is free: load is balanced
-without any coordinator. A failed request is answered with the OBJECT tuple
+without any coordinator.
+
+Between our own peers (not in yoton 2.2) a request can take one round trip
+instead of two. A replier tells a requester it is directly connected to,
+once, with ``'req+'`` (dest_seq=REF+n, just before its first ``'req!'``)
+that it takes *direct requests*. After a reply from such a replier, the
+requester's next request (within :data:`DIRECT_WINDOW` seconds, while the
+replier is still a direct peer) goes straight to it::
+
+    'req=' + request body, to that replier, dest_seq=REF+n  ---->
+                                        <----   reply (OBJECT), dest_seq=n
+                                        <----   or 'req~' (busy): the requester
+                                                announces it with 'req?' as above
+
+The replier serves a direct request at once only when it is free and no
+other requester waits for it (so load balancing and the turns between
+requesters stay as above); while it is busy with the same requester's
+previous request it keeps one direct request to serve next; else it
+declines. A direct request is RUNNING from the start (it cannot be
+cancelled); if the replier's connection goes away before it answers, the
+future fails with :class:`~yoton.errors.RemoteError`. A yoton 2.2 replier
+never sends ``'req+'``, so a 2.2 peer only ever sees the exchange above
+(a 2.2 requester ignores the ``'req+'`` it gets). A failed request is answered with the OBJECT tuple
 ``("yoton_ERROR_HANDLING_REQUEST", message)``; the requester's future then
 raises :class:`~yoton.errors.RemoteError` with that message. The message is
 yoton 2.2's (:func:`error_text`): the exception's text, a newline, and the
@@ -60,11 +82,12 @@ from ..errors import CancelledError, ChannelClosedError, RemoteError, TimeoutErr
 from ..events import post_event
 from ..messages import OBJECT
 from ..wire.codec import decode_object, encode_object
+from ..wire.frames import Package
 from .base import BaseChannel, Waiter
 
 if TYPE_CHECKING:
     from ..context import Context
-    from ..wire.frames import Body, Package
+    from ..wire.frames import Body
 
 log = logging.getLogger("yoton")
 
@@ -74,6 +97,14 @@ REF = 2**63
 PRE_REQUEST = b"req?"
 ACKNOWLEDGE = b"req!"
 WITHDRAW = b"req-"
+#: Direct requests between our own peers (see the module docstring).
+CAN_DIRECT = b"req+"
+DIRECT = b"req="
+DECLINE = b"req~"
+#: Seconds after a reply from a replier during which the next request goes
+#: straight to it; repliers a requester remembers as taking direct requests.
+DIRECT_WINDOW = 1.0
+MAX_DIRECT = 256
 ERROR_TAG = "yoton_ERROR_HANDLING_REQUEST"
 ANNOUNCE_INTERVAL = 0.5
 #: Seconds a replier waits for the body of a request it acknowledged; a
@@ -102,7 +133,8 @@ PENDING, RUNNING, CANCELLED, FINISHED = (
     FutureState.CANCELLED,
     FutureState.FINISHED,
 )
-_FUTURE_MOVES = {PENDING: (RUNNING, CANCELLED, FINISHED), RUNNING: (FINISHED,), CANCELLED: (), FINISHED: ()}
+# (RUNNING -> PENDING only for a direct request its replier declined)
+_FUTURE_MOVES = {PENDING: (RUNNING, CANCELLED, FINISHED), RUNNING: (FINISHED, PENDING), CANCELLED: (), FINISHED: ()}
 
 # No "line N of FILE." for these (yoton 2.2's rule: the text says it all).
 _NO_LOCATION = (OverflowError, SyntaxError, ValueError)
@@ -131,6 +163,8 @@ class Future:
     (a result or an exception) — or CANCELLED, by :meth:`cancel` or when no
     replier took it within the auto-cancel timeout.
     """
+
+    _direct = False  # (sent straight to a replier, see the module docstring)
 
     def __init__(
         self, req_channel: ReqChannel | None, req: bytes, request_id: int, timeout: float | None = 10.0
@@ -335,6 +369,10 @@ class ReqChannel(BaseChannel):
         self._counter = 0
         self._req_lock = threading.Lock()
         self._ticking = False
+        self._capable: dict = {}  # repliers that take direct requests (an ordered set)
+        self._free: tuple[int, float] | None = None  # (replier, time) of the last reply from one of them
+        self._direct_sent = 0
+        self._declined = 0
         super().__init__(context, slot_base, OBJECT)
 
     def __getattr__(self, name: str) -> Callable[..., Future]:
@@ -349,9 +387,10 @@ class ReqChannel(BaseChannel):
         return request
 
     def statistics(self) -> dict:
-        """Counters: requests still waiting for a reply (``pending_requests``) and more."""
+        """Counters: requests still waiting for a reply (``pending_requests``), requests
+        sent straight to a replier (``direct``) and how many of those it ``declined``, and more."""
         stats = super().statistics()
-        stats["pending_requests"] = len(self._futures)
+        stats.update(pending_requests=len(self._futures), direct=self._direct_sent, declined=self._declined)
         return stats
 
     def _process_events_local(self, dummy: object = None) -> None:
@@ -368,14 +407,29 @@ class ReqChannel(BaseChannel):
         limit = self._router.max_package_size
         if len(body) > limit:  # refused here: the I/O thread sends the body later
             raise ValueError(f"request too large to send: {len(body)} bytes encoded, but max_package_size is {limit}")
+        direct_to = 0
         with self._req_lock:
             self._counter += 1
             future = self._future_class(self, body, self._counter, self._default_timeout)
             self._futures[future._request_id] = future
+            free, self._free = self._free, None
+            if (
+                free is not None
+                and time.monotonic() - free[1] < DIRECT_WINDOW
+                and len(body) + len(DIRECT) <= limit
+                and self._router.is_direct_peer(free[0])
+            ):
+                direct_to = future._replier = free[0]
+                future._direct = True
+                future._move(RUNNING)  # (nobody else sees it yet: no reply before the send below)
             start_ticking = not self._ticking
             self._ticking = True
         self._count_out += 1
-        self._announce_request(future)
+        if direct_to:
+            self._direct_sent += 1
+            self._router.send(self._slot_out, DIRECT + body, direct_to, REF + future._request_id, force=True)
+        else:
+            self._announce_request(future)
         if start_ticking:
             self._router.call_later(self._tick, ANNOUNCE_INTERVAL)
         return future
@@ -394,6 +448,8 @@ class ReqChannel(BaseChannel):
         now = time.monotonic()
         for future in list(self._futures.values()):
             if future._state is not PENDING:
+                if future._direct and future._state is RUNNING and not self._router.peer_reachable(future._replier):
+                    future.set_exception(RemoteError("the replier's connection closed before it answered"))
                 continue
             if future._cancel_at is not None and now >= future._cancel_at:
                 future.cancel()
@@ -409,7 +465,9 @@ class ReqChannel(BaseChannel):
             return  # (acknowledgements and replies are addressed to the requester)
         seq = pkg.dest_seq
         if seq >= REF:
-            if bytes(pkg.data) != ACKNOWLEDGE:
+            signal = bytes(pkg.data)
+            if signal != ACKNOWLEDGE:
+                self._direct_signal(pkg.source_id, seq - REF, signal)
                 return
             future = self._futures.get(seq - REF)
             if future is None or future._state is not PENDING or not future.set_running_or_notify_cancel():
@@ -421,7 +479,27 @@ class ReqChannel(BaseChannel):
             return
         future = self._futures.get(seq)
         if future is not None and pkg.source_id == future._replier:  # (only the replier that took it)
+            if pkg.source_id in self._capable:  # (it is free now: the next request can go straight to it)
+                self._free = (pkg.source_id, time.monotonic())
             future._set_reply(pkg.data)
+
+    def _direct_signal(self, replier: int, n: int, signal: bytes) -> None:
+        """``'req+'``: ``replier`` takes direct requests; ``'req~'``: it declined
+        direct request ``n``, which is announced as usual (I/O thread)."""
+        if signal == CAN_DIRECT:
+            if len(self._capable) < MAX_DIRECT:
+                self._capable[replier] = None
+        elif signal == DECLINE:
+            future = self._futures.get(n)
+            if future is None or not future._direct or future._replier != replier:
+                return
+            with future._lock:
+                if not future._move(PENDING):
+                    return
+                future._direct, future._replier = False, 0
+            self._declined += 1
+            if not self._closed:
+                self._announce_request(future)
 
     def close(self) -> None:
         """Close the channel; requests not yet answered are cancelled (repliers
@@ -473,9 +551,10 @@ class RepChannel(BaseChannel):
     _pattern_in = "req-rep"
 
     # IDLE --ack--> ACKNOWLEDGED --body--> SERVING --reply--> IDLE;
-    # ACKNOWLEDGED --withdrawn, or no body within ACK_TIMEOUT--> IDLE.
+    # ACKNOWLEDGED --withdrawn, or no body within ACK_TIMEOUT--> IDLE;
+    # IDLE --a direct request (ours only)--> SERVING.
     _TRANSITIONS = {
-        _Rep.IDLE: (_Rep.ACKNOWLEDGED,),
+        _Rep.IDLE: (_Rep.ACKNOWLEDGED, _Rep.SERVING),
         _Rep.ACKNOWLEDGED: (_Rep.SERVING, _Rep.IDLE),
         _Rep.SERVING: (_Rep.IDLE,),
     }
@@ -498,6 +577,10 @@ class RepChannel(BaseChannel):
         self._worker: threading.Thread | None = None
         self._served = 0
         self._refused = 0
+        self._told: set = set()  # requesters told that we take direct requests
+        self._parked: Package | None = None  # a direct request to serve next (see _direct_request)
+        self._direct_served = 0
+        self._declined = 0
         self._ticking = False  # one _tick chain at most, however often set_mode is called
         super().__init__(context, slot_base, OBJECT)
 
@@ -542,9 +625,16 @@ class RepChannel(BaseChannel):
 
     def statistics(self) -> dict:
         """Counters: ``served`` requests, ``offers`` waiting for acknowledgement,
-        and request bodies ``refused`` because this replier had not acknowledged them."""
+        request bodies ``refused`` because this replier had not acknowledged them,
+        and direct requests taken (``direct``) and ``declined`` because it was busy."""
         stats = super().statistics()
-        stats.update(served=self._served, offers=sum(map(len, list(self._offers.values()))), refused=self._refused)
+        stats.update(
+            served=self._served,
+            offers=sum(map(len, list(self._offers.values()))),
+            refused=self._refused,
+            direct=self._direct_served,
+            declined=self._declined,
+        )
         return stats
 
     def echo(self, arg1: Any, sleep: float = 0.0) -> tuple[Any, str]:
@@ -560,6 +650,10 @@ class RepChannel(BaseChannel):
         seq = pkg.dest_seq
         if seq >= REF:
             requester, n = pkg.source_id, seq - REF
+            if pkg.data[:4] == DIRECT:
+                if pkg.dest_id == self._router.id:
+                    self._direct_request(Package(pkg.data[4:], pkg.slot, requester, pkg.source_seq, pkg.dest_id, n))
+                return
             signal = bytes(pkg.data)
             with self._lock:
                 if signal == PRE_REQUEST:
@@ -580,13 +674,45 @@ class RepChannel(BaseChannel):
             if not taken:
                 self._refuse_body(pkg, key)
                 return
-            mode = self._mode
-            if mode == 1:
-                self._post_serve(pkg)
-            else:  # the worker thread's, or (off) _process_events_local's
-                self._work.append(pkg)
-                if mode:
-                    self._work_waiter.notify()
+            self._dispatch(pkg)
+
+    def _dispatch(self, pkg: Package) -> None:
+        """Have a request this replier took served, as its mode says."""
+        mode = self._mode
+        if mode == 1:
+            self._post_serve(pkg)
+        else:  # the worker thread's, or (off) _process_events_local's
+            self._work.append(pkg)
+            if mode:
+                self._work_waiter.notify()
+
+    def _direct_request(self, pkg: Package) -> None:
+        """A direct request (its body and dest_seq unwrapped): serve it now if we
+        are free and nobody else waits; keep it for next if we serve its
+        requester already; else decline (I/O thread)."""
+        requester, n = pkg.source_id, pkg.dest_seq
+        verdict = DECLINE
+        with self._lock:
+            if self._mode and self._state is _Rep.IDLE and self._fair_for(requester):
+                self._set_state(_Rep.SERVING, (requester, n))
+                verdict = DIRECT
+            elif self._mode and self._parked is None and self._current is not None and self._current[0] == requester:
+                self._parked, verdict = pkg, None
+        if verdict is DIRECT:
+            self._direct_served += 1
+            self._dispatch(pkg)
+        elif verdict is DECLINE:
+            self._decline(requester, n)
+
+    def _fair_for(self, requester: int) -> bool:
+        """(with _lock) Whether no other requester waits for us."""
+        offers = self._offers
+        return not offers or all(not pending for other, pending in offers.items() if other != requester)
+
+    def _decline(self, requester: int, n: int) -> None:
+        self._declined += 1
+        if not self._closed:
+            self._router.send(self._slot_out, DECLINE, requester, REF + n, force=True)
 
     def _add_offer(self, requester: int, n: int) -> None:
         """(with _lock) Keep an announced request, within the bounds."""
@@ -616,7 +742,21 @@ class RepChannel(BaseChannel):
 
     def _offer_next(self, local: bool = False) -> None:
         """Acknowledge the next announced request if we are free (and on, or
-        ``local``); requesters take turns."""
+        ``local``); requesters take turns. A direct request kept for next goes
+        first, unless another requester waits (then it is declined)."""
+        with self._lock:
+            if self._state is not _Rep.IDLE or not (self._mode or local):
+                return
+            parked, self._parked = self._parked, None
+            serve = parked is not None and self._fair_for(parked.source_id)
+            if serve:
+                self._set_state(_Rep.SERVING, (parked.source_id, parked.dest_seq))
+        if parked is not None:
+            if serve:
+                self._direct_served += 1
+                self._dispatch(parked)
+                return
+            self._decline(parked.source_id, parked.dest_seq)
         with self._lock:
             if self._state is not _Rep.IDLE or not (self._mode or local):
                 return
@@ -639,6 +779,10 @@ class RepChannel(BaseChannel):
             self._set_state(_Rep.ACKNOWLEDGED, (requester, n))
             self._acked_at = time.monotonic()
             self._ack_progress = 0
+        told = self._told
+        if requester not in told and len(told) < MAX_REQUESTERS and self._router.is_direct_peer(requester):
+            told.add(requester)  # (before the first acknowledgement: the requester knows it by the reply)
+            self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
         self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
     def _tick(self) -> None:
