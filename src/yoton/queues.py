@@ -45,12 +45,16 @@ import logging
 import threading
 from collections import deque
 from enum import Enum
-from itertools import islice, repeat
+from itertools import islice, repeat, starmap
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = ["Policy", "BoundedQueue", "BLOCK", "DROP_OLD", "DROP_NEW"]
 
 log = logging.getLogger("yoton")
+
+#: Runs an iterator to its end, in C (``_drain(starmap(d.popleft, repeat((), n)))``
+#: pops n items without a Python-level loop).
+_drain = deque(maxlen=0).extend
 
 
 class Policy(Enum):
@@ -357,7 +361,7 @@ class BoundedQueue:
                     sink(out)
                 items.clear()
                 self._bytes = 0
-            else:
+            else:  # (a batch from a longer queue: one slice, one size sum, the pops in C)
                 out = list(islice(items, n))
                 taken = self._sizes_of(out)
                 if max_bytes is not None and n > 1 and taken > max_bytes:
@@ -372,9 +376,7 @@ class BoundedQueue:
                     taken = self._sizes_of(out)
                 if sink is not None:
                     sink(out)
-                popleft = items.popleft
-                for _ in repeat(None, n):
-                    popleft()
+                _drain(starmap(items.popleft, repeat((), n)))
                 self._bytes -= taken
             room = self._after_take() if self._full or self._dropping else None
         if room is not None:
