@@ -124,10 +124,16 @@ def test_take_with_a_byte_budget_takes_at_least_one():
 
 def test_take_hands_the_items_to_a_sink_before_they_leave():
     q = make()
-    _fill(q, range(3))
+    q.put((0, 10))
+    q.put((1, 20))
+    q.put((2, 30))
     seen = []
-    q.take(2, sink=lambda items: seen.append((values(items), len(q))))
-    assert seen == [([0, 1], 3)]  # (the queue still held them when the sink got them)
+    sink = lambda items, nbytes: seen.append((values(items), nbytes, len(q)))  # noqa: E731
+    q.take(2, sink=sink)  # a batch of a longer queue
+    # (the queue still held them when the sink got them, and told their size)
+    assert seen == [([0, 1], 30, 3)] and q.bytes == 30
+    q.take(sink=sink)  # all that is left
+    assert seen[1:] == [([2], 30, 1)] and q.bytes == 0 and not q
 
 
 def test_discards_are_logged_once_per_episode(caplog):

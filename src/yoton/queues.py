@@ -340,15 +340,18 @@ class BoundedQueue:
             self._bytes += sum(map(self._size_of, items))
 
     def take(
-        self, count: int | None = None, sink: Callable[[list[Any]], object] | None = None, max_bytes: int | None = None
+        self,
+        count: int | None = None,
+        sink: Callable[[list[Any], int], object] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Any]:
         """Remove and return up to ``count`` oldest items (all if None), in order;
         with ``max_bytes``, no more items than fit in that many bytes (but at
         least one).
 
-        ``sink``, if given, is called with them under the lock, before they
-        leave the queue: whoever looks at the queue and at the sink's target
-        never sees the items in neither.
+        ``sink``, if given, is called with them and their size in bytes under
+        the lock, before they leave the queue: whoever looks at the queue and
+        at the sink's target never sees the items in neither.
         """
         with self._lock:
             items = self._items
@@ -358,7 +361,7 @@ class BoundedQueue:
             if n == len(items) and (max_bytes is None or self._bytes <= max_bytes):
                 out = list(items)
                 if sink is not None:
-                    sink(out)
+                    sink(out, self._bytes)
                 items.clear()
                 self._bytes = 0
             else:  # (a batch from a longer queue: one slice, one size sum, the pops in C)
@@ -375,7 +378,7 @@ class BoundedQueue:
                     del out[n:]
                     taken = self._sizes_of(out)
                 if sink is not None:
-                    sink(out)
+                    sink(out, taken)
                 _drain(starmap(items.popleft, repeat((), n)))
                 self._bytes -= taken
             room = self._after_take() if self._full or self._dropping else None

@@ -62,7 +62,6 @@ from .link import (
     WAITING,
     Link,
     LinkOwner,
-    objects_size,
 )
 
 if TYPE_CHECKING:
@@ -327,9 +326,9 @@ class ItcLink(Link):
             else:
                 self._pull_scheduled = False
 
-    def _into_flight(self, items: list) -> None:
+    def _into_flight(self, items: list, nbytes: int) -> None:
         # (the sender's queue lock is held) What leaves the queue is in flight until delivered.
-        self._inflight = objects_size(items)
+        self._inflight = nbytes
 
     def _pull(self) -> None:
         """Take a batch from the peer's send queue and deliver it (loop side)."""
