@@ -938,8 +938,7 @@ class Router:
             self._startup.put_many(items, total)  # (discards by the mode when full)
             return
         for link in live:
-            link.enqueue(items, total)
-            if not self._pressure and link.queue_full():
+            if link.enqueue(items, total):  # (the link's queue is full: senders wait)
                 self._pressure = True
 
     def _pump_objects(self, count: int) -> None:
@@ -955,7 +954,7 @@ class Router:
         pairs = None
         for link in self._live:
             if link.queues_objects:
-                link.enqueue_objects(
+                full = link.enqueue_objects(
                     [
                         Package(body, slot, my_id, seq, dest_id, dest_seq)
                         for seq, (slot, body, dest_id, dest_seq) in zip(itertools.count(first), staged)
@@ -969,8 +968,8 @@ class Router:
                         (pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, len(body)), body)
                         for seq, (slot, body, dest_id, dest_seq) in zip(itertools.count(first), staged)
                     ]
-                link.enqueue(pairs, total)
-            if not self._pressure and link.queue_full():
+                full = link.enqueue(pairs, total)
+            if full:
                 self._pressure = True
 
     def _wait_room(self, size: int, block: bool | float) -> None:
@@ -1129,8 +1128,7 @@ class Router:
         size = HEADER_SIZE + len(pkg.data)
         for other in self._live:
             if other is not link:
-                other.enqueue((item,), size)
-                if other.queue_full():
+                if other.enqueue((item,), size):  # (full)
                     other.hold_upstream(link)  # (TCP then slows the sender down)
 
     def _context_message(self, link: Link, pkg: Package) -> None:

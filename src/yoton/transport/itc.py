@@ -287,7 +287,7 @@ class ItcLink(Link):
 
     queues_objects = True  # (the peer takes our Package objects: no header is packed or parsed)
 
-    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> int:
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> bool:
         """Queue ``(header, body)`` pairs (the startup queue, packages relayed
         from another link) as Package objects; see :meth:`Link.enqueue`."""
         unpack = HEADER.unpack
@@ -297,12 +297,12 @@ class ItcLink(Link):
             packages.append(Package(body, slot, source_id, source_seq, dest_id, dest_seq))
         return self.enqueue_objects(packages, total)
 
-    def enqueue_objects(self, packages: list[Package], total: int) -> int:
+    def enqueue_objects(self, packages: list[Package], total: int) -> bool:
         """Queue Package objects for the peer, which takes them as they are."""
         self.packages_out += len(packages)  # (queued for the peer; a stalled queue's discards included)
-        dropped = self.sendq.put_many(packages, total)
+        full = self.sendq.extend(packages, total)
         self.kick_writer()
-        return dropped
+        return full and self.queue_full()
 
     def kick_writer(self) -> None:
         peer = self.peer

@@ -317,17 +317,18 @@ class Link:
 
     # -- sending (any thread) --------------------------------------------------------
 
-    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> int:
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> bool:
         """Queue packages (``(header, body)`` pairs of ``total`` bytes) for the
-        peer, in order. Never waits: a sender waits for room first (see
-        :meth:`has_room`). Returns how many packages the queue discarded
-        (only while stalled)."""
+        peer, in order, and have them written. Never waits: a sender waits
+        for room first (see :meth:`has_room`); a stalled link's queue
+        discards by its mode (counted). Returns :meth:`queue_full` as it is
+        afterwards: whether senders should now wait."""
         self.packages_out += len(items)  # (queued for the peer; a stalled queue's discards included)
-        dropped = self.sendq.put_many(items, total)
+        full = self.sendq.extend(items, total)
         self.kick_writer()
-        return dropped
+        return full and self.queue_full()  # (the kick may have written it all; rarely asked)
 
-    def enqueue_objects(self, packages: list[Package], total: int) -> int:
+    def enqueue_objects(self, packages: list[Package], total: int) -> bool:
         """Queue :class:`~yoton.wire.frames.Package` objects (this link's own:
         the peer's router may change them) of ``total`` bytes, headers
         included, as :meth:`enqueue` does. For links that do not
