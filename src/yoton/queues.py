@@ -244,18 +244,25 @@ class BoundedQueue:
                 if self._over(0):  # (the same test as `full`: one meaning of full)
                     self._full = True
                 return 0
-            before = self.discarded
-            if not self._over_by(len(items), total):
-                self._items.extend(items)
+            queue = self._items
+            count, have = len(items), len(queue)
+            limit = self.max_items
+            if (not have and count <= 1) or (
+                (limit is None or have + count <= limit)
+                and ((limit := self.max_bytes) is None or self._bytes + total <= limit)
+            ):  # (the common case: all fit, nothing discarded; one item always fits an empty queue)
+                queue.extend(items)
                 self._bytes += total
-            else:  # item by item, making room by the policy
-                append, size_of = self._items.append, self._size_of
-                for item in items:
-                    size = size_of(item)
-                    if self._over(size) and not self._make_room(size):
-                        continue
-                    append(item)
-                    self._bytes += size
+                self._dropping = False  # (accepted without a discard: an episode is over)
+                return 0
+            before = self.discarded  # (item by item, making room by the policy)
+            append, size_of = queue.append, self._size_of
+            for item in items:
+                size = size_of(item)
+                if self._over(size) and not self._make_room(size):
+                    continue
+                append(item)
+                self._bytes += size
             self._after_put(before)
             dropped = self.discarded - before
             note, self._note = self._note, None
@@ -285,18 +292,6 @@ class BoundedQueue:
                 return self._full
         self.put_many(items, total)
         return self.full
-
-    def _over_by(self, count: int, total: int) -> bool:
-        # Would `count` more items of `total` bytes go over a bound? (One item
-        # into an empty queue never does.)
-        have = len(self._items)
-        if not have and count <= 1:
-            return False
-        limit = self.max_items
-        if limit is not None and have + count > limit:
-            return True
-        limit = self.max_bytes
-        return limit is not None and self._bytes + total > limit
 
     def _make_room(self, size: int) -> bool:
         """Apply the policy to an item that does not fit (under the lock);

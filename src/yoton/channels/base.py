@@ -67,12 +67,13 @@ class Waiter:
     :meth:`add_callback`: every :meth:`notify` calls the callbacks too.
     """
 
-    __slots__ = ("_router", "_cond", "_waiters", "_reader", "callbacks", "_hook_lock")
+    __slots__ = ("_router", "_cond", "others", "_reader", "callbacks", "_hook_lock")
 
     def __init__(self, router: Router | None) -> None:
         self._router = router
         self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0  # threads waiting on the condition
+        #: How many threads wait on the condition (not counting the reader; read without a lock).
+        self.others = 0
         self._reader: threading.Thread | None = None  # the one lending the loop a hand
         #: The callbacks :meth:`notify` calls (a tuple, replaced on change: read without a lock).
         self.callbacks: tuple = ()
@@ -106,7 +107,7 @@ class Waiter:
             if ready():
                 return True
         with self._cond:
-            self._waiters += 1
+            self.others += 1
             try:
                 while not ready():
                     if deadline is None:
@@ -118,11 +119,11 @@ class Waiter:
                         self._cond.wait(remaining)
                 return ready()
             finally:
-                self._waiters -= 1
+                self.others -= 1
 
     def notify(self, everyone: bool = False) -> None:
         """Something they wait for happened: wake one waiter (or all)."""
-        if self._waiters:
+        if self.others:
             with self._cond:
                 if everyone:
                     self._cond.notify_all()
@@ -135,11 +136,6 @@ class Waiter:
                 callback()
             except Exception:
                 log.exception("yoton: waiter callback %r failed", callback)
-
-    @property
-    def others(self) -> int:
-        """How many threads wait on the condition (not counting the reader)."""
-        return self._waiters
 
 
 def _emit_received_of(channel_ref: weakref.ref[BaseChannel]) -> None:
@@ -370,7 +366,8 @@ class BaseChannel:
         waiter = self._waiter
         if (waiter.others or waiter.callbacks) and queue:
             waiter.notify()
-        self._announce()
+        if not self._emit_pending:  # (else one is pending already: see _announce)
+            self._announce()
 
     def _hold(self, link: Link | None) -> None:
         """Hold reading from ``link`` until our queue has room (loop side)."""
