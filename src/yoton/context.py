@@ -74,6 +74,7 @@ import weakref
 from collections import deque
 from itertools import islice
 from operator import itemgetter
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
@@ -82,7 +83,7 @@ from .transport import connection as _links
 from .transport.connection import REASON_CONTEXT, Connection, ConnectionCollection
 from .transport.ioloop import IOLoop, default_spin
 from .transport.link import LinkConfig, package_size, packages_size
-from .transport.sigint import MAIN_THREAD, MainSending, shield_enter, shield_exit
+from .transport.sigint import MAIN_IDENT, MainSending, shield_enter, shield_exit
 from .transport.stream import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT, Package
 from .wire.naming import new_id
@@ -896,7 +897,7 @@ class Router:
     def pump_now(self) -> None:
         """Number and queue what is staged, in this thread (any thread; in the
         main thread, a Ctrl-C waits for the end: it must not cut a write in half)."""
-        if threading.current_thread() is MAIN_THREAD:
+        if get_ident() == MAIN_IDENT:
             with MainSending(), self._lock:
                 self._pump()
         else:

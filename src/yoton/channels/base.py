@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from operator import attrgetter
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..errors import ChannelClosedError
@@ -74,7 +75,7 @@ class Waiter:
         self._cond = threading.Condition(threading.Lock())
         #: How many threads wait on the condition (not counting the reader; read without a lock).
         self.others = 0
-        self._reader: threading.Thread | None = None  # the one lending the loop a hand
+        self._reader: int | None = None  # (the ident of) the thread lending the loop a hand
         #: The callbacks :meth:`notify` calls (a tuple, replaced on change: read without a lock).
         self.callbacks: tuple = ()
         self._hook_lock = threading.Lock()
@@ -99,7 +100,7 @@ class Waiter:
         if ready():
             return True
         if self._reader is None and self._router is not None:
-            self._reader = threading.current_thread()
+            self._reader = get_ident()
             try:
                 self._router.wait_until(ready, deadline)
             finally:
