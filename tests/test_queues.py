@@ -72,6 +72,25 @@ def test_put_many_takes_the_total_the_caller_knows():
     assert q.full and q.discarded == 0
 
 
+@pytest.mark.parametrize("policy", [BLOCK, DROP_OLD, DROP_NEW])
+@pytest.mark.parametrize("max_items, max_bytes", [(None, 100), (5, None), (5, 100)])
+def test_extend_is_put_many_telling_whether_the_queue_is_full(policy, max_items, max_bytes):
+    # The send path's one call: the same items, bytes, discards and fullness as
+    # put_many followed by a look at `full`, batch after batch.
+    batches = [[("a", 30)], [("b", 30), ("c", 30)], [("d", 20), ("e", 1)], [("f", 40), ("g", 1)], [("h", 1)]]
+    one, two = (make(max_items=max_items, max_bytes=max_bytes, policy=policy) for _ in range(2))
+    said = []
+    for batch in batches:
+        total = sum(size for _, size in batch)
+        one.put_many(batch, total)
+        said.append(two.extend(batch, total))
+        assert said[-1] is one.full
+        assert (list(two), two.bytes, two.discarded) == (list(one), one.bytes, one.discarded)
+        if batch[0][0] == "d":
+            one.take(4), two.take(4)  # (drained below the resume mark: not full any more)
+    assert said == [False, False, True, False, False] or policy is not BLOCK  # (both answers were met)
+
+
 def test_block_takes_everything_and_reports_full_until_the_resume_mark():
     rooms = []
     q = make(max_items=None, max_bytes=100, policy=BLOCK, on_room=lambda: rooms.append(len(q)))
@@ -124,10 +143,16 @@ def test_take_with_a_byte_budget_takes_at_least_one():
 
 def test_take_hands_the_items_to_a_sink_before_they_leave():
     q = make()
-    _fill(q, range(3))
+    q.put((0, 10))
+    q.put((1, 20))
+    q.put((2, 30))
     seen = []
-    q.take(2, sink=lambda items: seen.append((values(items), len(q))))
-    assert seen == [([0, 1], 3)]  # (the queue still held them when the sink got them)
+    sink = lambda items, nbytes: seen.append((values(items), nbytes, len(q)))  # noqa: E731
+    q.take(2, sink=sink)  # a batch of a longer queue
+    # (the queue still held them when the sink got them, and told their size)
+    assert seen == [([0, 1], 30, 3)] and q.bytes == 30
+    q.take(sink=sink)  # all that is left
+    assert seen[1:] == [([2], 30, 1)] and q.bytes == 0 and not q
 
 
 def test_discards_are_logged_once_per_episode(caplog):

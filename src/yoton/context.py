@@ -74,6 +74,7 @@ import weakref
 from collections import deque
 from itertools import islice
 from operator import itemgetter
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from .errors import ChannelClosedError, FlushTimeout, WouldBlock
@@ -82,7 +83,7 @@ from .transport import connection as _links
 from .transport.connection import REASON_CONTEXT, Connection, ConnectionCollection
 from .transport.ioloop import IOLoop, default_spin
 from .transport.link import LinkConfig, package_size, packages_size
-from .transport.sigint import MAIN_THREAD, MainSending, shield_enter, shield_exit
+from .transport.sigint import MAIN_IDENT, MainSending, shield_enter, shield_exit
 from .transport.stream import DIRECT_GAP
 from .wire.frames import CONTROL, DEFAULT_MAX_PACKAGE_SIZE, HEADER, HEADER_SIZE, SLOT_CONTEXT, Package
 from .wire.naming import new_id
@@ -906,7 +907,7 @@ class Router:
     def pump_now(self) -> None:
         """Number and queue what is staged, in this thread (any thread; in the
         main thread, a Ctrl-C waits for the end: it must not cut a write in half)."""
-        if threading.current_thread() is MAIN_THREAD:
+        if get_ident() == MAIN_IDENT:
             with MainSending(), self._lock:
                 self._pump()
         else:
@@ -948,8 +949,7 @@ class Router:
             self._startup.put_many(items, total)  # (discards by the mode when full)
             return
         for link in live:
-            link.enqueue(items, total)
-            if not self._pressure and link.queue_full():
+            if link.enqueue(items, total):  # (the link's queue is full: senders wait)
                 self._pressure = True
 
     def _pump_objects(self, count: int) -> None:
@@ -965,7 +965,7 @@ class Router:
         pairs = None
         for link in self._live:
             if link.queues_objects:
-                link.enqueue_objects(
+                full = link.enqueue_objects(
                     [
                         Package(body, slot, my_id, seq, dest_id, dest_seq)
                         for seq, (slot, body, dest_id, dest_seq) in zip(itertools.count(first), staged)
@@ -979,8 +979,8 @@ class Router:
                         (pack(CONTROL, slot, my_id, seq, dest_id, dest_seq, len(body)), body)
                         for seq, (slot, body, dest_id, dest_seq) in zip(itertools.count(first), staged)
                     ]
-                link.enqueue(pairs, total)
-            if not self._pressure and link.queue_full():
+                full = link.enqueue(pairs, total)
+            if full:
                 self._pressure = True
 
     def _wait_room(self, size: int, block: bool | float) -> None:
@@ -1139,8 +1139,7 @@ class Router:
         size = HEADER_SIZE + len(pkg.data)
         for other in self._live:
             if other is not link:
-                other.enqueue((item,), size)
-                if other.queue_full():
+                if other.enqueue((item,), size):  # (full)
                     other.hold_upstream(link)  # (TCP then slows the sender down)
 
     def _context_message(self, link: Link, pkg: Package) -> None:

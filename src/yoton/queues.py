@@ -45,12 +45,16 @@ import logging
 import threading
 from collections import deque
 from enum import Enum
-from itertools import islice, repeat
+from itertools import islice, repeat, starmap
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = ["Policy", "BoundedQueue", "BLOCK", "DROP_OLD", "DROP_NEW"]
 
 log = logging.getLogger("yoton")
+
+#: Runs an iterator to its end, in C (``_drain(starmap(d.popleft, repeat((), n)))``
+#: pops n items without a Python-level loop).
+_drain: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
 
 
 class Policy(Enum):
@@ -113,7 +117,7 @@ class BoundedQueue:
         log_level: int = logging.WARNING,
         on_room: Callable[[], object] | None = None,
         size_of: Callable[[Any], int] = len,
-        sizes_of: Callable[[Iterable[Any]], int] | None = None,
+        sizes_of: Callable[[Sequence[Any]], int] | None = None,
     ) -> None:
         self._items: deque = deque()
         self._bytes = 0
@@ -240,18 +244,25 @@ class BoundedQueue:
                 if self._over(0):  # (the same test as `full`: one meaning of full)
                     self._full = True
                 return 0
-            before = self.discarded
-            if not self._over_by(len(items), total):
-                self._items.extend(items)
+            queue = self._items
+            count, have = len(items), len(queue)
+            limit = self.max_items
+            if (not have and count <= 1) or (
+                (limit is None or have + count <= limit)
+                and ((limit := self.max_bytes) is None or self._bytes + total <= limit)
+            ):  # (the common case: all fit, nothing discarded; one item always fits an empty queue)
+                queue.extend(items)
                 self._bytes += total
-            else:  # item by item, making room by the policy
-                append, size_of = self._items.append, self._size_of
-                for item in items:
-                    size = size_of(item)
-                    if self._over(size) and not self._make_room(size):
-                        continue
-                    append(item)
-                    self._bytes += size
+                self._dropping = False  # (accepted without a discard: an episode is over)
+                return 0
+            before = self.discarded  # (item by item, making room by the policy)
+            append, size_of = queue.append, self._size_of
+            for item in items:
+                size = size_of(item)
+                if self._over(size) and not self._make_room(size):
+                    continue
+                append(item)
+                self._bytes += size
             self._after_put(before)
             dropped = self.discarded - before
             note, self._note = self._note, None
@@ -259,17 +270,28 @@ class BoundedQueue:
             self._log_discard(note)
         return dropped
 
-    def _over_by(self, count: int, total: int) -> bool:
-        # Would `count` more items of `total` bytes go over a bound? (One item
-        # into an empty queue never does.)
-        have = len(self._items)
-        if not have and count <= 1:
-            return False
-        limit = self.max_items
-        if limit is not None and have + count > limit:
-            return True
-        limit = self.max_bytes
-        return limit is not None and self._bytes + total > limit
+    def extend(self, items: Sequence[Any], total: int) -> bool:
+        """Add ``items`` of ``total`` bytes as :meth:`put_many` does; return
+        whether the queue is :attr:`full` afterwards (should its producers wait?).
+
+        The send path of a connection: one call where there were three.
+        """
+        with self._lock:
+            if self.policy is BLOCK:  # (put_many's common case, and `full`, inline)
+                queue = self._items
+                queue.extend(items)
+                self._bytes += total
+                if not self._full and queue:
+                    limit = self.max_bytes
+                    if limit is not None and self._bytes > limit:
+                        self._full = True
+                    else:
+                        limit = self.max_items
+                        if limit is not None and len(queue) >= limit:
+                            self._full = True
+                return self._full
+        self.put_many(items, total)
+        return self.full
 
     def _make_room(self, size: int) -> bool:
         """Apply the policy to an item that does not fit (under the lock);
@@ -336,15 +358,18 @@ class BoundedQueue:
             self._bytes += sum(map(self._size_of, items))
 
     def take(
-        self, count: int | None = None, sink: Callable[[list[Any]], object] | None = None, max_bytes: int | None = None
+        self,
+        count: int | None = None,
+        sink: Callable[[list[Any], int], object] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Any]:
         """Remove and return up to ``count`` oldest items (all if None), in order;
         with ``max_bytes``, no more items than fit in that many bytes (but at
         least one).
 
-        ``sink``, if given, is called with them under the lock, before they
-        leave the queue: whoever looks at the queue and at the sink's target
-        never sees the items in neither.
+        ``sink``, if given, is called with them and their size in bytes under
+        the lock, before they leave the queue: whoever looks at the queue and
+        at the sink's target never sees the items in neither.
         """
         with self._lock:
             items = self._items
@@ -354,10 +379,10 @@ class BoundedQueue:
             if n == len(items) and (max_bytes is None or self._bytes <= max_bytes):
                 out = list(items)
                 if sink is not None:
-                    sink(out)
+                    sink(out, self._bytes)
                 items.clear()
                 self._bytes = 0
-            else:
+            else:  # (a batch from a longer queue: one slice, one size sum, the pops in C)
                 out = list(islice(items, n))
                 taken = self._sizes_of(out)
                 if max_bytes is not None and n > 1 and taken > max_bytes:
@@ -371,10 +396,8 @@ class BoundedQueue:
                     del out[n:]
                     taken = self._sizes_of(out)
                 if sink is not None:
-                    sink(out)
-                popleft = items.popleft
-                for _ in repeat(None, n):
-                    popleft()
+                    sink(out, taken)
+                _drain(starmap(items.popleft, repeat((), n)))
                 self._bytes -= taken
             room = self._after_take() if self._full or self._dropping else None
         if room is not None:

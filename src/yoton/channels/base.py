@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from operator import attrgetter
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..errors import ChannelClosedError
@@ -67,13 +68,14 @@ class Waiter:
     :meth:`add_callback`: every :meth:`notify` calls the callbacks too.
     """
 
-    __slots__ = ("_router", "_cond", "_waiters", "_reader", "callbacks", "_hook_lock")
+    __slots__ = ("_router", "_cond", "others", "_reader", "callbacks", "_hook_lock")
 
     def __init__(self, router: Router | None) -> None:
         self._router = router
         self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0  # threads waiting on the condition
-        self._reader: threading.Thread | None = None  # the one lending the loop a hand
+        #: How many threads wait on the condition (not counting the reader; read without a lock).
+        self.others = 0
+        self._reader: int | None = None  # (the ident of) the thread lending the loop a hand
         #: The callbacks :meth:`notify` calls (a tuple, replaced on change: read without a lock).
         self.callbacks: tuple = ()
         self._hook_lock = threading.Lock()
@@ -98,7 +100,7 @@ class Waiter:
         if ready():
             return True
         if self._reader is None and self._router is not None:
-            self._reader = threading.current_thread()
+            self._reader = get_ident()
             try:
                 self._router.wait_until(ready, deadline)
             finally:
@@ -106,7 +108,7 @@ class Waiter:
             if ready():
                 return True
         with self._cond:
-            self._waiters += 1
+            self.others += 1
             try:
                 while not ready():
                     if deadline is None:
@@ -118,11 +120,11 @@ class Waiter:
                         self._cond.wait(remaining)
                 return ready()
             finally:
-                self._waiters -= 1
+                self.others -= 1
 
     def notify(self, everyone: bool = False) -> None:
         """Something they wait for happened: wake one waiter (or all)."""
-        if self._waiters:
+        if self.others:
             with self._cond:
                 if everyone:
                     self._cond.notify_all()
@@ -135,11 +137,6 @@ class Waiter:
                 callback()
             except Exception:
                 log.exception("yoton: waiter callback %r failed", callback)
-
-    @property
-    def others(self) -> int:
-        """How many threads wait on the condition (not counting the reader)."""
-        return self._waiters
 
 
 def _emit_received_of(channel_ref: weakref.ref[BaseChannel]) -> None:
@@ -370,7 +367,8 @@ class BaseChannel:
         waiter = self._waiter
         if (waiter.others or waiter.callbacks) and queue:
             waiter.notify()
-        self._announce()
+        if not self._emit_pending:  # (else one is pending already: see _announce)
+            self._announce()
 
     def _hold(self, link: Link | None) -> None:
         """Hold reading from ``link`` until our queue has room (loop side)."""

@@ -356,7 +356,8 @@ class SubChannel(BaseChannel):
             return
         self._count_in += len(pkgs)
         self._queue_many(pkgs, link)
-        self._check_full()
+        if self._sync:  # (_check_full's first test: a call only in sync mode)
+            self._check_full()
 
     def _check_full(self) -> None:
         if self._sync and not self._said_full and len(self._queue) > FULL_MARK:

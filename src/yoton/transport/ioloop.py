@@ -71,6 +71,7 @@ import threading
 import time
 from collections import deque
 from enum import Enum
+from threading import get_ident
 from typing import Any, Callable
 
 from .. import events as _events_module
@@ -366,7 +367,7 @@ class IOLoop:
         self.housekeepers: set = set()
         self._last_housekeeping = 0.0
         self._lock = threading.Lock()  # held while serving (the loop side)
-        self._leader: threading.Thread | None = None  # the thread holding _lock
+        self._leader: int | None = None  # the thread holding _lock (its ident: compared without a Python call)
         self._seat = _ReaderSeat()
         self._io_wake_at = 0.0  # when the I/O thread's current wait ends at the latest
         self.spin = default_spin() if spin is None else spin  # seconds a reader polls before it sleeps
@@ -386,7 +387,7 @@ class IOLoop:
     def on_loop_side(self) -> bool:
         """Whether the calling thread is serving the loop's work right now
         (the I/O thread in a pass, or a reader in run_until in a pass)."""
-        return threading.current_thread() is self._leader
+        return get_ident() == self._leader
 
     def wake(self) -> None:
         """Make a thread waiting for the loop look at its queues soon (cheap if already due)."""
@@ -405,13 +406,13 @@ class IOLoop:
     def call_soon(self, func: Callable[..., object], *args: Any) -> None:
         """Run ``func(*args)`` on the loop side."""
         self._calls.append((func, args))
-        if threading.current_thread() is not self._leader:
+        if get_ident() != self._leader:
             self.wake()
 
     def schedule_write(self, conn: Any) -> None:
         """Have the loop write what ``conn`` has queued (it provides ``_write_now()``)."""
         self._dirty.append(conn)
-        if threading.current_thread() is not self._leader:
+        if get_ident() != self._leader:
             self.wake()
 
     def call_later(self, func: Callable[..., object], delay: float, *args: Any) -> list:
@@ -449,15 +450,12 @@ class IOLoop:
         epoll); the caller then waits its usual way.
         """
         me = threading.current_thread()
-        if not self._shared or not self.running or me is self._leader or me is self._thread:
+        if not self._shared or not self.running or me is self._thread or get_ident() == self._leader:
             return False
         main = me is sigint.MAIN_THREAD
-        if main and not sigint.main_may_serve():
+        if main and not sigint.serve_enter(self):  # (a Ctrl-C now waits for serve_exit)
             return False
         seat = self._seat
-        if main:
-            guard = sigint.MainServing(self)
-            guard.__enter__()
         try:
             if not seat.take(me):
                 return False
@@ -473,7 +471,7 @@ class IOLoop:
             return True
         finally:
             if main:
-                guard.__exit__(None, None, None)
+                sigint.serve_exit()
 
     def _read(self, done: Callable[[], object], deadline: float | None, me: threading.Thread, main: bool) -> None:
         # The reader's loop (see run_until). It polls without sleeping for
@@ -563,7 +561,7 @@ class IOLoop:
                 serve(wait(timeout), me)
         finally:
             with self._lock:
-                self._leader = me
+                self._leader = get_ident()
                 self.running = False
                 self._run_queued(self._calls, self._dirty)
                 self._leader = None
@@ -587,7 +585,7 @@ class IOLoop:
     def _serve_locked(self, events: list, me: threading.Thread) -> None:
         calls, dirty = self._calls, self._dirty
         with self._lock:
-            self._leader = me
+            self._leader = get_ident()
             try:
                 if events:
                     self._set.serve(events)

@@ -62,7 +62,6 @@ from .link import (
     WAITING,
     Link,
     LinkOwner,
-    objects_size,
 )
 
 if TYPE_CHECKING:
@@ -288,7 +287,7 @@ class ItcLink(Link):
 
     queues_objects = True  # (the peer takes our Package objects: no header is packed or parsed)
 
-    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> int:
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> bool:
         """Queue ``(header, body)`` pairs (the startup queue, packages relayed
         from another link) as Package objects; see :meth:`Link.enqueue`."""
         unpack = HEADER.unpack
@@ -298,12 +297,12 @@ class ItcLink(Link):
             packages.append(Package(body, slot, source_id, source_seq, dest_id, dest_seq))
         return self.enqueue_objects(packages, total)
 
-    def enqueue_objects(self, packages: list[Package], total: int) -> int:
+    def enqueue_objects(self, packages: list[Package], total: int) -> bool:
         """Queue Package objects for the peer, which takes them as they are."""
         self.packages_out += len(packages)  # (queued for the peer; a stalled queue's discards included)
-        dropped = self.sendq.put_many(packages, total)
+        full = self.sendq.extend(packages, total)
         self.kick_writer()
-        return dropped
+        return full and self.queue_full()
 
     def kick_writer(self) -> None:
         peer = self.peer
@@ -327,9 +326,9 @@ class ItcLink(Link):
             else:
                 self._pull_scheduled = False
 
-    def _into_flight(self, items: list) -> None:
+    def _into_flight(self, items: list, nbytes: int) -> None:
         # (the sender's queue lock is held) What leaves the queue is in flight until delivered.
-        self._inflight = objects_size(items)
+        self._inflight = nbytes
 
     def _pull(self) -> None:
         """Take a batch from the peer's send queue and deliver it (loop side)."""

@@ -57,9 +57,7 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from itertools import chain
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 from typing import Protocol as _Interface
 
 from ..queues import BLOCK, BoundedQueue, Policy
@@ -101,17 +99,18 @@ REASON_PROBLEM = "Unspecified problem"
 REASON_CONTEXT = "Closed by the context."
 
 
+# A queued package's header is always HEADER_SIZE bytes (packed by the router,
+# or by Package.header()): the router's totals count it so, and so do these.
+
+
 def package_size(item: tuple[bytes, bytes]) -> int:
     """Bytes of a queued package, a ``(header, body)`` pair."""
-    return len(item[0]) + len(item[1])
+    return HEADER_SIZE + len(item[1])
 
 
-def packages_size(items: Iterable[tuple[bytes, bytes]]) -> int:
+def packages_size(items: Sequence[tuple[bytes, bytes]]) -> int:
     """Bytes of queued packages (``(header, body)`` pairs)."""
-    return sum(map(len, chain.from_iterable(items)))
-
-
-_data = attrgetter("data")
+    return HEADER_SIZE * len(items) + sum([len(body) for _, body in items])
 
 
 def object_size(pkg: Package) -> int:
@@ -119,10 +118,9 @@ def object_size(pkg: Package) -> int:
     return HEADER_SIZE + len(pkg.data)
 
 
-def objects_size(packages: Iterable[Package]) -> int:
+def objects_size(packages: Sequence[Package]) -> int:
     """Bytes of queued :class:`~yoton.wire.frames.Package` objects, their headers included."""
-    sizes = list(map(len, map(_data, packages)))
-    return HEADER_SIZE * len(sizes) + sum(sizes)
+    return HEADER_SIZE * len(packages) + sum([len(pkg.data) for pkg in packages])
 
 
 class LinkState(Enum):
@@ -319,17 +317,18 @@ class Link:
 
     # -- sending (any thread) --------------------------------------------------------
 
-    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> int:
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> bool:
         """Queue packages (``(header, body)`` pairs of ``total`` bytes) for the
-        peer, in order. Never waits: a sender waits for room first (see
-        :meth:`has_room`). Returns how many packages the queue discarded
-        (only while stalled)."""
+        peer, in order, and have them written. Never waits: a sender waits
+        for room first (see :meth:`has_room`); a stalled link's queue
+        discards by its mode (counted). Returns :meth:`queue_full` as it is
+        afterwards: whether senders should now wait."""
         self.packages_out += len(items)  # (queued for the peer; a stalled queue's discards included)
-        dropped = self.sendq.put_many(items, total)
+        full = self.sendq.extend(items, total)
         self.kick_writer()
-        return dropped
+        return full and self.queue_full()  # (the kick may have written it all; rarely asked)
 
-    def enqueue_objects(self, packages: list[Package], total: int) -> int:
+    def enqueue_objects(self, packages: list[Package], total: int) -> bool:
         """Queue :class:`~yoton.wire.frames.Package` objects (this link's own:
         the peer's router may change them) of ``total`` bytes, headers
         included, as :meth:`enqueue` does. For links that do not

@@ -126,7 +126,7 @@ from ..wire.frames import CONTROL, HEADER, HEADER_SIZE, SLOT_CONTEXT, Package, s
 from ..wire.naming import slot_hash
 from . import schemes
 from .connection import Connection
-from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, NEW, Link, LinkOwner, packages_size
+from .link import CLOSE_FLUSH_TIME, CLOSED, CLOSING, CONNECTED, HEARTBEAT_INTERVAL, NEW, Link, LinkOwner
 
 if TYPE_CHECKING:
     import ssl
@@ -1150,9 +1150,9 @@ class NatsLink(Link):
             self.aio.call_soon(self._start_ping)  # (someone waits for the server to confirm)
         return waiting
 
-    def _hand(self, items: list) -> None:
+    def _hand(self, items: list, nbytes: int) -> None:
         # (under the queue's lock: a flush never sees the packages in neither place)
-        self._in_hand = packages_size(items)
+        self._in_hand = nbytes
 
     async def _write(self) -> None:
         """Publish what the send queue holds while connected (asyncio thread)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from threading import get_ident
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -34,15 +35,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAIN_THREAD",
+    "MAIN_IDENT",
     "MainSending",
     "MainServing",
     "main_may_serve",
+    "serve_enter",
+    "serve_exit",
     "sigint_handler",
     "shield_enter",
     "shield_exit",
 ]
 
 MAIN_THREAD = threading.main_thread()
+#: Its ``threading.get_ident()``: ``get_ident() == MAIN_IDENT`` is the main-thread
+#: test without a Python-level call (``threading.current_thread()`` is one).
+MAIN_IDENT = MAIN_THREAD.ident
 
 _serving_loop: IOLoop | None = None  # the IOLoop whose run_until() the main thread is in
 _sending = 0  # > 0 while the main thread is inside MainSending
@@ -84,13 +91,6 @@ def interrupted() -> bool:
     return _pending is not None
 
 
-def _raise_pending() -> None:
-    global _pending
-    if _pending is not None:
-        pending, _pending = _pending, None
-        signal.default_int_handler(*pending)
-
-
 def shield_enter() -> bool:
     """Begin a block in which Ctrl-C waits (main thread only, the caller
     checked); False if yoton's handler is not the one installed (nothing
@@ -128,17 +128,21 @@ class MainSending:
 
     def __enter__(self) -> MainSending:
         global _sending
-        self._on = threading.current_thread() is MAIN_THREAD and (_sending or main_may_serve())
-        if self._on:
+        # (main_may_serve's usual answer first, without the call)
+        self._on = on = get_ident() == MAIN_IDENT and bool(
+            _sending or _getsignal(signal.SIGINT) is sigint_handler or main_may_serve()
+        )
+        if on:
             _sending += 1
         return self
 
     def __exit__(self, *exc: object) -> Literal[False]:
-        global _sending
+        global _sending, _pending
         if self._on:
             _sending -= 1
-            if not _sending and _serving_loop is None:
-                _raise_pending()
+            if not _sending and _serving_loop is None and _pending is not None:
+                pending, _pending = _pending, None
+                signal.default_int_handler(*pending)
         return False
 
 
@@ -158,7 +162,25 @@ class MainServing:
         return self
 
     def __exit__(self, *exc: object) -> Literal[False]:
-        global _serving_loop
-        _serving_loop = None
-        _raise_pending()
+        serve_exit()
         return False
+
+
+def serve_enter(loop: IOLoop) -> bool:
+    """:func:`main_may_serve` and, if it may, the start of a :class:`MainServing`
+    block for ``loop``, in one call (main thread only); a True must be
+    followed by :func:`serve_exit`."""
+    global _serving_loop
+    if _getsignal(signal.SIGINT) is sigint_handler or main_may_serve():
+        _serving_loop = loop
+        return True
+    return False
+
+
+def serve_exit() -> None:
+    """End a block begun by :func:`serve_enter`: a Ctrl-C that came meanwhile is raised now."""
+    global _serving_loop, _pending
+    _serving_loop = None
+    if _pending is not None:
+        pending, _pending = _pending, None
+        signal.default_int_handler(*pending)

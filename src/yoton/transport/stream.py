@@ -778,6 +778,7 @@ class StreamLink(Link):
         self._dialing: Handshake | None = None  # the attempt in progress
         self._lost_reason = ""
         self._wbufs: list = []
+        self._wbytes = 0  # bytes in _wbufs (kept by every change to it: a writer never sums them)
         self._write_scheduled = False
         self._want_write = False
         self._close_sent = False  # CLOSING: the close signal is in _wbufs
@@ -788,7 +789,7 @@ class StreamLink(Link):
         self._wlock = threading.RLock()
         self._direct_after = 0.0
         self._backlog: bytes | memoryview = b""  # TLS: ciphertext the kernel has not taken yet
-        self._send: Callable[[list], int] = None  # type: ignore[assignment]  # (set by adopt(), before any send)
+        self._send: Callable[[list, int], int] = None  # type: ignore[assignment]  # (set by adopt(), before any send)
 
     # -- setting up --------------------------------------------------------------------
 
@@ -923,7 +924,7 @@ class StreamLink(Link):
         self.loop.schedule_write(self)
 
     def unwritten(self) -> int:
-        return sum(map(len, list(self._wbufs))) + len(self._backlog)
+        return self._wbytes + len(self._backlog)
 
     def partial(self) -> tuple | None:
         protocol = self.protocol
@@ -943,8 +944,9 @@ class StreamLink(Link):
         # flush() must never see both empty while packages are on their way.
         self.sendq.take(max(1, (_IOV_MAX - len(self._wbufs)) // 2), self._into_wbufs, _TAKE_BYTES)
 
-    def _into_wbufs(self, items: list) -> None:
+    def _into_wbufs(self, items: list, nbytes: int) -> None:
         self._wbufs.extend(chain.from_iterable(items))
+        self._wbytes += nbytes
 
     def _write_locked(self) -> None:
         self._write_scheduled = False
@@ -961,8 +963,9 @@ class StreamLink(Link):
                     break
                 self._close_sent = True  # all queued packages went: the close signal last
                 bufs.append(CLOSE_BYTES)
+                self._wbytes += len(CLOSE_BYTES)
             try:
-                sent = self._send(bufs)
+                sent = self._send(bufs, self._wbytes)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -970,10 +973,12 @@ class StreamLink(Link):
                 return
             if sent:
                 self.progress(sent)
-            if sent == sum(map(len, bufs)):
+            if sent == self._wbytes:
                 bufs.clear()
+                self._wbytes = 0
             else:
                 _consume(bufs, sent)
+                self._wbytes -= sent
             if bufs or self._backlog:  # the kernel is full: wait until writable
                 if not self._want_write:
                     self._want_write = True
@@ -1006,20 +1011,24 @@ class StreamLink(Link):
             return False
         self._take()
         try:
-            sent = self._send_plain(bufs)
+            sent = self._send_plain(bufs, self._wbytes)
         except OSError:  # would block, or broken: the loop side finds out
             return False
         self.last_send = now
         self.bytes_out += sent
-        if sent == sum(map(len, bufs)) and not sendq:
+        if sent == self._wbytes:
             bufs.clear()
-            self.owner.flushed()
-            return True
+            self._wbytes = 0
+            if not sendq:
+                self.owner.flushed()
+                return True
+            return False
         _consume(bufs, sent)
+        self._wbytes -= sent
         return False
 
-    def _send_plain(self, bufs: list) -> int:
-        """``sendmsg`` for plain TCP; many small buffers are joined first.
+    def _send_plain(self, bufs: list, nbytes: int) -> int:
+        """``sendmsg`` for plain TCP (``bufs`` hold ``nbytes``); many small buffers are joined first.
 
         The kernel's cost grows with the number of buffers (for 256 packages
         of 100 bytes, a single joined buffer went out twice as fast as 512
@@ -1028,11 +1037,11 @@ class StreamLink(Link):
         """
         sock = self.sock
         assert sock is not None
-        if len(bufs) > 2 and sum(map(len, bufs)) <= _JOIN_LIMIT:
+        if len(bufs) > 2 and nbytes <= _JOIN_LIMIT:
             return sock.send(b"".join(bufs))
         return sock.sendmsg(bufs)
 
-    def _send_tls(self, bufs: list) -> int:
+    def _send_tls(self, bufs: list, nbytes: int) -> int:
         """``sendmsg`` for TLS: encrypt up to CHUNK bytes of ``bufs``; return how many were taken."""
         tls, sock = self.tls, self.sock
         assert tls is not None and sock is not None
@@ -1072,6 +1081,7 @@ class StreamLink(Link):
             with self._wlock:
                 if not self._wbufs:
                     self._wbufs.append(HEARTBEAT_BYTES)
+                    self._wbytes += len(HEARTBEAT_BYTES)
                 self._write_locked()
         self.check_silence(now)
 
@@ -1104,6 +1114,7 @@ class StreamLink(Link):
         # half-way through these buffers.)
         with self._wlock:
             self._wbufs.clear()
+            self._wbytes = 0
             self._backlog = b""
         self.finish(reason)
 
@@ -1137,8 +1148,9 @@ class StreamLink(Link):
         from the queue for it and are lost with it."""
         with self._wlock:  # (a direct send in another thread may be using them)
             sock, self.sock = self.sock, None
-            lost = sum(map(len, self._wbufs)) + len(self._backlog)
+            lost = self._wbytes + len(self._backlog)
             self._wbufs.clear()
+            self._wbytes = 0
             self._backlog = b""
         if sock is not None:
             loop = self.loop
