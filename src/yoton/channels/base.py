@@ -72,7 +72,7 @@ class Waiter:
 
     def __init__(self, router: Router | None) -> None:
         self._router = router
-        self._cond = threading.Condition(threading.Lock())
+        self._cond: threading.Condition | None = None  # (made when a thread first waits on it)
         #: How many threads wait on the condition (not counting the reader; read without a lock).
         self.others = 0
         self._reader: int | None = None  # (the ident of) the thread lending the loop a hand
@@ -107,29 +107,36 @@ class Waiter:
                 self._reader = None
             if ready():
                 return True
-        with self._cond:
+        cond = self._cond
+        if cond is None:
+            with self._hook_lock:
+                if self._cond is None:
+                    self._cond = threading.Condition(threading.Lock())
+                cond = self._cond
+        with cond:
             self.others += 1
             try:
                 while not ready():
                     if deadline is None:
-                        self._cond.wait()
+                        cond.wait()
                     else:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
-                        self._cond.wait(remaining)
+                        cond.wait(remaining)
                 return ready()
             finally:
                 self.others -= 1
 
     def notify(self, everyone: bool = False) -> None:
         """Something they wait for happened: wake one waiter (or all)."""
-        if self.others:
-            with self._cond:
+        cond = self._cond
+        if self.others and cond is not None:  # (others > 0 only once the condition exists)
+            with cond:
                 if everyone:
-                    self._cond.notify_all()
+                    cond.notify_all()
                 else:
-                    self._cond.notify()
+                    cond.notify()
         if self._reader is not None and self._router is not None and not self._router.on_loop_side():
             self._router.wake()  # (a pass on the loop side wakes the reader by itself)
         for callback in self.callbacks:
