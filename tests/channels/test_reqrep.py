@@ -668,3 +668,45 @@ def test_a_direct_request_fails_when_the_replier_goes_away(ctx, long_window):
     with pytest.raises(yoton.RemoteError, match="connection closed before it answered"):
         f.result(5)
     assert req.statistics()["pending_requests"] == 0
+
+
+def _park_a_direct_request(ctx, slot, timeout=10.0):
+    """A requester whose third request the replier keeps (parked) while it serves the
+    second, held at its gate: ``(hub, req, server, rep, second, third)``."""
+    hub = ctx()
+    req = yoton.ReqChannel(hub, slot, timeout)
+    server = ctx()
+    link(hub, server)
+    rep = Gate(server, slot)
+    rep.set_mode("thread")
+    first, second = req.add(0, 1), req.hold("b")
+    assert first.result(5) == 1
+    wait_for(lambda: serving(rep, (hub.id, second._request_id)), 5, "the replier to serve the second request")
+    third = req.add(3, 3)
+    assert req.statistics()["direct"] == 1
+    wait_for(lambda: rep._parked is not None, 5, "the replier to keep the direct request")
+    return hub, req, server, rep, second, third
+
+
+def test_a_kept_direct_request_is_declined_when_the_replier_is_switched_off(ctx, long_window):
+    # Off, nobody may ever serve it: declined, it is announced again and auto-cancelled
+    # like any request no replier takes (it must not stay RUNNING for ever).
+    hub, req, server, rep, second, third = _park_a_direct_request(ctx, "off", timeout=1.0)
+    rep.set_mode("off")
+    rep.gate.set()
+    assert second.result(5) == "b"
+    with pytest.raises(yoton.CancelledError):
+        third.result(5)
+    assert req.statistics()["declined"] == 1 and rep.served_log == ["b"]
+
+
+def test_a_kept_direct_request_goes_to_another_replier_when_its_replier_closes(ctx, long_window):
+    hub, req, server, rep, second, third = _park_a_direct_request(ctx, "closing")
+    rep.close()
+    rep.gate.set()  # (the worker ends; a closed replier sends no reply, as in 2.2)
+    other = ctx()
+    link(hub, other)
+    Replier(other, "closing", rid="other").set_mode("thread")
+    assert third.result(5) == 6
+    assert req.statistics()["declined"] == 1 and rep.served_log == ["b"]
+

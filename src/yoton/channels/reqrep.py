@@ -614,13 +614,19 @@ class RepChannel(BaseChannel):
         elif self._mode != 2 and self._worker is not None:
             self._stop_worker()
         with self._lock:
-            if self._mode == 0:
+            off = self._mode == 0
+            if off:
                 self._offers.clear()
                 self._turns.clear()
+                parked, self._parked = self._parked, None
+            elif self._ticking:
                 return
-            if self._ticking:
-                return
-            self._ticking = True
+            else:
+                self._ticking = True
+        if off:
+            if parked is not None:  # (off, nobody may ever serve it: its requester announces it)
+                self._decline(parked.source_id, parked.dest_seq)
+            return
         self._router.call_later(self._tick, ACK_TIMEOUT / 2)
 
     def statistics(self) -> dict:
@@ -950,7 +956,12 @@ class RepChannel(BaseChannel):
         self._work_waiter.notify(everyone=True)  # (the worker checks _worker when woken)
 
     def close(self) -> None:
-        """Stop serving and detach from the context."""
+        """Stop serving and detach from the context (a direct request kept for
+        next is declined first, so its requester announces it to the others)."""
         self._mode = 0
+        with self._lock:
+            parked, self._parked = self._parked, None
+        if parked is not None:
+            self._decline(parked.source_id, parked.dest_seq)
         self._stop_worker()
         super().close()
