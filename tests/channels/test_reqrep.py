@@ -710,3 +710,26 @@ def test_a_kept_direct_request_goes_to_another_replier_when_its_replier_closes(c
     assert third.result(5) == 6
     assert req.statistics()["declined"] == 1 and rep.served_log == ["b"]
 
+
+def test_a_replier_served_from_the_applications_loop_gets_no_direct_requests(ctx, long_window):
+    # pyzo's kernel with PYZO_INTROSPECT_IN_MAIN_THREAD=1: mode 0, _process_events_local()
+    # called by the application. Off, the replier declines direct requests, so it must not
+    # invite them: each would cost a decline and a round trip more than the 2.2 exchange.
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="local")
+    server = ctx()
+    link(hub, server)
+    rep = Replier(server, "local")
+    stop = threading.Event()
+
+    def app_loop():
+        while not stop.wait(0.002):
+            rep._process_events_local()
+
+    thread = threading.Thread(target=app_loop, daemon=True)
+    thread.start()
+    try:
+        assert [req.add(i, 1).result(5) for i in range(5)] == [1, 2, 3, 4, 5]
+    finally:
+        stop.set()
+        thread.join(5)
+    assert req.statistics()["direct"] == 0 and rep.statistics()["declined"] == 0

@@ -786,7 +786,12 @@ class RepChannel(BaseChannel):
             self._acked_at = time.monotonic()
             self._ack_progress = 0
         told = self._told
-        if requester not in told and len(told) < MAX_REQUESTERS and self._router.is_direct_peer(requester):
+        if (
+            self._mode  # (off, it declines direct requests: no invitation)
+            and requester not in told
+            and len(told) < MAX_REQUESTERS
+            and self._router.is_direct_peer(requester)
+        ):
             told.add(requester)  # (before the first acknowledgement: the requester knows it by the reply)
             self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
         self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
