@@ -733,3 +733,55 @@ def test_a_replier_served_from_the_applications_loop_gets_no_direct_requests(ctx
         stop.set()
         thread.join(5)
     assert req.statistics()["direct"] == 0 and rep.statistics()["declined"] == 0
+
+
+def hold_reading(context):
+    """Have ``context`` read nothing more from its only connection until the
+    returned function is called (so what its peer sends meanwhile waits)."""
+    (lk,) = context.router.links
+    context.router.call_soon(context.router.hold_reading, lk, "test")
+    wait_for(lambda: lk.read_holds, 5, "the read hold")
+    return lambda: context.router.release_reading(lk, "test")
+
+
+def test_a_direct_request_to_a_replier_that_closed_meanwhile_goes_to_another(ctx, long_window):
+    # The replier's channel closes, its context stays connected: a direct request
+    # on its way reaches no channel there; it must be announced to the other
+    # repliers, not wait for ever.
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="gone-ch")
+    server = ctx()
+    link(hub, server)
+    rep = Replier(server, "gone-ch", rid="first")
+    rep.set_mode("thread")
+    assert req.add(1, 1).result(5) == 2  # (the next one goes straight to it)
+    release = hold_reading(hub)  # (the requester hears of the closing only after it sent the next)
+    rep.close()
+    late = req.add(2, 2)
+    assert req.statistics()["direct"] == 1
+    release()
+    other = ctx()
+    link(hub, other)
+    Replier(other, "gone-ch", rid="other").set_mode("thread")
+    assert late.result(5) == 4
+    assert req.statistics()["pending_requests"] == 0
+
+
+def test_a_direct_request_meant_for_a_closed_replier_is_not_served_twice_by_its_successor(ctx, long_window):
+    # A new replier on the same slot of the same context gets what was sent to the
+    # old one, which the requester announces again (the old one closed): it must
+    # decline it (it never invited that requester), or it would serve it twice.
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="successor")
+    server = ctx()
+    link(hub, server)
+    old = Replier(server, "successor", rid="old")
+    old.set_mode("thread")
+    assert req.work(0).result(5) == [0, "old"]
+    release = hold_reading(hub)
+    old.close()
+    new = Replier(server, "successor", rid="new")
+    new.set_mode("thread")
+    late = req.work(1)
+    assert req.statistics()["direct"] == 1
+    release()
+    assert late.result(5) == [1, "new"]  # (a reply is taken only from the replier that acknowledged it)
+    assert new.served_log == [1] and new.statistics()["declined"] == 1

@@ -27,15 +27,22 @@ replier is still a direct peer) goes straight to it::
                                         <----   or 'req~' (busy): the requester
                                                 announces it with 'req?' as above
 
-The replier serves a direct request at once only when it is free and no
-other requester waits for it (so load balancing and the turns between
+The replier serves a direct request at once only when it is on, free and
+no other requester waits for it (so load balancing and the turns between
 requesters stay as above); while it is busy with the same requester's
-previous request it keeps one direct request to serve next; else it
-declines. A direct request is RUNNING from the start (it cannot be
-cancelled); if the replier's connection goes away before it answers, the
-future fails with :class:`~yoton.errors.RemoteError`. A yoton 2.2 replier
-never sends ``'req+'``, so a 2.2 peer only ever sees the exchange above
-(a 2.2 requester ignores the ``'req+'`` it gets). A failed request is answered with the OBJECT tuple
+previous request it keeps one direct request to serve next; else (and
+always for a requester it did not invite) it declines. A replier that is
+off invites nobody; switched off or closed, it declines the direct request
+it kept, and closing it tells each requester it invited, with ``'req_'``
+(dest_seq=REF+k), the last direct request it got from it (k): those after
+never reached it and are announced as usual. A direct request is RUNNING
+from the start (it cannot be cancelled); if the replier's connection goes
+away before it answers, the future fails with
+:class:`~yoton.errors.RemoteError`. A yoton 2.2 replier never sends
+``'req+'``, so a 2.2 peer only ever sees the exchange above (a 2.2
+requester takes the ``'req+'`` it gets for the acknowledgement that follows
+it, which does no harm, and ignores ``'req_'``). A failed request is
+answered with the OBJECT tuple
 ``("yoton_ERROR_HANDLING_REQUEST", message)``; the requester's future then
 raises :class:`~yoton.errors.RemoteError` with that message. The message is
 yoton 2.2's (:func:`error_text`): the exception's text, a newline, and the
@@ -101,6 +108,7 @@ WITHDRAW = b"req-"
 CAN_DIRECT = b"req+"
 DIRECT = b"req="
 DECLINE = b"req~"
+NO_DIRECT = b"req_"  # (the replier closed: dest_seq=REF+k, k the last direct request it got)
 #: Seconds after a reply from a replier during which the next request goes
 #: straight to it; repliers a requester remembers as taking direct requests.
 DIRECT_WINDOW = 1.0
@@ -485,21 +493,35 @@ class ReqChannel(BaseChannel):
 
     def _direct_signal(self, replier: int, n: int, signal: bytes) -> None:
         """``'req+'``: ``replier`` takes direct requests; ``'req~'``: it declined
-        direct request ``n``, which is announced as usual (I/O thread)."""
+        direct request ``n``, which is announced as usual; ``'req_'``: it closed,
+        having got our direct requests up to ``n``: those after go the usual
+        way too (I/O thread)."""
         if signal == CAN_DIRECT:
             if len(self._capable) < MAX_DIRECT:
                 self._capable[replier] = None
         elif signal == DECLINE:
             future = self._futures.get(n)
-            if future is None or not future._direct or future._replier != replier:
+            if future is not None and future._direct and future._replier == replier:
+                self._put_back(future)
+        elif signal == NO_DIRECT and self._router.is_direct_peer(replier):  # (only the replier itself)
+            with self._req_lock:  # (_post decides on a direct request under it)
+                self._capable.pop(replier, None)
+                if self._free is not None and self._free[0] == replier:
+                    self._free = None
+                futures = list(self._futures.values())
+            gone = [f for f in futures if f._direct and f._replier == replier and f._request_id > n]
+            for future in gone:
+                self._put_back(future)
+
+    def _put_back(self, future: Future) -> None:
+        """A direct request its replier did not take: announce it as usual (I/O thread)."""
+        with future._lock:
+            if not future._direct or not future._move(PENDING):
                 return
-            with future._lock:
-                if not future._move(PENDING):
-                    return
-                future._direct, future._replier = False, 0
-            self._declined += 1
-            if not self._closed:
-                self._announce_request(future)
+            future._direct, future._replier = False, 0
+        self._declined += 1
+        if not self._closed:
+            self._announce_request(future)
 
     def close(self) -> None:
         """Close the channel; requests not yet answered are cancelled (repliers
@@ -577,7 +599,9 @@ class RepChannel(BaseChannel):
         self._worker: threading.Thread | None = None
         self._served = 0
         self._refused = 0
-        self._told: set = set()  # requesters told that we take direct requests
+        # Requesters told that we take direct requests -> the number of the last
+        # direct request we got from each (0: none yet); see close().
+        self._told: dict = {}
         self._parked: Package | None = None  # a direct request to serve next (see _direct_request)
         self._direct_served = 0
         self._declined = 0
@@ -695,15 +719,21 @@ class RepChannel(BaseChannel):
     def _direct_request(self, pkg: Package) -> None:
         """A direct request (its body and dest_seq unwrapped): serve it now if we
         are free and nobody else waits; keep it for next if we serve its
-        requester already; else decline (I/O thread)."""
+        requester already; else (or if we never invited its requester) decline
+        (I/O thread)."""
         requester, n = pkg.source_id, pkg.dest_seq
         verdict = DECLINE
         with self._lock:
-            if self._mode and self._state is _Rep.IDLE and self._fair_for(requester):
+            last = self._told.get(requester)
+            if last is None:
+                pass  # (we did not invite it: e.g. it was meant for a replier closed before us on our slot)
+            elif self._mode and self._state is _Rep.IDLE and self._fair_for(requester):
                 self._set_state(_Rep.SERVING, (requester, n))
                 verdict = DIRECT
             elif self._mode and self._parked is None and self._current is not None and self._current[0] == requester:
                 self._parked, verdict = pkg, None
+            if last is not None and n > last:
+                self._told[requester] = n  # (see close())
         if verdict is DIRECT:
             self._direct_served += 1
             self._dispatch(pkg)
@@ -785,14 +815,16 @@ class RepChannel(BaseChannel):
             self._set_state(_Rep.ACKNOWLEDGED, (requester, n))
             self._acked_at = time.monotonic()
             self._ack_progress = 0
-        told = self._told
-        if (
-            self._mode  # (off, it declines direct requests: no invitation)
-            and requester not in told
-            and len(told) < MAX_REQUESTERS
-            and self._router.is_direct_peer(requester)
-        ):
-            told.add(requester)  # (before the first acknowledgement: the requester knows it by the reply)
+            told = self._told
+            invite = (
+                self._mode  # (off, it declines direct requests: no invitation)
+                and requester not in told
+                and len(told) < MAX_REQUESTERS
+                and self._router.is_direct_peer(requester)
+            )
+            if invite:
+                told[requester] = 0
+        if invite:  # (before the first acknowledgement: the requester knows it by the reply)
             self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
         self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
@@ -966,7 +998,14 @@ class RepChannel(BaseChannel):
         self._mode = 0
         with self._lock:
             parked, self._parked = self._parked, None
+            told, self._told = self._told, {}
         if parked is not None:
             self._decline(parked.source_id, parked.dest_seq)
+        if not self._closed:
+            # Direct requests may be on their way: tell each requester we invited
+            # the last one we got, so it announces those after it to the others.
+            for requester, last in told.items():
+                if self._router.is_direct_peer(requester):
+                    self._router.send(self._slot_out, NO_DIRECT, requester, REF + last, force=True)
         self._stop_worker()
         super().close()
