@@ -224,3 +224,60 @@ def test_our_event_mode_replier_serves_orig_requester(peer, context):
     finally:
         stop.set()
         pumper.join(5)
+
+
+# -- direct requests (ours only) with 2.2 peers around ---------------------------------------
+
+
+def test_an_orig_relay_between_our_requester_and_replier_carries_the_2_2_exchange(peer, context):
+    """Our requester and our replier meet through an original context: they are
+    no direct peers, so every request takes the 2.2 exchange through it."""
+    import yoton
+
+    relay = peer("orig", "X")
+    a, b = context(), context()
+    conn_a = a.connect(f"localhost:{relay.bind()}", timeout=5)
+    conn_b = b.connect(f"localhost:{relay.bind()}", timeout=5)
+    wait_for(lambda: conn_a.is_connected and conn_b.is_connected, 10, "both of ours connected to the relay")
+    assert relay.call("wait_connections", count=2, timeout=10)["ok"]
+
+    class Adder(yoton.RepChannel):
+        def add(self, x, y):
+            return x + y
+
+    rep = Adder(b, "via")
+    rep.set_mode("thread")
+    req = yoton.ReqChannel(a, "via")
+    assert [req.add(i, 1).result(10) for i in range(10)] == [i + 1 for i in range(10)]
+    assert req.statistics()["direct"] == 0 and rep.statistics()["direct"] == 0
+    assert rep.statistics()["served"] == 10 and rep.statistics()["refused"] == 0
+
+
+def test_an_orig_requester_takes_our_invitation_for_the_acknowledgement_harmlessly(peer, context):
+    """A 2.2 requester directly connected to our replier gets 'req+' (it takes it
+    for the acknowledgement) and, when that replier closes, 'req_' (ignored):
+    each request is served once, and it goes on with the next replier."""
+    import yoton
+
+    calls = []
+
+    class Adder(yoton.RepChannel):
+        def add(self, x, y):
+            calls.append((x, y))
+            return x + y
+
+    ctx, o = context(), peer("orig")
+    conn = ctx.bind("localhost:0")
+    rep = Adder(ctx, "inv")
+    rep.set_mode("thread")
+    o.call("connect", addr=f"localhost:{conn.port1}", timeout=5)
+    wait_for(lambda: conn.is_connected, 10, "the original to connect")
+    for i in range(5):
+        assert o.call("req", slot="inv", method="add", args=[i, 1], timeout=10) == {"result": i + 1}
+    stats = rep.statistics()
+    assert (stats["served"], stats["refused"], stats["direct"], stats["declined"]) == (5, 0, 0, 0)
+    rep.close()  # (sends 'req_' to the original requester it invited)
+    successor = Adder(ctx, "inv")
+    successor.set_mode("thread")
+    assert o.call("req", slot="inv", method="add", args=[9, 1], timeout=10) == {"result": 10}
+    assert calls == [(i, 1) for i in range(5)] + [(9, 1)]
