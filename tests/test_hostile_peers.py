@@ -267,6 +267,28 @@ def test_a_forged_decline_does_not_send_a_taken_request_elsewhere(ctx, attacker)
     assert req.statistics()["declined"] == 0 and svc.statistics()["served"] == 2
 
 
+def test_forged_invitations_do_not_crowd_out_a_real_replier(ctx, attacker):
+    """'req+' in made-up names (a relay's packages carry any source id) must not
+    fill the requester's list of repliers that take direct requests."""
+    from yoton.channels.reqrep import MAX_DIRECT
+
+    requester, replier = ctx(), ctx()
+    conn = requester.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req = yoton.ReqChannel(requester, "svc")
+    _, rep_slot = _reqrep_slots("svc")
+    evil.send(
+        b"".join(
+            package(rep_slot, _hand_id(), 1, b"req+", dest_id=requester.id, dest_seq=REF + 1) for _ in range(MAX_DIRECT)
+        )
+    )
+    wait_until(lambda: req.statistics()["received"] >= MAX_DIRECT, 5.0, "the forged invitations")
+    link(requester, replier)
+    Slow(replier, "svc").set_mode("thread")
+    assert [req.ping(i).result(5.0) for i in range(3)] == [("pong", i) for i in range(3)]
+    assert req.statistics()["direct"] >= 1
+
+
 def test_a_flood_of_direct_requests_is_served_one_at_a_time_or_declined(ctx, attacker):
     from yoton.wire.codec import encode_object
 

@@ -785,3 +785,32 @@ def test_a_direct_request_meant_for_a_closed_replier_is_not_served_twice_by_its_
     release()
     assert late.result(5) == [1, "new"]  # (a reply is taken only from the replier that acknowledged it)
     assert new.served_log == [1] and new.statistics()["declined"] == 1
+
+
+def test_a_requester_remembers_new_repliers_when_old_ones_have_gone(ctx, long_window, monkeypatch):
+    monkeypatch.setattr("yoton.channels.reqrep.MAX_DIRECT", 1)  # (the bound, made small)
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="turnover")
+    for k in range(3):  # one replier after the other, each in its own context that then closes
+        server = ctx()
+        link(hub, server)
+        Replier(server, "turnover").set_mode("thread")
+        before = req.statistics()["direct"]
+        assert [req.add(i, k).result(5) for i in range(3)] == [i + k for i in range(3)]
+        assert req.statistics()["direct"] > before, f"replier {k} got no direct request"
+        server.close()
+        wait_for(lambda: not hub.router.is_direct_peer(server.id), 5, "the replier to go")
+
+
+def test_a_replier_invites_new_requesters_when_old_ones_have_gone(ctx, long_window, monkeypatch):
+    monkeypatch.setattr("yoton.channels.reqrep.MAX_REQUESTERS", 2)  # (the bound, made small)
+    server = ctx()
+    rep = Replier(server, "turnover")
+    rep.set_mode("thread")
+    for k in range(4):  # one requester after the other, each in its own context that then closes
+        client = ctx()
+        link(server, client)
+        req = yoton.ReqChannel(client, "turnover")
+        assert [req.add(i, k).result(5) for i in range(3)] == [i + k for i in range(3)]
+        assert req.statistics()["direct"] >= 1, f"requester {k} was not invited"
+        client.close()
+        wait_for(lambda: not server.router.is_direct_peer(client.id), 5, "the requester to go")

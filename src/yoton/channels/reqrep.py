@@ -125,6 +125,15 @@ MAX_OFFERS = 256
 MAX_REQUESTERS = 1024
 
 
+def _make_room(peers: dict, limit: int, router: Any) -> bool:
+    """Whether ``peers`` (keyed by context id) has room for one more, after
+    forgetting, if it is full, those that are no longer direct peers."""
+    if len(peers) >= limit:
+        for gone in [peer for peer in peers if not router.is_direct_peer(peer)]:
+            del peers[gone]
+    return len(peers) < limit
+
+
 class FutureState(Enum):
     """Where a :class:`Future` is: PENDING until a replier takes the request,
     RUNNING while it serves it, then FINISHED -- or CANCELLED before it ran."""
@@ -497,7 +506,8 @@ class ReqChannel(BaseChannel):
         having got our direct requests up to ``n``: those after go the usual
         way too (I/O thread)."""
         if signal == CAN_DIRECT:
-            if len(self._capable) < MAX_DIRECT:
+            # (a replier invites only its direct peers: from anyone else it is made up)
+            if self._router.is_direct_peer(replier) and _make_room(self._capable, MAX_DIRECT, self._router):
                 self._capable[replier] = None
         elif signal == DECLINE:
             future = self._futures.get(n)
@@ -819,8 +829,8 @@ class RepChannel(BaseChannel):
             invite = (
                 self._mode  # (off, it declines direct requests: no invitation)
                 and requester not in told
-                and len(told) < MAX_REQUESTERS
                 and self._router.is_direct_peer(requester)
+                and _make_room(told, MAX_REQUESTERS, self._router)
             )
             if invite:
                 told[requester] = 0
