@@ -814,3 +814,22 @@ def test_a_replier_invites_new_requesters_when_old_ones_have_gone(ctx, long_wind
         assert req.statistics()["direct"] >= 1, f"requester {k} was not invited"
         client.close()
         wait_for(lambda: not server.router.is_direct_peer(client.id), 5, "the requester to go")
+
+
+def test_a_direct_request_is_never_announced_by_the_requesters_tick(ctx, long_window, monkeypatch):
+    # The I/O thread's tick re-announces the PENDING futures it finds: one that is
+    # to go straight to a replier must not be found PENDING while _post decides, or
+    # its 'req?' has the repliers acknowledge (and wait for) a request taken already.
+    hub, req, (rep,) = requester_and_repliers(ctx, 1, slot="tick")
+    assert req.add(1, 1).result(5) == 2
+    real = hub.router.is_direct_peer
+
+    def ticking_meanwhile(peer_id):
+        req._tick()  # (the I/O thread's tick, at the worst moment)
+        return real(peer_id)
+
+    monkeypatch.setattr(hub.router, "is_direct_peer", ticking_meanwhile)
+    req._req_lock = threading.RLock()  # (the tick takes it only at its end; here it runs inside _post's)
+    future = req.add(2, 2)
+    assert future._direct and future._announced == 0.0
+    assert future.result(5) == 4

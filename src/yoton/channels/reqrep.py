@@ -428,7 +428,6 @@ class ReqChannel(BaseChannel):
         with self._req_lock:
             self._counter += 1
             future = self._future_class(self, body, self._counter, self._default_timeout)
-            self._futures[future._request_id] = future
             free, self._free = self._free, None
             if (
                 free is not None
@@ -438,7 +437,8 @@ class ReqChannel(BaseChannel):
             ):
                 direct_to = future._replier = free[0]
                 future._direct = True
-                future._move(RUNNING)  # (nobody else sees it yet: no reply before the send below)
+                future._move(RUNNING)  # (before _tick may see it: it would announce it if PENDING)
+            self._futures[future._request_id] = future
             start_ticking = not self._ticking
             self._ticking = True
         self._count_out += 1
