@@ -732,7 +732,7 @@ class RepChannel(BaseChannel):
         requester already; else (or if we never invited its requester) decline
         (I/O thread)."""
         requester, n = pkg.source_id, pkg.dest_seq
-        verdict = DECLINE
+        verdict: bytes | None = DECLINE  # (None: kept for next)
         with self._lock:
             last = self._told.get(requester)
             if last is None:
@@ -794,9 +794,10 @@ class RepChannel(BaseChannel):
             if self._state is not _Rep.IDLE or not (self._mode or local):
                 return
             parked, self._parked = self._parked, None
-            serve = parked is not None and self._fair_for(parked.source_id)
-            if serve:
+            serve = False
+            if parked is not None and self._fair_for(parked.source_id):
                 self._set_state(_Rep.SERVING, (parked.source_id, parked.dest_seq))
+                serve = True
         if parked is not None:
             if serve:
                 self._direct_served += 1
