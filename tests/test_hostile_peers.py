@@ -289,6 +289,42 @@ def test_forged_invitations_do_not_crowd_out_a_real_replier(ctx, attacker):
     assert req.statistics()["direct"] >= 1
 
 
+def test_a_decline_in_the_name_of_a_replier_that_is_gone_is_not_taken(ctx, attacker):
+    """Once the replier is no direct peer any more, its id is anyone's (a relayed
+    package may carry it): a 'req~' in its name must not send elsewhere a request
+    it may have served already; the request fails as for a replier gone."""
+    import threading
+
+    requester, replier = ctx(), ctx()
+    link(requester, replier)
+    started = threading.Event()
+
+    class Held(yoton.RepChannel):
+        def ping(self, x, hold=False):
+            if hold:
+                started.set()
+                threading.Event().wait(0.5)  # (served while its context closes)
+            return ("pong", x)
+
+    Held(replier, "svc").set_mode("thread")
+    conn = requester.bind("127.0.0.1:0")
+    evil = attacker(conn)
+    req = yoton.ReqChannel(requester, "svc")
+    _, rep_slot = _reqrep_slots("svc")
+    assert req.ping(0).result(5.0) == ("pong", 0)
+    taken = req.ping(1, True)
+    assert taken.running() and req.statistics()["direct"] == 1
+    assert started.wait(5.0)
+    replier_id = replier.id
+    replier.close()
+    wait_until(lambda: not requester.router.is_direct_peer(replier_id), 5.0, "the replier to go")
+    decline = package(rep_slot, replier_id, 10**6, b"req~", dest_id=requester.id, dest_seq=REF + taken._request_id)
+    evil.send(decline)
+    with pytest.raises(yoton.RemoteError, match="connection closed before it answered"):
+        taken.result(5.0)
+    assert req.statistics()["declined"] == 0
+
+
 def test_a_flood_of_direct_requests_is_served_one_at_a_time_or_declined(ctx, attacker):
     from yoton.wire.codec import encode_object
 

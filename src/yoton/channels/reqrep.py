@@ -509,11 +509,13 @@ class ReqChannel(BaseChannel):
             # (a replier invites only its direct peers: from anyone else it is made up)
             if self._router.is_direct_peer(replier) and _make_room(self._capable, MAX_DIRECT, self._router):
                 self._capable[replier] = None
+        elif not self._router.is_direct_peer(replier):
+            return  # (its id is anyone's when it is no direct peer: only its own link speaks for it)
         elif signal == DECLINE:
             future = self._futures.get(n)
             if future is not None and future._direct and future._replier == replier:
                 self._put_back(future)
-        elif signal == NO_DIRECT and self._router.is_direct_peer(replier):  # (only the replier itself)
+        elif signal == NO_DIRECT:
             with self._req_lock:  # (_post decides on a direct request under it)
                 self._capable.pop(replier, None)
                 if self._free is not None and self._free[0] == replier:
