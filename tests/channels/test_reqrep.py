@@ -833,3 +833,32 @@ def test_a_direct_request_is_never_announced_by_the_requesters_tick(ctx, long_wi
     future = req.add(2, 2)
     assert future._direct and future._announced == 0.0
     assert future.result(5) == 4
+
+
+def test_a_replier_switched_off_withdraws_its_invitations(ctx, long_window):
+    # Served from the application's loop after it was on: the requesters it invited
+    # must stop sending it direct requests (it would decline every one of them).
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="was-on")
+    server = ctx()
+    link(hub, server)
+    rep = Replier(server, "was-on")
+    rep.set_mode("thread")
+    assert req.add(0, 1).result(5) == 1  # (invited)
+    rep.set_mode("off")
+    stop = threading.Event()
+
+    def app_loop():
+        while not stop.wait(0.002):
+            rep._process_events_local()
+
+    thread = threading.Thread(target=app_loop, daemon=True)
+    thread.start()
+    try:
+        assert [req.add(i, 1).result(5) for i in range(1, 6)] == [2, 3, 4, 5, 6]
+    finally:
+        stop.set()
+        thread.join(5)
+    assert rep.statistics()["declined"] <= 1  # (the first one may have left before the news came)
+    rep.set_mode("thread")  # (on again: it invites the requester again)
+    assert [req.add(i, 1).result(5) for i in range(3)] == [1, 2, 3]
+    assert req.statistics()["direct"] >= 2

@@ -33,9 +33,10 @@ requesters stay as above); while it is busy with the same requester's
 previous request it keeps one direct request to serve next; else (and
 always for a requester it did not invite) it declines. A replier that is
 off invites nobody; switched off or closed, it declines the direct request
-it kept, and closing it tells each requester it invited, with ``'req_'``
-(dest_seq=REF+k), the last direct request it got from it (k): those after
-never reached it and are announced as usual. A direct request is RUNNING
+it kept and tells each requester it invited, with ``'req_'``
+(dest_seq=REF+k), the last direct request it got from it (k): the
+requester sends it no more (until invited again) and announces those after
+k as usual (they never reached it). A direct request is RUNNING
 from the start (it cannot be cancelled); if the replier's connection goes
 away before it answers, the future fails with
 :class:`~yoton.errors.RemoteError`. A yoton 2.2 replier never sends
@@ -654,14 +655,12 @@ class RepChannel(BaseChannel):
             if off:
                 self._offers.clear()
                 self._turns.clear()
-                parked, self._parked = self._parked, None
             elif self._ticking:
                 return
             else:
                 self._ticking = True
-        if off:
-            if parked is not None:  # (off, nobody may ever serve it: its requester announces it)
-                self._decline(parked.source_id, parked.dest_seq)
+        if off:  # (nobody may serve direct requests now: the requesters announce them)
+            self._withdraw_invitations()
             return
         self._router.call_later(self._tick, ACK_TIMEOUT / 2)
 
@@ -835,10 +834,10 @@ class RepChannel(BaseChannel):
                 and self._router.is_direct_peer(requester)
                 and _make_room(told, MAX_REQUESTERS, self._router)
             )
-            if invite:
+            if invite:  # (before the first acknowledgement: the requester knows it by the reply)
                 told[requester] = 0
-        if invite:  # (before the first acknowledgement: the requester knows it by the reply)
-            self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
+                # (sent under the lock: a 'req_' of set_mode('off') cannot overtake it)
+                self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
         self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
     def _tick(self) -> None:
@@ -1009,16 +1008,20 @@ class RepChannel(BaseChannel):
         """Stop serving and detach from the context (a direct request kept for
         next is declined first, so its requester announces it to the others)."""
         self._mode = 0
+        self._withdraw_invitations()
+        self._stop_worker()
+        super().close()
+
+    def _withdraw_invitations(self) -> None:
+        """Off or closing: decline the direct request kept for next, and tell
+        each requester we invited the last direct request we got from it
+        (``'req_'``), so it sends us no more and announces those after it."""
         with self._lock:
             parked, self._parked = self._parked, None
             told, self._told = self._told, {}
         if parked is not None:
             self._decline(parked.source_id, parked.dest_seq)
         if not self._closed:
-            # Direct requests may be on their way: tell each requester we invited
-            # the last one we got, so it announces those after it to the others.
             for requester, last in told.items():
                 if self._router.is_direct_peer(requester):
                     self._router.send(self._slot_out, NO_DIRECT, requester, REF + last, force=True)
-        self._stop_worker()
-        super().close()
