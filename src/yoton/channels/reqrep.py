@@ -16,15 +16,15 @@ So a request goes to the first replier that is free: load is balanced
 without any coordinator.
 
 Between our own peers (not in yoton 2.2) a request can take one round trip
-instead of two. A replier tells a requester it is directly connected to,
-once, with ``'req+'`` (dest_seq=REF+n, just before its first ``'req!'``)
-that it takes *direct requests*. After a reply from such a replier, the
+instead of two. A replier that is on tells a requester it is directly
+connected to, with ``'req+'`` (dest_seq=REF+n, just before its first
+``'req!'`` to it), that it takes *direct requests*. After a reply from such a replier, the
 requester's next request (within :data:`DIRECT_WINDOW` seconds, while the
 replier is still a direct peer) goes straight to it::
 
     'req=' + request body, to that replier, dest_seq=REF+n  ---->
                                         <----   reply (OBJECT), dest_seq=n
-                                        <----   or 'req~' (busy): the requester
+                                        <----   or 'req~' (declined): the requester
                                                 announces it with 'req?' as above
 
 The replier serves a direct request at once only when it is on, free and
@@ -36,14 +36,13 @@ off invites nobody; switched off or closed, it declines the direct request
 it kept and tells each requester it invited, with ``'req_'``
 (dest_seq=REF+k), the last direct request it got from it (k): the
 requester sends it no more (until invited again) and announces those after
-k as usual (they never reached it). A direct request is RUNNING
-from the start (it cannot be cancelled); if the replier's connection goes
-away before it answers, the future fails with
-:class:`~yoton.errors.RemoteError`. A yoton 2.2 replier never sends
-``'req+'``, so a 2.2 peer only ever sees the exchange above (a 2.2
-requester takes the ``'req+'`` it gets for the acknowledgement that follows
-it, which does no harm, and ignores ``'req_'``). A failed request is
-answered with the OBJECT tuple
+k as usual (they never reached it). A direct request is RUNNING from the
+start (it cannot be cancelled); if the replier's connection goes away
+before it answers, the future fails with :class:`~yoton.errors.RemoteError`.
+A yoton 2.2 replier never sends ``'req+'``, so a 2.2 peer only ever sees
+the exchange above (a 2.2 requester takes the ``'req+'`` it gets for the
+acknowledgement that follows it, which does no harm, and ignores
+``'req_'``). A failed request is answered with the OBJECT tuple
 ``("yoton_ERROR_HANDLING_REQUEST", message)``; the requester's future then
 raises :class:`~yoton.errors.RemoteError` with that message. The message is
 yoton 2.2's (:func:`error_text`): the exception's text, a newline, and the
