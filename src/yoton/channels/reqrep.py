@@ -691,7 +691,7 @@ class RepChannel(BaseChannel):
         are free and nobody else waits; keep it for next if we serve its
         requester already; else decline (I/O thread)."""
         requester, n = pkg.source_id, pkg.dest_seq
-        verdict = DECLINE
+        verdict: bytes | None = DECLINE  # (None: kept for next)
         with self._lock:
             if self._mode and self._state is _Rep.IDLE and self._fair_for(requester):
                 self._set_state(_Rep.SERVING, (requester, n))
@@ -750,6 +750,7 @@ class RepChannel(BaseChannel):
             parked, self._parked = self._parked, None
             serve = parked is not None and self._fair_for(parked.source_id)
             if serve:
+                assert parked is not None
                 self._set_state(_Rep.SERVING, (parked.source_id, parked.dest_seq))
         if parked is not None:
             if serve:
