@@ -380,3 +380,36 @@ def test_an_embedded_gui_callback_is_never_called_with_the_loop_lock_held():
     finally:
         a.close()
         b.close()
+
+
+def test_lone_writes_that_meet_a_full_kernel_buffer_keep_every_byte_in_order(make_ctx):
+    """A sparse send writes its package at once from the sending thread; when
+    the kernel takes only part of it (the peer does not read), the rest and
+    everything after it go out later, in order, from the queue."""
+    from transport_util import pubsub_slot
+
+    a = make_ctx()
+    conn = a.bind("127.0.0.1:0")
+    peer = RawClient(conn.port1)
+    peer.handshake(0x0123456789ABCDEF)
+    assert wait_for(lambda: conn.is_connected)
+    link = conn._link
+    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # (fills after some packages)
+    pub = yoton.PubChannel(a, "lone", yoton.BINARY)
+    bodies = [bytes([i % 251]) * 60_000 for i in range(30)]
+    lone = 0
+    for body in bodies:
+        a.router._pump_after = link._direct_after = 0.0  # (every send sparse: the short way if idle)
+        queued_before = len(link.sendq) + link.unwritten()
+        pub.send(body)
+        lone += queued_before == 0 and len(link.sendq) == 0
+    assert lone and len(link.sendq) + link.unwritten() > 0  # (the short way first; then the kernel filled up)
+    slot = pubsub_slot("lone", "bin")
+    got = []
+    while len(got) < len(bodies):
+        fields, body = peer.read_package(10.0)
+        if fields[1] == slot:
+            got.append((fields[3], body))
+    seqs = [seq for seq, _ in got]
+    assert seqs == list(range(seqs[0], seqs[0] + len(bodies)))
+    assert [body for _, body in got] == bodies

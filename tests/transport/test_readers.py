@@ -445,7 +445,7 @@ _CTRL_C_IN_A_SEND_CHILD = textwrap.dedent("""
         armed = False
         def acquire(self, *args):
             got = real.acquire(*args)
-            if got and Interrupting.armed and sys._getframe(1).f_code.co_name == "kick_writer":
+            if got and Interrupting.armed and sys._getframe(1).f_code.co_name in ("kick_writer", "enqueue"):
                 Interrupting.armed = False
                 signal.raise_signal(signal.SIGINT)
             return got

@@ -113,6 +113,7 @@ NO_DIRECT = b"req_"  # (the replier closed: dest_seq=REF+k, k the last direct re
 #: straight to it; repliers a requester remembers as taking direct requests.
 DIRECT_WINDOW = 1.0
 MAX_DIRECT = 256
+_MAX_CACHED_NAMES = 256  # (instance attributes, request functions included, before requests stop being cached)
 ERROR_TAG = "yoton_ERROR_HANDLING_REQUEST"
 ANNOUNCE_INTERVAL = 0.5
 #: Seconds a replier waits for the body of a request it acknowledged; a
@@ -401,6 +402,8 @@ class ReqChannel(BaseChannel):
 
         request.__name__ = name
         request.__doc__ = f"Post request {name!r} and return a Future."
+        if len(self.__dict__) < _MAX_CACHED_NAMES:
+            self.__dict__[name] = request  # (found there next time, without this call)
         return request
 
     def statistics(self) -> dict:

@@ -908,6 +908,63 @@ class StreamLink(Link):
 
     # -- writing -----------------------------------------------------------------------
 
+    def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> bool:
+        """See :meth:`Link.enqueue`. A lone small package on an idle link (nothing
+        queued or being written, sends sparse) is written from the sending
+        thread at once, without passing through the queue: what a round trip
+        (a request, a ping) costs most of the time."""
+        if (
+            total <= _JOIN_LIMIT
+            and len(items) == 1
+            and not self._wbufs
+            and not self._write_scheduled
+            and self.state is CONNECTED
+            and self.tls is None
+            and not self.stalled
+            and not self.sendq
+        ):
+            now = time.monotonic()
+            if now >= self._direct_after and self._wlock.acquire(False):
+                try:
+                    done = self._write_lone(items[0], total, now)
+                finally:
+                    self._wlock.release()
+                if done:
+                    return False
+        return super().enqueue(items, total)
+
+    def _write_lone(self, item: tuple[bytes, bytes], total: int, now: float) -> bool:
+        """(holding _wlock) :meth:`enqueue`'s short way; False if the package
+        must take the queue after all (nothing was written)."""
+        sock, loop = self.sock, self.loop
+        if (
+            sock is None
+            or loop is None
+            or self._wbufs
+            or self._want_write
+            or self.sendq
+            or self.state is not CONNECTED
+            or loop.on_loop_side()
+        ):
+            return False
+        self._direct_after = now + DIRECT_GAP
+        data = item[0] + item[1]
+        try:
+            sent = sock.send(data)
+        except OSError:  # would block, or broken: the queue and the loop side deal with it
+            return False
+        self.packages_out += 1
+        self.last_send = now
+        self.bytes_out += sent
+        if sent < total:  # (the kernel took part of it: the rest goes first, from the loop side)
+            self._wbufs.append(data[sent:])
+            self._wbytes += total - sent
+            self._write_scheduled = True
+            loop.schedule_write(self)
+            return True
+        self.owner.flushed()
+        return True
+
     def kick_writer(self) -> None:
         if self._write_scheduled or self.state is not CONNECTED:
             return
