@@ -862,3 +862,41 @@ def test_a_replier_switched_off_withdraws_its_invitations(ctx, long_window):
     rep.set_mode("thread")  # (on again: it invites the requester again)
     assert [req.add(i, 1).result(5) for i in range(3)] == [1, 2, 3]
     assert req.statistics()["direct"] >= 2
+
+
+def test_direct_requests_that_reach_a_closing_replier_out_of_order_all_go_elsewhere(ctx, long_window, monkeypatch):
+    # Two threads' direct requests to one replier may leave in either order (each
+    # is numbered under the lock, sent after it). The replier closes having seen the
+    # later one only: the earlier, still on its way, must be announced to the others.
+    from yoton.channels.reqrep import REF
+
+    hub, req, _ = requester_and_repliers(ctx, 0, slot="order")
+    server = ctx()
+    link(hub, server)
+    rep = Gate(server, "order")
+    rep.set_mode("thread")
+    assert req.add(0, 1).result(5) == 1
+    busy = req.hold("a")  # (direct, #2: served, held at the gate)
+    wait_for(lambda: serving(rep, (hub.id, busy._request_id)), 5, "the replier to serve #2")
+    held, real_send = [], hub.router.send
+
+    def send(slot, body, dest_id=0, dest_seq=0, block=True, force=False):
+        if bytes(body[:4]) == b"req=" and dest_seq == REF + 3:
+            held.append((slot, body, dest_id, dest_seq))  # (#3 leaves after #4)
+            return None
+        return real_send(slot, body, dest_id, dest_seq, block, force)
+
+    monkeypatch.setattr(hub.router, "send", send)
+    req._free = (server.id, time.monotonic())  # (as another reply of that replier would)
+    third = req.add(3, 3)
+    req._free = (server.id, time.monotonic())
+    fourth = req.add(4, 4)
+    assert third._direct and fourth._direct and held
+    wait_for(lambda: rep._parked is not None, 5, "the replier to keep #4")
+    rep.close()
+    real_send(*held[0], force=True)  # (#3 reaches the replier's context after it closed)
+    other = ctx()
+    link(hub, other)
+    Replier(other, "order", rid="other").set_mode("thread")
+    assert third.result(5) == 6 and fourth.result(5) == 8
+    rep.gate.set()

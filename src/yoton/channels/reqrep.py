@@ -34,9 +34,9 @@ previous request it keeps one direct request to serve next; else (and
 always for a requester it did not invite) it declines. A replier that is
 off invites nobody; switched off or closed, it declines the direct request
 it kept and tells each requester it invited, with ``'req_'``
-(dest_seq=REF+k), the last direct request it got from it (k): the
-requester sends it no more (until invited again) and announces those after
-k as usual (they never reached it). A direct request is RUNNING from the
+(dest_seq=REF+k, k the request of that requester it serves, if any, else
+0): the requester sends it no more (until invited again) and announces all
+its other direct requests to it as usual (that replier will not take them). A direct request is RUNNING from the
 start (it cannot be cancelled); if the replier's connection goes away
 before it answers, the future fails with :class:`~yoton.errors.RemoteError`.
 A yoton 2.2 replier never sends ``'req+'``, so a 2.2 peer only ever sees
@@ -108,7 +108,7 @@ WITHDRAW = b"req-"
 CAN_DIRECT = b"req+"
 DIRECT = b"req="
 DECLINE = b"req~"
-NO_DIRECT = b"req_"  # (the replier closed: dest_seq=REF+k, k the last direct request it got)
+NO_DIRECT = b"req_"  # (the replier stops: dest_seq=REF+k, k the request it serves for that requester)
 #: Seconds after a reply from a replier during which the next request goes
 #: straight to it; repliers a requester remembers as taking direct requests.
 DIRECT_WINDOW = 1.0
@@ -505,9 +505,9 @@ class ReqChannel(BaseChannel):
 
     def _direct_signal(self, replier: int, n: int, signal: bytes) -> None:
         """``'req+'``: ``replier`` takes direct requests; ``'req~'``: it declined
-        direct request ``n``, which is announced as usual; ``'req_'``: it closed,
-        having got our direct requests up to ``n``: those after go the usual
-        way too (I/O thread)."""
+        direct request ``n``, which is announced as usual; ``'req_'``: it stops
+        taking direct requests: all ours to it but ``n`` (which it serves) go the
+        usual way too (I/O thread)."""
         if signal == CAN_DIRECT:
             # (a replier invites only its direct peers: from anyone else it is made up)
             if self._router.is_direct_peer(replier) and _make_room(self._capable, MAX_DIRECT, self._router):
@@ -524,7 +524,8 @@ class ReqChannel(BaseChannel):
                 if self._free is not None and self._free[0] == replier:
                     self._free = None
                 futures = list(self._futures.values())
-            gone = [f for f in futures if f._direct and f._replier == replier and f._request_id > n]
+            # (those it never took: in flight, or sent before we heard this, in any order)
+            gone = [f for f in futures if f._direct and f._replier == replier and f._request_id != n]
             for future in gone:
                 self._put_back(future)
 
@@ -614,9 +615,7 @@ class RepChannel(BaseChannel):
         self._worker: threading.Thread | None = None
         self._served = 0
         self._refused = 0
-        # Requesters told that we take direct requests -> the number of the last
-        # direct request we got from each (0: none yet); see close().
-        self._told: dict = {}
+        self._told: dict = {}  # requesters told that we take direct requests (an ordered set)
         self._parked: Package | None = None  # a direct request to serve next (see _direct_request)
         self._direct_served = 0
         self._declined = 0
@@ -737,16 +736,13 @@ class RepChannel(BaseChannel):
         requester, n = pkg.source_id, pkg.dest_seq
         verdict: bytes | None = DECLINE  # (None: kept for next)
         with self._lock:
-            last = self._told.get(requester)
-            if last is None:
+            if requester not in self._told:
                 pass  # (we did not invite it: e.g. it was meant for a replier closed before us on our slot)
             elif self._mode and self._state is _Rep.IDLE and self._fair_for(requester):
                 self._set_state(_Rep.SERVING, (requester, n))
                 verdict = DIRECT
             elif self._mode and self._parked is None and self._current is not None and self._current[0] == requester:
                 self._parked, verdict = pkg, None
-            if last is not None and n > last:
-                self._told[requester] = n  # (see close())
         if verdict is DIRECT:
             self._direct_served += 1
             self._dispatch(pkg)
@@ -836,10 +832,10 @@ class RepChannel(BaseChannel):
                 and self._router.is_direct_peer(requester)
                 and _make_room(told, MAX_REQUESTERS, self._router)
             )
-            if invite:  # (before the first acknowledgement: the requester knows it by the reply)
-                told[requester] = 0
-                # (sent under the lock: a 'req_' of set_mode('off') cannot overtake it)
-                self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
+            if invite:
+                told[requester] = None
+        if invite:  # (before the first acknowledgement: the requester knows it by the reply)
+            self._router.send(self._slot_out, CAN_DIRECT, requester, REF + n, force=True)
         self._router.send(self._slot_out, ACKNOWLEDGE, requester, REF + n, force=True)
 
     def _tick(self) -> None:
@@ -1016,14 +1012,16 @@ class RepChannel(BaseChannel):
 
     def _withdraw_invitations(self) -> None:
         """Off or closing: decline the direct request kept for next, and tell
-        each requester we invited the last direct request we got from it
-        (``'req_'``), so it sends us no more and announces those after it."""
+        each requester we invited (``'req_'``) to send us no more and to
+        announce all its others, as they come, but the one we serve for it."""
         with self._lock:
             parked, self._parked = self._parked, None
             told, self._told = self._told, {}
+            current = self._current if self._state is _Rep.SERVING else None
         if parked is not None:
             self._decline(parked.source_id, parked.dest_seq)
         if not self._closed:
-            for requester, last in told.items():
+            for requester in told:
                 if self._router.is_direct_peer(requester):
-                    self._router.send(self._slot_out, NO_DIRECT, requester, REF + last, force=True)
+                    k = current[1] if current is not None and current[0] == requester else 0
+                    self._router.send(self._slot_out, NO_DIRECT, requester, REF + k, force=True)
