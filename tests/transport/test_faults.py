@@ -24,6 +24,7 @@ from interop_helpers import SRC, PeerProcess
 from transport_util import HOST, Netns, RawClient, Resources, wait_for
 
 import yoton
+from yoton.transport.link import CLOSE_FLUSH_TIME
 from yoton.wire.frames import FrameDecoder
 
 BIND = f"{HOST}:0"
@@ -266,7 +267,11 @@ def test_orderly_close_after_100k_messages_delivers_all_in_order(when):
             peer.call("close")  # returns when the peer's close is done
             close_time = time.monotonic() - t0
             assert wait_for(lambda: closed, 5.0), "the peer's close did not reach us"
-            assert closed[0][2] == REASON_PEER_CLOSED, closed
+            if closed[0][2] != REASON_PEER_CLOSED:
+                # Documented: a closing side waits CLOSE_FLUSH_TIME after its last write for
+                # our end; on a loaded machine we may still be reading megabytes its kernel
+                # already took. Then it drops the connection -- only after that wait.
+                assert closed[0][2] == REASON_EOF and close_time >= CLOSE_FLUSH_TIME, (closed, close_time)
             got = sub.recv_all()
             assert len(got) == n, f"{len(got)} of {n} messages arrived"
             assert got == [str(i) for i in range(n)], "messages reordered or corrupted"
