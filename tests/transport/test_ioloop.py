@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from transport_util import RawClient, address, check_pubsub, fd_count, wait_for
+from transport_util import CONTROL, HEADER, RawClient, address, check_pubsub, fd_count, wait_for
 
 import yoton
 from yoton.transport.ioloop import IOLoop
@@ -413,3 +413,75 @@ def test_lone_writes_that_meet_a_full_kernel_buffer_keep_every_byte_in_order(mak
     seqs = [seq for seq, _ in got]
     assert seqs == list(range(seqs[0], seqs[0] + len(bodies)))
     assert [body for _, body in got] == bodies
+
+
+class _SocketWithHook:
+    """A link's real socket, calling ``hook()`` in the sending thread right after
+    a ``send`` the kernel took only part of (where a signal handler may run)."""
+
+    def __init__(self, sock, hook):
+        self._sock, self._hook = sock, hook
+
+    def send(self, data, *flags):
+        sent = self._sock.send(data, *flags)
+        if sent < len(data) and self._hook is not None:
+            hook, self._hook = self._hook, None
+            hook()
+        return sent
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread only")
+def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_after_its_rest(make_ctx):
+    """A signal handler (here SIGUSR1's) runs in the main thread between two
+    bytecodes, also inside a send that holds the write lock: a package it sends
+    right after the kernel took part of a lone write must not be written into
+    the middle of that package (the stream would be corrupt)."""
+    import signal
+
+    from transport_util import pubsub_slot
+
+    a = make_ctx()
+    conn = a.bind("127.0.0.1:0")
+    peer = RawClient(conn.port1)
+    peer.handshake(0x0123456789ABCDEF)
+    assert wait_for(lambda: conn.is_connected)
+    link = conn._link
+    router = a.router
+    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    pub = yoton.PubChannel(a, "lone", yoton.BINARY)
+    nested = b"from the handler" * 10
+    handled = []
+
+    def handler(signum, frame):  # (sparse: past both gaps, as a handler that does some work first)
+        while time.monotonic() < max(link._direct_after, router._pump_after):
+            pass
+        pub.send(nested)
+        handled.append(True)
+
+    link.sock = _SocketWithHook(link.sock, lambda: signal.raise_signal(signal.SIGUSR1))
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        bodies = []
+        for i in range(40):
+            assert wait_for(lambda: not link.sendq and not link.unwritten())  # (idle: the short way)
+            router._pump_after = link._direct_after = 0.0
+            bodies.append(bytes([i + 1]) * 60_000)
+            pub.send(bodies[-1])
+            if handled:
+                break
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert handled, "no lone write was partial"
+    expected = bodies[:-1] + [bodies[-1], nested]
+    slot = pubsub_slot("lone", "bin")
+    got = []
+    while len(got) < len(expected):
+        fields = HEADER.unpack(peer.read_exact(HEADER.size, 10.0))
+        assert fields[0] == CONTROL, f"the stream is corrupt after {len(got)} of {len(expected)} packages"
+        body = peer.read_exact(fields[6], 10.0)
+        if fields[1] == slot:
+            got.append(body)
+    assert got == expected

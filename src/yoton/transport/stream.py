@@ -949,16 +949,27 @@ class StreamLink(Link):
             return False
         self._direct_after = now + DIRECT_GAP
         data = item[0] + item[1]
+        # Into the write buffers before the send, as every writer does: a send
+        # that re-enters this thread meanwhile (from a signal handler) then
+        # finds the link busy and queues behind the rest of this package
+        # instead of writing into the middle of it.
+        bufs = self._wbufs
+        bufs.append(data)
+        self._wbytes += len(data)
         try:
             sent = sock.send(data)
         except OSError:  # would block, or broken: the queue and the loop side deal with it
-            return False
+            if not self.sendq:  # (nothing re-entered: the package takes the queue, in order)
+                bufs.clear()
+                self._wbytes = 0
+                return False
+            sent = 0  # (a re-entered send queued behind it: it goes first, from the buffers)
         self.packages_out += 1
         self.last_send = now
         self.bytes_out += sent
-        if sent < total:  # (the kernel took part of it: the rest goes first, from the loop side)
-            self._wbufs.append(data[sent:])
-            self._wbytes += total - sent
+        _consume(bufs, sent)
+        self._wbytes -= sent
+        if bufs:  # (the kernel took part of it: the rest goes first, from the loop side)
             self._write_scheduled = True
             loop.schedule_write(self)
             return True
