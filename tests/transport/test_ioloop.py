@@ -433,7 +433,6 @@ class _SocketWithHook:
         return getattr(self._sock, name)
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread only")
 def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_after_its_rest(make_ctx):
     """A signal handler (here SIGUSR1's) runs in the main thread between two
     bytecodes, also inside a send that holds the write lock: a package it sends
@@ -443,6 +442,8 @@ def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_afte
 
     from transport_util import pubsub_slot
 
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
     a = make_ctx()
     conn = a.bind("127.0.0.1:0")
     peer = RawClient(conn.port1)
