@@ -23,7 +23,8 @@ sockets; only opening and naming differ.
 
 All socket work after the handshake happens on the loop side, except one
 shortcut: a thread that queues packages on an idle connection writes them
-itself (:meth:`StreamLink._write_direct`), at most once per
+itself (:meth:`StreamLink._write_direct`; a lone small package without
+passing through the queue, :meth:`StreamLink._write_lone`), at most once per
 :data:`DIRECT_GAP` seconds, when nothing else is being written.
 """
 
