@@ -557,11 +557,32 @@ class Gate(Replier):
     def __init__(self, context, slot):
         super().__init__(context, slot)
         self.gate = threading.Event()
+        self.first_gate = threading.Event()
 
     def hold(self, i):
         assert self.gate.wait(10), "the test never opened the gate"
         self.served_log.append(i)
         return i
+
+    def first(self, i):
+        assert self.first_gate.wait(10), "the test never opened the first gate"
+        return i
+
+
+def first_then_held(req, rep, held_arg):
+    """Post a request the replier holds at its first gate, then (announced: no reply
+    has come, so nothing goes direct) one it holds at its gate; open the first gate.
+    Returns the second future once the replier serves it; the requester then has
+    the replier's reply to the first, so its next request goes straight to it."""
+    me = req.context.id
+    first = req.first(1)
+    wait_for(lambda: serving(rep, (me, first._request_id)), 5, "the replier to serve the first request")
+    held = req.hold(held_arg)
+    wait_for(lambda: held._request_id in rep._offers.get(me, {}), 5, "the second request's announcement")
+    rep.first_gate.set()
+    assert first.result(5) == 1
+    wait_for(lambda: serving(rep, (me, held._request_id)), 5, "the replier to serve the second request")
+    return held
 
 
 def serving(rep, key):
@@ -622,9 +643,7 @@ def test_a_direct_request_waits_behind_its_requesters_previous_one(ctx, long_win
     link(hub, server)
     rep = Gate(server, "next")
     rep.set_mode("thread")
-    first, second = req.add(0, 1), req.hold("b")  # both announced: served in turn
-    assert first.result(5) == 1
-    wait_for(lambda: serving(rep, (hub.id, second._request_id)), 5, "the replier to serve the second request")
+    second = first_then_held(req, rep, "b")
     third = req.add(3, 3)  # straight to the replier, which still serves our previous one: kept for next
     wait_for(lambda: rep._parked is not None, 5, "the replier to keep the direct request")
     rep.gate.set()
@@ -640,9 +659,7 @@ def test_a_kept_direct_request_yields_to_a_waiting_requester(ctx, long_window):
     link(server, r1)
     link(server, r2)
     req1, req2 = yoton.ReqChannel(r1, "fair"), yoton.ReqChannel(r2, "fair")
-    first, held = req1.add(0, 1), req1.hold("r1")
-    assert first.result(5) == 1
-    wait_for(lambda: serving(rep, (r1.id, held._request_id)), 5, "the replier to serve r1's held request")
+    held = first_then_held(req1, rep, "r1")
     other = req2.hold("r2")  # r2 waits for the replier now
     wait_for(lambda: r2.id in rep._offers, 5, "r2's announcement")
     mine = req1.hold("r1-next")  # kept by the replier, then declined: r2 was waiting first
@@ -679,9 +696,7 @@ def _park_a_direct_request(ctx, slot, timeout=10.0):
     link(hub, server)
     rep = Gate(server, slot)
     rep.set_mode("thread")
-    first, second = req.add(0, 1), req.hold("b")
-    assert first.result(5) == 1
-    wait_for(lambda: serving(rep, (hub.id, second._request_id)), 5, "the replier to serve the second request")
+    second = first_then_held(req, rep, "b")
     third = req.add(3, 3)
     assert req.statistics()["direct"] == 1
     wait_for(lambda: rep._parked is not None, 5, "the replier to keep the direct request")
