@@ -215,7 +215,12 @@ CLIENTSERVER = textwrap.dedent("""
 
 
 def test_request_server_and_do_request_as_in_22(run_both):
-    orig, ours = run_both(CLIENTSERVER, _free_port())
+    # The scenario has short timeouts (pyzo's) and a port found free beforehand: on a
+    # loaded machine one run can miss one. A real difference shows in both attempts.
+    for _attempt in range(2):
+        orig, ours = run_both(CLIENTSERVER, _free_port())
+        if ours == orig:
+            break
     assert "'got hello\\r\\n'" in orig  # (the scenario ran)
     assert ours == orig
 
