@@ -486,3 +486,65 @@ def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_afte
         if fields[1] == slot:
             got.append(body)
     assert got == expected
+
+
+def test_a_write_left_waiting_before_the_socket_is_served_goes_out_once_it_can(make_ctx, monkeypatch):
+    """A connect's link is in use (direct writes from the sending thread) before its
+    loop serves the socket; a write that met a full kernel buffer meanwhile left its
+    rest waiting for 'writable'. Serving the socket must then watch for that too:
+    else the rest sits until the next send (and flush() times out)."""
+    from yoton.transport.stream import StreamLink
+    from yoton.wire.frames import pack_header
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    slot, body, count = 0x5EED, b"z" * 4000, 0
+    frames: list = []
+
+    def accept():
+        conn, _ = server.accept()
+        frames.append(conn)
+        peer = RawClient.__new__(RawClient)
+        peer.sock, peer.buffer = conn, b""
+        peer.read_line()  # (the client's hello)
+        conn.sendall(b"YOTON!%016x.%d\r\n" % (0x0123456789ABCDEF, 4242))
+        frames.append(peer)
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    real_start_io = StreamLink.start_io
+
+    def start_io_after_a_full_kernel(self):
+        # What a sending thread's write leaves when the kernel takes part of it
+        # before the loop serves the socket: the rest in the buffers, waiting.
+        nonlocal count
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        with self._wlock:
+            while True:
+                count += 1
+                frame = pack_header(slot, 7, count, 0, 0, len(body)) + body
+                try:
+                    sent = self.sock.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(frame):
+                    self._wbufs.append(frame[sent:])
+                    self._wbytes += len(frame) - sent
+                    self._want_write = True
+                    break
+        real_start_io(self)
+
+    monkeypatch.setattr(StreamLink, "start_io", start_io_after_a_full_kernel)
+    a = make_ctx()
+    a.connect(f"127.0.0.1:{port}", timeout=5)
+    assert wait_for(lambda: count > 0)  # (the loop serves the socket now)
+    acceptor.join(5)
+    peer = frames[1]
+    got = []
+    while len(got) < count:
+        fields, data = peer.read_package(5.0)  # (the rest never came before: nobody watched for 'writable')
+        if fields[1] == slot:
+            got.append((fields[3], data))
+    assert [seq for seq, _ in got] == list(range(1, count + 1)) and all(data == body for _, data in got)
+    frames[0].close()
+    server.close()

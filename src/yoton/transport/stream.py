@@ -818,7 +818,9 @@ class StreamLink(Link):
         queued is written."""
         loop, sock, protocol = self.loop, self.sock, self.protocol
         assert loop is not None and sock is not None and protocol is not None, "start_io before adopt"
-        loop.register(sock, self, write=False)
+        # (a write before now may wait for 'writable' already: its interest could
+        # not be set on a socket the loop did not watch yet)
+        loop.register(sock, self, write=self._want_write)
         if self.read_holds:  # (a link that moved to a new socket keeps its holds)
             self._update_interest()
         loop.housekeepers.add(self)
