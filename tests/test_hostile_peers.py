@@ -229,6 +229,16 @@ class Slow(yoton.RepChannel):
         return ("pong", x)
 
 
+def _replier_under_attack(ctx, attacker, mode):
+    """A Slow replier on slot "svc" (in ``mode``) whose context is linked to a requester
+    context and bound for an attacker: ``(replier context, requester context, replier, attacker)``."""
+    replier, requester = ctx(), ctx()
+    link(replier, requester)
+    svc = Slow(replier, "svc")
+    svc.set_mode(mode)
+    return replier, requester, svc, attacker(replier.bind("127.0.0.1:0"))
+
+
 def test_a_forged_reply_does_not_complete_a_request(ctx, attacker):
     from yoton.wire.codec import encode_object
 
@@ -331,19 +341,14 @@ def test_a_decline_in_the_name_of_a_replier_that_is_gone_is_not_taken(ctx, attac
 def test_a_flood_of_direct_requests_is_served_one_at_a_time_or_declined(ctx, attacker):
     from yoton.wire.codec import encode_object
 
-    replier, requester = ctx(), ctx()
-    link(replier, requester)
-    svc = Slow(replier, "svc")
-    svc.set_mode("thread")
-    conn = replier.bind("127.0.0.1:0")
-    evil = attacker(conn)
+    replier, requester, svc, evil = _replier_under_attack(ctx, attacker, "thread")
     req_slot, _ = _reqrep_slots("svc")
     body = b"req=" + encode_object(("ping", ("x", 0.01), {}))
     n = 2000
     evil.send(
         b"".join(package(req_slot, evil.id, i, body, dest_id=replier.id, dest_seq=REF + i) for i in range(1, n + 1))
     )
-    # one served at a time, one kept for next, the rest declined: no queue grows
+    # never invited (it announced nothing): every one is declined, no queue grows
     wait_until(lambda: svc.statistics()["declined"] >= n - 10, 20.0, "the direct requests to be declined")
     assert len(svc._work) <= 1
     req = yoton.ReqChannel(requester, "svc")
@@ -357,12 +362,7 @@ def test_a_stream_of_announcements_never_followed_by_requests_does_not_starve_re
     import threading
     import time
 
-    replier, requester = ctx(), ctx()
-    link(replier, requester)
-    svc = Slow(replier, "svc")
-    svc.set_mode("thread")
-    conn = replier.bind("127.0.0.1:0")
-    evil = attacker(conn)
+    replier, requester, svc, evil = _replier_under_attack(ctx, attacker, "thread")
     req_slot, _ = _reqrep_slots("svc")
     stop = threading.Event()
 
@@ -393,12 +393,7 @@ def test_a_stream_of_announcements_never_followed_by_requests_does_not_starve_re
 def test_request_bodies_that_were_not_acknowledged_are_not_queued(ctx, attacker, mode):
     from yoton.wire.codec import encode_object
 
-    replier, requester = ctx(), ctx()
-    link(replier, requester)
-    svc = Slow(replier, "svc")
-    svc.set_mode(mode)
-    conn = replier.bind("127.0.0.1:0")
-    evil = attacker(conn)
+    replier, requester, svc, evil = _replier_under_attack(ctx, attacker, mode)
     req_slot, _ = _reqrep_slots("svc")
     body = encode_object(("ping", ("x" * 300,), {}))
     n = 50_000

@@ -569,6 +569,20 @@ class Gate(Replier):
         return i
 
 
+def gate_and_two_requesters(ctx, slot):
+    """A Gate replier (thread mode) and two requester contexts linked to its context:
+    ``(rep, (context 1, requester 1), (context 2, requester 2))``."""
+    server = ctx()
+    rep = Gate(server, slot)
+    rep.set_mode("thread")
+    requesters = []
+    for _ in range(2):
+        c = ctx()
+        link(server, c)
+        requesters.append((c, yoton.ReqChannel(c, slot)))
+    return rep, requesters[0], requesters[1]
+
+
 def first_then_held(req, rep, held_arg):
     """Post a request the replier holds at its first gate, then (announced: no reply
     has come, so nothing goes direct) one it holds at its gate; open the first gate.
@@ -619,13 +633,7 @@ def test_a_relayed_replier_gets_no_direct_requests(ctx):
 
 
 def test_a_busy_replier_declines_and_the_request_takes_the_usual_way(ctx, long_window):
-    server = ctx()
-    rep = Gate(server, "busy")
-    rep.set_mode("thread")
-    r1, r2 = ctx(), ctx()
-    link(server, r1)
-    link(server, r2)
-    req1, req2 = yoton.ReqChannel(r1, "busy"), yoton.ReqChannel(r2, "busy")
+    rep, (r1, req1), (r2, req2) = gate_and_two_requesters(ctx, "busy")
     assert req1.add(1, 1).result(5) == 2  # (req1 now knows the replier is free)
     held = req2.hold("r2")
     wait_for(lambda: serving(rep, (r2.id, held._request_id)), 5, "the replier to serve r2's request")
@@ -652,13 +660,7 @@ def test_a_direct_request_waits_behind_its_requesters_previous_one(ctx, long_win
 
 
 def test_a_kept_direct_request_yields_to_a_waiting_requester(ctx, long_window):
-    server = ctx()
-    rep = Gate(server, "fair")
-    rep.set_mode("thread")
-    r1, r2 = ctx(), ctx()
-    link(server, r1)
-    link(server, r2)
-    req1, req2 = yoton.ReqChannel(r1, "fair"), yoton.ReqChannel(r2, "fair")
+    rep, (r1, req1), (r2, req2) = gate_and_two_requesters(ctx, "fair")
     held = first_then_held(req1, rep, "r1")
     other = req2.hold("r2")  # r2 waits for the replier now
     wait_for(lambda: r2.id in rep._offers, 5, "r2's announcement")
