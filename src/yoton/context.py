@@ -1027,10 +1027,12 @@ class Router:
         """Route the packages that arrived on ``link``, in order (loop side).
 
         Each package follows the rules at the top of this module; the
-        packages for one channel are handed to it in one call, in order.
+        packages for one channel are handed to it in one call, in order, and
+        those to pass on go to each other link in one call too.
         """
         last_seq, my_id, slots, direct = self._last_seq, self.id, self._deliver, self._direct
         forward = len(self._live) > 1
+        passing: list = []  # (packages to forward)
         recv_seq = self._recv_seq
         batches: dict = {}  # the deliver function of a channel -> its packages
         slot_now = batch = None  # (runs of packages for one slot skip the lookups)
@@ -1071,7 +1073,7 @@ class Router:
                 dest = pkg.dest_id
                 if dest != my_id:
                     if forward:
-                        self._forward(link, pkg)
+                        passing.append(pkg)
                     if dest:
                         continue
                 recv_seq += 1
@@ -1091,6 +1093,8 @@ class Router:
                 last_seq[source_now] = last_now
             if len(last_seq) > MAX_SOURCES:
                 self._forget_sources()
+            if passing:  # (seen now: they must go on whatever happens)
+                self._forward(link, passing)
         self._recv_seq = recv_seq
         for deliver, batch in batches.items():
             try:
@@ -1133,13 +1137,17 @@ class Router:
                     source,
                 )
 
-    def _forward(self, link: Link, pkg: Package) -> None:
-        """Queue a package from ``link`` on every other live link (loop side)."""
-        item = (pkg.header(), pkg.data)
-        size = HEADER_SIZE + len(pkg.data)
+    def _forward(self, link: Link, packages: list) -> None:
+        """Queue packages from ``link`` on every other live link, in order (loop side)."""
+        pack = HEADER.pack
+        items = [
+            (pack(CONTROL, pkg.slot, pkg.source_id, pkg.source_seq, pkg.dest_id, pkg.dest_seq, len(pkg.data)), pkg.data)
+            for pkg in packages
+        ]
+        size = HEADER_SIZE * len(items) + sum(map(len, map(_BODY, items)))  # (item 1 of a pair too)
         for other in self._live:
             if other is not link:
-                if other.enqueue((item,), size):  # (full)
+                if other.enqueue(items, size):  # (full)
                     other.hold_upstream(link)  # (TCP then slows the sender down)
 
     def _context_message(self, link: Link, pkg: Package) -> None:
