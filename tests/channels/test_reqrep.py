@@ -9,6 +9,7 @@ a deadline. Contexts come from the ``ctx`` factory of tests/conftest.py
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -569,6 +570,25 @@ class Gate(Replier):
         return i
 
 
+@contextlib.contextmanager
+def serving_locally(rep):
+    """Serve ``rep`` (off) from an application loop, as pyzo's kernel does: a thread
+    calling ``_process_events_local()`` every 2 ms while the block runs."""
+    stop = threading.Event()
+
+    def app_loop():
+        while not stop.wait(0.002):
+            rep._process_events_local()
+
+    thread = threading.Thread(target=app_loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def gate_and_two_requesters(ctx, slot):
     """A Gate replier (thread mode) and two requester contexts linked to its context:
     ``(rep, (context 1, requester 1), (context 2, requester 2))``."""
@@ -736,19 +756,8 @@ def test_a_replier_served_from_the_applications_loop_gets_no_direct_requests(ctx
     server = ctx()
     link(hub, server)
     rep = Replier(server, "local")
-    stop = threading.Event()
-
-    def app_loop():
-        while not stop.wait(0.002):
-            rep._process_events_local()
-
-    thread = threading.Thread(target=app_loop, daemon=True)
-    thread.start()
-    try:
+    with serving_locally(rep):
         assert [req.add(i, 1).result(5) for i in range(5)] == [1, 2, 3, 4, 5]
-    finally:
-        stop.set()
-        thread.join(5)
     assert req.statistics()["direct"] == 0 and rep.statistics()["declined"] == 0
 
 
@@ -862,19 +871,8 @@ def test_a_replier_switched_off_withdraws_its_invitations(ctx, long_window):
     rep.set_mode("thread")
     assert req.add(0, 1).result(5) == 1  # (invited)
     rep.set_mode("off")
-    stop = threading.Event()
-
-    def app_loop():
-        while not stop.wait(0.002):
-            rep._process_events_local()
-
-    thread = threading.Thread(target=app_loop, daemon=True)
-    thread.start()
-    try:
+    with serving_locally(rep):
         assert [req.add(i, 1).result(5) for i in range(1, 6)] == [2, 3, 4, 5, 6]
-    finally:
-        stop.set()
-        thread.join(5)
     assert rep.statistics()["declined"] <= 1  # (the first one may have left before the news came)
     rep.set_mode("thread")  # (on again: it invites the requester again)
     assert [req.add(i, 1).result(5) for i in range(3)] == [1, 2, 3]
