@@ -382,20 +382,27 @@ def test_an_embedded_gui_callback_is_never_called_with_the_loop_lock_held():
         b.close()
 
 
-def test_lone_writes_that_meet_a_full_kernel_buffer_keep_every_byte_in_order(make_ctx):
-    """A sparse send writes its package at once from the sending thread; when
-    the kernel takes only part of it (the peer does not read), the rest and
-    everything after it go out later, in order, from the queue."""
-    from transport_util import pubsub_slot
-
+def _publisher_to_a_raw_peer(make_ctx):
+    """A context bound for a raw peer that has done the handshake and reads only when
+    the test does, with a small send buffer (it fills after some packages) and a
+    BINARY publisher on slot "lone": ``(context, link, peer, publisher)``."""
     a = make_ctx()
     conn = a.bind("127.0.0.1:0")
     peer = RawClient(conn.port1)
     peer.handshake(0x0123456789ABCDEF)
     assert wait_for(lambda: conn.is_connected)
     link = conn._link
-    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # (fills after some packages)
-    pub = yoton.PubChannel(a, "lone", yoton.BINARY)
+    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    return a, link, peer, yoton.PubChannel(a, "lone", yoton.BINARY)
+
+
+def test_lone_writes_that_meet_a_full_kernel_buffer_keep_every_byte_in_order(make_ctx):
+    """A sparse send writes its package at once from the sending thread; when
+    the kernel takes only part of it (the peer does not read), the rest and
+    everything after it go out later, in order, from the queue."""
+    from transport_util import pubsub_slot
+
+    a, link, peer, pub = _publisher_to_a_raw_peer(make_ctx)
     bodies = [bytes([i % 251]) * 60_000 for i in range(30)]
     lone = 0
     for body in bodies:
@@ -417,14 +424,20 @@ def test_lone_writes_that_meet_a_full_kernel_buffer_keep_every_byte_in_order(mak
 
 class _SocketWithHook:
     """A link's real socket, calling ``hook()`` in the sending thread right after
-    a ``send`` the kernel took only part of (where a signal handler may run)."""
+    a ``send`` or ``sendmsg`` the kernel took only part of (where a signal handler may run)."""
 
     def __init__(self, sock, hook):
         self._sock, self._hook = sock, hook
 
     def send(self, data, *flags):
-        sent = self._sock.send(data, *flags)
-        if sent < len(data) and self._hook is not None:
+        return self._after(self._sock.send(data, *flags), len(data))
+
+    def sendmsg(self, buffers, *args):
+        buffers = list(buffers)
+        return self._after(self._sock.sendmsg(buffers, *args), sum(map(len, buffers)))
+
+    def _after(self, sent, size):
+        if sent < size and self._hook is not None:
             hook, self._hook = self._hook, None
             hook()
         return sent
@@ -444,15 +457,8 @@ def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_afte
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("Python runs signal handlers in the main thread only")
-    a = make_ctx()
-    conn = a.bind("127.0.0.1:0")
-    peer = RawClient(conn.port1)
-    peer.handshake(0x0123456789ABCDEF)
-    assert wait_for(lambda: conn.is_connected)
-    link = conn._link
+    a, link, peer, pub = _publisher_to_a_raw_peer(make_ctx)
     router = a.router
-    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    pub = yoton.PubChannel(a, "lone", yoton.BINARY)
     nested = b"from the handler" * 10
     handled = []
 

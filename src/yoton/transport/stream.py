@@ -951,27 +951,22 @@ class StreamLink(Link):
         ):
             return False
         self._direct_after = now + DIRECT_GAP
-        data = item[0] + item[1]
         # Into the write buffers before the send, as every writer does: a send
         # that re-enters this thread meanwhile (from a signal handler) then
         # finds the link busy and queues behind the rest of this package
         # instead of writing into the middle of it.
         bufs = self._wbufs
-        bufs.append(data)
-        self._wbytes += len(data)
+        bufs.append(item[0] + item[1])
+        self._wbytes = total
         try:
-            sent = sock.send(data)
+            self._send_buffers(now)
         except OSError:  # would block, or broken: the queue and the loop side deal with it
             if not self.sendq:  # (nothing re-entered: the package takes the queue, in order)
                 bufs.clear()
                 self._wbytes = 0
                 return False
-            sent = 0  # (a re-entered send queued behind it: it goes first, from the buffers)
+            # (a re-entered send queued behind it: it goes first, from the buffers)
         self.packages_out += 1
-        self.last_send = now
-        self.bytes_out += sent
-        _consume(bufs, sent)
-        self._wbytes -= sent
         if bufs:  # (the kernel took part of it: the rest goes first, from the loop side)
             self._write_scheduled = True
             loop.schedule_write(self)
@@ -1082,21 +1077,28 @@ class StreamLink(Link):
             return False
         self._take()
         try:
-            sent = self._send_plain(bufs, self._wbytes)
+            self._send_buffers(now)
         except OSError:  # would block, or broken: the loop side finds out
             return False
+        if bufs or sendq:
+            return False
+        self.owner.flushed()
+        return True
+
+    def _send_buffers(self, now: float) -> None:
+        """(a sending thread, holding _wlock) Send what the write buffers hold, as
+        far as the kernel takes it; what it does not take stays in them. OSError
+        as from the socket (nothing then went)."""
+        bufs = self._wbufs
+        sent = self._send_plain(bufs, self._wbytes)
         self.last_send = now
         self.bytes_out += sent
         if sent == self._wbytes:
             bufs.clear()
             self._wbytes = 0
-            if not sendq:
-                self.owner.flushed()
-                return True
-            return False
-        _consume(bufs, sent)
-        self._wbytes -= sent
-        return False
+        else:
+            _consume(bufs, sent)
+            self._wbytes -= sent
 
     def _send_plain(self, bufs: list, nbytes: int) -> int:
         """``sendmsg`` for plain TCP (``bufs`` hold ``nbytes``); many small buffers are joined first.
