@@ -446,6 +446,31 @@ def test_stop_answers_a_last_request_within_the_grace():
     assert not server.is_alive()
 
 
+def test_stop_while_answering_an_earlier_request_still_answers_the_last_one():
+    # pyzo's order on a loaded machine: its previous request is still being
+    # answered (here: held in the handler) when another thread calls stop();
+    # that request must not count as the last one, or the listener closes
+    # before pyzo's last request connects ("connection refused")
+    stopped = threading.Event()
+
+    class Server(RequestServer):
+        def handle_request(self, request):
+            if request.startswith("earlier"):
+                threading.Thread(target=lambda: (self.stop(), stopped.set()), daemon=True).start()
+                assert stopped.wait(5)
+            return super().handle_request(request)
+
+    server = Server("127.0.0.1:0")
+    server.start()
+    try:
+        assert do_request(addr(server), "earlier", timeout=5) == "Requested: earlier\r\n"
+        assert do_request(addr(server), "last one", timeout=5) == "Requested: last one\r\n"
+        server.join(5)  # ends right after answering it
+        assert not server.is_alive()
+    finally:
+        server.stop(join=True)
+
+
 def test_stop_without_a_last_request_ends_after_the_grace():
     from yoton.sugar.clientserver import STOP_GRACE
 

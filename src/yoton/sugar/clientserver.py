@@ -85,6 +85,9 @@ class RequestServer(threading.Thread):
             raise
         self.address = self._sock.getsockname()[:2]
         self._stop_at: float | None = None  # (monotonic) when stop() was called, + the grace
+        self._taken = 0  # complete requests taken so far (server thread)
+        self._end_after: int | None = None  # end once this many requests are taken (set by stop())
+        self._serving = threading.local()  # .number: the request a handler thread is answering
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
 
@@ -108,11 +111,21 @@ class RequestServer(threading.Thread):
         seconds (3 s; yoton 2.2 noticed a stop only every quarter of a
         second, so such a request was answered) is still answered, and the
         server ends after it: pyzo stops its command server, then sends it a
-        last request to make it end at once.
+        last request to make it end at once. That last request is the first
+        one taken after the call (or, called from :meth:`handle_request`,
+        the one being handled); a request taken before it does not count,
+        even if it is still being answered.
         """
         stop_at = time.monotonic() + (0.0 if join else STOP_GRACE)
         if self._stop_at is None or stop_at < self._stop_at:
             self._stop_at = stop_at
+        # The last request is the next one taken, or the one whose handler calls
+        # stop(); never one taken before (its reply may already be out, and its
+        # client about to send the last request, as pyzo does).
+        current = getattr(self._serving, "number", None)
+        end_after = current if current is not None else self._taken + 1
+        if self._end_after is None or end_after < self._end_after:
+            self._end_after = end_after
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -127,11 +140,11 @@ class RequestServer(threading.Thread):
             sel.register(self._sock, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             try:
-                served_after_stop = False
                 while True:
                     now = time.monotonic()
                     stop_at = self._stop_at
-                    if stop_at is not None and (now >= stop_at or served_after_stop):
+                    end_after = self._end_after
+                    if stop_at is not None and (now >= stop_at or (end_after is not None and self._taken >= end_after)):
                         return
                     timeout = None if stop_at is None else stop_at - now
                     if self._clients:
@@ -143,8 +156,7 @@ class RequestServer(threading.Thread):
                         elif key.fileobj is self._wake_r:
                             self._drain_wake()
                         else:
-                            served = self._on_client(key.data)
-                            served_after_stop = served_after_stop or (served and self._stop_at is not None)
+                            self._on_client(key.data)
                     self._drop_late(time.monotonic())
             finally:
                 for client in list(self._clients.values()):
@@ -187,34 +199,34 @@ class RequestServer(threading.Thread):
         for client in [c for c in self._clients.values() if now >= c.deadline]:
             self._drop(client, f"no complete request within {self.client_timeout:g} s")
 
-    def _on_client(self, client: _Client) -> bool:
-        """Read what a client sent; handle its request once complete. Returns
-        whether a request was taken to be answered."""
+    def _on_client(self, client: _Client) -> None:
+        """Read what a client sent; handle its request once complete."""
         try:
             chunk = client.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            return False
+            return
         except OSError as exc:
             self._drop(client, str(exc))
-            return False
+            return
         data = client.data
         data += chunk
         end = data.find(_CRLF)
         limit = self.max_request_size
         if end > limit or (end < 0 and len(data) - data.endswith(b"\r") > limit):
             self._drop(client, f"request over {limit} bytes")
-            return False
+            return
         if end < 0 and chunk:
-            return False  # (more to come)
+            return  # (more to come)
         request = bytes(data[: end + 2]) if end >= 0 else bytes(data)
         self._forget(client)
         client.sock.setblocking(True)
+        self._taken += 1
+        job = (client.sock, client.addr, request, client.deadline, self._taken)
         if not self._async:
-            self._serve(client.sock, client.addr, request, client.deadline)
+            self._serve(*job)
         else:
-            self._ready.append((client.sock, client.addr, request, client.deadline))
+            self._ready.append(job)
             self._start_handlers()
-        return True
 
     def _start_handlers(self) -> None:
         with self._done_lock:
@@ -235,8 +247,9 @@ class RequestServer(threading.Thread):
                 if job is None:
                     self._handlers -= 1
 
-    def _serve(self, conn: socket.socket, addr: Any, request: bytes, deadline: float) -> None:
+    def _serve(self, conn: socket.socket, addr: Any, request: bytes, deadline: float, number: int) -> None:
         with conn:
+            self._serving.number = number
             try:
                 reply = self.handle_request(request.decode("utf-8", "replace"))
                 if not isinstance(reply, str):
@@ -244,6 +257,8 @@ class RequestServer(threading.Thread):
             except Exception:
                 log.exception("yoton: RequestServer handler failed")
                 reply = "ERROR: the server failed to handle the request"
+            finally:
+                self._serving.number = None
             data = reply.encode("utf-8")
             if not data.endswith(_CRLF):
                 data += _CRLF
