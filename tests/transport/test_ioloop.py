@@ -494,6 +494,74 @@ def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_afte
     assert got == expected
 
 
+def _relay_between_raw_peers(make_ctx):
+    """A context bound for two raw peers (handshakes done): what one sends, it
+    passes on to the other. ``(context, sender, receiver, receiver's link)``."""
+    relay = make_ctx()
+    conn = relay.bind("127.0.0.1:0", max_connections=2)
+    sender = RawClient(conn.port1)
+    sender.handshake(0x1111111111111111)
+    assert wait_for(lambda: len(relay.router._live) == 1)
+    receiver = RawClient(conn.port1)
+    receiver.handshake(0x2222222222222222)
+    assert wait_for(lambda: len(relay.router._live) == 2)
+    link = next(lk for lk in relay.router._live if lk.peer_id == 0x2222222222222222)
+    return relay, sender, receiver, link
+
+
+def _raw_package(slot, seq, body):
+    return HEADER.pack(CONTROL, slot, 0x1111111111111111, seq, 0, 0, len(body)) + body
+
+
+def test_a_relay_passes_a_package_on_at_once_without_its_queue(make_ctx, monkeypatch):
+    """On an idle link, the loop side writes what it passes on in the same
+    pass (the round trip through a relay), not through the send queue."""
+    from transport_util import pubsub_slot
+
+    relay, sender, receiver, link = _relay_between_raw_peers(make_ctx)
+    queued = []
+    queue_type = type(link.sendq)
+    extend = queue_type.extend
+
+    def watched(queue, items, total):
+        if queue is link.sendq:
+            queued.append(len(items))
+        return extend(queue, items, total)
+
+    monkeypatch.setattr(queue_type, "extend", watched)
+    slot = pubsub_slot("relayed", "bin")
+    for seq in range(1, 6):
+        link._direct_after = 0.0  # (sparse: past the gap)
+        sender.send(_raw_package(slot, seq, b"hop %d" % seq))
+        while True:
+            fields, body = receiver.read_package(5.0)
+            if fields[1] == slot:
+                break
+        assert (fields[3], body) == (seq, b"hop %d" % seq)
+    assert queued == []
+
+
+def test_a_relay_writing_into_a_full_kernel_buffer_keeps_every_byte_in_order(make_ctx):
+    """Passed on in the same pass while the receiver does not read: once the
+    kernel takes only part of a write, the rest and what follows go out
+    later, in order, through the queue."""
+    from transport_util import pubsub_slot
+
+    relay, sender, receiver, link = _relay_between_raw_peers(make_ctx)
+    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    slot = pubsub_slot("relayed", "bin")
+    bodies = [bytes([i % 251]) * 50_000 for i in range(40)]
+    for seq, body in enumerate(bodies, 1):
+        sender.send(_raw_package(slot, seq, body))
+    assert wait_for(lambda: link.unwritten() or link.sendq)  # (the kernel is full: the rest waits)
+    got = []
+    while len(got) < len(bodies):
+        fields, body = receiver.read_package(10.0)
+        if fields[1] == slot:
+            got.append((fields[3], body))
+    assert got == list(enumerate(bodies, 1))
+
+
 def test_a_write_left_waiting_before_the_socket_is_served_goes_out_once_it_can(make_ctx, monkeypatch):
     """A connect's link is in use (direct writes from the sending thread) before its
     loop serves the socket; a write that met a full kernel buffer meanwhile left its

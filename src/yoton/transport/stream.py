@@ -912,43 +912,40 @@ class StreamLink(Link):
     # -- writing -----------------------------------------------------------------------
 
     def enqueue(self, items: list[tuple[bytes, bytes]], total: int) -> bool:
-        """See :meth:`Link.enqueue`. A lone small package on an idle link (nothing
-        queued or being written, sends sparse) is written from the sending
-        thread at once, without passing through the queue: what a round trip
-        (a request, a ping) costs most of the time."""
+        """See :meth:`Link.enqueue`. On an idle link (nothing queued or being
+        written, at most once per :data:`DIRECT_GAP`) small packages skip the
+        queue and are written at once: a lone one from a sending thread, or
+        what the loop side passes on (a relay forwards a read's packages in
+        one call). What a round trip (a request, a ping, through relays or
+        not) costs most of the time; a stream of them still goes in batches."""
         if (
             total <= _JOIN_LIMIT
-            and len(items) == 1
             and not self._wbufs
             and not self._write_scheduled
             and self.state is CONNECTED
             and self.tls is None
             and not self.stalled
             and not self.sendq
+            and self.loop is not None
         ):
             now = time.monotonic()
-            if now >= self._direct_after and self._wlock.acquire(False):
+            on_loop = self.loop.on_loop_side()
+            if now >= self._direct_after and (len(items) == 1 or on_loop) and self._wlock.acquire(False):
                 try:
-                    done = self._write_lone(items[0], total, now)
+                    done = self._write_lone(items, total, now, on_loop)
                 finally:
                     self._wlock.release()
                 if done:
                     return False
         return super().enqueue(items, total)
 
-    def _write_lone(self, item: tuple[bytes, bytes], total: int, now: float) -> bool:
-        """(holding _wlock) :meth:`enqueue`'s short way; False if the package
+    def _write_lone(self, items: list[tuple[bytes, bytes]], total: int, now: float, on_loop: bool) -> bool:
+        """(holding _wlock) :meth:`enqueue`'s short way; False if the packages
         must take the queue after all (nothing was written)."""
         sock, loop = self.sock, self.loop
-        if (
-            sock is None
-            or loop is None
-            or self._wbufs
-            or self._want_write
-            or self.sendq
-            or self.state is not CONNECTED
-            or loop.on_loop_side()
-        ):
+        if sock is None or loop is None or self._wbufs or self._want_write or self.sendq or self.state is not CONNECTED:
+            return False
+        if not on_loop and loop.on_loop_side():  # (a reader took the loop meanwhile: the queue)
             return False
         self._direct_after = now + DIRECT_GAP
         # Into the write buffers before the send, as every writer does: a send
@@ -956,7 +953,10 @@ class StreamLink(Link):
         # finds the link busy and queues behind the rest of this package
         # instead of writing into the middle of it.
         bufs = self._wbufs
-        bufs.append(item[0] + item[1])
+        if len(items) == 1:
+            bufs.append(items[0][0] + items[0][1])
+        else:
+            bufs.append(b"".join(chain.from_iterable(items)))
         self._wbytes = total
         try:
             self._send_buffers(now)
@@ -966,7 +966,7 @@ class StreamLink(Link):
                 self._wbytes = 0
                 return False
             # (a re-entered send queued behind it: it goes first, from the buffers)
-        self.packages_out += 1
+        self.packages_out += len(items)
         if bufs:  # (the kernel took part of it: the rest goes first, from the loop side)
             self._write_scheduled = True
             loop.schedule_write(self)
