@@ -125,7 +125,7 @@ class _EpollSet:
 
     def __init__(self) -> None:
         self._ep = select.epoll()
-        self._map: dict[int, list[Any]] = {}  # fd -> [handler, mask]
+        self._map: dict[int, list[Any]] = {}  # fd -> [handler, mask, its epoll flags]
 
     @staticmethod
     def _flags(mask: int) -> int:
@@ -138,14 +138,15 @@ class _EpollSet:
 
     def register(self, sock: socket.socket, mask: int, handler: Any) -> None:
         fd = sock.fileno()
-        self._ep.register(fd, self._flags(mask))
-        self._map[fd] = [handler, mask]
+        flags = self._flags(mask)
+        self._ep.register(fd, flags)
+        self._map[fd] = [handler, mask, flags]
 
     def modify(self, sock: socket.socket, mask: int, handler: Any) -> None:
         fd = sock.fileno()
         entry = self._map[fd]
-        entry[0], entry[1] = handler, mask
-        self._ep.modify(fd, self._flags(mask))
+        entry[0], entry[1], entry[2] = handler, mask, self._flags(mask)
+        self._ep.modify(fd, entry[2])
 
     def unregister(self, sock: socket.socket) -> None:
         fd = sock.fileno()
@@ -177,7 +178,7 @@ class _EpollSet:
                 log.exception("yoton: error in I/O handler %r", handler)
             if entries.get(fd) is entry:
                 try:
-                    self._ep.modify(fd, self._flags(entry[1]))
+                    self._ep.modify(fd, entry[2])
                 except OSError:
                     pass
 

@@ -1110,6 +1110,8 @@ class StreamLink(Link):
         """
         sock = self.sock
         assert sock is not None
+        if len(bufs) == 1:
+            return sock.send(bufs[0])
         if len(bufs) > 2 and nbytes <= _JOIN_LIMIT:
             return sock.send(b"".join(bufs))
         return sock.sendmsg(bufs)
