@@ -494,6 +494,35 @@ def test_a_send_from_a_signal_handler_right_after_a_partial_lone_write_goes_afte
     assert got == expected
 
 
+def test_teardown_waits_for_a_direct_write_before_it_closes_the_socket(make_ctx):
+    """A sending thread writing to the socket itself holds the writer's lock;
+    the loop side's teardown must not close the socket under it (its number
+    could be reused by the next socket opened, and the write land there)."""
+    a, link, peer, pub = _publisher_to_a_raw_peer(make_ctx)
+    sock = link.sock
+    holding, release = threading.Event(), threading.Event()
+
+    def writer():  # (stands for a direct write in progress)
+        with link._wlock:
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    assert holding.wait(5)
+    peer.close()  # (the loop side finds the peer gone and tears the link down)
+    try:
+        loop = a.router.loop
+        assert wait_for(lambda: link not in loop.housekeepers)  # (the teardown has begun)
+        end = time.monotonic() + 0.1  # (and must not get to the close while the lock is held)
+        while time.monotonic() < end:
+            assert sock.fileno() != -1, "the socket was closed while a write held the writer's lock"
+    finally:
+        release.set()
+        t.join(5)
+    assert wait_for(lambda: sock.fileno() == -1)
+
+
 def _relay_between_raw_peers(make_ctx):
     """A context bound for two raw peers (handshakes done): what one sends, it
     passes on to the other. ``(context, sender, receiver, receiver's link)``."""

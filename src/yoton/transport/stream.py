@@ -1180,17 +1180,18 @@ class StreamLink(Link):
         self._stop_redialling()
         if loop is not None:
             loop.housekeepers.discard(self)
-        if self.sock is not None:
-            if loop is not None:
-                loop.unregister(self.sock)
-            self.sock.close()
-            self.sock = None
         # (Under the writer's lock: a direct send in another thread may be
-        # half-way through these buffers.)
+        # half-way through these buffers, and must never write to a closed
+        # socket's number, which the next socket opened may reuse.)
         with self._wlock:
+            sock, self.sock = self.sock, None
             self._wbufs.clear()
             self._wbytes = 0
             self._backlog = b""
+        if sock is not None:
+            if loop is not None:
+                loop.unregister(sock)
+            sock.close()
         self.finish(reason)
 
     # -- losing the peer, re-dialling and moving to a new socket (loop side) -----------
