@@ -138,6 +138,51 @@ def test_zero_copy_buffer_api():
     assert isinstance(events[-1], Package) and bytes(events[-1].data) == b"wxyz"
 
 
+def _feed_zero_copy(protocol, data, step):
+    for i in range(0, len(data), step or len(data) or 1):
+        chunk = data[i : i + (step or len(data))]
+        buf = protocol.get_buffer()
+        buf[: len(chunk)] = chunk
+        protocol.buffer_updated(len(chunk))
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+@pytest.mark.parametrize(
+    "ending, reason",
+    [
+        (CLOSE_BYTES, "Closed from other end."),
+        (pack_header(5, B, 3, 0, 0, 2**31), "too large"),
+        (b"not a header at all, but 56 bytes of something else ....", "Lost track"),
+    ],
+)
+def test_zero_copy_reads_close_on_what_ends_the_stream_and_take_nothing_after(step, ending, reason):
+    # (once open, reads go to the decoder directly: its stop must still close us)
+    c = Protocol("connect", A, 1, max_package_size=100)
+    c.receive_data(format_hello(B, 2))
+    assert c.events_received() == [HANDSHAKE_DONE]
+    one, two = (pack_header(5, B, seq, 0, 0, 3) + b"abc" for seq in (1, 2))
+    _feed_zero_copy(c, one + two + ending + one, step)
+    events = c.events_received()
+    assert [type(e) for e in events] == [Package, Package, str] and events[-1] == CONNECTION_CLOSED
+    assert c.state == CLOSED and reason in c.close_reason
+    _feed_zero_copy(c, two, step)  # (after the end: ignored)
+    c.receive_eof()
+    assert c.events_received() == [] and reason in c.close_reason
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_zero_copy_reads_then_eof(step):
+    c = Protocol("connect", A, 1)
+    c.receive_data(format_hello(B, 2))
+    _feed_zero_copy(c, pack_header(5, B, 1, 0, 0, 3) + b"abc", step)
+    c.receive_eof()
+    events = c.events_received()
+    assert [type(e) for e in events] == [str, Package, str] and events[-1] == CONNECTION_CLOSED
+    assert c.close_reason == "Other end dropped the connection."
+    _feed_zero_copy(c, pack_header(5, B, 2, 0, 0, 3) + b"abc", step)
+    assert c.events_received() == []
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(["bind", "connect"]))
 def test_arbitrary_bytes_give_events_or_a_reason(data, side):

@@ -929,23 +929,25 @@ class StreamLink(Link):
             and self.loop is not None
         ):
             now = time.monotonic()
-            on_loop = self.loop.on_loop_side()
-            if now >= self._direct_after and (len(items) == 1 or on_loop) and self._wlock.acquire(False):
+            # (a thread is on the loop side or not for good: only it can change that)
+            if (
+                now >= self._direct_after
+                and (len(items) == 1 or self.loop.on_loop_side())
+                and self._wlock.acquire(False)
+            ):
                 try:
-                    done = self._write_lone(items, total, now, on_loop)
+                    done = self._write_lone(items, total, now)
                 finally:
                     self._wlock.release()
                 if done:
                     return False
         return super().enqueue(items, total)
 
-    def _write_lone(self, items: list[tuple[bytes, bytes]], total: int, now: float, on_loop: bool) -> bool:
+    def _write_lone(self, items: list[tuple[bytes, bytes]], total: int, now: float) -> bool:
         """(holding _wlock) :meth:`enqueue`'s short way; False if the packages
         must take the queue after all (nothing was written)."""
         sock, loop = self.sock, self.loop
         if sock is None or loop is None or self._wbufs or self._want_write or self.sendq or self.state is not CONNECTED:
-            return False
-        if not on_loop and loop.on_loop_side():  # (a reader took the loop meanwhile: the queue)
             return False
         self._direct_after = now + DIRECT_GAP
         # Into the write buffers before the send, as every writer does: a send
@@ -1090,7 +1092,9 @@ class StreamLink(Link):
         far as the kernel takes it; what it does not take stays in them. OSError
         as from the socket (nothing then went)."""
         bufs = self._wbufs
-        sent = self._send_plain(bufs, self._wbytes)
+        sock = self.sock
+        assert sock is not None  # (checked under _wlock by the caller)
+        sent = sock.send(bufs[0]) if len(bufs) == 1 else self._send_plain(bufs, self._wbytes)
         self.last_send = now
         self.bytes_out += sent
         if sent == self._wbytes:

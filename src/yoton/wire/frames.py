@@ -23,7 +23,7 @@ producing packages; the caller closes the connection with that reason.
 from __future__ import annotations
 
 import struct
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 __all__ = [
     "HEADER",
@@ -225,7 +225,7 @@ class FrameDecoder:
     Decoded :class:`Package` objects are appended to :attr:`packages` (a list
     the caller may take and replace). Heartbeats and empty packages are
     consumed silently. A close signal sets :attr:`peer_closed` and ends
-    decoding, as does an error (:attr:`error`).
+    decoding, as does an error (:attr:`error`); either calls :attr:`on_stop`.
     A package's ``data`` is ``bytes``, or a ``bytearray`` for bodies over
     64 KiB (read in place, not copied again).
     """
@@ -242,6 +242,7 @@ class FrameDecoder:
         "_body_fill",
         "_body_size",
         "_pending",
+        "on_stop",
     )
 
     def __init__(self, max_package_size: int = DEFAULT_MAX_PACKAGE_SIZE):
@@ -249,6 +250,8 @@ class FrameDecoder:
         self.packages: list[Any] = []
         self.error: str | None = None
         self.peer_closed = False
+        #: Called (no arguments) when decoding stops: an error, or the close signal.
+        self.on_stop: Callable[[], object] | None = None
         self._buf = bytearray(_READ_BUFFER)
         self._start = 0  # first unparsed byte in _buf
         self._end = 0  # end of valid data in _buf
@@ -371,3 +374,5 @@ class FrameDecoder:
         if pos == end:
             pos = end = 0
         self._start, self._end = pos, end
+        if (self.error is not None or self.peer_closed) and self.on_stop is not None:
+            self.on_stop()

@@ -150,6 +150,10 @@ class Protocol:
     zero-copy reads) and :meth:`receive_eof`; take what happened from
     :meth:`events_received` (packages, :data:`HANDSHAKE_DONE`,
     :data:`CONNECTION_CLOSED`) and bytes to write from :meth:`data_to_send`.
+
+    Once the stream is open (and its first bytes checked), :meth:`get_buffer`
+    and :meth:`buffer_updated` are the decoder's own (one call less per read);
+    the decoder's ``on_stop`` closes the protocol, which then ignores input.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class Protocol:
         self.auth_failed = False  # closed because the auth_key proofs failed (or were refused)
         self.peer_closed = False  # True when the peer ended it (signal or EOF)
         self.decoder = FrameDecoder(max_package_size)
+        self.decoder.on_stop = self._collect
         self._line = bytearray()
         self._events: list[Any] = []
         self.decoder.packages = self._events
@@ -347,6 +352,14 @@ class Protocol:
         self._set_state(OPEN)
         self._events.append(HANDSHAKE_DONE)
         self.decoder.packages = self._events
+        self._feed_decoder_directly()
+
+    def _feed_decoder_directly(self) -> None:
+        # Open and past the first-bytes check, reading is the decoder's alone:
+        # its own get_buffer/buffer_updated stand in for ours (one call less
+        # per read). The decoder's on_stop closes us; _close undoes this.
+        if self.state is OPEN and not self._sniff:
+            vars(self).update(get_buffer=self.decoder.get_buffer, buffer_updated=self.decoder.buffer_updated)
 
     def _check_first_bytes(self, data: bytes | bytearray | memoryview) -> None:
         # Without a key, a peer that opens with an auth nonce wants one.
@@ -357,9 +370,12 @@ class Protocol:
             if self._first == _AUTH_NONCE:
                 self.auth_failed = True
                 self._close(f"{AUTH_FAILED} (the other end requires an auth key)")
+            else:
+                self._feed_decoder_directly()
         elif not _AUTH_NONCE.startswith(self._first):
             self._sniff = False
             self._last_buf = None
+            self._feed_decoder_directly()
 
     def _auth_fail(self, detail: str) -> None:
         self._out += _AUTH_FAILED
@@ -373,6 +389,8 @@ class Protocol:
 
     def _close(self, reason: str) -> None:
         if self.state is not CLOSED:
+            vars(self).pop("get_buffer", None)  # (ours again: input is ignored from now on)
+            vars(self).pop("buffer_updated", None)
             self._set_state(CLOSED)
             self.close_reason = reason
             self._events.append(CONNECTION_CLOSED)
