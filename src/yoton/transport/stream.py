@@ -1093,9 +1093,10 @@ class StreamLink(Link):
         return True
 
     def _send_buffers(self, now: float) -> None:
-        """(a sending thread, holding _wlock) Send what the write buffers hold, as
-        far as the kernel takes it; what it does not take stays in them. OSError
-        as from the socket (nothing then went)."""
+        """(a direct writer -- a sending thread, or the loop side's short way --
+        holding _wlock) Send what the write buffers hold, as far as the kernel
+        takes it; what it does not take stays in them. OSError as from the
+        socket (nothing then went)."""
         bufs = self._wbufs
         sock = self.sock
         assert sock is not None  # (checked under _wlock by the caller)
