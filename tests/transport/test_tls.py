@@ -200,3 +200,36 @@ def test_client_certificates_when_the_server_requires_them(ctx, ca, wait_for):
     ca.issue_cert("client@example").configure_cert(client)
     conn = ctx().connect(f"tls://localhost:{bound.port1}", timeout=3.0, ssl_context=client)
     assert wait_for(lambda: conn.is_connected and bound.is_connected, 3.0)
+
+
+@pytest.mark.parametrize("size", [10_000, 200_000], ids=["lone write", "direct write of the queue"])
+def test_a_sender_that_saw_no_tls_while_the_link_moved_writes_nothing_in_plaintext(tls_pair, size):
+    """A bind's link that takes its peer's re-dial stays CONNECTED while it drops
+    the old socket (and its TLS) and takes the new one. A sending thread that
+    looked at the link in between saw no TLS; once it holds the writer's lock
+    the new socket may be there, TLS and all: it must not write plaintext into it."""
+    a, b, bound, conn = tls_pair()
+    sub = yoton.SubChannel(b, "moved")
+    pub = yoton.PubChannel(a, "moved")
+    link, loop = bound._link, a.router.loop
+    tls, wlock = link.tls, link._wlock
+
+    class TakenMeanwhile:  # (the loop side's _take_socket completes while the sender goes for the lock)
+        def acquire(self, blocking=True, timeout=-1):
+            link.tls = tls
+            return wlock.acquire(blocking, timeout)
+
+        def release(self):
+            wlock.release()
+
+    message = "m" * size
+    with loop._lock:  # (the loop side is held in the middle of the move: it reads nothing meanwhile)
+        link.tls = None  # (as _drop_socket leaves it)
+        link._wlock = TakenMeanwhile()
+        link._direct_after = 0.0
+        try:
+            pub.send(message)  # (a body over 4 KiB: pumped, and written if it can be, by this thread)
+        finally:
+            link._wlock, link.tls = wlock, tls
+    assert sub.recv(5) == message
+    assert bound.is_connected and conn.is_connected

@@ -807,7 +807,10 @@ class StreamLink(Link):
             self.peer_address = handshake.peer or sock.getpeername()[:2]
         else:
             self.local_address = self.peer_address = (self.unix_path or "", 0)
-        self.sock, self.protocol, self.tls = sock, handshake.protocol, handshake.tls
+        # (Under the writer's lock: a sending thread that found no TLS while the
+        # link moved must see the new socket and its TLS together; see _write_lone.)
+        with self._wlock:
+            self.sock, self.protocol, self.tls = sock, handshake.protocol, handshake.tls
         self._send = self._send_plain if self.tls is None else self._send_tls
         self.peer_id, self.peer_pid = self.protocol.peer_id, self.protocol.peer_pid
         self.last_send = self.last_recv = time.monotonic()
@@ -949,6 +952,8 @@ class StreamLink(Link):
         sock, loop = self.sock, self.loop
         if sock is None or loop is None or self._wbufs or self._want_write or self.sendq or self.state is not CONNECTED:
             return False
+        if self.tls is not None:  # (enqueue saw none, but a bind's link took a re-dial since: TLS again)
+            return False
         self._direct_after = now + DIRECT_GAP
         # Into the write buffers before the send, as every writer does: a send
         # that re-enters this thread meanwhile (from a signal handler) then
@@ -1075,7 +1080,7 @@ class StreamLink(Link):
         bufs, sendq, loop = self._wbufs, self.sendq, self.loop
         if bufs or self._want_write or self.state is not CONNECTED or loop is None or loop.on_loop_side():
             return False
-        if self.sock is None:  # (lost or moving to a new stream: the state follows on the loop side)
+        if self.sock is None or self.tls is not None:  # (lost or moving to a new stream: see _write_lone)
             return False
         self._take()
         try:
@@ -1088,9 +1093,10 @@ class StreamLink(Link):
         return True
 
     def _send_buffers(self, now: float) -> None:
-        """(a sending thread, holding _wlock) Send what the write buffers hold, as
-        far as the kernel takes it; what it does not take stays in them. OSError
-        as from the socket (nothing then went)."""
+        """(a direct writer -- a sending thread, or the loop side's short way --
+        holding _wlock) Send what the write buffers hold, as far as the kernel
+        takes it; what it does not take stays in them. OSError as from the
+        socket (nothing then went)."""
         bufs = self._wbufs
         sock = self.sock
         assert sock is not None  # (checked under _wlock by the caller)
