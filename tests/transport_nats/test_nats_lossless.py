@@ -14,7 +14,7 @@ from nats_helpers import Proxy, send_to_a_slow_reader
 
 import yoton
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(90)
 
 
 class Calc(yoton.RepChannel):
@@ -98,13 +98,15 @@ def test_a_subscriber_that_was_cut_off_gets_what_it_missed(nats_server, nats_ctx
 def test_replicated_in_a_cluster(nats_cluster, nats_ctx, network):
     nodes = nats_cluster(jetstream=True)
     address = ",".join(n.url for n in nodes)
-    a, ca = nats_ctx(address, lossless=True, replicas=3, timeout=10)
-    b, _ = nats_ctx(address, lossless=True, replicas=3, timeout=10)
+    # (deadlines, not waits: a replicated stream's group elects its leader first,
+    # which takes seconds on a loaded machine running three servers)
+    a, ca = nats_ctx(address, lossless=True, replicas=3, timeout=25)
+    b, _ = nats_ctx(address, lossless=True, replicas=3, timeout=25)
     sub = yoton.SubChannel(b, "r3")
     pub = yoton.PubChannel(a, "r3")
     for i in range(100):
         pub.send(str(i))
-    assert _collect(sub, 100, 10) == [str(i) for i in range(100)]
+    assert _collect(sub, 100, 25) == [str(i) for i in range(100)]
     streams = nodes[0].monitor("jsz?streams=true&accounts=true&config=true")
     found = [
         s
