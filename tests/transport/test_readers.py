@@ -167,6 +167,23 @@ def test_after_a_long_wait_the_io_thread_sleeps_until_told_and_serves_again(make
     assert served[loop._thread.name] >= 1
 
 
+def test_an_io_thread_asleep_with_nothing_timed_steps_out_for_a_reader_that_came(make_ctx):
+    # A bind waiting for its peer, no timer: the I/O thread waits in the set with
+    # nothing due. A reader that comes takes every event from then on (the kernel
+    # wakes the thread that began to wait last); the I/O thread must still step out.
+    b = make_ctx()
+    b.bind("127.0.0.1:0")
+    quiet = yoton.SubChannel(b, "quiet")
+    loop = b.router.loop
+    assert not loop.housekeepers and not loop._timers  # (white box: nothing timed)
+    reader = threading.Thread(target=lambda: quiet.recv(ioloop.IDLE_LOOK + 10.0), daemon=True)
+    reader.start()
+    wait_until(lambda: loop._seat.reader is reader, 5.0, "the reader")
+    wait_until(lambda: loop._seat.out is not ioloop._Out.IN, ioloop.IDLE_LOOK + 5.0, "the I/O thread to step out")
+    quiet.close()
+    reader.join(5.0)
+
+
 def test_a_second_waiter_is_woken_while_another_thread_is_the_reader(make_ctx):
     a, b = make_ctx(), make_ctx()
     link(a, b)

@@ -86,12 +86,17 @@ _yield = getattr(os, "sched_yield", lambda: None)
 
 log = logging.getLogger("yoton")
 
-__all__ = ["IOLoop", "TICK", "SPIN", "LINGER", "DEEP_AFTER", "default_spin", "default_poller", "POLLERS"]
+__all__ = ["IOLoop", "TICK", "SPIN", "LINGER", "DEEP_AFTER", "IDLE_LOOK", "default_spin", "default_poller", "POLLERS"]
 
 TICK = 0.1  #: seconds between housekeeping passes while connections exist
 SPIN = 0.0002  #: seconds a thread in :meth:`IOLoop.run_until` polls before it sleeps
 LINGER = 0.001  #: seconds the I/O thread waits for a reader to come back before it serves again
 DEEP_AFTER = 0.05  #: seconds of readers coming and going before the I/O thread sleeps until told
+#: seconds the I/O thread waits in the set at most when nothing timed is due
+#: (no connections, no timers): a reader that came meanwhile and takes every
+#: event (the kernel wakes the thread that began to wait last) would otherwise
+#: have it beside itself in the set for as long as the reader stays.
+IDLE_LOOK = 1.0
 
 #: The pollers an IOLoop can use: "epoll" lets waiting threads serve (Linux),
 #: "select" is the portable one (the I/O thread alone serves).
@@ -558,7 +563,9 @@ class IOLoop:
                     seat.stay_out(self)
                     continue
                 timeout = self._timeout(time.monotonic())
-                self._io_wake_at = float("inf") if timeout is None else time.monotonic() + timeout
+                if timeout is None:
+                    timeout = IDLE_LOOK
+                self._io_wake_at = time.monotonic() + timeout
                 serve(wait(timeout), me)
         finally:
             with self._lock:
