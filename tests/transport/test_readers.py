@@ -167,6 +167,7 @@ def test_after_a_long_wait_the_io_thread_sleeps_until_told_and_serves_again(make
     assert served[loop._thread.name] >= 1
 
 
+@needs_epoll
 def test_an_io_thread_asleep_with_nothing_timed_steps_out_for_a_reader_that_came(make_ctx):
     # A bind waiting for its peer, no timer: the I/O thread waits in the set with
     # nothing due. A reader that comes takes every event from then on (the kernel
