@@ -551,6 +551,16 @@ def test_a_second_acknowledgement_is_ignored_quietly(ctx, caplog):
 # -- direct requests between our own peers (one round trip) ------------------------------------
 
 
+def serving_context(ctx, hub, replier_class, *args, **kwargs):
+    """A new context linked to ``hub`` with a thread-mode replier of ``replier_class``
+    (made with ``args``): ``(context, replier)``."""
+    server = ctx()
+    link(hub, server)
+    replier = replier_class(server, *args, **kwargs)
+    replier.set_mode("thread")
+    return server, replier
+
+
 class Gate(Replier):
     """A replier whose ``hold`` method waits until the test opens ``gate`` (its
     served_log records the order of everything served)."""
@@ -667,10 +677,7 @@ def test_a_busy_replier_declines_and_the_request_takes_the_usual_way(ctx, long_w
 
 def test_a_direct_request_waits_behind_its_requesters_previous_one(ctx, long_window):
     hub, req, _ = requester_and_repliers(ctx, 0, slot="next")
-    server = ctx()
-    link(hub, server)
-    rep = Gate(server, "next")
-    rep.set_mode("thread")
+    server, rep = serving_context(ctx, hub, Gate, "next")
     second = first_then_held(req, rep, "b")
     third = req.add(3, 3)  # straight to the replier, which still serves our previous one: kept for next
     wait_for(lambda: rep._parked is not None, 5, "the replier to keep the direct request")
@@ -694,10 +701,7 @@ def test_a_kept_direct_request_yields_to_a_waiting_requester(ctx, long_window):
 
 def test_a_direct_request_fails_when_the_replier_goes_away(ctx, long_window):
     hub, req, _ = requester_and_repliers(ctx, 0, slot="gone")
-    server = ctx()
-    link(hub, server)
-    rep = Gate(server, "gone")
-    rep.set_mode("thread")
+    server, rep = serving_context(ctx, hub, Gate, "gone")
     assert req.add(1, 1).result(5) == 2
     f = req.hold("x")  # direct, and RUNNING at once: it cannot be cancelled
     assert f.running() and not f.cancel()
@@ -714,10 +718,7 @@ def _park_a_direct_request(ctx, slot, timeout=10.0):
     second, held at its gate: ``(hub, req, server, rep, second, third)``."""
     hub = ctx()
     req = yoton.ReqChannel(hub, slot, timeout)
-    server = ctx()
-    link(hub, server)
-    rep = Gate(server, slot)
-    rep.set_mode("thread")
+    server, rep = serving_context(ctx, hub, Gate, slot)
     second = first_then_held(req, rep, "b")
     third = req.add(3, 3)
     assert req.statistics()["direct"] == 1
@@ -775,10 +776,7 @@ def test_a_direct_request_to_a_replier_that_closed_meanwhile_goes_to_another(ctx
     # on its way reaches no channel there; it must be announced to the other
     # repliers, not wait for ever.
     hub, req, _ = requester_and_repliers(ctx, 0, slot="gone-ch")
-    server = ctx()
-    link(hub, server)
-    rep = Replier(server, "gone-ch", rid="first")
-    rep.set_mode("thread")
+    server, rep = serving_context(ctx, hub, Replier, "gone-ch", rid="first")
     assert req.add(1, 1).result(5) == 2  # (the next one goes straight to it)
     release = hold_reading(hub)  # (the requester hears of the closing only after it sent the next)
     rep.close()
@@ -797,10 +795,7 @@ def test_a_direct_request_meant_for_a_closed_replier_is_not_served_twice_by_its_
     # old one, which the requester announces again (the old one closed): it must
     # decline it (it never invited that requester), or it would serve it twice.
     hub, req, _ = requester_and_repliers(ctx, 0, slot="successor")
-    server = ctx()
-    link(hub, server)
-    old = Replier(server, "successor", rid="old")
-    old.set_mode("thread")
+    server, old = serving_context(ctx, hub, Replier, "successor", rid="old")
     assert req.work(0).result(5) == [0, "old"]
     release = hold_reading(hub)
     old.close()
@@ -865,10 +860,7 @@ def test_a_replier_switched_off_withdraws_its_invitations(ctx, long_window):
     # Served from the application's loop after it was on: the requesters it invited
     # must stop sending it direct requests (it would decline every one of them).
     hub, req, _ = requester_and_repliers(ctx, 0, slot="was-on")
-    server = ctx()
-    link(hub, server)
-    rep = Replier(server, "was-on")
-    rep.set_mode("thread")
+    server, rep = serving_context(ctx, hub, Replier, "was-on")
     assert req.add(0, 1).result(5) == 1  # (invited)
     rep.set_mode("off")
     with serving_locally(rep):
@@ -886,10 +878,7 @@ def test_direct_requests_that_reach_a_closing_replier_out_of_order_all_go_elsewh
     from yoton.channels.reqrep import REF
 
     hub, req, _ = requester_and_repliers(ctx, 0, slot="order")
-    server = ctx()
-    link(hub, server)
-    rep = Gate(server, "order")
-    rep.set_mode("thread")
+    server, rep = serving_context(ctx, hub, Gate, "order")
     assert req.add(0, 1).result(5) == 1
     busy = req.hold("a")  # (direct, #2: served, held at the gate)
     wait_for(lambda: serving(rep, (hub.id, busy._request_id)), 5, "the replier to serve #2")

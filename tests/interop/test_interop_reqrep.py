@@ -156,6 +156,18 @@ def test_our_auto_cancel_with_orig_replier_off(peer, context):
     assert o.call("rep_calls", slot="inproc")["calls"] == {"add": 1}  # the cancelled one never ran
 
 
+def _our_replier_for_an_orig_requester(context, peer, replier_class, slot):
+    """Our context bound, a thread-mode ``replier_class`` on ``slot`` in it, and an
+    original yoton 2.2 peer connected to it: ``(context, peer, replier)``."""
+    ctx, o = context(), peer("orig")
+    conn = ctx.bind("localhost:0")
+    rep = replier_class(ctx, slot)
+    rep.set_mode("thread")
+    o.call("connect", addr=f"localhost:{conn.port1}", timeout=5)
+    wait_for(lambda: conn.is_connected, 10, "the original to connect")
+    return ctx, o, rep
+
+
 def test_orig_requester_against_our_replier(peer, context):
     import yoton
 
@@ -173,12 +185,7 @@ def test_orig_requester_against_our_replier(peer, context):
         def unencodable(self):
             return object()
 
-    ctx, o = context(), peer("orig")
-    conn = ctx.bind("localhost:0")
-    rep = OurReplier(ctx, "back")
-    rep.set_mode("thread")
-    o.call("connect", addr=f"localhost:{conn.port1}", timeout=5)
-    wait_for(lambda: conn.is_connected, 10, "the original to connect")
+    ctx, o, rep = _our_replier_for_an_orig_requester(context, peer, OurReplier, "back")
 
     assert o.call("req", slot="back", method="add", args=[1, 2], timeout=10) == {"result": 3}
     assert o.call("req", slot="back", method="add", args=[{"__tuple__": [1]}, {"__tuple__": [2]}], timeout=10) == {
@@ -266,12 +273,7 @@ def test_an_orig_requester_takes_our_invitation_for_the_acknowledgement_harmless
             calls.append((x, y))
             return x + y
 
-    ctx, o = context(), peer("orig")
-    conn = ctx.bind("localhost:0")
-    rep = Adder(ctx, "inv")
-    rep.set_mode("thread")
-    o.call("connect", addr=f"localhost:{conn.port1}", timeout=5)
-    wait_for(lambda: conn.is_connected, 10, "the original to connect")
+    ctx, o, rep = _our_replier_for_an_orig_requester(context, peer, Adder, "inv")
     for i in range(5):
         assert o.call("req", slot="inv", method="add", args=[i, 1], timeout=10) == {"result": i + 1}
     stats = rep.statistics()
