@@ -475,17 +475,17 @@ def test_a_sync_publisher_waits_while_the_subscriber_is_full_and_not_longer_than
     wait_until(lambda: conn.is_connected, 5.0, "the subscriber")
     conn.timeout = 1.0
     pub = yoton.PubChannel(a, "flow", yoton.BINARY)
+    for message in _messages("a", 100, 100):  # over 32 waiting: the subscriber says 'full' ...
+        pub.send(message)
+    wait_until(lambda: pub._blockers and a.router.loop is not None, 5.0, "the subscriber's 'full'")
+    # (Made full first: a sender already running could be done before 'full' came back.)
     sent = []
     n = 100_000
-    sender = threading.Thread(target=lambda: [pub.send(m) or sent.append(1) for m in _messages("a", n, 100)])
+    sender = threading.Thread(target=lambda: [pub.send(m) or sent.append(1) for m in _messages("b", n, 100)])
     sender.start()
-    # Over 32 waiting: the subscriber says 'full' and the publisher waits ...
-    wait_until(lambda: pub._blockers and a.router.loop is not None, 5.0, "the subscriber's 'full'")
-    count = len(sent)
-    assert count < n
-    # ... for as long as the subscriber lives, however long that is:
+    # ... and the publisher waits for as long as the subscriber lives, however long that is:
     time.sleep(1.5)  # (longer than the connection's timeout and than yoton 2.2's 1 s per message)
-    assert len(sent) <= count + 1 and sender.is_alive() and not conn.is_timedout
+    assert len(sent) == 0 and sender.is_alive() and not conn.is_timedout
     far.stop()  # gone quiet: released within the connection's timeout
     t0 = time.monotonic()
     sender.join(10.0)
