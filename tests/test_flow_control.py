@@ -475,10 +475,16 @@ def test_a_sync_publisher_waits_while_the_subscriber_is_full_and_not_longer_than
     wait_until(lambda: conn.is_connected, 5.0, "the subscriber")
     conn.timeout = 1.0
     pub = yoton.PubChannel(a, "flow", yoton.BINARY)
-    for message in _messages("a", 100, 100):  # over 32 waiting: the subscriber says 'full' ...
-        pub.send(message)
+    # Over 32 waiting: the subscriber says 'full' ... (made full first: a sender
+    # already running could be done before 'full' came back; sent until it comes,
+    # as the far end may take a first batch at once before it sleeps)
+    warmup, deadline = _messages("a", 10**6, 100), time.monotonic() + 10.0
+    try:
+        while not pub._blockers and time.monotonic() < deadline:
+            pub.send(next(warmup), block=False)
+    except yoton.WouldBlock:  # ('full' came right after the look)
+        pass
     wait_until(lambda: pub._blockers and a.router.loop is not None, 5.0, "the subscriber's 'full'")
-    # (Made full first: a sender already running could be done before 'full' came back.)
     sent = []
     n = 100_000
     sender = threading.Thread(target=lambda: [pub.send(m) or sent.append(1) for m in _messages("b", n, 100)])
