@@ -107,14 +107,22 @@ def test_three_repliers_share_60_requests(ctx):
     assert req.statistics()["pending_requests"] == 0 and len(req._futures) == 0
 
 
-def test_chain_of_contexts_routes_requests(ctx):
-    # requester - relay - replier: the relay has no channels, it only forwards
+def requester_relay_replier(ctx, slot):
+    """A requester's context linked to a relay (no channels) linked to a replier's
+    context, a thread-mode Replier (rid "far") on ``slot``: ``(requester, replier,
+    the replier's context)``."""
     a, relay, c = ctx(), ctx(), ctx()
     link(a, relay)
     link(relay, c)
-    req = yoton.ReqChannel(a, "chain")
-    rep = Replier(c, "chain", rid="far")
+    req = yoton.ReqChannel(a, slot)
+    rep = Replier(c, slot, rid="far")
     rep.set_mode("thread")
+    return req, rep, c
+
+
+def test_chain_of_contexts_routes_requests(ctx):
+    # requester - relay - replier: the relay has no channels, it only forwards
+    req, rep, c = requester_relay_replier(ctx, "chain")
     assert [req.work(i).result(10) for i in range(5)] == [[i, "far"] for i in range(5)]
     assert req.echo("hop").result(5) == ("hop", hex(c.id))
 
@@ -652,12 +660,7 @@ def test_sequential_requests_go_direct_after_the_first(ctx):
 
 
 def test_a_relayed_replier_gets_no_direct_requests(ctx):
-    a, relay, c = ctx(), ctx(), ctx()
-    link(a, relay)
-    link(relay, c)
-    req = yoton.ReqChannel(a, "far")
-    rep = Replier(c, "far", rid="far")
-    rep.set_mode("thread")
+    req, rep, _ = requester_relay_replier(ctx, "far")
     assert [req.add(i, 1).result(10) for i in range(5)] == [i + 1 for i in range(5)]
     assert req.statistics()["direct"] == 0 and rep.statistics()["direct"] == 0
 
