@@ -525,6 +525,17 @@ def test_state_read_and_set(peer, wait_for):
     one_error_line(proc.stderr, "timed out", "no state", "'never-set'")
 
 
+def test_state_set_with_bind_succeeds_when_its_reader_takes_the_value_and_leaves(cli):
+    # The reader gets the value at once and leaves, often before the setter
+    # looks for its peer: the value went out all the same (exit 0, both).
+    for _ in range(3):
+        setter = cli("state", "--bind", "localhost:0", "status", "green")
+        proc = yoton_cli("state", "--connect", f"localhost:{setter.port()}", "status")
+        assert (proc.returncode, proc.stdout) == (0, "green\n"), proc.stderr
+        code, _, err = setter.finish()
+        assert code == 0, err
+
+
 # -- security ----------------------------------------------------------------------------
 
 

@@ -408,6 +408,7 @@ class Link:
             self.ssl_context = _ssl_context(args, self.binding)
         self.conns: list = []
         self._told: set = set()  # connections whose arrival was told
+        self.peer_came = False  #: whether a peer connected at some time (maybe gone again)
         self.host = ""
         self.port = 0
         self.lost_reason: str | None = None
@@ -452,6 +453,7 @@ class Link:
         for conn in self.conns:
             if conn.is_connected and conn not in self._told:
                 self._told.add(conn)
+                self.peer_came = True
                 self.say(f"peer connected from {conn.hostname2}:{conn.port2} (pid {conn.pid2})")
         for conn in list(self.conns):
             if not conn.is_alive:
@@ -460,6 +462,7 @@ class Link:
                 if self.binding and conn in self._told:
                     self.say(f"peer left: {reason}")
                 elif self.binding and conn.pid2:  # (came and went between two checks)
+                    self.peer_came = True
                     self.say(f"peer (pid {conn.pid2}) connected and left: {reason}")
                 self.lost_reason = reason
         if self.keep_listening:
@@ -473,9 +476,14 @@ class Link:
         return bool(self.conns)
 
     def wait_peer(self, deadline: Deadline) -> None:
-        """With ``--bind``: wait until a peer is connected (:class:`CommandError` at the deadline)."""
+        """With ``--bind``: wait until a peer is connected, or came and went
+        (:class:`CommandError` at the deadline). A peer that left before we
+        looked may have taken what was sent before it came: the caller's
+        :func:`flush` (or its reads) then say whether it did."""
         while not self.connected:
             if not self.check():
+                if self.peer_came:
+                    return
                 raise CommandError(f"the link closed: {self.lost_reason}")
             if deadline.passed():
                 raise CommandError(f"timed out: no peer connected to {self.shown} within {deadline.describe()}")
