@@ -476,6 +476,7 @@ def _drop_events(handle: _EventsOnLoop) -> None:
 class Context(_Context):
     """A :class:`yoton.Context` whose waiting methods are coroutines.
 
+    It takes the arguments of :class:`yoton.Context`.
     ``bind`` returns at once, as in the blocking API; :meth:`connect`,
     :meth:`flush` and :meth:`close` are awaited; ``async with`` closes it.
     The blocking :class:`yoton.Context` methods stay reachable for threads
@@ -560,6 +561,10 @@ class Context(_Context):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+# (help() and inspect show yoton.Context's parameters, not *args, **kwargs)
+Context.__signature__ = inspect.signature(_Context).replace(return_annotation=inspect.Signature.empty)  # type: ignore[attr-defined]
 
 
 def _close_unwanted(job: asyncio.Future[Connection]) -> None:

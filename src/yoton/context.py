@@ -206,6 +206,9 @@ class Context:
     queries of a monitor anywhere in its network (``yoton monitor``; see
     :mod:`yoton.introspect`): its id, process, connections and channels
     with their counters. Off, it answers nothing (it still forwards them).
+
+    ``verbose`` (default 0; yoton 2.2's first argument): non-zero logs each
+    connection made or made again at INFO on the ``"yoton"`` logger.
     """
 
     def __init__(

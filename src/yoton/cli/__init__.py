@@ -40,8 +40,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 1
 EPILOG = """\
 addresses:
   host:port (localhost:7000), host:name (a name hashed to a port: localhost:news),
-  tls://host:port (TLS; see --tls-* in each command's help). With --bind,
-  port 0 picks a free port; the banner on stderr says which.
+  tls://host:port (TLS; see --tls-* in each command's help), ipc://PATH (a Unix
+  socket), nats://host:port (through a NATS server; --connect only, needs the
+  nats extra). With --bind, port 0 picks a free port; the banner on stderr
+  says which.
 
 output:
   Standard output carries only data (messages, results, state values), one

@@ -98,10 +98,14 @@ def add_link_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where (exactly one)")
     side = where.add_mutually_exclusive_group(required=True)
     side.add_argument(
-        "--connect", metavar="ADDRESS", help="connect to a context bound at ADDRESS (host:port, tls://host:port)"
+        "--connect",
+        metavar="ADDRESS",
+        help="connect to a context bound at ADDRESS (host:port, tls://host:port, ipc://PATH, nats://host:port)",
     )
     side.add_argument(
-        "--bind", metavar="ADDRESS", help="listen at ADDRESS for peers (host:port; port 0 picks a free one)"
+        "--bind",
+        metavar="ADDRESS",
+        help="listen at ADDRESS for peers (host:port, tls://host:port, ipc://PATH; port 0 picks a free one)",
     )
     sec = parser.add_argument_group("security")
     sec.add_argument(

@@ -49,7 +49,8 @@ class RequestServer(threading.Thread):
     handled in a thread of its own (at most ``max_threads`` at once);
     otherwise one at a time. Clients are read all at once, each within
     ``client_timeout`` seconds and ``max_request_size`` bytes, at most
-    ``max_clients`` of them (see the module docstring).
+    ``max_clients`` of them (see the module docstring). ``verbose`` is
+    accepted for yoton 2.2's signature and does nothing.
     """
 
     def __init__(
@@ -316,7 +317,8 @@ def do_request(address: str, request: str, timeout: float | None = -1) -> str | 
     A CRLF is appended to the request if it has none; the reply is returned
     as it came, up to its first CRLF (included) or the end of the stream. With
     ``timeout`` > 0, give up after that many seconds and return what has
-    arrived ('' if nothing). As in yoton 2.2: a request that is not a str
+    arrived ('' if nothing); the default -1 (or None, or 0) waits as long as
+    it takes. As in yoton 2.2: a request that is not a str
     raises ValueError, no server at the address raises :class:`NoServerError`
     (a RuntimeError, and a ConnectionError), a connection broken while
     waiting for the reply returns None.

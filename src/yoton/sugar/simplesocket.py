@@ -16,7 +16,7 @@ class SimpleSocket(Context):
     """A :class:`~yoton.Context` with :meth:`send` and :meth:`recv` for text.
 
     Bind one and connect another; what one sends, the other receives, one
-    message per :meth:`recv`.
+    message per :meth:`recv`. ``verbose`` is the context's (see :class:`~yoton.Context`).
     """
 
     def __init__(self, verbose: bool | int = False) -> None:

@@ -145,7 +145,8 @@ def new_id() -> int:
 class UID:
     """A 64-bit context id with the renderings yoton uses.
 
-    ``UID()`` makes a new id (see :func:`new_id`); ``UID(n)`` wraps the
+    ``UID()`` makes a new id (:func:`yoton.wire.naming.new_id`: 32 bits of
+    time and 32 of randomness); ``UID(n)`` wraps the
     integer ``n``. Two UIDs are equal when their values are.
     """
 
