@@ -56,3 +56,10 @@ def record(signal_, timed: bool = True) -> list:
     events.handler = handler  # (kept alive as long as the list)
     signal_.bind(handler)
     return events
+
+
+def random_bytes(seed: int, n: int) -> bytes:
+    """``n`` reproducible random bytes (``random.Random(seed).randbytes(n)``, which needs Python 3.9)."""
+    import random
+
+    return random.Random(seed).getrandbits(8 * n).to_bytes(n, "little") if n else b""

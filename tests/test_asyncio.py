@@ -110,7 +110,7 @@ async def test_a_cancelled_recv_takes_no_message(pair):
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(sub.recv(), 0.05)
     await pub.send("kept")
     assert await sub.recv(timeout=5) == "kept"  # neither took it
@@ -378,7 +378,7 @@ async def test_a_cancelled_await_cancels_the_request(pair):
     rep = Calc(a, "calc2")  # off for now: nobody takes requests
     req = ya.ReqChannel(b, "calc2")
     future = req.add(1, 2)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(future, 0.1)
     assert future.cancelled()  # cancelled on our side, and withdrawn
     assert req.statistics()["pending_requests"] == 0
@@ -657,7 +657,8 @@ def test_ctrl_c_under_asyncio_run_cancels_the_main_task_as_usual():
                         await pb.send(await sb.recv())
                         await sa.recv()
                         n += 1
-                        if signal.getsignal(signal.SIGINT) is sigint_handler:
+                        # (before 3.11 asyncio.run has no handler: yoton's stays, as without asyncio)
+                        if signal.getsignal(signal.SIGINT) is sigint_handler and sys.version_info >= (3, 11):
                             print("yoton's handler left in place", flush=True)
                         if n == 200:
                             print("ready", flush=True)
@@ -683,6 +684,11 @@ def test_ctrl_c_under_asyncio_run_cancels_the_main_task_as_usual():
         proc.kill()
     assert proc.returncode == 3, (out, err)
     lines = out.splitlines()
+    if sys.version_info < (3, 11):
+        # asyncio.run has no SIGINT handler of its own: yoton's stays in place
+        # (as without asyncio) and the KeyboardInterrupt ends asyncio.run.
+        assert lines[-1] == "KeyboardInterrupt", (out, err)
+        return
     assert lines[0].startswith("cancelled after") and lines[-1] == "KeyboardInterrupt", (out, err)
     assert "left in place" not in out
 

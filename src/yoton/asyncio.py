@@ -605,8 +605,10 @@ class SubChannel(_pubsub.SubChannel):
         """Wait for the next message and return it.
 
         ``timeout`` None waits for ever; a number of seconds raises
-        :class:`yoton.TimeoutError` (also the builtin ``TimeoutError``) when
-        nothing came in that time (0: only what is pending). A channel that
+        :class:`yoton.TimeoutError` (also the builtin ``TimeoutError``, which
+        is ``asyncio.TimeoutError`` from Python 3.11 on; before, that is a
+        class of its own) when nothing came in that time (0: only what is
+        pending). A channel that
         is closed and has nothing pending raises
         :class:`~yoton.errors.ChannelClosedError`. Cancelled, it has taken
         no message.

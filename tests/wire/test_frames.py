@@ -1,9 +1,9 @@
 """Frame decoder tests: the header vectors of docs/protocol.md, every split of the stream, limits."""
 
-import random
 import struct
 
 import pytest
+from helpers import random_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,7 +104,7 @@ def test_round_trip_any_fields(items, rnd):
 
 
 def test_get_buffer_reads_large_body_in_place():
-    body = bytes(random.Random(1).randbytes(3 * 2**20))
+    body = random_bytes(1, 3 * 2**20)
     data = pack_header(20, 1, 1, 0, 0, len(body)) + body
     dec = FrameDecoder()
     pos = 0

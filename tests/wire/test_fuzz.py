@@ -29,7 +29,6 @@ What the targets claim, for any input:
 from __future__ import annotations
 
 import inspect
-import random
 import struct
 import sys
 import tracemalloc
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import random_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -104,9 +104,7 @@ FIELD = st.one_of(st.sampled_from([0, 1, 2, 2**63, 2**64 - 1]), U64)
 # Bodies around the sizes where the decoder changes strategy: the 64 KiB inline
 # limit and the 1 MiB first chunk of a large body's buffer (and its doublings).
 BIG_SIZES = [2**16 - 1, 2**16, 2**16 + 1, 100_000, MiB - 1, MiB, MiB + 1, 2 * MiB + 3]
-big_body = st.builds(
-    lambda seed, n: random.Random(seed).randbytes(n), st.integers(0, 2**32), st.sampled_from(BIG_SIZES)
-)
+big_body = st.builds(random_bytes, st.integers(0, 2**32), st.sampled_from(BIG_SIZES))
 body = st.one_of(st.binary(max_size=300), st.just(b""), big_body)
 package = st.builds(Package, body, FIELD, FIELD, FIELD, FIELD, FIELD)
 small_package = st.builds(Package, st.binary(max_size=300), FIELD, FIELD, FIELD, FIELD, FIELD)
@@ -294,7 +292,7 @@ def test_huge_claimed_length_is_not_allocated():
 def test_large_body_buffer_grows_to_the_exact_size():
     """A body fed in uneven pieces through get_buffer arrives whole, in a buffer of exactly its size."""
     size = 3 * MiB + 12345
-    payload = random.Random(7).randbytes(size)
+    payload = random_bytes(7, size)
     data = pack_header(20, 1, 1, 0, 0, size) + payload
     dec = FrameDecoder()
     pos, sizes = 0, [56, 1000, MiB, 3, MiB + 5]
