@@ -35,6 +35,8 @@ def load_targets() -> dict:
     """Import tests/wire/test_fuzz.py and return its ``TARGETS`` (name -> Target)."""
     if str(ROOT / "src") not in sys.path:
         sys.path.insert(0, str(ROOT / "src"))  # works without the editable install too
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))  # (its helpers, as under pytest)
     spec = importlib.util.spec_from_file_location("yoton_fuzz_targets", TARGETS_FILE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
