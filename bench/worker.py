@@ -125,10 +125,14 @@ def percentile(sorted_values: list, q: float) -> float:
 class ThreadProfiles:
     """cProfile for the main thread and every thread started while running.
 
-    cProfile only sees the thread that enabled it; yoton does its I/O in a
-    thread of its own, so each new thread gets its own profiler (installed
-    from its first profile event) and all are merged at the end.
+    Before Python 3.12 cProfile only sees the thread that enabled it; yoton
+    does its I/O in a thread of its own, so each new thread gets its own
+    profiler (installed from its first profile event) and all are merged at
+    the end. From 3.12 on one profiler sees every thread (sys.monitoring),
+    and a second one cannot be enabled.
     """
+
+    _EVERY_THREAD = sys.version_info >= (3, 12)
 
     def __init__(self):
         import cProfile
@@ -143,7 +147,8 @@ class ThreadProfiles:
         prof.enable()  # replaces this hook for the calling thread
 
     def start(self) -> None:
-        threading.setprofile(self._bootstrap)
+        if not self._EVERY_THREAD:
+            threading.setprofile(self._bootstrap)
         self._main.enable()
 
     def clear(self) -> None:
