@@ -22,7 +22,7 @@ from transport_util import wait_for
 
 import yoton
 from yoton.errors import AuthenticationError, BindError, ConnectError
-from yoton.transport import unix
+from yoton.transport import stream, unix
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -71,6 +71,31 @@ def test_pubsub_reqrep_and_state_over_a_unix_socket(make_ctx, sock_dir):
     bound.closed.bind(lambda c, reason: closed.append(reason))
     b.close()
     assert wait_for(lambda: closed) and closed == ["Closed from other end."]
+
+
+def _wmem_max() -> int:
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.skipif(
+    _wmem_max() < stream.UNIX_SNDBUF,
+    reason="the kernel caps send buffers below UNIX_SNDBUF here (net.core.wmem_max; Linux only)",
+)
+def test_both_ends_of_a_unix_socket_link_get_a_larger_send_buffer(make_ctx, sock_dir):
+    # The default (~208 KiB) made a stream of small messages wait for the
+    # reader every couple of thousand packages.
+    path = os.path.join(sock_dir, "buf.sock")
+    a, b = make_ctx(), make_ctx()
+    bound = a.bind(f"ipc://{path}")
+    conn = b.connect(f"ipc://{path}", timeout=3.0)
+    assert wait_for(lambda: bound.is_connected)
+    for c in (bound, conn):
+        sock = c._link.sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= stream.UNIX_SNDBUF
 
 
 def test_auth_key_and_limits_work_as_over_tcp(make_ctx, sock_dir):

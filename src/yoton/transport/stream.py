@@ -119,6 +119,12 @@ _JOIN_LIMIT = 128 * 1024
 #: A writer takes at most this many bytes of packages from the send queue at
 #: a time (at least one package): what it holds is outside the queue's bound.
 _TAKE_BYTES = 256 * 1024
+#: Send buffer a Unix-socket link asks the kernel for (Linux doubles it and
+#: caps the request at ``net.core.wmem_max``). The default, ~208 KiB, is a
+#: tenth of what a loopback TCP socket grows to by itself: a stream of small
+#: messages then waits for the reader every couple of thousand packages
+#: (ipc:// one-way 100 B measured 640k msgs/s with it, 990k with this).
+UNIX_SNDBUF = 1 << 20
 _TLS_REQUIRED = b"ERROR: TLS required.\r\n"
 #: connect() errors that mean "not listening yet" (or going away): try again.
 #: (ENOENT: a Unix socket's file is not there yet.)
@@ -807,6 +813,11 @@ class StreamLink(Link):
             self.peer_address = handshake.peer or sock.getpeername()[:2]
         else:
             self.local_address = self.peer_address = (self.unix_path or "", 0)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SNDBUF:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
+                except OSError:  # (a platform that refuses it keeps its default)
+                    pass
         # (Under the writer's lock: a sending thread that found no TLS while the
         # link moved must see the new socket and its TLS together; see _write_lone.)
         with self._wlock:
