@@ -156,6 +156,55 @@ def test_close_while_reconnecting_stops_redialling(make_ctx):
     assert again.is_waiting and not conn.is_alive
 
 
+def test_a_host_name_is_looked_up_again_before_each_redial(make_ctx, monkeypatch, caplog):
+    # The host moves (a new address, as after a DHCP lease or a DNS change):
+    # the re-dial must reach it there, not keep dialling where it was.
+    real = socket.getaddrinfo
+    where = {"ip": HOST}
+    looked_up = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "moving.yoton.invalid":
+            looked_up.append(threading.current_thread().name)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (where["ip"], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    old_home, client = make_ctx(), make_ctx()
+    first = old_home.bind(f"{HOST}:0")
+    port = first.port
+    conn = client.connect(f"moving.yoton.invalid:{port}", timeout=3.0, reconnect=QUICK)
+    assert wait_for(lambda: first.is_connected) and conn.hostname2 == HOST
+    new_home = make_ctx()
+    second = new_home.bind(f"127.0.0.2:{port}")
+    sub = yoton.SubChannel(new_home, "moved")
+    where["ip"] = "127.0.0.2"
+    with caplog.at_level(logging.INFO, logger="yoton"):
+        first.close_on_problem()  # (lost without a goodbye; nobody listens at the old address now)
+        assert wait_for(lambda: second.is_connected, 5.0), "the re-dial never reached the new address"
+    assert wait_for(lambda: conn.is_connected, 3.0)
+    yoton.PubChannel(client, "moved").send("found you")
+    assert sub.recv(3.0) == "found you"
+    # (on the loop side's behalf, never in it: a lookup may take seconds)
+    assert looked_up[0] == "MainThread" and set(looked_up[1:]) == {"yoton-lookup"}
+    assert f"moving.yoton.invalid:{port} is now at 127.0.0.2" in caplog.text
+
+
+def test_an_ip_address_is_dialled_again_without_a_lookup(make_ctx, monkeypatch):
+    server, client = make_ctx(), make_ctx()
+    first = server.bind(f"{HOST}:0")
+    conn = client.connect(f"{HOST}:{first.port}", timeout=3.0, reconnect=QUICK)
+    assert wait_for(lambda: first.is_connected)
+    assert conn._link.target.name is None
+    looked_up = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: looked_up.append(a) or [])
+    first.close_on_problem()
+    assert wait_for(lambda: conn.is_reconnecting, 3.0)
+    again = make_ctx().bind(f"{HOST}:{first.port}")
+    assert wait_for(lambda: again.is_connected and conn.is_connected, 5.0)
+    assert looked_up == []
+
+
 # -- an outage with a full queue ------------------------------------------------------------------
 
 

@@ -308,12 +308,27 @@ def open_connect(
 
         ssl_context = ssl.create_default_context()
     try:
-        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+        family, sockaddr = _resolve(host, port)
     except OSError as exc:
         raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
-    family, _, _, _, sockaddr = infos[0]
     target = DialTarget(family, sockaddr, f"{host}:{port}", ssl_context, _hostname(address) if ssl_context else None)
+    if not _is_ip(host):
+        target.name = (host, port)  # (looked up again before each re-dial)
     return dial(owner, StreamLink(owner, handle), target, timeout, reconnect)
+
+
+def _resolve(host: str, port: int) -> tuple:
+    """``(family, sockaddr)`` of the first IPv4 address of ``host`` (blocking; OSError)."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
+    return family, sockaddr
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return host.count(".") == 3  # (inet_aton also takes "127.1")
 
 
 class DialTarget:
@@ -330,6 +345,9 @@ class DialTarget:
         self.family = family
         self.sockaddr = sockaddr
         self.display = display  # for messages: "host:port" or the socket's path
+        #: ``(host, port)`` when the host is a name, looked up again before
+        #: each re-dial (it may have moved); None for an IP address or a path.
+        self.name: tuple | None = None
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
 
@@ -1272,7 +1290,33 @@ class StreamLink(Link):
         self._redial_timer = None
         if self.state is not RECONNECTING:
             return
+        target = self._redialling()[1]
+        if target.name is not None:
+            # The host may have moved. Look it up in a thread of its own: a
+            # lookup can take seconds, and the loop side must never wait.
+            threading.Thread(target=self._look_up, args=target.name, daemon=True, name="yoton-lookup").start()
+            return
+        self._dial()
+
+    def _look_up(self, host: str, port: int) -> None:
+        """(a thread of its own) Look ``host`` up, then dial on the loop side;
+        where the lookup fails, the address found last is dialled."""
+        try:
+            found: tuple | None = _resolve(host, port)
+        except OSError:
+            found = None
+        loop = self.loop
+        if loop is not None and loop.running:
+            loop.call_soon(self._dial, found)
+
+    def _dial(self, found: tuple | None = None) -> None:
+        """One re-dial attempt, to ``found`` (``(family, sockaddr)``) if given (loop side)."""
+        if self.state is not RECONNECTING:
+            return  # (closed while the name was looked up)
         loop, target, policy, _ = self._redialling()
+        if found is not None and found != (target.family, target.sockaddr):
+            log.info("yoton: connection %r: %s is now at %s", self.handle.name, target.display, found[1][0])
+            target.family, target.sockaddr = found
         deadline = time.monotonic() + policy.attempt_timeout
         try:
             handshake = target.attempt(loop, self.config, deadline, self._redialled, self._redial_failed)
