@@ -156,6 +156,7 @@ def test_close_while_reconnecting_stops_redialling(make_ctx):
     assert again.is_waiting and not conn.is_alive
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs 127.0.0.2 on the loopback (Linux)")
 def test_a_host_name_is_looked_up_again_before_each_redial(make_ctx, monkeypatch, caplog):
     # The host moves (a new address, as after a DHCP lease or a DNS change):
     # the re-dial must reach it there, not keep dialling where it was.
@@ -188,6 +189,81 @@ def test_a_host_name_is_looked_up_again_before_each_redial(make_ctx, monkeypatch
     # (on the loop side's behalf, never in it: a lookup may take seconds)
     assert looked_up[0] == "MainThread" and set(looked_up[1:]) == {"yoton-lookup"}
     assert f"moving.yoton.invalid:{port} is now at 127.0.0.2" in caplog.text
+
+
+def _name_that_stops_answering(monkeypatch, release: threading.Event) -> str:
+    """A host name for 127.0.0.1 whose lookups after the first hang until ``release``."""
+    real, calls = socket.getaddrinfo, []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "hanging.yoton.invalid":
+            return real(host, port, *args, **kwargs)
+        calls.append(host)
+        if len(calls) > 1:
+            release.wait(30)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (HOST, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "hanging.yoton.invalid"
+
+
+def test_a_lookup_that_hangs_leaves_the_address_found_last(make_ctx, monkeypatch):
+    # A DNS server that does not answer during an outage must not stop the
+    # re-dials: after attempt_timeout the address found last is dialled.
+    release = threading.Event()
+    try:
+        name = _name_that_stops_answering(monkeypatch, release)
+        server, client = make_ctx(), make_ctx()
+        first = server.bind(f"{HOST}:0")
+        policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.2, attempt_timeout=0.3)
+        conn = client.connect(f"{name}:{first.port}", timeout=3.0, reconnect=policy)
+        assert wait_for(lambda: first.is_connected)
+        first.close_on_problem()
+        assert wait_for(lambda: conn.is_reconnecting, 3.0)
+        again = make_ctx().bind(f"{HOST}:{first.port}")
+        assert wait_for(lambda: again.is_connected and conn.is_connected, 5.0), "stuck behind the lookup"
+    finally:
+        release.set()
+
+
+def test_give_up_after_holds_while_a_lookup_hangs(make_ctx, monkeypatch):
+    release = threading.Event()
+    try:
+        name = _name_that_stops_answering(monkeypatch, release)
+        server, client = make_ctx(), make_ctx()
+        first = server.bind(f"{HOST}:0")
+        policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.1, attempt_timeout=0.3, give_up_after=0.5)
+        conn = client.connect(f"{name}:{first.port}", timeout=3.0, reconnect=policy)
+        assert wait_for(lambda: first.is_connected)
+        closed = record(conn.closed)
+        t0 = time.monotonic()
+        first.close_on_problem()  # (nobody listens there any more)
+        assert wait_for(lambda: closed, 5.0), "it never gave up"
+        assert time.monotonic() - t0 < 2.5 and closed[0][2].startswith("Gave up reconnecting")
+    finally:
+        release.set()
+
+
+def test_a_redial_without_a_thread_for_the_lookup_dials_the_address_found_last(make_ctx, monkeypatch):
+    from yoton.transport import stream
+
+    server, client = make_ctx(), make_ctx()
+    first = server.bind(f"{HOST}:0")
+    conn = client.connect(f"{HOST}:{first.port}", timeout=3.0, reconnect=QUICK)
+    assert wait_for(lambda: first.is_connected)
+    conn._link.target.name = ("unreachable.yoton.invalid", first.port)  # (as if connected by name)
+
+    class NoThread(threading.Thread):
+        def start(self):
+            raise RuntimeError("can't start new thread")
+
+    successor = make_ctx()
+    successor.bind(f"{HOST}:0")  # (its I/O thread starts now: no thread can start below)
+    monkeypatch.setattr(stream.threading, "Thread", NoThread)
+    first.close_on_problem()
+    assert wait_for(lambda: conn.is_reconnecting, 3.0)
+    again = successor.bind(f"{HOST}:{first.port}")
+    assert wait_for(lambda: again.is_connected and conn.is_connected, 5.0)
 
 
 def test_an_ip_address_is_dialled_again_without_a_lookup(make_ctx, monkeypatch):

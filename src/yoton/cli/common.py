@@ -482,8 +482,9 @@ class Link:
     def wait_peer(self, deadline: Deadline) -> None:
         """With ``--bind``: wait until a peer is connected, or came and went
         (:class:`CommandError` at the deadline). A peer that left before we
-        looked may have taken what was sent before it came: the caller's
-        :func:`flush` (or its reads) then say whether it did."""
+        looked may have been sent what was sent before it came: the caller's
+        :func:`flush` (or its reads) then say whether that went out -- out to
+        the network, as for a connected peer; not whether the peer read it."""
         while not self.connected:
             if not self.check():
                 if self.peer_came:

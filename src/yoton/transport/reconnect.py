@@ -21,7 +21,8 @@ makes a connection that survives losing its peer. The rules:
   gives no receipt.
 * **Re-dialling**: the address is dialled again (a host name is looked up
   again first, in a thread of its own, so a host that moved is found; if
-  the lookup fails, the address found last) after ``initial_delay`` s, then after delays growing by ``factor``
+  the lookup fails or takes longer than ``attempt_timeout``, the address
+  found last) after ``initial_delay`` s, then after delays growing by ``factor``
   up to ``max_delay``, each shortened by a random part of up to ``jitter``
   (so many clients of one restarted server do not dial in lockstep). Each
   attempt (TCP connect, TLS, yoton handshake, auth_key proofs) may take

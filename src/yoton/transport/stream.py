@@ -800,6 +800,7 @@ class StreamLink(Link):
         self.policy: ReconnectPolicy | None = None
         self._backoff: Backoff | None = None
         self._redial_timer = None  # the IOLoop timer of the next attempt
+        self._lookup: object | None = None  # the host name lookup under way (a token)
         self._dialing: Handshake | None = None  # the attempt in progress
         self._lost_reason = ""
         self._wbufs: list = []
@@ -1290,24 +1291,43 @@ class StreamLink(Link):
         self._redial_timer = None
         if self.state is not RECONNECTING:
             return
-        target = self._redialling()[1]
+        loop, target, policy, _ = self._redialling()
         if target.name is not None:
-            # The host may have moved. Look it up in a thread of its own: a
-            # lookup can take seconds, and the loop side must never wait.
-            threading.Thread(target=self._look_up, args=target.name, daemon=True, name="yoton-lookup").start()
-            return
+            # The host may have moved: look it up again, in a thread of its own
+            # (a lookup can take seconds; the loop side never waits). A lookup
+            # that fails, or takes longer than an attempt may, or a thread that
+            # cannot start, leaves the address found last to dial.
+            token = self._lookup = object()
+            try:
+                thread = threading.Thread(target=self._look_up, args=(token, *target.name), daemon=True)
+                thread.name = "yoton-lookup"
+                thread.start()
+            except RuntimeError:  # (no thread to be had)
+                self._lookup = None
+            else:
+                self._redial_timer = loop.call_later(self._looked_up, policy.attempt_timeout, token, None)
+                return
         self._dial()
 
-    def _look_up(self, host: str, port: int) -> None:
-        """(a thread of its own) Look ``host`` up, then dial on the loop side;
-        where the lookup fails, the address found last is dialled."""
+    def _look_up(self, token: object, host: str, port: int) -> None:
+        """(a thread of its own) Look ``host`` up; hand the address to the loop side."""
         try:
             found: tuple | None = _resolve(host, port)
-        except OSError:
+        except Exception:  # (OSError; UnicodeError for a malformed name)
             found = None
         loop = self.loop
         if loop is not None and loop.running:
-            loop.call_soon(self._dial, found)
+            loop.call_soon(self._looked_up, token, found)
+
+    def _looked_up(self, token: object, found: tuple | None) -> None:
+        """The lookup ended (``found``), or its time ran out (None): dial (loop side)."""
+        if token is not self._lookup:
+            return  # (the other one came first, or the link stopped re-dialling)
+        self._lookup = None
+        timer, self._redial_timer = self._redial_timer, None
+        if timer is not None:
+            IOLoop.cancel(timer)
+        self._dial(found)
 
     def _dial(self, found: tuple | None = None) -> None:
         """One re-dial attempt, to ``found`` (``(family, sockaddr)``) if given (loop side)."""
@@ -1368,6 +1388,7 @@ class StreamLink(Link):
             )
 
     def _stop_redialling(self) -> None:
+        self._lookup = None
         timer, self._redial_timer = self._redial_timer, None
         if timer is not None:
             IOLoop.cancel(timer)
