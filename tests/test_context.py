@@ -306,6 +306,15 @@ def test_connect_nothing_listening_times_out(ctx, free_port):
     assert c.connection_count == 0 and len(c.connections_all) == 0
 
 
+def test_connect_to_a_name_that_cannot_be_looked_up_is_a_connect_error(ctx):
+    c = ctx()
+    # (a label over 63 characters: the IDNA codec refuses it with a UnicodeError,
+    # before any lookup goes out)
+    with pytest.raises(yoton.ConnectError, match="Could not connect to"):
+        c.connect("x" * 64 + ".invalid:7000", timeout=1.0)
+    assert c.connection_count == 0
+
+
 def test_connect_to_non_yoton_server_fails_quickly(ctx):
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))

@@ -309,7 +309,7 @@ def open_connect(
         ssl_context = ssl.create_default_context()
     try:
         family, sockaddr = _resolve(host, port)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # (UnicodeError: a name the IDNA codec refuses)
         raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
     target = DialTarget(family, sockaddr, f"{host}:{port}", ssl_context, _hostname(address) if ssl_context else None)
     if not _is_ip(host):
