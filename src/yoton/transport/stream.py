@@ -318,7 +318,8 @@ def open_connect(
 
 
 def _resolve(host: str, port: int) -> tuple:
-    """``(family, sockaddr)`` of the first IPv4 address of ``host`` (blocking; OSError)."""
+    """``(family, sockaddr)`` of the first IPv4 address of ``host`` (blocking;
+    OSError, or UnicodeError for a name the IDNA codec refuses)."""
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
     return family, sockaddr
 
@@ -1299,9 +1300,9 @@ class StreamLink(Link):
             # cannot start, leaves the address found last to dial.
             token = self._lookup = object()
             try:
-                thread = threading.Thread(target=self._look_up, args=(token, *target.name), daemon=True)
-                thread.name = "yoton-lookup"
-                thread.start()
+                threading.Thread(
+                    target=self._look_up, args=(token, *target.name), daemon=True, name="yoton-lookup"
+                ).start()
             except RuntimeError:  # (no thread to be had)
                 self._lookup = None
             else:
