@@ -411,8 +411,10 @@ def test_eight_threads_sending_at_once_lose_nothing_and_keep_their_order(channel
                 for i in range(per_thread):
                     pubs[t].send(f"{t}:{i}")
                     if i % 50 == 49:
-                        time.sleep(0)  # (let the others in: a send is short enough for one thread to
-                        #                 send all of its messages within one GIL switch interval)
+                        # All threads meet every 50 sends: a send is short enough for one thread
+                        # to send all of its messages within one GIL switch interval, and on a
+                        # loaded machine a mere yield (sleep(0)) did not always let the others in.
+                        start.wait(10.0)
             except Exception as exc:
                 errors.append(exc)
 
