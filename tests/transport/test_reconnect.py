@@ -191,9 +191,11 @@ def test_a_host_name_is_looked_up_again_before_each_redial(make_ctx, monkeypatch
     assert f"moving.yoton.invalid:{port} is now at 127.0.0.2" in caplog.text
 
 
-def _name_that_stops_answering(monkeypatch, release: threading.Event) -> str:
-    """A host name for 127.0.0.1 whose lookups after the first hang until ``release``."""
-    real, calls = socket.getaddrinfo, []
+@pytest.fixture
+def linked_by_a_name_that_stops_answering(make_ctx, monkeypatch):
+    """``link(policy)`` -> ``(bound, conn)``: ``conn`` connected, with ``policy``, through a host
+    name for 127.0.0.1 whose lookups after the first hang (until the test ends)."""
+    real, calls, release = socket.getaddrinfo, [], threading.Event()
 
     def getaddrinfo(host, port, *args, **kwargs):
         if host != "hanging.yoton.invalid":
@@ -204,44 +206,36 @@ def _name_that_stops_answering(monkeypatch, release: threading.Event) -> str:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (HOST, port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return "hanging.yoton.invalid"
+
+    def link(policy):
+        bound = make_ctx().bind(f"{HOST}:0")
+        conn = make_ctx().connect(f"hanging.yoton.invalid:{bound.port}", timeout=3.0, reconnect=policy)
+        assert wait_for(lambda: bound.is_connected)
+        return bound, conn
+
+    yield link
+    release.set()
 
 
-def test_a_lookup_that_hangs_leaves_the_address_found_last(make_ctx, monkeypatch):
+def test_a_lookup_that_hangs_leaves_the_address_found_last(make_ctx, linked_by_a_name_that_stops_answering):
     # A DNS server that does not answer during an outage must not stop the
     # re-dials: after attempt_timeout the address found last is dialled.
-    release = threading.Event()
-    try:
-        name = _name_that_stops_answering(monkeypatch, release)
-        server, client = make_ctx(), make_ctx()
-        first = server.bind(f"{HOST}:0")
-        policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.2, attempt_timeout=0.3)
-        conn = client.connect(f"{name}:{first.port}", timeout=3.0, reconnect=policy)
-        assert wait_for(lambda: first.is_connected)
-        first.close_on_problem()
-        assert wait_for(lambda: conn.is_reconnecting, 3.0)
-        again = make_ctx().bind(f"{HOST}:{first.port}")
-        assert wait_for(lambda: again.is_connected and conn.is_connected, 5.0), "stuck behind the lookup"
-    finally:
-        release.set()
+    policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.2, attempt_timeout=0.3)
+    first, conn = linked_by_a_name_that_stops_answering(policy)
+    first.close_on_problem()
+    assert wait_for(lambda: conn.is_reconnecting, 3.0)
+    again = make_ctx().bind(f"{HOST}:{first.port}")
+    assert wait_for(lambda: again.is_connected and conn.is_connected, 5.0), "stuck behind the lookup"
 
 
-def test_give_up_after_holds_while_a_lookup_hangs(make_ctx, monkeypatch):
-    release = threading.Event()
-    try:
-        name = _name_that_stops_answering(monkeypatch, release)
-        server, client = make_ctx(), make_ctx()
-        first = server.bind(f"{HOST}:0")
-        policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.1, attempt_timeout=0.3, give_up_after=0.5)
-        conn = client.connect(f"{name}:{first.port}", timeout=3.0, reconnect=policy)
-        assert wait_for(lambda: first.is_connected)
-        closed = record(conn.closed)
-        t0 = time.monotonic()
-        first.close_on_problem()  # (nobody listens there any more)
-        assert wait_for(lambda: closed, 5.0), "it never gave up"
-        assert time.monotonic() - t0 < 2.5 and closed[0][2].startswith("Gave up reconnecting")
-    finally:
-        release.set()
+def test_give_up_after_holds_while_a_lookup_hangs(linked_by_a_name_that_stops_answering):
+    policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.1, attempt_timeout=0.3, give_up_after=0.5)
+    first, conn = linked_by_a_name_that_stops_answering(policy)
+    closed = record(conn.closed)
+    t0 = time.monotonic()
+    first.close_on_problem()  # (nobody listens there any more)
+    assert wait_for(lambda: closed, 5.0), "it never gave up"
+    assert time.monotonic() - t0 < 2.5 and closed[0][2].startswith("Gave up reconnecting")
 
 
 def test_a_redial_without_a_thread_for_the_lookup_dials_the_address_found_last(make_ctx, monkeypatch):
