@@ -312,7 +312,7 @@ def open_connect(
     except (OSError, UnicodeError) as exc:  # (UnicodeError: a name the IDNA codec refuses)
         raise ConnectError(f"Could not connect to {host}:{port}: {exc}") from exc
     target = DialTarget(family, sockaddr, f"{host}:{port}", ssl_context, _hostname(address) if ssl_context else None)
-    if not _is_ip(host):
+    if sockaddr[0] != host:  # a name (an IP address comes back as written)
         target.name = (host, port)  # (looked up again before each re-dial)
     return dial(owner, StreamLink(owner, handle), target, timeout, reconnect)
 
@@ -322,14 +322,6 @@ def _resolve(host: str, port: int) -> tuple:
     OSError, or UnicodeError for a name the IDNA codec refuses)."""
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
     return family, sockaddr
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_aton(host)
-    except OSError:
-        return False
-    return host.count(".") == 3  # (inet_aton also takes "127.1")
 
 
 class DialTarget:
